@@ -1,0 +1,810 @@
+//! Configuration: the typed sections of DESIGN §4, their layers, validation and secrets.
+//!
+//! Layers, later wins: the defaults (`configs/lucid-db.toml`, compiled in) → one file
+//! (`--config PATH`, else `/etc/lucid/lucid-db.toml` when it exists) → the environment
+//! (`LUCID_DB__SECTION__KEY`). Unknown keys are errors; every error names its key. Secrets
+//! come from a `<name>_file` key or `$CREDENTIALS_DIRECTORY/<section>_<name>` and are held in
+//! [`Secret`]. `docs/configuration.md` lists every key; a test keeps it in step with this file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::redact::{self, Secret};
+
+/// The defaults, compiled into the binary; also the shipped example file.
+pub const DEFAULTS: &str = include_str!("../configs/lucid-db.toml");
+/// The system-wide file, read when it exists and no `--config` is given.
+pub const SYSTEM_PATH: &str = "/etc/lucid/lucid-db.toml";
+/// Environment variables `LUCID_DB__SECTION__KEY` override both files.
+pub const ENV_PREFIX: &str = "LUCID_DB";
+/// Where the state lives when neither `state_dir` nor `$STATE_DIRECTORY` says.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lucid-db";
+
+/// The whole configuration. Section and key names are fixed: environment names and metric
+/// labels derive from them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The daemon's own state (locks, catalogue); resolved to an absolute path at load.
+    pub state_dir: PathBuf,
+    pub log: LogConfig,
+    pub supervisor: SupervisorConfig,
+    pub http: HttpConfig,
+    pub redis: RedisConfig,
+    pub mongodb: MongoConfig,
+    pub elasticsearch: ElasticsearchConfig,
+    pub volumes: VolumesConfig,
+    pub backup: BackupConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level or tracing directives; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald's native protocol when stderr is the journal, else `text`.
+    Auto,
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+    Journald,
+}
+
+/// The shared supervision settings every actor uses (DESIGN §2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    pub backoff_factor: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reset_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub call_deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    pub mailbox_capacity: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub enabled: bool,
+    pub required: bool,
+    #[serde(serialize_with = "redact::serialize_url")]
+    pub url: String,
+    pub password_file: PathBuf,
+    /// Resolved from `password_file` or the credentials directory; never read from TOML.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoConfig {
+    pub enabled: bool,
+    pub required: bool,
+    #[serde(serialize_with = "redact::serialize_url")]
+    pub url: String,
+    pub database: String,
+    pub password_file: PathBuf,
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchConfig {
+    pub enabled: bool,
+    pub required: bool,
+    #[serde(serialize_with = "redact::serialize_url")]
+    pub url: String,
+    pub username: String,
+    pub password_file: PathBuf,
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumesConfig {
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    pub compression: Compression,
+    pub retention_days: u32,
+}
+
+/// Compression of backup artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Gzip,
+}
+
+/// Job schedules: standard 5-field cron strings, UTC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    pub backup: String,
+    pub retention: String,
+    pub lifecycle: String,
+    pub volume_usage: String,
+    pub health_summary: String,
+}
+
+/// One problem with the configuration, naming the key (`redis.url`) or the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Every problem found, one per line. The daemon exits 78 (EX_CONFIG) on these.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }])
+    }
+}
+
+/// Where to read the layers from. Tests pass their own environment instead of the process's.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--config PATH`: must exist. `None`: [`SYSTEM_PATH`] when it exists.
+    pub file: Option<PathBuf>,
+    /// The environment: `LUCID_DB__*`, `STATE_DIRECTORY`, `CREDENTIALS_DIRECTORY`.
+    pub env: HashMap<String, String>,
+}
+
+impl LoadOptions {
+    /// The process's own environment and an optional `--config` path.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        LoadOptions {
+            file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// A validated configuration and the layers it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// "defaults", the file path, and the environment variable names used (never values).
+    pub sources: Vec<String>,
+}
+
+impl Config {
+    /// The compiled-in defaults alone (no file, no environment), validated.
+    pub fn defaults() -> Result<Config, ConfigErrors> {
+        load(&LoadOptions::default()).map(|l| l.config)
+    }
+
+    /// The effective configuration as TOML, secrets and URL passwords redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+}
+
+/// Reads, merges, deserializes and validates the layers.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
+    use config::{Environment, File, FileFormat};
+
+    let mut sources = vec!["defaults".to_owned()];
+    let mut builder =
+        config::Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+    match &opts.file {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(ConfigErrors::one(
+                    path.display().to_string(),
+                    "config file not found (given with --config)",
+                ));
+            }
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+            sources.push(path.display().to_string());
+        }
+        None if Path::new(SYSTEM_PATH).is_file() => {
+            builder =
+                builder.add_source(File::from(Path::new(SYSTEM_PATH)).format(FileFormat::Toml));
+            sources.push(SYSTEM_PATH.to_owned());
+        }
+        None => {}
+    }
+    let env_prefix = format!("{ENV_PREFIX}__");
+    let lucid_env: HashMap<String, String> = opts
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&env_prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut env_names: Vec<&String> = lucid_env.keys().collect();
+    env_names.sort();
+    sources.extend(env_names.into_iter().cloned());
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(lucid_env)),
+    );
+
+    let merged = builder
+        .build()
+        .map_err(|e| ConfigErrors::one("config", e.to_string()))?;
+    let mut config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let key = e.path().to_string();
+        // config's own messages end in " for key `x`"; the key is printed first already.
+        let reason = e.inner().to_string();
+        let reason = match reason.find(" for key `") {
+            Some(i) => reason[..i].to_owned(),
+            None => reason,
+        };
+        let key = if key == "." { "config".to_owned() } else { key };
+        ConfigErrors::one(key, reason)
+    })?;
+
+    let mut errors = Vec::new();
+    config.state_dir = resolve_state_dir(&config.state_dir, &opts.env);
+    let creds = opts.env.get("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    config.redis.password = read_secret(
+        &mut errors,
+        "redis.password_file",
+        &config.redis.password_file,
+        "redis_password",
+        creds.as_deref(),
+    );
+    config.mongodb.password = read_secret(
+        &mut errors,
+        "mongodb.password_file",
+        &config.mongodb.password_file,
+        "mongodb_password",
+        creds.as_deref(),
+    );
+    config.elasticsearch.password = read_secret(
+        &mut errors,
+        "elasticsearch.password_file",
+        &config.elasticsearch.password_file,
+        "elasticsearch_password",
+        creds.as_deref(),
+    );
+    validate(&config, &mut errors);
+    if errors.is_empty() {
+        Ok(Loaded { config, sources })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn resolve_state_dir(configured: &Path, env: &HashMap<String, String>) -> PathBuf {
+    if !configured.as_os_str().is_empty() {
+        return configured.to_owned();
+    }
+    // systemd passes one path per StateDirectory= entry, colon-separated; ours is the first.
+    match env.get("STATE_DIRECTORY").and_then(|v| v.split(':').next()) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(DEFAULT_STATE_DIR),
+    }
+}
+
+fn read_secret(
+    errors: &mut Vec<ConfigError>,
+    key: &str,
+    file: &Path,
+    credential: &str,
+    creds_dir: Option<&Path>,
+) -> Option<Secret> {
+    let explicit = !file.as_os_str().is_empty();
+    let (path, origin) = if explicit {
+        (file.to_owned(), key.to_owned())
+    } else {
+        let path = creds_dir?.join(credential);
+        if !path.exists() {
+            return None;
+        }
+        let origin = format!("$CREDENTIALS_DIRECTORY/{credential}");
+        (path, origin)
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(value) => {
+            let secret = Secret::new(value);
+            // The unit's `SetCredential=<name>:\n` fallback stands for "not configured".
+            if secret.expose().is_empty() && !explicit {
+                None
+            } else if secret.expose().is_empty() {
+                errors.push(ConfigError {
+                    key: origin,
+                    reason: format!("{} is empty", path.display()),
+                });
+                None
+            } else {
+                Some(secret)
+            }
+        }
+        Err(e) => {
+            errors.push(ConfigError {
+                key: origin,
+                reason: format!("cannot read {}: {e}", path.display()),
+            });
+            None
+        }
+    }
+}
+
+fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
+    let mut err = |key: &str, reason: String| {
+        errors.push(ConfigError {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+
+    if !c.state_dir.is_absolute() {
+        err(
+            "state_dir",
+            format!("must be an absolute path, got {:?}", c.state_dir),
+        );
+    }
+    if let Err(reason) = check_log_directives(&c.log.level) {
+        err("log.level", reason);
+    }
+
+    let s = &c.supervisor;
+    for (key, value) in [
+        ("supervisor.backoff_base", s.backoff_base),
+        ("supervisor.backoff_cap", s.backoff_cap),
+        ("supervisor.reset_after", s.reset_after),
+        ("supervisor.call_deadline", s.call_deadline),
+        ("supervisor.stream_idle_timeout", s.stream_idle_timeout),
+        ("supervisor.probe_interval", s.probe_interval),
+        ("supervisor.shutdown_timeout", s.shutdown_timeout),
+    ] {
+        if value.is_zero() {
+            err(key, "must be longer than zero".to_owned());
+        }
+    }
+    if s.backoff_cap < s.backoff_base {
+        err(
+            "supervisor.backoff_cap",
+            format!(
+                "must not be shorter than supervisor.backoff_base ({})",
+                humantime::format_duration(s.backoff_base)
+            ),
+        );
+    }
+    if !(1..=16).contains(&s.backoff_factor) {
+        err(
+            "supervisor.backoff_factor",
+            format!("must be between 1 and 16, got {}", s.backoff_factor),
+        );
+    }
+    if s.call_deadline > Duration::from_secs(600) {
+        err("supervisor.call_deadline", "must be at most 10m".to_owned());
+    }
+    if s.mailbox_capacity == 0 {
+        err(
+            "supervisor.mailbox_capacity",
+            "must be at least 1".to_owned(),
+        );
+    }
+
+    if let Err(reason) = check_redis_url(&c.redis.url) {
+        err("redis.url", reason);
+    }
+    if let Err(reason) = check_mongodb_url(&c.mongodb.url) {
+        err("mongodb.url", reason);
+    }
+    if let Err(reason) = check_database_name(&c.mongodb.database) {
+        err("mongodb.database", reason);
+    }
+    if let Err(reason) = check_http_url(&c.elasticsearch.url) {
+        err("elasticsearch.url", reason);
+    }
+    if !c.volumes.root.is_absolute() {
+        err(
+            "volumes.root",
+            format!("must be an absolute path, got {:?}", c.volumes.root),
+        );
+    }
+    if c.backup.retention_days == 0 {
+        err("backup.retention_days", "must be at least 1".to_owned());
+    }
+
+    let sch = &c.scheduler;
+    for (key, value) in [
+        ("scheduler.backup", &sch.backup),
+        ("scheduler.retention", &sch.retention),
+        ("scheduler.lifecycle", &sch.lifecycle),
+        ("scheduler.volume_usage", &sch.volume_usage),
+        ("scheduler.health_summary", &sch.health_summary),
+    ] {
+        if let Err(reason) = check_cron(value) {
+            err(key, reason);
+        }
+    }
+}
+
+/// A standard 5-field cron string (no seconds, no year), as the scheduler will read it.
+pub fn check_cron(pattern: &str) -> Result<(), String> {
+    use croner::parser::{CronParser, Seconds, Year};
+    let fields = pattern.split_whitespace().count();
+    if fields != 5 && !pattern.trim_start().starts_with('@') {
+        return Err(format!(
+            "{pattern:?} is not a 5-field cron string (minute hour day-of-month month day-of-week), it has {fields} fields"
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(pattern)
+        .map(|_| ())
+        .map_err(|e| format!("{pattern:?} is not a valid cron string: {e}"))
+}
+
+fn check_log_directives(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    if level.trim().is_empty() {
+        return Err("must not be empty (use \"info\")".to_owned());
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let lvl = match directive.split_once('=') {
+            Some((target, lvl)) if !target.is_empty() => lvl,
+            Some(_) => return Err(format!("directive {directive:?} has no target")),
+            None if directive.contains([':', '_']) => continue,
+            None => directive,
+        };
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{lvl:?} is not a level (one of {})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_redis_url(raw: &str) -> Result<(), String> {
+    let url =
+        url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {}", redact::url(raw)))?;
+    match url.scheme() {
+        "redis" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "redis" => Err("redis:// URL has no host".to_owned()),
+        "unix" | "redis+unix" if !url.path().is_empty() => Ok(()),
+        "unix" | "redis+unix" => Err("unix socket URL has no path".to_owned()),
+        "rediss" => Err("TLS (rediss://) is not built into this version of lucid-db yet; use redis:// on a trusted network or a local unix socket".to_owned()),
+        "redis+sentinel" | "redis-sentinel" => Err("Redis Sentinel URLs are not supported yet; point redis.url at the current primary".to_owned()),
+        "redis+cluster" | "redis-cluster" => Err("Redis Cluster URLs are not supported yet; lucid-db talks to one Redis server".to_owned()),
+        other => Err(format!("scheme {other:?} is not a Redis URL (use redis:// or unix://)")),
+    }
+}
+
+fn check_mongodb_url(raw: &str) -> Result<(), String> {
+    let rest = raw
+        .strip_prefix("mongodb://")
+        .or_else(|| raw.strip_prefix("mongodb+srv://"))
+        .ok_or_else(|| "must start with mongodb:// or mongodb+srv://".to_owned())?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
+        return Err(format!("no host in {}", redact::url(raw)));
+    }
+    Ok(())
+}
+
+fn check_database_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("must be 1 to 63 characters".to_owned());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| "/\\. \"$*<>:|?".contains(*c) || c.is_control())
+    {
+        return Err(format!("must not contain {c:?}"));
+    }
+    Ok(())
+}
+
+fn check_http_url(raw: &str) -> Result<(), String> {
+    let url =
+        url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {}", redact::url(raw)))?;
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "http" | "https" => Err("URL has no host".to_owned()),
+        other => Err(format!("scheme {other:?} is not http or https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_with(file_body: Option<&str>, pairs: &[(&str, &str)]) -> Result<Loaded, ConfigErrors> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = file_body.map(|body| {
+            let p = dir.path().join("lucid-db.toml");
+            std::fs::write(&p, body).expect("write config");
+            p
+        });
+        load(&LoadOptions {
+            file,
+            env: env(pairs),
+        })
+    }
+
+    fn keys(e: &ConfigErrors) -> Vec<&str> {
+        e.0.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults().expect("defaults valid");
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.supervisor.backoff_base, Duration::from_millis(250));
+        assert_eq!(c.supervisor.backoff_cap, Duration::from_secs(30));
+        assert_eq!(c.supervisor.call_deadline, Duration::from_secs(5));
+        assert!(c.redis.enabled && c.redis.required);
+        assert_eq!(c.http.bind, "127.0.0.1:8088".parse().expect("addr"));
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let file = "[redis]\nurl = \"redis://file-host:6379/1\"\n[supervisor]\ncall_deadline = \"2s\"\nprobe_interval = \"3s\"\n";
+        let from_file = load_with(Some(file), &[]).expect("valid");
+        assert_eq!(from_file.config.redis.url, "redis://file-host:6379/1");
+        assert_eq!(
+            from_file.config.supervisor.call_deadline,
+            Duration::from_secs(2)
+        );
+        // untouched keys keep their defaults
+        assert_eq!(
+            from_file.config.supervisor.backoff_cap,
+            Duration::from_secs(30)
+        );
+
+        let both = load_with(
+            Some(file),
+            &[
+                ("LUCID_DB__REDIS__URL", "redis://env-host:6379/2"),
+                ("LUCID_DB__SUPERVISOR__MAILBOX_CAPACITY", "7"),
+                ("LUCID_DB__REDIS__REQUIRED", "false"),
+                ("LUCID_DB__STATE_DIR", "/srv/state"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(both.config.redis.url, "redis://env-host:6379/2");
+        assert_eq!(both.config.supervisor.mailbox_capacity, 7);
+        assert!(!both.config.redis.required);
+        assert_eq!(both.config.state_dir, PathBuf::from("/srv/state"));
+        // the file still wins over the defaults where env says nothing
+        assert_eq!(
+            both.config.supervisor.probe_interval,
+            Duration::from_secs(3)
+        );
+        assert!(both.sources.iter().any(|s| s == "LUCID_DB__REDIS__URL"));
+        assert!(!both.sources.iter().any(|s| s == "UNRELATED"));
+    }
+
+    #[test]
+    fn errors_name_their_key() {
+        type Env<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(&str, Env, &str); 8] = [
+            ("[redis]\nurll = \"x\"\n", &[], "redis.urll"),
+            ("bogus = 1\n", &[], "bogus"),
+            ("[redis]\nurl = \"::not a url\"\n", &[], "redis.url"),
+            (
+                "[scheduler]\nbackup = \"0 2 * *\"\n",
+                &[],
+                "scheduler.backup",
+            ),
+            (
+                "[scheduler]\nretention = \"0 0 2 * * *\"\n",
+                &[],
+                "scheduler.retention",
+            ),
+            (
+                "[supervisor]\ncall_deadline = \"5 parsecs\"\n",
+                &[],
+                "supervisor.call_deadline",
+            ),
+            ("", &[("LUCID_DB__HTTP__BIND", "localhost")], "http.bind"),
+            (
+                "[supervisor]\nbackoff_cap = \"100ms\"\n",
+                &[],
+                "supervisor.backoff_cap",
+            ),
+        ];
+        for (file, env, key) in cases {
+            let err = load_with(Some(file), env).expect_err(file);
+            assert_eq!(keys(&err), vec![key], "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn unsupported_redis_urls_are_refused_clearly() {
+        for (url, needle) in [
+            ("rediss://h:6379", "TLS"),
+            ("redis+sentinel://h:26379/mymaster", "Sentinel"),
+            ("redis+cluster://h:7000", "Cluster"),
+            ("http://h", "not a Redis URL"),
+        ] {
+            let err = load_with(None, &[("LUCID_DB__REDIS__URL", url)]).expect_err(url);
+            assert_eq!(keys(&err), vec!["redis.url"]);
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let err = load_with(
+            Some("[mongodb]\nurl = \"postgres://x\"\n[volumes]\nroot = \"relative\"\n"),
+            &[],
+        )
+        .expect_err("invalid");
+        assert_eq!(keys(&err), vec!["mongodb.url", "volumes.root"]);
+    }
+
+    #[test]
+    fn secrets_from_file_and_credentials_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\n").expect("write");
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).expect("mkdir");
+        std::fs::write(creds.join("mongodb_password"), "from-creds").expect("write");
+        // systemd's SetCredential= fallback for a missing source: a lone newline = not set
+        std::fs::write(creds.join("elasticsearch_password"), "\n").expect("write");
+        let loaded = load_with(
+            None,
+            &[
+                ("LUCID_DB__REDIS__PASSWORD_FILE", pw.to_str().expect("utf8")),
+                ("CREDENTIALS_DIRECTORY", creds.to_str().expect("utf8")),
+            ],
+        )
+        .expect("valid");
+        let c = loaded.config;
+        assert_eq!(
+            c.redis.password.as_ref().map(Secret::expose),
+            Some("from-file")
+        );
+        assert_eq!(
+            c.mongodb.password.as_ref().map(Secret::expose),
+            Some("from-creds")
+        );
+        assert!(c.elasticsearch.password.is_none());
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("from-file") && !shown.contains("from-creds"),
+            "{shown}"
+        );
+        assert!(shown.contains("password = \"***\""), "{shown}");
+
+        let missing = load_with(
+            None,
+            &[("LUCID_DB__REDIS__PASSWORD_FILE", "/nonexistent/pw")],
+        )
+        .expect_err("missing secret file");
+        assert_eq!(keys(&missing), vec!["redis.password_file"]);
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").expect("write");
+        let empty = load_with(
+            None,
+            &[(
+                "LUCID_DB__REDIS__PASSWORD_FILE",
+                empty.to_str().expect("utf8"),
+            )],
+        )
+        .expect_err("an explicit secret file must not be empty");
+        assert_eq!(keys(&empty), vec!["redis.password_file"]);
+    }
+
+    #[test]
+    fn state_dir_comes_from_systemd_when_unset() {
+        let c = load_with(
+            None,
+            &[("STATE_DIRECTORY", "/var/lib/lucid-db:/var/lib/other")],
+        )
+        .expect("valid")
+        .config;
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/lucid-db"));
+        let c = load_with(None, &[("STATE_DIRECTORY", "/run/x")])
+            .expect("valid")
+            .config;
+        assert_eq!(c.state_dir, PathBuf::from("/run/x"));
+    }
+
+    #[test]
+    fn redacted_toml_hides_url_passwords_and_round_trips() {
+        let loaded = load_with(
+            None,
+            &[("LUCID_DB__REDIS__URL", "redis://:hunter2@h:6379/0")],
+        )
+        .expect("valid");
+        let shown = loaded.config.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://:***@h:6379/0"), "{shown}");
+        // what config check prints is itself a valid config file
+        let again = load_with(Some(&shown), &[]).expect("printed config loads");
+        assert_eq!(
+            again.config.supervisor.backoff_cap,
+            loaded.config.supervisor.backoff_cap
+        );
+    }
+
+    #[test]
+    fn log_directives() {
+        for ok in [
+            "info",
+            "warn,lucid_actors=debug",
+            "lucid_actors::redis=trace",
+            "OFF",
+        ] {
+            assert!(check_log_directives(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "loud", "=debug", "lucid=verbose"] {
+            assert!(check_log_directives(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Typed events: every state change an operator cares about is one of these structs, emitted
+//! through [`emit`], which logs it with stable field names and counts it by name and error code.
+//!
+//! The events are declared in one list below (name, level, fields); `docs/events.md` documents
+//! the same list and a test keeps the two in step. Counters are readable in process with
+//! [`count`] and [`counts`] (the metrics endpoint will export them); [`capture`] records the
+//! events fired on the current thread, for tests.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Mutex;
+
+use crate::supervisor::Backend;
+
+/// What every event can do; implemented by the `events!` list below, not by hand.
+pub trait Event {
+    /// Stable dotted name, e.g. `backend.down`.
+    const NAME: &'static str;
+    /// Low-cardinality error code (one of the `code()` values of the error enums), if any.
+    fn code(&self) -> Option<&'static str>;
+    /// Field names and rendered values, in declaration order.
+    fn fields(&self) -> Vec<(&'static str, String)>;
+    /// Writes the log line (target `lucid_db::event`, field `event` = the name).
+    fn log(&self);
+}
+
+/// Logs, counts and (when a capture is active on this thread) records one event.
+pub fn emit<E: Event>(event: E) {
+    event.log();
+    let code = event.code().unwrap_or("");
+    if let Ok(mut counts) = COUNTS.lock() {
+        *counts.entry((E::NAME, code)).or_default() += 1;
+    }
+    CAPTURES.with(|captures| {
+        let captures = captures.borrow();
+        if captures.is_empty() {
+            return;
+        }
+        let recorded = Recorded {
+            name: E::NAME,
+            code: event.code(),
+            fields: event.fields().into_iter().collect(),
+        };
+        for capture in captures.iter() {
+            capture.borrow_mut().push(recorded.clone());
+        }
+    });
+}
+
+/// Declares the events: a struct each, with doc comments, and the [`Event`] impl.
+macro_rules! events {
+    ($(
+        $(#[doc = $doc:literal])*
+        $ty:ident = $name:literal, $level:ident $(, code = $code:ident)? {
+            $( $(#[doc = $fdoc:literal])* $field:ident : $fty:ty ),* $(,)?
+        }
+    )*) => {
+        $(
+            $(#[doc = $doc])*
+            #[derive(Debug, Clone)]
+            pub struct $ty { $( $(#[doc = $fdoc])* pub $field: $fty, )* }
+
+            impl Event for $ty {
+                const NAME: &'static str = $name;
+                fn code(&self) -> Option<&'static str> {
+                    None $( .or(Some(self.$code)) )?
+                }
+                fn fields(&self) -> Vec<(&'static str, String)> {
+                    vec![ $( (stringify!($field), self.$field.to_string()), )* ]
+                }
+                fn log(&self) {
+                    tracing::event!(
+                        target: "lucid_db::event",
+                        tracing::Level::$level,
+                        event = $name,
+                        $( $field = LogValue::log_value(&self.$field), )*
+                        "{}", $name
+                    );
+                }
+            }
+        )*
+
+        /// Every event: (name, level, field names). `docs/events.md` must list the same.
+        pub const ALL: &[(&str, &str, &[&str])] = &[
+            $( ($name, stringify!($level), &[ $( stringify!($field) ),* ]), )*
+        ];
+    };
+}
+
+events! {
+    /// The daemon loaded its configuration and is starting its actors.
+    DaemonStarted = "daemon.started", INFO {
+        version: &'static str,
+        /// Comma-separated layers: `defaults`, the file, the `LUCID_DB__*` names (never values).
+        config_sources: String,
+    }
+    /// The HTTP API listens and READY=1 was sent to systemd.
+    DaemonReady = "daemon.ready", INFO {
+        http_addr: String,
+    }
+    /// A stop signal arrived; STOPPING=1 was sent and the drain begins.
+    DaemonStopping = "daemon.stopping", INFO {
+        signal: &'static str,
+    }
+    /// The drain finished (or ran out of time) and the daemon exits.
+    DaemonStopped = "daemon.stopped", INFO, code = code {
+        /// `drained`, or `drain_timeout` when the shutdown timeout cut the drain short.
+        code: &'static str,
+        elapsed_ms: u64,
+    }
+    /// A backend connection is up: the first connect, or a reconnect after an outage.
+    BackendUp = "backend.up", INFO {
+        backend: Backend,
+        /// The attempt that succeeded (1 = first try).
+        attempt: u32,
+        /// How long the backend was unavailable; 0 for the first connect.
+        down_ms: u64,
+    }
+    /// A backend became unavailable: once per outage (not once per failed retry).
+    BackendDown = "backend.down", WARN, code = code {
+        backend: Backend,
+        code: &'static str,
+        /// The driver's message, URLs redacted.
+        error: String,
+        /// Consecutive failed attempts so far.
+        attempt: u32,
+    }
+    /// A reconnect is scheduled after a backoff delay.
+    BackendRetryScheduled = "backend.retry_scheduled", INFO, code = code {
+        backend: Backend,
+        code: &'static str,
+        /// The attempt that will run next.
+        attempt: u32,
+        retry_in_ms: u64,
+    }
+    /// The watchdog ping was withheld because the supervision loop did not answer in time.
+    WatchdogSkipped = "watchdog.skipped", WARN, code = code {
+        code: &'static str,
+        error: String,
+    }
+}
+
+/// How a field type is handed to `tracing`: numbers stay numbers (JSON numbers, journald
+/// integers), everything else is text.
+pub trait LogValue {
+    type Value<'a>: tracing::Value
+    where
+        Self: 'a;
+    fn log_value(&self) -> Self::Value<'_>;
+}
+
+impl LogValue for u64 {
+    type Value<'a> = u64;
+    fn log_value(&self) -> u64 {
+        *self
+    }
+}
+
+impl LogValue for u32 {
+    type Value<'a> = u64;
+    fn log_value(&self) -> u64 {
+        u64::from(*self)
+    }
+}
+
+impl LogValue for &'static str {
+    type Value<'a> = &'static str;
+    fn log_value(&self) -> &'static str {
+        self
+    }
+}
+
+impl LogValue for String {
+    type Value<'a> = &'a str;
+    fn log_value(&self) -> &str {
+        self
+    }
+}
+
+impl LogValue for Backend {
+    type Value<'a> = &'static str;
+    fn log_value(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// One captured event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub name: &'static str,
+    pub code: Option<&'static str>,
+    pub fields: BTreeMap<&'static str, String>,
+}
+
+impl Recorded {
+    /// A field's rendered value.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+type Sink = Rc<RefCell<Vec<Recorded>>>;
+
+thread_local! {
+    static CAPTURES: RefCell<Vec<Sink>> = const { RefCell::new(Vec::new()) };
+}
+
+static COUNTS: Mutex<BTreeMap<(&'static str, &'static str), u64>> = Mutex::new(BTreeMap::new());
+
+/// Records the events emitted on this thread until dropped. Actors started with
+/// [`crate::start`] run on the caller's arbiter, so inside `#[actix_rt::test]` their events
+/// are captured too.
+pub fn capture() -> Capture {
+    let sink: Sink = Rc::default();
+    CAPTURES.with(|c| c.borrow_mut().push(sink.clone()));
+    Capture { sink }
+}
+
+/// A running capture; see [`capture`].
+pub struct Capture {
+    sink: Sink,
+}
+
+impl Capture {
+    /// Everything recorded so far, oldest first.
+    pub fn events(&self) -> Vec<Recorded> {
+        self.sink.borrow().clone()
+    }
+
+    /// The recorded events with this name.
+    pub fn named(&self, name: &str) -> Vec<Recorded> {
+        self.sink
+            .borrow()
+            .iter()
+            .filter(|e| e.name == name)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = CAPTURES.try_with(|c| c.borrow_mut().retain(|s| !Rc::ptr_eq(s, &self.sink)));
+    }
+}
+
+/// How many times an event fired in this process, over all codes.
+pub fn count(name: &str) -> u64 {
+    COUNTS
+        .lock()
+        .map(|c| {
+            c.iter()
+                .filter(|((n, _), _)| *n == name)
+                .map(|(_, v)| v)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Every counter: (name, code or "", count).
+pub fn counts() -> Vec<(&'static str, &'static str, u64)> {
+    COUNTS
+        .lock()
+        .map(|c| c.iter().map(|((n, code), v)| (*n, *code, *v)).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_counts_and_captures() {
+        let cap = capture();
+        let before = count("backend.down");
+        emit(BackendDown {
+            backend: Backend::Redis,
+            code: "connection_refused",
+            error: "Connection refused".into(),
+            attempt: 1,
+        });
+        assert_eq!(count("backend.down"), before + 1);
+        assert!(
+            counts()
+                .iter()
+                .any(|(n, c, v)| *n == "backend.down" && *c == "connection_refused" && *v >= 1)
+        );
+        let got = cap.named("backend.down");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].code, Some("connection_refused"));
+        assert_eq!(got[0].field("backend"), Some("redis"));
+        assert_eq!(got[0].field("attempt"), Some("1"));
+        drop(cap);
+        // nothing is recorded once the capture is gone
+        let cap2 = capture();
+        drop(cap2);
+        emit(DaemonReady {
+            http_addr: "127.0.0.1:1".into(),
+        });
+    }
+
+    #[test]
+    fn names_are_unique_and_dotted() {
+        let mut names: Vec<&str> = ALL.iter().map(|(n, _, _)| *n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        for n in names {
+            assert!(
+                n.split('.').count() == 2
+                    && n.chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_'),
+                "{n}"
+            );
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The health registry: one entry per backend actor, written by the actor on every state change
+//! and read by `/health`, `/ready`, `lucid-db health`, the systemd STATUS= line and (later) the
+//! metrics. Readers get snapshots; [`HealthRegistry::subscribe`] wakes on every state change
+//! (not on every probe latency, so STATUS= is not rewritten every few seconds).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::redact;
+use crate::supervisor::{Backend, ConnState, Connection, StateLabel};
+
+/// The last error an actor saw: a code from its error enum and the redacted message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One backend's health as reported to operators. Also what `/health` returns per backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub backend: Backend,
+    /// A required backend that is not up makes `/ready` answer 503.
+    pub required: bool,
+    pub state: StateLabel,
+    /// When the current state began (RFC 3339, UTC).
+    pub since: String,
+    /// The connect attempt in flight or next; 0 while up.
+    pub attempt: u32,
+    /// Times the connection was lost after having been up.
+    pub restarts: u64,
+    /// In backoff: milliseconds until the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+    /// Why it is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+    /// Round trip of the last successful probe or connect, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+impl BackendStatus {
+    pub fn is_up(&self) -> bool {
+        self.state == StateLabel::Up
+    }
+
+    /// One phrase for STATUS= and `/ready` reasons: `redis up`, `redis backoff (connection_refused), retry 3 in 1.2s`.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{} {}", self.backend, self.state);
+        if let Some(reason) = &self.reason {
+            s.push_str(&format!(" ({reason})"));
+        } else if !self.is_up()
+            && let Some(e) = &self.last_error
+        {
+            s.push_str(&format!(" ({})", e.code));
+        }
+        if let Some(ms) = self.retry_in_ms {
+            s.push_str(&format!(
+                ", retry {} in {:.1}s",
+                self.attempt,
+                ms as f64 / 1000.0
+            ));
+        }
+        s
+    }
+}
+
+struct Entry {
+    status: BackendStatus,
+    /// Kept as an instant so snapshots report a fresh `retry_in_ms`.
+    retry_at: Option<Instant>,
+}
+
+struct Inner {
+    entries: RwLock<BTreeMap<Backend, Entry>>,
+    changes: watch::Sender<u64>,
+}
+
+/// Shared, cheap to clone; see the module doc.
+#[derive(Clone)]
+pub struct HealthRegistry {
+    inner: Arc<Inner>,
+}
+
+impl Default for HealthRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthRegistry {
+    pub fn new() -> Self {
+        let (changes, _) = watch::channel(0);
+        HealthRegistry {
+            inner: Arc::new(Inner {
+                entries: RwLock::new(BTreeMap::new()),
+                changes,
+            }),
+        }
+    }
+
+    /// Adds a backend in `Connecting` and returns the handle its actor writes through.
+    pub fn register(&self, backend: Backend, required: bool) -> HealthEntry {
+        let status = BackendStatus {
+            backend,
+            required,
+            state: StateLabel::Connecting,
+            since: now_rfc3339(),
+            attempt: 1,
+            restarts: 0,
+            retry_in_ms: None,
+            reason: None,
+            last_error: None,
+            latency_ms: None,
+        };
+        if let Ok(mut entries) = self.inner.entries.write() {
+            entries.insert(
+                backend,
+                Entry {
+                    status,
+                    retry_at: None,
+                },
+            );
+        }
+        self.inner.changes.send_modify(|v| *v += 1);
+        HealthEntry {
+            registry: self.clone(),
+            backend,
+        }
+    }
+
+    /// Every backend's status, in a stable order.
+    pub fn snapshot(&self) -> Vec<BackendStatus> {
+        let now = Instant::now();
+        let Ok(entries) = self.inner.entries.read() else {
+            return Vec::new();
+        };
+        entries
+            .values()
+            .map(|e| {
+                let mut s = e.status.clone();
+                s.retry_in_ms = e
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(now).as_millis() as u64);
+                s
+            })
+            .collect()
+    }
+
+    /// `Ok` when every required backend is up, else one reason per backend that is not.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let reasons: Vec<String> = self
+            .snapshot()
+            .iter()
+            .filter(|s| s.required && !s.is_up())
+            .map(BackendStatus::summary)
+            .collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    /// The one-line summary for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self.snapshot().iter().map(BackendStatus::summary).collect();
+        if parts.is_empty() {
+            "no backends enabled".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Wakes the receiver on every state change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn update(&self, backend: Backend, notify: bool, f: impl FnOnce(&mut Entry)) {
+        if let Ok(mut entries) = self.inner.entries.write()
+            && let Some(entry) = entries.get_mut(&backend)
+        {
+            f(entry);
+        }
+        if notify {
+            self.inner.changes.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+/// A backend actor's handle to its own registry entry.
+#[derive(Clone)]
+pub struct HealthEntry {
+    registry: HealthRegistry,
+    backend: Backend,
+}
+
+impl HealthEntry {
+    /// Mirrors the state machine after a transition.
+    pub fn record(&self, conn: &Connection) {
+        let state = conn.state().clone();
+        let attempt = conn.attempt();
+        let restarts = conn.restarts();
+        self.registry.update(self.backend, true, |e| {
+            let label = state.label();
+            if e.status.state != label {
+                e.status.since = now_rfc3339();
+            }
+            e.status.state = label;
+            e.status.attempt = attempt;
+            e.status.restarts = restarts;
+            e.retry_at = match state {
+                ConnState::Backoff { until, .. } => Some(until),
+                _ => None,
+            };
+            e.status.reason = match state {
+                ConnState::Disabled { reason } => Some(reason),
+                _ => None,
+            };
+        });
+    }
+
+    /// The last error seen (message redacted here, whatever the caller passed).
+    pub fn error(&self, code: &str, message: &str) {
+        let last = LastError {
+            code: code.to_owned(),
+            message: redact::text(message),
+        };
+        self.registry
+            .update(self.backend, true, |e| e.status.last_error = Some(last));
+    }
+
+    /// A successful round trip; does not wake subscribers.
+    pub fn latency(&self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        self.registry
+            .update(self.backend, false, |e| e.status.latency_ms = Some(ms));
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::BackoffPolicy;
+
+    fn policy() -> BackoffPolicy {
+        BackoffPolicy {
+            base: Duration::from_millis(100),
+            factor: 2,
+            cap: Duration::from_secs(1),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_follow_the_state_machine() {
+        let reg = HealthRegistry::new();
+        let mut rx = reg.subscribe();
+        let entry = reg.register(Backend::Redis, true);
+        let mut conn = Connection::new(policy(), Instant::now());
+        assert!(reg.readiness().is_err());
+
+        conn.connected(Instant::now()).expect("up");
+        entry.record(&conn);
+        entry.latency(Duration::from_micros(1500));
+        assert!(rx.has_changed().expect("sender alive"));
+        rx.mark_unchanged();
+        assert_eq!(reg.readiness(), Ok(()));
+        let snap = reg.snapshot();
+        assert_eq!(snap[0].state, StateLabel::Up);
+        assert_eq!(snap[0].latency_ms, Some(1.5));
+        assert_eq!(reg.summary(), "redis up");
+
+        conn.failed(Instant::now(), 0.5).expect("down");
+        entry.record(&conn);
+        entry.error("connection_refused", "cannot reach redis://:pw@h:1");
+        assert!(rx.has_changed().expect("sender alive"));
+        let snap = reg.snapshot();
+        assert_eq!(snap[0].state, StateLabel::Backoff);
+        assert_eq!(snap[0].attempt, 2);
+        assert!(snap[0].retry_in_ms.is_some_and(|ms| ms <= 100));
+        assert_eq!(
+            snap[0].last_error.as_ref().map(|e| e.message.as_str()),
+            Some("cannot reach redis://:***@h:1")
+        );
+        let reasons = reg.readiness().expect_err("required backend down");
+        assert!(
+            reasons[0].starts_with("redis backoff (connection_refused), retry 2 in"),
+            "{reasons:?}"
+        );
+
+        // optional backends do not hold readiness back
+        let _mongo = reg.register(Backend::Mongodb, false);
+        assert_eq!(reg.readiness().expect_err("redis still down").len(), 1);
+
+        // a latency update alone does not wake STATUS= writers
+        rx.mark_unchanged();
+        entry.latency(Duration::from_millis(2));
+        assert!(!rx.has_changed().expect("sender alive"));
+    }
+}

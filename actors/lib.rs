@@ -1,0 +1,112 @@
+//! `lucid-actors`: the storage layer of the Lucid system as actix actors — one per backend,
+//! under one supervision mechanism — plus the configuration, events and health registry they
+//! share. The `lucid-db` daemon runs them; sibling services embed them with [`start`].
+//!
+//! # Layout
+//!
+//! - [`config`] — the typed configuration (DESIGN §4): layers, validation, secrets.
+//! - [`events`] — typed events: one `emit` that logs with stable fields and counts.
+//! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
+//! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
+//! - [`health`] — the health registry every actor writes and `/health` reads.
+//! - [`redis`] — the Redis actor.
+//!
+//! # Use
+//!
+//! Inside an actix `System`, `start(&config, Roles::Stores)` starts the enabled store actors on
+//! the current arbiter and returns their [`Handles`]. Every call answers within the configured
+//! deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
+
+pub mod config;
+pub mod events;
+pub mod health;
+pub mod redact;
+pub mod redis;
+pub mod supervisor;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use config::Config;
+pub use health::{BackendStatus, HealthRegistry};
+pub use supervisor::{Backend, CallError};
+
+/// Which parts run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Roles {
+    /// The store actors only: what a sibling service embeds (it must never start a second
+    /// backup scheduler).
+    Stores,
+    /// Everything: the stores, and the backup and scheduler actors as they are built. The
+    /// daemon runs this.
+    All,
+}
+
+/// Typed handles to the running actors.
+#[derive(Clone)]
+pub struct Handles {
+    pub roles: Roles,
+    pub registry: HealthRegistry,
+    /// `None` when `redis.enabled = false`.
+    pub redis: Option<redis::RedisHandle>,
+}
+
+/// Starts the enabled actors on the current arbiter (call it inside an actix `System`).
+/// Starting never fails on a backend that is down: the actor keeps trying under backoff and
+/// reports through the registry.
+pub fn start(config: &Config, roles: Roles) -> Handles {
+    let registry = HealthRegistry::new();
+    let redis = config.redis.enabled.then(|| {
+        let entry = registry.register(Backend::Redis, config.redis.required);
+        redis::RedisActor::start_with(&config.redis, &config.supervisor, entry)
+    });
+    Handles {
+        roles,
+        registry,
+        redis,
+    }
+}
+
+impl Handles {
+    /// A round trip to every actor: proves their event loops are turning (the watchdog sends
+    /// WATCHDOG=1 only after this answered).
+    pub async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
+        if let Some(redis) = &self.redis {
+            redis.heartbeat(deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks every actor to close its connections and stop; waits at most `deadline` each.
+    /// Returns the actors that did not confirm in time.
+    pub async fn shutdown(&self, deadline: Duration) -> Vec<CallError> {
+        let mut late = Vec::new();
+        if let Some(redis) = &self.redis
+            && let Err(e) = redis.shutdown(deadline).await
+        {
+            late.push(e);
+        }
+        late
+    }
+
+    /// Waits until every backend has finished its first connect attempt (up, or failed and in
+    /// backoff), at most `deadline`; for one-shot health checks.
+    pub async fn settled(&self, deadline: Duration) {
+        let mut changes = self.registry.subscribe();
+        let _ = tokio::time::timeout(deadline, async {
+            loop {
+                let pending = self
+                    .registry
+                    .snapshot()
+                    .iter()
+                    .any(|s| s.state == supervisor::StateLabel::Connecting);
+                if !pending || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,127 @@
+//! `lucid-db run`: start the actors and the HTTP API, tell systemd, keep the watchdog fed,
+//! and stop cleanly on SIGTERM/SIGINT — the daemon's one signal path.
+//!
+//! Order: signals are hooked first (a SIGTERM right after READY=1 must not kill us
+//! uncleanly); then the actors start (a backend that is down does not hold anything back);
+//! then HTTP binds; then READY=1. On a signal: STOPPING=1, the actors drain, HTTP stops, all
+//! within `supervisor.shutdown_timeout`.
+
+use std::time::{Duration, Instant};
+
+use lucid_actors::config::Loaded;
+use lucid_actors::events::{
+    self, DaemonReady, DaemonStarted, DaemonStopped, DaemonStopping, WatchdogSkipped,
+};
+use lucid_actors::{Handles, HealthRegistry, Roles};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::exit;
+use crate::http::{self, ApiState};
+
+pub async fn run(loaded: Loaded) -> u8 {
+    let config = loaded.config;
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return exit::TEMPFAIL;
+        }
+    };
+    events::emit(DaemonStarted {
+        version: env!("CARGO_PKG_VERSION"),
+        config_sources: loaded.sources.join(","),
+    });
+
+    let started = Instant::now();
+    let handles = lucid_actors::start(&config, Roles::All);
+    let state = ApiState {
+        registry: handles.registry.clone(),
+        roles: handles.roles,
+        started,
+    };
+    let server = match http::serve(config.http.bind, state, config.supervisor.shutdown_timeout) {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(addr = %config.http.bind, error = %e, "cannot listen for HTTP");
+            handles.shutdown(config.supervisor.shutdown_timeout).await;
+            return exit::TEMPFAIL;
+        }
+    };
+    let server_handle = server.handle();
+    actix_rt::spawn(server);
+
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&handles.registry.summary()),
+    ]);
+    events::emit(DaemonReady {
+        http_addr: config.http.bind.to_string(),
+    });
+    actix_rt::spawn(report_status(handles.registry.clone()));
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        actix_rt::spawn(feed_watchdog(handles.clone(), period));
+    }
+
+    let signal = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    notify(&[NotifyState::Stopping]);
+    events::emit(DaemonStopping { signal });
+
+    let drain_started = Instant::now();
+    let timeout = config.supervisor.shutdown_timeout;
+    let drained = tokio::time::timeout(timeout, async {
+        handles.shutdown(timeout).await;
+        server_handle.stop(true).await;
+    })
+    .await;
+    events::emit(DaemonStopped {
+        code: if drained.is_ok() {
+            "drained"
+        } else {
+            "drain_timeout"
+        },
+        elapsed_ms: drain_started.elapsed().as_millis() as u64,
+    });
+    exit::OK
+}
+
+/// STATUS= carries the one-line health summary, rewritten on every state change.
+async fn report_status(registry: HealthRegistry) {
+    let mut changes = registry.subscribe();
+    while changes.changed().await.is_ok() {
+        notify(&[NotifyState::Status(&registry.summary())]);
+    }
+}
+
+/// WATCHDOG=1 at half the watchdog period, and only after every actor answered a round trip:
+/// a wedged event loop stops the pings and systemd restarts the daemon.
+async fn feed_watchdog(handles: Handles, period: Duration) {
+    let mut tick = tokio::time::interval(period / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match handles.heartbeat(period / 4).await {
+            Ok(()) => notify(&[NotifyState::Watchdog]),
+            Err(e) => events::emit(WatchdogSkipped {
+                code: e.code(),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Tells systemd, when it listens (`NOTIFY_SOCKET` set and not empty).
+fn notify(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none_or(|s| s.is_empty()) {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

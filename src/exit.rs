@@ -1,0 +1,12 @@
+//! Exit codes (sysexits, DESIGN §3): the same numbers for the daemon and every CLI command.
+
+/// Success.
+pub const OK: u8 = 0;
+/// Bad command line (EX_USAGE).
+pub const USAGE: u8 = 64;
+/// A required backend is unavailable (EX_UNAVAILABLE).
+pub const UNAVAILABLE: u8 = 69;
+/// Temporary failure, worth retrying: the HTTP port is taken, for instance (EX_TEMPFAIL).
+pub const TEMPFAIL: u8 = 75;
+/// Configuration error (EX_CONFIG). systemd does not restart on it (RestartPreventExitStatus=78).
+pub const CONFIG: u8 = 78;

@@ -1,0 +1,92 @@
+//! `lucid-db`: the daemon and its command line.
+//!
+//! # Layout
+//!
+//! - `main` — parse the command line, load the configuration, dispatch.
+//! - `cli` — the clap definitions.
+//! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
+//! - `http` — the HTTP API (`/health`, `/ready`).
+//! - `health_cmd` — `lucid-db health`.
+//! - `logging` — journald, JSON or text on stderr.
+//! - `exit` — exit codes.
+//!
+//! No driver crate is used here: everything goes through `lucid_actors` messages.
+
+mod cli;
+mod daemon;
+mod exit;
+mod health_cmd;
+mod http;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lucid_actors::config::{self, LoadOptions};
+
+use crate::cli::{Cli, Command, ConfigCommand};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let loaded = match config::load(&LoadOptions::from_process(cli.config.clone())) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("lucid-db: invalid configuration (exit {}):", exit::CONFIG);
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let code = match cli.command {
+        Command::Run => {
+            if let Err(e) = logging::init(&loaded.config.log, cli.log_format, None) {
+                eprintln!("lucid-db: cannot set up logging: {e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+            actix_rt::System::new().block_on(daemon::run(loaded))
+        }
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("warn"));
+            config_check(&loaded, json)
+        }
+        Command::Health { json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            health_cmd::run(&loaded.config, json)
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// `lucid-db config check`: the effective configuration, secrets redacted.
+fn config_check(loaded: &config::Loaded, json: bool) -> u8 {
+    if json {
+        match serde_json::to_string_pretty(&loaded.config) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("lucid-db: cannot render the configuration: {e}");
+                return exit::CONFIG;
+            }
+        }
+    } else {
+        println!(
+            "# lucid-db {} — effective configuration, secrets redacted",
+            env!("CARGO_PKG_VERSION")
+        );
+        println!("# layers: {}", loaded.sources.join(", "));
+        print!("{}", loaded.config.to_redacted_toml());
+    }
+    exit::OK
+}

@@ -1,0 +1,565 @@
+//! `lucid-testkit`: real servers for lucid-db's tests and benchmark.
+//!
+//! [`Server::start`] runs a real server binary on a free loopback port in a temporary
+//! directory, waits until it answers its own protocol, and kills it when the [`Server`] is
+//! dropped — also when the test panics (unwinding drops it) and when the test process is
+//! killed outright (the child gets `PR_SET_PDEATHSIG`). A missing binary is a panic with an
+//! install hint, never a skip. [`Server::stop`], [`Server::start_again`], [`Server::pause`]
+//! and [`Server::resume`] are the controls for fault tests.
+//!
+//! Adding a server is one [`ServerKind`]: its binary, an install hint, its arguments and a
+//! readiness probe.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How to run one kind of server.
+pub struct ServerKind {
+    /// Short name for messages (`redis`).
+    pub name: &'static str,
+    /// Executable, looked up on `PATH` and in the project's `.venv/bin`.
+    pub program: &'static str,
+    /// What to run when the program is missing.
+    pub install_hint: &'static str,
+    /// Command-line arguments for a port and a data directory.
+    pub args: fn(port: u16, dir: &Path) -> Vec<OsString>,
+    /// True once the server answers on `addr`.
+    pub ready: fn(addr: SocketAddr) -> bool,
+}
+
+/// redis-server from Debian, no persistence, loopback only.
+pub static REDIS: ServerKind = ServerKind {
+    name: "redis",
+    program: "redis-server",
+    install_hint: "run scripts/setup.sh (or: apt-get update && apt-get install -y redis-server)",
+    args: |port, dir| {
+        [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &dir.display().to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect()
+    },
+    ready: |addr| {
+        redis_ping(addr)
+            .is_ok_and(|reply| reply.starts_with("+PONG") || reply.starts_with("-NOAUTH"))
+    },
+};
+
+/// A running (or stopped, between [`Server::stop`] and [`Server::start_again`]) test server.
+pub struct Server {
+    kind: &'static ServerKind,
+    program: PathBuf,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<OsString>,
+    child: Option<Child>,
+}
+
+/// Starts redis-server; panics with an install hint when it is missing.
+pub fn redis() -> Server {
+    Server::start(&REDIS)
+}
+
+impl Server {
+    /// Starts `kind` on a free loopback port; panics (with an install hint when the binary is
+    /// missing, with the server's log when it does not come up).
+    pub fn start(kind: &'static ServerKind) -> Server {
+        Self::start_with(kind, &[])
+    }
+
+    /// As [`Server::start`], with extra arguments appended (e.g. `--requirepass x`).
+    pub fn start_with(kind: &'static ServerKind, extra: &[&str]) -> Server {
+        let program = find_program(kind.program).unwrap_or_else(|| {
+            panic!(
+                "{} server binary `{}` not found on PATH or in .venv/bin: {}",
+                kind.name, kind.program, kind.install_hint
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("lucid-testkit-{}-", kind.name))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for {}: {e}", kind.name));
+        let mut server = Server {
+            kind,
+            program,
+            port: 0,
+            dir,
+            extra_args: extra.iter().map(OsString::from).collect(),
+            child: None,
+        };
+        // A free port can be taken between our probe and the server's bind: try a few.
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            server.port = free_port();
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("{} did not start: {last_err}", kind.name);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The server's URL for clients (`redis://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.kind.name, self.addr())
+    }
+
+    /// The server's data directory (removed when the `Server` is dropped).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL, as a crash would) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory; waits until it answers.
+    pub fn start_again(&mut self) {
+        self.stop();
+        // The old socket may linger briefly; retry for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!(
+                        "{} did not restart on port {}: {e}",
+                        self.kind.name, self.port
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid; no memory is touched.
+            unsafe {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| format!("cannot open the server log: {e}"))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args((self.kind.args)(self.port, self.dir.path()))
+            .args(&self.extra_args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let mut child = spawn_tied_to_process(cmd)
+            .map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "exited with {status} before answering; log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            if (self.kind.ready)(self.addr()) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no answer on {} within 20 s; log:\n{}",
+                    self.addr(),
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `PING` and returns the first reply line.
+pub fn redis_ping(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
+/// Whether process `pid` still exists (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 is the state; Z = zombie, X = dead.
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next()),
+            Some("Z") | Some("X")
+        ),
+        Err(_) => false,
+    }
+}
+
+/// The workspace root (where `.venv/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let venv = workspace_root().join(".venv/bin");
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::iter::once(venv))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it dies with this process.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and test threads
+/// come and go; so every server is forked from one long-lived spawner thread, which lives as
+/// long as the process.
+fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the testkit spawner thread: {e}"));
+        Mutex::new(tx)
+    });
+    let parent = std::process::id();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("testkit spawner lock poisoned"))?
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("testkit spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("testkit spawner thread is gone"))?
+}
+
+/// A minimal HTTP/1.1 GET for tests of the daemon's API: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {raw:?}")))?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Stands in for systemd's notify socket: bind it, pass [`NotifySocket::path`] as
+/// `NOTIFY_SOCKET` to the daemon, read what it sends.
+pub struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path)
+            .unwrap_or_else(|e| panic!("cannot bind {}: {e}", path.display()));
+        NotifySocket {
+            sock,
+            path,
+            _dir: dir,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every line received so far (each datagram may hold several `KEY=VALUE` lines).
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Reads datagrams until a line satisfies `pred` (returned) or `timeout` passes (None).
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        if self.wait_count(timeout, 1, &pred) == 0 {
+            return None;
+        }
+        self.seen.iter().find(|l| pred(l)).cloned()
+    }
+
+    /// Reads datagrams until `n` lines in all satisfy `pred` or `timeout` passes; returns how
+    /// many did.
+    pub fn wait_count(
+        &mut self,
+        timeout: Duration,
+        n: usize,
+        pred: impl Fn(&str) -> bool,
+    ) -> usize {
+        let mut count = self.seen.iter().filter(|l| pred(l)).count();
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 64 * 1024];
+        while count < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if left.is_zero() || self.sock.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            let Ok(len) = self.sock.recv(&mut buf) else {
+                break;
+            };
+            for line in String::from_utf8_lossy(&buf[..len]).lines() {
+                self.seen.push(line.to_owned());
+                if pred(line) {
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+}
+
+/// The `lucid-db` binary running as a daemon for a test: its own config file, a free HTTP
+/// port, a state directory and a [`NotifySocket`], all in a temp dir; killed on drop and
+/// when the test process dies.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Where its HTTP API listens.
+    pub http: SocketAddr,
+    /// systemd's notify socket, as the daemon sees it.
+    pub notify: NotifySocket,
+    stderr: std::sync::Arc<Mutex<String>>,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Runs `bin run --config <file>` with `config` as the file's content and `env` added to
+    /// an otherwise clean environment (PATH only). `http.bind`, `state_dir` and
+    /// `volumes.root` point into the temp dir (through the environment, so `config` may hold
+    /// any section).
+    pub fn start(bin: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("lucid-testkit-daemon-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let config_path = dir.path().join("lucid-db.toml");
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let notify = NotifySocket::bind();
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .arg("run")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LUCID_DB__HTTP__BIND", http.to_string())
+            .env("LUCID_DB__STATE_DIR", dir.path().join("state"))
+            .env("LUCID_DB__VOLUMES__ROOT", dir.path().join("volumes"))
+            .env("NOTIFY_SOCKET", notify.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = spawn_tied_to_process(cmd)
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(pipe);
+                let mut line = String::new();
+                while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                    }
+                    line.clear();
+                }
+            });
+        }
+        Daemon {
+            child: Some(child),
+            http,
+            notify,
+            stderr,
+            dir,
+        }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Polls stderr until a line contains `needle`, at most `timeout`.
+    pub fn wait_for_log(&self, timeout: Duration, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr().lines().find(|l| l.contains(needle)) {
+                return Some(line.to_owned());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The temp dir holding its config and state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends a signal (SIGTERM, SIGINT, …).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Waits for the daemon to exit, at most `timeout`; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::redact::{self, Secret};
+use crate::redact::{self, Secret, SecretUrl};
 
 /// The defaults, compiled into the binary; also the shipped example file.
 pub const DEFAULTS: &str = include_str!("../configs/lucid-db.toml");
@@ -96,12 +96,42 @@ pub struct HttpConfig {
 pub struct RedisConfig {
     pub enabled: bool,
     pub required: bool,
-    #[serde(serialize_with = "redact::serialize_url")]
-    pub url: String,
+    pub url: SecretUrl,
     pub password_file: PathBuf,
-    /// Resolved from `password_file` or the credentials directory; never read from TOML.
-    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    /// Default TTL of cache entries.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Longest TTL a caller may ask for a cache entry.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_ttl: Duration,
+    /// Default lifetime of a session (the access-token TTL).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Default lease of a lock.
+    #[serde(with = "humantime_serde")]
+    pub lock_lease: Duration,
+    /// Largest value (cache entry, session data) accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// What a rate-limit check answers while Redis is unavailable.
+    pub rate_limit_when_down: DownPolicy,
+    /// Key patterns an import never restores (locks, rate-limit windows).
+    pub not_restorable: Vec<String>,
+    /// How far an import moves fencing counters past the highest value seen.
+    pub fence_margin: u64,
+    /// Resolved from `password_file` or the credentials directory; never read from TOML and
+    /// never printed (`config check` names its origin in a comment).
+    #[serde(skip)]
     pub password: Option<Secret>,
+}
+
+/// A rate-limit decision while the backend is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownPolicy {
+    /// Admit every request (availability first).
+    Open,
+    /// Refuse every request (protection first).
+    Closed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,11 +139,10 @@ pub struct RedisConfig {
 pub struct MongoConfig {
     pub enabled: bool,
     pub required: bool,
-    #[serde(serialize_with = "redact::serialize_url")]
-    pub url: String,
+    pub url: SecretUrl,
     pub database: String,
     pub password_file: PathBuf,
-    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub password: Option<Secret>,
 }
 
@@ -122,11 +151,10 @@ pub struct MongoConfig {
 pub struct ElasticsearchConfig {
     pub enabled: bool,
     pub required: bool,
-    #[serde(serialize_with = "redact::serialize_url")]
-    pub url: String,
+    pub url: SecretUrl,
     pub username: String,
     pub password_file: PathBuf,
-    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub password: Option<Secret>,
 }
 
@@ -233,10 +261,31 @@ impl Config {
         load(&LoadOptions::default()).map(|l| l.config)
     }
 
-    /// The effective configuration as TOML, secrets and URL passwords redacted.
+    /// The effective configuration as TOML, URL passwords redacted; each configured secret
+    /// appears as a comment naming where it came from (never its value). The output is itself
+    /// a valid configuration file.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(self)
-            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+        let mut out = String::new();
+        for (key, origin) in self.secret_origins() {
+            out.push_str(&format!("# {key}: set, from {origin}\n"));
+        }
+        match toml::to_string(self) {
+            Ok(text) => out.push_str(&text),
+            Err(e) => out.push_str(&format!("# cannot render the configuration: {e}\n")),
+        }
+        out
+    }
+
+    /// The secrets that are set, by name (`redis.password`), with their origin.
+    pub fn secret_origins(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("redis.password", &self.redis.password),
+            ("mongodb.password", &self.mongodb.password),
+            ("elasticsearch.password", &self.elasticsearch.password),
+        ]
+        .into_iter()
+        .filter_map(|(key, secret)| secret.as_ref().map(|s| (key, s.origin())))
+        .collect()
     }
 }
 
@@ -266,12 +315,27 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
         None => {}
     }
     let env_prefix = format!("{ENV_PREFIX}__");
-    let lucid_env: HashMap<String, String> = opts
+    let mut lucid_env: HashMap<String, String> = opts
         .env
         .iter()
         .filter(|(k, _)| k.starts_with(&env_prefix))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Values stay strings (a database named "0123" stays "0123"; typed keys are converted
+    // when deserialized), except list keys, given comma-separated.
+    for (var, key) in LIST_KEYS {
+        if let Some(value) = lucid_env.remove(*var) {
+            let items: Vec<String> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder
+                .set_override(*key, items)
+                .map_err(|e| ConfigErrors::one(*key, e.to_string()))?;
+        }
+    }
     let mut env_names: Vec<&String> = lucid_env.keys().collect();
     env_names.sort();
     sources.extend(env_names.into_iter().cloned());
@@ -279,13 +343,17 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
         Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
             .source(Some(lucid_env)),
     );
 
+    // A syntax error names the file; its message may quote the offending line: redact it.
+    let file_key = opts
+        .file
+        .as_ref()
+        .map_or_else(|| "config".to_owned(), |p| p.display().to_string());
     let merged = builder
         .build()
-        .map_err(|e| ConfigErrors::one("config", e.to_string()))?;
+        .map_err(|e| ConfigErrors::one(file_key, one_line(&e.to_string())))?;
     let mut config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
         let key = e.path().to_string();
         // config's own messages end in " for key `x`"; the key is printed first already.
@@ -295,7 +363,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
             None => reason,
         };
         let key = if key == "." { "config".to_owned() } else { key };
-        ConfigErrors::one(key, reason)
+        ConfigErrors::one(key, one_line(&reason))
     })?;
 
     let mut errors = Vec::new();
@@ -330,6 +398,20 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
     }
 }
 
+/// Keys whose environment variable holds a comma-separated list.
+const LIST_KEYS: &[(&str, &str)] = &[("LUCID_DB__REDIS__NOT_RESTORABLE", "redis.not_restorable")];
+
+/// An error message as one redacted line: parser messages quote the source, which may hold a
+/// URL with a password.
+fn one_line(message: &str) -> String {
+    let joined: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    redact::text(&joined.join(" "))
+}
+
 fn resolve_state_dir(configured: &Path, env: &HashMap<String, String>) -> PathBuf {
     if !configured.as_os_str().is_empty() {
         return configured.to_owned();
@@ -361,7 +443,7 @@ fn read_secret(
     };
     match std::fs::read_to_string(&path) {
         Ok(value) => {
-            let secret = Secret::new(value);
+            let secret = Secret::new(value).with_origin(origin.clone());
             // The unit's `SetCredential=<name>:\n` fallback stands for "not configured".
             if secret.expose().is_empty() && !explicit {
                 None
@@ -404,18 +486,33 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     }
 
     let s = &c.supervisor;
-    for (key, value) in [
-        ("supervisor.backoff_base", s.backoff_base),
-        ("supervisor.backoff_cap", s.backoff_cap),
-        ("supervisor.reset_after", s.reset_after),
-        ("supervisor.call_deadline", s.call_deadline),
-        ("supervisor.stream_idle_timeout", s.stream_idle_timeout),
-        ("supervisor.probe_interval", s.probe_interval),
-        ("supervisor.shutdown_timeout", s.shutdown_timeout),
+    let ms = Duration::from_millis;
+    // Lower bounds: below them a value is a typo (1ns) and makes the daemon spin.
+    for (key, value, min) in [
+        ("supervisor.backoff_base", s.backoff_base, ms(1)),
+        ("supervisor.backoff_cap", s.backoff_cap, ms(1)),
+        ("supervisor.reset_after", s.reset_after, ms(1)),
+        ("supervisor.call_deadline", s.call_deadline, ms(10)),
+        (
+            "supervisor.stream_idle_timeout",
+            s.stream_idle_timeout,
+            ms(10),
+        ),
+        ("supervisor.probe_interval", s.probe_interval, ms(10)),
+        ("supervisor.shutdown_timeout", s.shutdown_timeout, ms(100)),
     ] {
-        if value.is_zero() {
-            err(key, "must be longer than zero".to_owned());
+        if value < min {
+            err(
+                key,
+                format!("must be at least {}", humantime::format_duration(min)),
+            );
         }
+    }
+    if s.shutdown_timeout > Duration::from_secs(60) {
+        err(
+            "supervisor.shutdown_timeout",
+            "must be at most 1m (and below the unit's TimeoutStopSec)".to_owned(),
+        );
     }
     if s.backoff_cap < s.backoff_base {
         err(
@@ -442,16 +539,57 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         );
     }
 
-    if let Err(reason) = check_redis_url(&c.redis.url) {
+    if c.http.bind.port() == 0 {
+        err(
+            "http.bind",
+            "must name a port (0 would pick a random one nobody can find)".to_owned(),
+        );
+    }
+
+    if let Err(reason) = check_redis_url(c.redis.url.expose()) {
         err("redis.url", reason);
     }
-    if let Err(reason) = check_mongodb_url(&c.mongodb.url) {
+    let r = &c.redis;
+    for (key, value) in [
+        ("redis.cache_ttl", r.cache_ttl),
+        ("redis.cache_max_ttl", r.cache_max_ttl),
+        ("redis.session_ttl", r.session_ttl),
+        ("redis.lock_lease", r.lock_lease),
+    ] {
+        if value < Duration::from_millis(1) {
+            err(key, "must be at least 1ms".to_owned());
+        }
+    }
+    if r.cache_ttl > r.cache_max_ttl {
+        err(
+            "redis.cache_ttl",
+            format!(
+                "must not be longer than redis.cache_max_ttl ({})",
+                humantime::format_duration(r.cache_max_ttl)
+            ),
+        );
+    }
+    if !(1..=512 * 1024 * 1024).contains(&r.max_value_bytes) {
+        err(
+            "redis.max_value_bytes",
+            "must be between 1 and 536870912 (Redis's own limit)".to_owned(),
+        );
+    }
+    for pattern in &r.not_restorable {
+        if !pattern.starts_with("lucid:") {
+            err(
+                "redis.not_restorable",
+                format!("{pattern:?} must start with \"lucid:\" (only lucid keys are exported)"),
+            );
+        }
+    }
+    if let Err(reason) = check_mongodb_url(c.mongodb.url.expose()) {
         err("mongodb.url", reason);
     }
     if let Err(reason) = check_database_name(&c.mongodb.database) {
         err("mongodb.database", reason);
     }
-    if let Err(reason) = check_http_url(&c.elasticsearch.url) {
+    if let Err(reason) = check_http_url(c.elasticsearch.url.expose()) {
         err("elasticsearch.url", reason);
     }
     if !c.volumes.root.is_absolute() {
@@ -496,32 +634,31 @@ pub fn check_cron(pattern: &str) -> Result<(), String> {
         .map_err(|e| format!("{pattern:?} is not a valid cron string: {e}"))
 }
 
+/// The same parser the daemon's log filter uses, so what passes here works there.
 fn check_log_directives(level: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    if level.trim().is_empty() {
+    let level = level.trim();
+    if level.is_empty() {
         return Err("must not be empty (use \"info\")".to_owned());
     }
-    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        let lvl = match directive.split_once('=') {
-            Some((target, lvl)) if !target.is_empty() => lvl,
-            Some(_) => return Err(format!("directive {directive:?} has no target")),
-            None if directive.contains([':', '_']) => continue,
-            None => directive,
-        };
-        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "{lvl:?} is not a level (one of {})",
-                LEVELS.join(", ")
-            ));
-        }
+    // A lone word is a target filter to EnvFilter; alone it is almost surely a mistyped level.
+    if !level.contains([',', '=', ':', '['])
+        && !LEVELS.contains(&level.to_ascii_lowercase().as_str())
+    {
+        return Err(format!(
+            "{level:?} is not a level (one of {})",
+            LEVELS.join(", ")
+        ));
     }
-    Ok(())
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(|_| ())
+        .map_err(|e| format!("{level:?} is not a level or tracing directives: {e}"))
 }
 
 fn check_redis_url(raw: &str) -> Result<(), String> {
-    let url =
-        url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {}", redact::url(raw)))?;
-    match url.scheme() {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+    let shape = match url.scheme() {
         "redis" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
         "redis" => Err("redis:// URL has no host".to_owned()),
         "unix" | "redis+unix" if !url.path().is_empty() => Ok(()),
@@ -530,7 +667,12 @@ fn check_redis_url(raw: &str) -> Result<(), String> {
         "redis+sentinel" | "redis-sentinel" => Err("Redis Sentinel URLs are not supported yet; point redis.url at the current primary".to_owned()),
         "redis+cluster" | "redis-cluster" => Err("Redis Cluster URLs are not supported yet; lucid-db talks to one Redis server".to_owned()),
         other => Err(format!("scheme {other:?} is not a Redis URL (use redis:// or unix://)")),
-    }
+    };
+    shape?;
+    // What the driver itself will make of it (the database number, for instance).
+    redis::IntoConnectionInfo::into_connection_info(raw)
+        .map(|_| ())
+        .map_err(|e| redact::text(&e.to_string()))
 }
 
 fn check_mongodb_url(raw: &str) -> Result<(), String> {
@@ -538,10 +680,18 @@ fn check_mongodb_url(raw: &str) -> Result<(), String> {
         .strip_prefix("mongodb://")
         .or_else(|| raw.strip_prefix("mongodb+srv://"))
         .ok_or_else(|| "must start with mongodb:// or mongodb+srv://".to_owned())?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    // MongoDB's URI format requires '/', '?', '#', ':' and '@' in credentials percent-encoded.
+    if rest[authority_end..].contains('@') || authority.matches('@').count() > 1 {
+        return Err(
+            "percent-encode '/', '?', '#' and '@' in the user name and password (e.g. '@' as %40)"
+                .to_owned(),
+        );
+    }
     let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
-        return Err(format!("no host in {}", redact::url(raw)));
+        return Err("no host".to_owned());
     }
     Ok(())
 }
@@ -560,8 +710,7 @@ fn check_database_name(name: &str) -> Result<(), String> {
 }
 
 fn check_http_url(raw: &str) -> Result<(), String> {
-    let url =
-        url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e}): {}", redact::url(raw)))?;
+    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
     match url.scheme() {
         "http" | "https" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
         "http" | "https" => Err("URL has no host".to_owned()),
@@ -612,7 +761,10 @@ mod tests {
     fn env_overrides_file_overrides_defaults() {
         let file = "[redis]\nurl = \"redis://file-host:6379/1\"\n[supervisor]\ncall_deadline = \"2s\"\nprobe_interval = \"3s\"\n";
         let from_file = load_with(Some(file), &[]).expect("valid");
-        assert_eq!(from_file.config.redis.url, "redis://file-host:6379/1");
+        assert_eq!(
+            from_file.config.redis.url.expose(),
+            "redis://file-host:6379/1"
+        );
         assert_eq!(
             from_file.config.supervisor.call_deadline,
             Duration::from_secs(2)
@@ -634,7 +786,7 @@ mod tests {
             ],
         )
         .expect("valid");
-        assert_eq!(both.config.redis.url, "redis://env-host:6379/2");
+        assert_eq!(both.config.redis.url.expose(), "redis://env-host:6379/2");
         assert_eq!(both.config.supervisor.mailbox_capacity, 7);
         assert!(!both.config.redis.required);
         assert_eq!(both.config.state_dir, PathBuf::from("/srv/state"));
@@ -679,6 +831,86 @@ mod tests {
         for (file, env, key) in cases {
             let err = load_with(Some(file), env).expect_err(file);
             assert_eq!(keys(&err), vec![key], "{file}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_values_stay_strings_until_typed() {
+        let c = load_with(
+            None,
+            &[
+                ("LUCID_DB__MONGODB__DATABASE", "0123"),
+                ("LUCID_DB__ELASTICSEARCH__USERNAME", "007"),
+                ("LUCID_DB__REDIS__ENABLED", "false"),
+                (
+                    "LUCID_DB__REDIS__NOT_RESTORABLE",
+                    "lucid:locks:lock:*, lucid:x:*",
+                ),
+            ],
+        )
+        .expect("valid")
+        .config;
+        assert_eq!(c.mongodb.database, "0123");
+        assert_eq!(c.elasticsearch.username, "007");
+        assert!(!c.redis.enabled);
+        assert_eq!(c.redis.not_restorable, ["lucid:locks:lock:*", "lucid:x:*"]);
+    }
+
+    #[test]
+    fn values_the_daemon_could_not_use_are_refused() {
+        for (env, key) in [
+            (
+                ("LUCID_DB__REDIS__URL", "redis://127.0.0.1:6379/abc"),
+                "redis.url",
+            ),
+            (("LUCID_DB__HTTP__BIND", "127.0.0.1:0"), "http.bind"),
+            (
+                ("LUCID_DB__SUPERVISOR__BACKOFF_BASE", "500us"),
+                "supervisor.backoff_base",
+            ),
+            (
+                ("LUCID_DB__SUPERVISOR__CALL_DEADLINE", "1ns"),
+                "supervisor.call_deadline",
+            ),
+            (
+                ("LUCID_DB__SUPERVISOR__SHUTDOWN_TIMEOUT", "1h"),
+                "supervisor.shutdown_timeout",
+            ),
+            (
+                ("LUCID_DB__MONGODB__URL", "mongodb://u:pa/ss@h:27017/db"),
+                "mongodb.url",
+            ),
+            (
+                ("LUCID_DB__REDIS__NOT_RESTORABLE", "locks:*"),
+                "redis.not_restorable",
+            ),
+            (("LUCID_DB__REDIS__CACHE_TTL", "2h"), "redis.cache_ttl"),
+        ] {
+            let err = load_with(None, &[env]).expect_err(env.1);
+            assert_eq!(keys(&err), vec![key], "{env:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_a_password() {
+        let cases = [
+            ("[redis]\nurl = \"redis://:hunter2@h:6379/0\" extra\n", None),
+            (
+                "",
+                Some(("LUCID_DB__REDIS__URL", "redis://:hunter2@[::1:6379/0")),
+            ),
+            (
+                "",
+                Some(("LUCID_DB__MONGODB__URL", "mongodb://u:hunter2/x@h/db")),
+            ),
+            ("", Some(("LUCID_DB__REDIS__ENABLED", "redis://:hunter2@h"))),
+        ];
+        for (file, env) in cases {
+            let env: Vec<(&str, &str)> = env.into_iter().collect();
+            let err = load_with(Some(file), &env).expect_err("invalid");
+            let text = err.to_string();
+            assert!(!text.contains("hunter2"), "{text}");
+            assert_eq!(text.lines().count(), 1, "one line per problem: {text}");
         }
     }
 
@@ -739,7 +971,24 @@ mod tests {
             !shown.contains("from-file") && !shown.contains("from-creds"),
             "{shown}"
         );
-        assert!(shown.contains("password = \"***\""), "{shown}");
+        assert!(
+            shown.contains("# redis.password: set, from redis.password_file\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "# mongodb.password: set, from $CREDENTIALS_DIRECTORY/mongodb_password\n"
+            ),
+            "{shown}"
+        );
+        // and it still loads as a configuration file
+        let again = dir.path().join("again.toml");
+        std::fs::write(&again, &shown).expect("write");
+        load(&LoadOptions {
+            file: Some(again),
+            env: HashMap::new(),
+        })
+        .expect("printed config with secrets loads");
 
         let missing = load_with(
             None,
@@ -800,10 +1049,11 @@ mod tests {
             "warn,lucid_actors=debug",
             "lucid_actors::redis=trace",
             "OFF",
+            "warn,hyper",
         ] {
             assert!(check_log_directives(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "loud", "=debug", "lucid=verbose"] {
+        for bad in ["", "loud", "lucid=verbose", "info,x=[bad"] {
             assert!(check_log_directives(bad).is_err(), "{bad}");
         }
     }

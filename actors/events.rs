@@ -134,6 +134,23 @@ events! {
         attempt: u32,
         retry_in_ms: u64,
     }
+    /// A rate-limit check found Redis unavailable and answered by `redis.rate_limit_when_down`;
+    /// once per outage.
+    RateLimitDegraded = "ratelimit.degraded", WARN, code = code {
+        /// `open` (admitting) or `closed` (refusing).
+        policy: &'static str,
+        code: &'static str,
+    }
+    /// The subscriber connection was re-opened after a reconnect and every subscription restored.
+    PubSubResubscribed = "pubsub.resubscribed", INFO {
+        channels: u64,
+        patterns: u64,
+    }
+    /// A subscriber's mailbox was full and a message was dropped; once per subscription
+    /// (the count is in `pubsub_drops`).
+    PubSubOverflow = "pubsub.overflow", WARN {
+        topic: String,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,

@@ -137,6 +137,19 @@ impl HealthRegistry {
         }
     }
 
+    /// A backend enabled in config whose actor this version does not have yet: `disabled`,
+    /// not required, with the reason.
+    pub fn register_unbuilt(&self, backend: Backend) {
+        self.register(backend, false);
+        self.update(backend, true, |e| {
+            e.status.state = StateLabel::Disabled;
+            e.status.attempt = 0;
+            e.status.reason = Some(
+                "no actor in this version yet: its configuration is read, not acted on".to_owned(),
+            );
+        });
+    }
+
     /// Every backend's status, in a stable order.
     pub fn snapshot(&self) -> Vec<BackendStatus> {
         let now = Instant::now();
@@ -239,6 +252,12 @@ impl HealthEntry {
             .update(self.backend, true, |e| e.status.last_error = Some(last));
     }
 
+    /// The last successful round trip, in milliseconds.
+    pub fn latency_ms(&self) -> Option<f64> {
+        let entries = self.registry.inner.entries.read().ok()?;
+        entries.get(&self.backend)?.status.latency_ms
+    }
+
     /// A successful round trip; does not wake subscribers.
     pub fn latency(&self, d: Duration) {
         let ms = d.as_secs_f64() * 1000.0;
@@ -302,9 +321,23 @@ mod tests {
             "{reasons:?}"
         );
 
-        // optional backends do not hold readiness back
+        // optional backends, and those without an actor yet, do not hold readiness back
         let _mongo = reg.register(Backend::Mongodb, false);
+        reg.register_unbuilt(Backend::Elasticsearch);
         assert_eq!(reg.readiness().expect_err("redis still down").len(), 1);
+        let es = reg
+            .snapshot()
+            .into_iter()
+            .find(|s| s.backend == Backend::Elasticsearch)
+            .expect("listed");
+        assert_eq!(es.state, StateLabel::Disabled);
+        assert!(
+            !es.required
+                && es
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("no actor"))
+        );
 
         // a latency update alone does not wake STATUS= writers
         rx.mark_unchanged();

@@ -62,6 +62,16 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         let entry = registry.register(Backend::Redis, config.redis.required);
         redis::RedisActor::start_with(&config.redis, &config.supervisor, entry)
     });
+    // Enabled in config but not built yet: shown, so nobody mistakes silence for health, and
+    // not required, so the daemon can become ready with what it has.
+    for (backend, enabled) in [
+        (Backend::Mongodb, config.mongodb.enabled),
+        (Backend::Elasticsearch, config.elasticsearch.enabled),
+    ] {
+        if enabled {
+            registry.register_unbuilt(backend);
+        }
+    }
     Handles {
         roles,
         registry,

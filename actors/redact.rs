@@ -15,7 +15,10 @@ pub const MASK: &str = "***";
 /// A credential read from a file or `$CREDENTIALS_DIRECTORY`. `Debug`, `Display` and
 /// `Serialize` print [`MASK`]; only [`Secret::expose`] gives the value, at the driver call.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    origin: String,
+}
 
 impl Secret {
     /// Wraps a value; trailing newlines (as `echo pw > file` leaves them) are dropped.
@@ -24,12 +27,68 @@ impl Secret {
         while value.ends_with('\n') || value.ends_with('\r') {
             value.pop();
         }
-        Secret(value)
+        Secret {
+            value,
+            origin: String::new(),
+        }
+    }
+
+    /// Records where the value came from (a key or a credential name; never the value).
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = origin.into();
+        self
     }
 
     /// The value itself, for handing to a driver. Never format it.
     pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// Where it came from, for `config check`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+/// A backend URL, which may carry a password. Prints redacted everywhere (`Debug`,
+/// `Display`, `Serialize`); [`SecretUrl::expose`] gives it to the driver.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(s: &str) -> Self {
+        SecretUrl(s.to_owned())
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(s: String) -> Self {
+        SecretUrl(s)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", url(&self.0))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&url(&self.0))
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&url(&self.0))
     }
 }
 
@@ -51,45 +110,59 @@ impl Serialize for Secret {
     }
 }
 
+/// Query parameters whose value is a credential (`unix:///r.sock?pass=…` for redis-rs).
+const SECRET_PARAMS: [&str; 5] = ["pass", "password", "token", "secret", "api_key"];
+
 /// Hides the password of a URL's user-info (`scheme://user:password@host`), keeping the user
-/// name so an operator can still tell which account is used. Works on strings the `url` crate
-/// cannot parse, such as MongoDB's multi-host URIs (`mongodb://u:p@h1,h2/db`).
+/// name so an operator can still tell which account is used, and the value of credential
+/// query parameters (`?pass=`). Works on strings the `url` crate cannot parse (MongoDB's
+/// multi-host URIs, passwords with an unencoded `/`, `?`, `#` or `@`): everything between
+/// `://` and the last `@` is user-info, which over-redacts an `@` in a path — acceptable, a
+/// leaked password is not.
 pub fn url(raw: &str) -> String {
     let Some(scheme_end) = raw.find("://") else {
         return raw.to_owned();
     };
-    let authority_start = scheme_end + 3;
-    let rest = &raw[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
-    // The last '@' ends the user-info: passwords may contain '@' themselves.
-    let Some(at) = authority.rfind('@') else {
-        return raw.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => &userinfo[..colon],
-        // A lone token (`redis://token@host`) is a password for Redis and ES API keys.
-        None if userinfo.is_empty() => "",
-        None => {
-            return format!(
-                "{}{}@{}",
-                &raw[..authority_start],
-                MASK,
-                &raw[authority_start + at + 1..]
-            );
+    let start = scheme_end + 3;
+    let (head, rest) = raw.split_at(start);
+    let (userinfo_masked, after) = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            // `user:password` keeps the user; a lone token is a credential (ES API keys).
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) if !user.contains(['/', '?', '#']) => format!("{user}:{MASK}@"),
+                _ => format!("{MASK}@"),
+            };
+            (masked, &rest[at + 1..])
         }
+        None => (String::new(), rest),
     };
-    format!(
-        "{}{}:{}@{}",
-        &raw[..authority_start],
-        user,
-        MASK,
-        &raw[authority_start + at + 1..]
-    )
+    format!("{head}{userinfo_masked}{}", mask_params(after))
 }
 
-/// Redacts every URL inside free text (driver error messages, for instance).
+/// Masks the values of [`SECRET_PARAMS`] in a URL's query string.
+fn mask_params(rest: &str) -> String {
+    let Some(q) = rest.find('?') else {
+        return rest.to_owned();
+    };
+    let (path, query) = rest.split_at(q + 1);
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                format!("{k}={MASK}")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}{}{fragment}", params.join("&"))
+}
+
+/// Redacts every URL inside free text (driver error messages, config errors).
 pub fn text(raw: &str) -> String {
     if !raw.contains("://") {
         return raw.to_owned();
@@ -99,8 +172,10 @@ pub fn text(raw: &str) -> String {
     while let Some(pos) = rest.find("://") {
         // The URL starts at the beginning of the scheme word.
         let scheme_start = rest[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let end = rest[pos..]
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ','))
             .map_or(rest.len(), |i| pos + i);
@@ -110,11 +185,6 @@ pub fn text(raw: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// `serialize_with` helper: a URL field, redacted.
-pub fn serialize_url<S: Serializer>(raw: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&url(raw))
 }
 
 #[cfg(test)]
@@ -139,7 +209,26 @@ mod tests {
                 "https://elastic:changeme@es.lan:9200",
                 "https://elastic:***@es.lan:9200",
             ),
-            ("http://host/path?x=a@b", "http://host/path?x=a@b"),
+            // unencoded /, ? or # in the password
+            (
+                "redis://:pa/ss@127.0.0.1:6379/0",
+                "redis://:***@127.0.0.1:6379/0",
+            ),
+            (
+                "mongodb://u:pa?ss#x@h:27017/db",
+                "mongodb://u:***@h:27017/db",
+            ),
+            // credentials in the query
+            (
+                "unix:///tmp/r.sock?db=1&pass=hunter2",
+                "unix:///tmp/r.sock?db=1&pass=***",
+            ),
+            (
+                "redis+unix:///r.sock?password=x#frag",
+                "redis+unix:///r.sock?password=***#frag",
+            ),
+            // an @ in a path is taken for user-info: over-redacted, never leaked
+            ("http://host/path?x=a@b", "http://***@b"),
             ("not a url", "not a url"),
         ];
         for (raw, want) in cases {
@@ -156,13 +245,27 @@ mod tests {
         assert!(red.contains("redis://:***@10.0.0.2:6379"), "{red}");
         assert!(red.contains("mongodb://u:***@h/db"), "{red}");
         assert_eq!(text("plain message"), "plain message");
+        // multi-byte text before a URL
+        assert_eq!(text("échec: redis://:pw@h"), "échec: redis://:***@h");
+        assert_eq!(text("échecredis://:pw@h"), "échecredis://:***@h");
     }
 
     #[test]
     fn secret_never_prints() {
-        let s = Secret::new("hunter2\n");
+        let s = Secret::new("hunter2\n").with_origin("redis.password_file");
         assert_eq!(s.expose(), "hunter2");
+        assert_eq!(s.origin(), "redis.password_file");
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"***\""));
+        let u = SecretUrl::from("redis://:hunter2@h:1/0");
+        assert_eq!(u.expose(), "redis://:hunter2@h:1/0");
+        assert_eq!(
+            format!("{u} {u:?}"),
+            "redis://:***@h:1/0 \"redis://:***@h:1/0\""
+        );
+        assert_eq!(
+            serde_json::to_string(&u).ok().as_deref(),
+            Some("\"redis://:***@h:1/0\"")
+        );
     }
 }

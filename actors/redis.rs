@@ -1,4 +1,4 @@
-//! The Redis actor: owns lucid-db's one connection to Redis.
+//! The Redis actor: owns lucid-db's connection to Redis and everything Lucid does with it.
 //!
 //! The connection is a `MultiplexedConnection` (requests from many callers share it and run
 //! concurrently), re-created under the shared [`Connection`] backoff — not redis-rs's
@@ -7,17 +7,40 @@
 //! dropped, takes the actor to backoff at once, and calls are answered `Unavailable` without
 //! touching the network until a reconnect succeeds.
 //!
-//! For now the actor offers the connection and its health; the Redis service (cache, sessions,
-//! rate limits, pub/sub, locks, export/import) builds on it.
+//! Every operation is a message with a typed reply, handled the same way ([`RedisActor::run`]):
+//! answer at once when Redis is not up, otherwise run the driver call as its own task within
+//! the call deadline, and tell the actor if the connection turned out to be lost. Every key
+//! goes through the one key builder ([`Key`]: `lucid:{service}:{entity}:{id}`).
+//!
+//! The operations, one file each under `actors/redis/`:
+//! - [`keys`] — the key builder and name validation.
+//! - [`cache`] — get / set with TTL / delete / exists, typed JSON values, single-flight get-or-compute.
+//! - [`sessions`] — sessions with a per-user index kept consistent with expiry.
+//! - [`ratelimit`] — atomic sliding-window limits per user and per IP.
+//! - [`locks`] — leased locks with fencing tokens.
+//! - [`pubsub`] — publish, and subscriptions delivered to actors, restored after reconnects.
+//! - [`transfer`] — streaming export (SCAN + DUMP) and import (RESTORE … ABSTTL) for backups.
+//! - [`stats`] — INFO-derived stats.
 
+pub mod cache;
+pub mod keys;
+pub mod locks;
+pub mod pubsub;
+pub mod ratelimit;
+pub mod sessions;
+pub mod stats;
+pub mod transfer;
+
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::fut::{self, ActorFutureExt, WrapFuture};
+use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
-use crate::config::{RedisConfig, SupervisorConfig};
+use crate::config::{DownPolicy, RedisConfig, SupervisorConfig};
 use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp};
 use crate::health::HealthEntry;
 use crate::redact;
@@ -25,10 +48,23 @@ use crate::supervisor::{
     Backend, BackoffPolicy, CallError, ConnState, Connection, Heartbeat, Shutdown, call,
 };
 
+pub use cache::{CacheDelete, CacheExists, CacheGet, CacheSet};
+pub use keys::Key;
+pub use locks::{AcquireLock, ExtendLock, LockAttempt, LockGuard, ReleaseLock};
+pub use pubsub::{
+    PubSubDrops, PubSubMessage, Publish, Subscribe, SubscriptionId, Topic, Unsubscribe,
+};
+pub use ratelimit::{CheckRateLimit, RateLimitDecision, RateSubject};
+pub use sessions::{
+    CreateSession, DeleteSession, ExtendSession, GetSession, ListSessions, Session,
+};
+pub use stats::{GetStats, RedisStats};
+pub use transfer::{Export, ExportedKey, Import, ImportSummary, KeyKind};
+
 const BACKEND: Backend = Backend::Redis;
 
 // ---------------------------------------------------------------------------------------------
-// Messages
+// Messages (the operations' messages live in their own files)
 
 /// One round trip to Redis (`PING`); answers how long it took.
 #[derive(Debug, Clone, Copy, Message)]
@@ -43,6 +79,15 @@ struct Reconnect {
     generation: u64,
 }
 
+/// Self-message from a call's task: the call on connection `generation` failed in a way that
+/// says something about the connection (lost, or no answer within the deadline).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct CallFailed {
+    generation: u64,
+    error: RedisError,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 
@@ -55,9 +100,27 @@ pub enum RedisError {
     /// The connection failed or was lost; the actor reconnects under backoff.
     #[error("redis connection failed ({code}): {message}")]
     Connection { code: &'static str, message: String },
-    /// Redis answered with an error reply.
+    /// Redis answered with an error reply (WRONGTYPE, OOM, NOSCRIPT, …).
     #[error("redis replied with an error: {message}")]
     Server { message: String },
+    /// Bad input, refused before anything was sent.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// A value could not be encoded to or decoded from JSON.
+    #[error("cannot (de)serialize the value of {key}: {message}")]
+    Codec { key: String, message: String },
+    /// The session (or other record) does not exist, or has expired.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// Release or extend of a lock this caller does not hold (any more).
+    #[error("lock {lock} is not held by this token")]
+    NotHeld { lock: String },
+    /// The lock stayed taken for the whole wait.
+    #[error("lock {lock} is held by someone else (waited {} ms)", .waited.as_millis())]
+    LockBusy { lock: String, waited: Duration },
+    /// An export or import stream made no progress for `supervisor.stream_idle_timeout`.
+    #[error("stream idle for {} ms: {what}", .after.as_millis())]
+    StreamIdle { what: &'static str, after: Duration },
 }
 
 impl RedisError {
@@ -67,6 +130,19 @@ impl RedisError {
             RedisError::Call(e) => e.code(),
             RedisError::Connection { code, .. } => code,
             RedisError::Server { .. } => "server_error",
+            RedisError::Invalid { .. } => "invalid",
+            RedisError::Codec { .. } => "codec",
+            RedisError::NotFound { .. } => "not_found",
+            RedisError::NotHeld { .. } => "not_held",
+            RedisError::LockBusy { .. } => "lock_busy",
+            RedisError::StreamIdle { .. } => "stream_idle",
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        RedisError::Invalid {
+            field,
+            reason: reason.into(),
         }
     }
 
@@ -75,14 +151,20 @@ impl RedisError {
         matches!(self, RedisError::Connection { .. })
     }
 
-    fn from_driver(e: &redis::RedisError) -> Self {
+    fn is_deadline(&self) -> bool {
+        matches!(self, RedisError::Call(CallError::DeadlineExceeded { .. }))
+    }
+
+    pub(crate) fn from_driver(e: &redis::RedisError) -> Self {
         let code = if e.is_connection_refusal() {
             "connection_refused"
         } else if e.is_timeout() {
             "timeout"
         } else if e.is_connection_dropped() {
             "connection_dropped"
-        } else if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        {
             "auth_failed"
         } else if e.is_io_error() {
             "io"
@@ -105,16 +187,104 @@ impl RedisError {
             after,
         })
     }
+
+    fn unavailable(retry_in: Option<Duration>) -> Self {
+        RedisError::Call(CallError::Unavailable {
+            backend: BACKEND,
+            retry_in,
+        })
+    }
+}
+
+impl From<redis::RedisError> for RedisError {
+    fn from(e: redis::RedisError) -> Self {
+        RedisError::from_driver(&e)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Handle
+// Settings and handle
 
-/// What callers hold: the actor's address and the call deadline.
+/// What the operations need from `[redis]` and `[supervisor]`, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub deadline: Duration,
+    pub probe_interval: Duration,
+    pub stream_idle: Duration,
+    pub mailbox_capacity: usize,
+    pub cache_ttl: Duration,
+    pub cache_max_ttl: Duration,
+    pub session_ttl: Duration,
+    pub lock_lease: Duration,
+    pub max_value_bytes: usize,
+    pub when_down: DownPolicy,
+    pub not_restorable: Vec<String>,
+    pub fence_margin: u64,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &RedisConfig, sup: &SupervisorConfig) -> Self {
+        Settings {
+            deadline: sup.call_deadline,
+            probe_interval: sup.probe_interval,
+            stream_idle: sup.stream_idle_timeout,
+            mailbox_capacity: sup.mailbox_capacity,
+            cache_ttl: cfg.cache_ttl,
+            cache_max_ttl: cfg.cache_max_ttl,
+            session_ttl: cfg.session_ttl,
+            lock_lease: cfg.lock_lease,
+            max_value_bytes: cfg.max_value_bytes,
+            when_down: cfg.rate_limit_when_down,
+            not_restorable: cfg.not_restorable.clone(),
+            fence_margin: cfg.fence_margin,
+        }
+    }
+
+    /// A TTL given by a caller: positive and at most `max`.
+    pub(crate) fn check_ttl(
+        field: &'static str,
+        ttl: Duration,
+        max: Option<Duration>,
+    ) -> Result<(), RedisError> {
+        if ttl < Duration::from_millis(1) {
+            return Err(RedisError::invalid(field, "must be at least 1 ms"));
+        }
+        if let Some(max) = max
+            && ttl > max
+        {
+            return Err(RedisError::invalid(
+                field,
+                format!(
+                    "{} is above the maximum {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value_size(&self, len: usize) -> Result<(), RedisError> {
+        if len > self.max_value_bytes {
+            return Err(RedisError::invalid(
+                "value",
+                format!(
+                    "{len} bytes, above redis.max_value_bytes ({})",
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What callers hold: the actor's address, the settings, and per-process state the typed
+/// helpers share (single flight). Cheap to clone.
 #[derive(Clone)]
 pub struct RedisHandle {
     addr: Addr<RedisActor>,
-    deadline: Duration,
+    settings: Arc<Settings>,
+    flights: cache::Flights,
 }
 
 impl RedisHandle {
@@ -123,20 +293,31 @@ impl RedisHandle {
         &self.addr
     }
 
-    /// PING through the actor.
-    pub async fn ping(&self) -> Result<Duration, RedisError> {
-        self.call(Ping).await?
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
-    /// Sends a message, answering within the deadline (the actor enforces the deadline on
-    /// Redis itself; the grace here only covers a full mailbox or a stopped actor).
-    async fn call<M>(&self, msg: M) -> Result<M::Result, CallError>
+    /// PING through the actor.
+    pub async fn ping(&self) -> Result<Duration, RedisError> {
+        self.call(Ping).await
+    }
+
+    /// Sends a message whose reply is a `Result<T, RedisError>`, answering within the deadline
+    /// (the actor enforces the deadline on Redis itself; the grace here only covers a full
+    /// mailbox or a stopped actor).
+    pub async fn call<M, T>(&self, msg: M) -> Result<T, RedisError>
     where
-        M: Message + Send + 'static,
-        M::Result: Send,
+        M: Message<Result = Result<T, RedisError>> + Send + 'static,
+        T: Send + 'static,
         RedisActor: Handler<M>,
     {
-        call(&self.addr, BACKEND, msg, self.deadline + DELIVERY_GRACE).await
+        call(
+            &self.addr,
+            BACKEND,
+            msg,
+            self.settings.deadline + DELIVERY_GRACE,
+        )
+        .await?
     }
 
     pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
@@ -164,10 +345,11 @@ pub struct RedisActor {
     /// connection (a probe, a call, a timer) cannot act on the current one.
     generation: u64,
     probe_in_flight: bool,
-    deadline: Duration,
-    probe_interval: Duration,
-    mailbox_capacity: usize,
+    settings: Arc<Settings>,
     health: HealthEntry,
+    subscriptions: pubsub::Subscriptions,
+    /// Whether `ratelimit.degraded` was emitted for the current outage.
+    degraded_reported: bool,
 }
 
 impl RedisActor {
@@ -177,11 +359,12 @@ impl RedisActor {
         sup: &SupervisorConfig,
         health: HealthEntry,
     ) -> RedisHandle {
+        let settings = Arc::new(Settings::from_config(cfg, sup));
         let mut machine = Connection::new(BackoffPolicy::from_config(sup), Instant::now());
         let client = match build_client(cfg) {
             Ok(client) => Some(client),
             Err(e) => {
-                machine.disable(format!("invalid redis.url: {}", e));
+                machine.disable(format!("invalid redis.url: {e}"));
                 None
             }
         };
@@ -191,15 +374,48 @@ impl RedisActor {
             conn: None,
             generation: 0,
             probe_in_flight: false,
-            deadline: sup.call_deadline,
-            probe_interval: sup.probe_interval,
-            mailbox_capacity: sup.mailbox_capacity,
+            settings: settings.clone(),
             health,
+            subscriptions: pubsub::Subscriptions::default(),
+            degraded_reported: false,
         };
         RedisHandle {
             addr: actor.start(),
-            deadline: sup.call_deadline,
+            settings,
+            flights: cache::Flights::default(),
         }
+    }
+
+    /// Runs `op` on the current connection, as its own task, within the call deadline; answers
+    /// at once when Redis is not up. A lost connection or a missed deadline is reported back to
+    /// the actor (`CallFailed`); successful calls never touch the actor again.
+    fn run<T, F, Fut>(&self, ctx: &Context<Self>, op: F) -> ResponseFuture<Result<T, RedisError>>
+    where
+        T: 'static,
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>> + 'static,
+    {
+        let conn = match self.usable() {
+            Ok(conn) => conn,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let generation = self.generation;
+        let deadline = self.settings.deadline;
+        let me = ctx.address();
+        let fut = op(conn);
+        Box::pin(async move {
+            let res = with_deadline(deadline, fut).await;
+            if let Err(e) = &res
+                && (e.connection_lost() || e.is_deadline())
+            {
+                // A full mailbox only delays the news: the probe finds out too.
+                let _ = me.try_send(CallFailed {
+                    generation,
+                    error: e.clone(),
+                });
+            }
+            res
+        })
     }
 
     fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
@@ -209,7 +425,7 @@ impl RedisActor {
         self.generation += 1;
         let generation = self.generation;
         self.health.record(&self.machine);
-        let deadline = self.deadline;
+        let deadline = self.settings.deadline;
         ctx.spawn(
             connect_once(client, deadline)
                 .into_actor(self)
@@ -218,17 +434,23 @@ impl RedisActor {
                         return;
                     }
                     match res {
-                        Ok((conn, latency)) => act.on_connected(conn, latency),
+                        Ok((conn, latency)) => act.on_connected(conn, latency, ctx),
                         Err(e) => act.on_failure(generation, &e, ctx),
                     }
                 }),
         );
     }
 
-    fn on_connected(&mut self, conn: MultiplexedConnection, latency: Duration) {
+    fn on_connected(
+        &mut self,
+        conn: MultiplexedConnection,
+        latency: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         match self.machine.connected(Instant::now()) {
             Ok(recovery) => {
                 self.conn = Some(conn);
+                self.degraded_reported = false;
                 self.health.record(&self.machine);
                 self.health.latency(latency);
                 events::emit(BackendUp {
@@ -236,6 +458,7 @@ impl RedisActor {
                     attempt: recovery.attempt,
                     down_ms: recovery.down_for.as_millis() as u64,
                 });
+                self.open_pubsub(ctx);
             }
             Err(e) => {
                 tracing::error!(backend = %BACKEND, error = %e, "bug: unexpected connect result")
@@ -254,6 +477,9 @@ impl RedisActor {
         };
         self.conn = None;
         self.generation += 1;
+        if let Some(stream) = self.subscriptions.connection_lost() {
+            ctx.cancel_future(stream);
+        }
         self.health.record(&self.machine);
         let message = err.to_string();
         self.health.error(err.code(), &message);
@@ -290,7 +516,7 @@ impl RedisActor {
         self.probe_in_flight = true;
         let generation = self.generation;
         ctx.spawn(
-            ping(conn, self.deadline)
+            ping(conn, self.settings.deadline)
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.probe_in_flight = false;
@@ -308,30 +534,19 @@ impl RedisActor {
 
     /// The connection for a call, or the answer to give instead — at once, without waiting.
     fn usable(&self) -> Result<MultiplexedConnection, RedisError> {
-        let unavailable = |retry_in| {
-            RedisError::Call(CallError::Unavailable {
-                backend: BACKEND,
-                retry_in,
-            })
-        };
         match self.machine.state() {
-            ConnState::Up { .. } => self.conn.clone().ok_or_else(|| unavailable(None)),
-            ConnState::Backoff { .. } => Err(unavailable(self.machine.retry_in(Instant::now()))),
-            ConnState::Connecting { .. } => Err(unavailable(None)),
+            ConnState::Up { .. } => self
+                .conn
+                .clone()
+                .ok_or_else(|| RedisError::unavailable(None)),
+            ConnState::Backoff { .. } => Err(RedisError::unavailable(
+                self.machine.retry_in(Instant::now()),
+            )),
+            ConnState::Connecting { .. } => Err(RedisError::unavailable(None)),
             ConnState::Disabled { reason } => Err(RedisError::Call(CallError::Disabled {
                 backend: BACKEND,
                 reason: reason.clone(),
             })),
-        }
-    }
-
-    /// After a call failed: a lost connection means backoff now; a call that ran out of time
-    /// triggers a probe at once rather than at the next interval.
-    fn after_call_error(&mut self, generation: u64, err: &RedisError, ctx: &mut Context<Self>) {
-        if err.connection_lost() {
-            self.on_failure(generation, err, ctx);
-        } else if matches!(err, RedisError::Call(CallError::DeadlineExceeded { .. })) {
-            self.probe(ctx);
         }
     }
 }
@@ -340,10 +555,10 @@ impl Actor for RedisActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
         self.health.record(&self.machine);
         self.spawn_connect(ctx);
-        ctx.run_interval(self.probe_interval, |act, ctx| act.probe(ctx));
+        ctx.run_interval(self.settings.probe_interval, |act, ctx| act.probe(ctx));
     }
 }
 
@@ -351,24 +566,25 @@ impl Actor for RedisActor {
 // Handlers
 
 impl Handler<Ping> for RedisActor {
-    type Result = ResponseActFuture<Self, Result<Duration, RedisError>>;
+    type Result = ResponseFuture<Result<Duration, RedisError>>;
 
-    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
-        let conn = match self.usable() {
-            Ok(conn) => conn,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        let generation = self.generation;
-        Box::pin(
-            ping(conn, self.deadline)
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    if let Err(e) = &res {
-                        act.after_call_error(generation, e, ctx);
-                    }
-                    res
-                }),
-        )
+    fn handle(&mut self, _: Ping, ctx: &mut Context<Self>) -> Self::Result {
+        let deadline = self.settings.deadline;
+        self.run(ctx, move |conn| ping(conn, deadline))
+    }
+}
+
+impl Handler<CallFailed> for RedisActor {
+    type Result = ();
+
+    /// A lost connection means backoff now; a call that ran out of time triggers a probe at
+    /// once rather than at the next interval.
+    fn handle(&mut self, msg: CallFailed, ctx: &mut Context<Self>) {
+        if msg.error.connection_lost() {
+            self.on_failure(msg.generation, &msg.error, ctx);
+        } else if msg.generation == self.generation {
+            self.probe(ctx);
+        }
     }
 }
 
@@ -405,6 +621,9 @@ impl Handler<Shutdown> for RedisActor {
         self.machine.disable("shutting down");
         self.generation += 1;
         self.conn = None;
+        if let Some(stream) = self.subscriptions.connection_lost() {
+            ctx.cancel_future(stream);
+        }
         self.health.record(&self.machine);
         ctx.stop();
     }
@@ -414,7 +633,7 @@ impl Handler<Shutdown> for RedisActor {
 // Driver calls (no actor state)
 
 fn build_client(cfg: &RedisConfig) -> Result<redis::Client, RedisError> {
-    let client = redis::Client::open(cfg.url.as_str()).map_err(|e| RedisError::from_driver(&e))?;
+    let client = redis::Client::open(cfg.url.expose()).map_err(|e| RedisError::from_driver(&e))?;
     let Some(password) = &cfg.password else {
         return Ok(client);
     };
@@ -457,16 +676,27 @@ async fn connect_once(
 
 async fn ping(mut conn: MultiplexedConnection, deadline: Duration) -> Result<Duration, RedisError> {
     let started = Instant::now();
-    match tokio::time::timeout(
-        deadline,
-        redis::cmd("PING").query_async::<String>(&mut conn),
-    )
+    with_deadline(deadline, async {
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(started.elapsed())
+    })
     .await
-    {
-        Ok(Ok(_)) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(RedisError::from_driver(&e)),
+}
+
+/// `fut`, or `DeadlineExceeded` once `deadline` has passed.
+pub(crate) async fn with_deadline<T>(
+    deadline: Duration,
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(res) => res,
         Err(_) => Err(RedisError::deadline(deadline)),
     }
+}
+
+/// Milliseconds for a Redis argument (`PX`, `PEXPIRE`), at least 1.
+pub(crate) fn millis(d: Duration) -> u64 {
+    (d.as_millis().min(u128::from(u64::MAX)) as u64).max(1)
 }
 
 #[cfg(test)]
@@ -496,16 +726,27 @@ mod tests {
 
     #[test]
     fn client_carries_the_password_from_the_secret() {
-        let cfg = RedisConfig {
-            enabled: true,
-            required: true,
-            url: "redis://127.0.0.1:6379/3".into(),
-            password_file: Default::default(),
-            password: Some(crate::redact::Secret::new("pw")),
-        };
+        let mut cfg = crate::Config::defaults().expect("defaults").redis;
+        cfg.url = "redis://127.0.0.1:6379/3".into();
+        cfg.password = Some(crate::redact::Secret::new("pw"));
         let client = build_client(&cfg).expect("client");
         let info = client.get_connection_info();
         assert_eq!(info.redis_settings().password(), Some("pw"));
         assert_eq!(info.redis_settings().db(), 3);
+    }
+
+    #[test]
+    fn ttl_checks() {
+        let max = Some(Duration::from_secs(3600));
+        assert!(Settings::check_ttl("ttl", Duration::from_secs(300), max).is_ok());
+        assert!(matches!(
+            Settings::check_ttl("ttl", Duration::ZERO, max),
+            Err(RedisError::Invalid { field: "ttl", .. })
+        ));
+        assert!(matches!(
+            Settings::check_ttl("ttl", Duration::from_secs(3601), max),
+            Err(RedisError::Invalid { .. })
+        ));
+        assert!(Settings::check_ttl("ttl", Duration::from_secs(86400), None).is_ok());
     }
 }

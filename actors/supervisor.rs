@@ -186,10 +186,6 @@ impl Connection {
         &self.state
     }
 
-    pub fn policy(&self) -> &BackoffPolicy {
-        &self.policy
-    }
-
     pub fn restarts(&self) -> u64 {
         self.restarts
     }

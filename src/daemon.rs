@@ -38,6 +38,8 @@ pub async fn run(loaded: Loaded) -> u8 {
 
     let started = Instant::now();
     let handles = lucid_actors::start(&config, Roles::All);
+    // Subscribed before the first STATUS=, so no change between the two is missed.
+    let changes = handles.registry.subscribe();
     let state = ApiState {
         registry: handles.registry.clone(),
         roles: handles.roles,
@@ -61,10 +63,11 @@ pub async fn run(loaded: Loaded) -> u8 {
     events::emit(DaemonReady {
         http_addr: config.http.bind.to_string(),
     });
-    actix_rt::spawn(report_status(handles.registry.clone()));
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        actix_rt::spawn(feed_watchdog(handles.clone(), period));
-    }
+    let status = actix_rt::spawn(report_status(handles.registry.clone(), changes));
+    // A zero or absurdly small WATCHDOG_USEC is a misconfiguration, not a reason to spin.
+    let watchdog = sd_notify::watchdog_enabled()
+        .filter(|period| *period >= Duration::from_millis(2))
+        .map(|period| actix_rt::spawn(feed_watchdog(handles.clone(), period)));
 
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
@@ -72,12 +75,20 @@ pub async fn run(loaded: Loaded) -> u8 {
     };
     notify(&[NotifyState::Stopping]);
     events::emit(DaemonStopping { signal });
+    // Stopping is not a stalled loop: no more watchdog pings or status lines.
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
+    status.abort();
 
+    // HTTP first (requests in flight finish, new ones are refused), then the actors.
     let drain_started = Instant::now();
     let timeout = config.supervisor.shutdown_timeout;
     let drained = tokio::time::timeout(timeout, async {
-        handles.shutdown(timeout).await;
         server_handle.stop(true).await;
+        handles
+            .shutdown(timeout.saturating_sub(drain_started.elapsed()))
+            .await;
     })
     .await;
     events::emit(DaemonStopped {
@@ -92,8 +103,7 @@ pub async fn run(loaded: Loaded) -> u8 {
 }
 
 /// STATUS= carries the one-line health summary, rewritten on every state change.
-async fn report_status(registry: HealthRegistry) {
-    let mut changes = registry.subscribe();
+async fn report_status(registry: HealthRegistry, mut changes: tokio::sync::watch::Receiver<u64>) {
     while changes.changed().await.is_ok() {
         notify(&[NotifyState::Status(&registry.summary())]);
     }

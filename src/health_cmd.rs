@@ -19,19 +19,17 @@ struct Output {
     report: HealthReport,
 }
 
-pub fn run(config: &Config, json: bool) -> u8 {
-    let output = actix_rt::System::new().block_on(async {
-        match ask_daemon(config.http.bind).await {
-            Ok(report) => Output {
-                source: "daemon",
-                report,
-            },
-            Err(_) => Output {
-                source: "probe",
-                report: probe(config).await,
-            },
-        }
-    });
+pub async fn run(config: &Config, json: bool) -> u8 {
+    let output = match ask_daemon(config.http.bind).await {
+        Ok(report) => Output {
+            source: "daemon",
+            report,
+        },
+        Err(_) => Output {
+            source: "probe",
+            report: probe(config).await,
+        },
+    };
     if json {
         match serde_json::to_string_pretty(&output) {
             Ok(text) => println!("{text}"),

@@ -54,7 +54,9 @@ fn main() -> ExitCode {
                 eprintln!("lucid-db: cannot set up logging: {e}");
                 return ExitCode::from(exit::CONFIG);
             }
-            actix_rt::System::new().block_on(daemon::run(loaded))
+            let system = actix_rt::System::new();
+            let code = system.block_on(daemon::run(loaded));
+            exit_now(code)
         }
         Command::Config {
             command: ConfigCommand::Check { json },
@@ -64,16 +66,35 @@ fn main() -> ExitCode {
         }
         Command::Health { json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
-            health_cmd::run(&loaded.config, json)
+            let system = actix_rt::System::new();
+            let code = system.block_on(health_cmd::run(&loaded.config, json));
+            exit_now(code)
         }
     };
     ExitCode::from(code)
 }
 
+/// Exits while the actix runtime is still alive: dropping it would wait for blocking-pool work
+/// (a DNS lookup to an unreachable server, say) past systemd's stop timeout.
+fn exit_now(code: u8) -> ! {
+    std::process::exit(i32::from(code))
+}
+
 /// `lucid-db config check`: the effective configuration, secrets redacted.
 fn config_check(loaded: &config::Loaded, json: bool) -> u8 {
     if json {
-        match serde_json::to_string_pretty(&loaded.config) {
+        let secrets: serde_json::Map<String, serde_json::Value> = loaded
+            .config
+            .secret_origins()
+            .into_iter()
+            .map(|(key, origin)| (key.to_owned(), format!("set, from {origin}").into()))
+            .collect();
+        let report = serde_json::json!({
+            "layers": loaded.sources,
+            "secrets": secrets,
+            "config": loaded.config,
+        });
+        match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
             Err(e) => {
                 eprintln!("lucid-db: cannot render the configuration: {e}");

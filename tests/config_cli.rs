@@ -106,7 +106,9 @@ fn env_overrides_file_overrides_defaults() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let c: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["layers"][0], "defaults", "{report}");
+    let c = &report["config"];
     assert_eq!(
         c["redis"]["url"], "redis://from-env:6379/0",
         "env beats file"
@@ -159,6 +161,10 @@ fn a_credential_never_reaches_output_or_logs() {
         );
         assert!(!all.contains(SECRET), "secret printed by {args:?}:\n{all}");
         assert!(all.contains("***"), "{all}");
+        assert!(
+            all.contains("redis.password") && all.contains("$CREDENTIALS_DIRECTORY/redis_password"),
+            "{all}"
+        );
     }
 
     // The daemon authenticates with it against a Redis that wants another password: the

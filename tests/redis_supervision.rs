@@ -13,7 +13,7 @@ const DEADLINE: Duration = Duration::from_millis(500);
 
 fn config(url: &str) -> Config {
     let mut c = Config::defaults().expect("defaults");
-    c.redis.url = url.to_owned();
+    c.redis.url = url.into();
     c.mongodb.enabled = false;
     c.elasticsearch.enabled = false;
     c.supervisor.call_deadline = DEADLINE;

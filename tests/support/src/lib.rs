@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 pub struct ServerKind {
     /// Short name for messages (`redis`).
     pub name: &'static str,
+    /// URL scheme clients use (`redis`, `mongodb`, `http`).
+    pub scheme: &'static str,
     /// Executable, looked up on `PATH` and in the project's `.venv/bin`.
     pub program: &'static str,
     /// What to run when the program is missing.
@@ -37,6 +39,7 @@ pub struct ServerKind {
 /// redis-server from Debian, no persistence, loopback only.
 pub static REDIS: ServerKind = ServerKind {
     name: "redis",
+    scheme: "redis",
     program: "redis-server",
     install_hint: "run scripts/setup.sh (or: apt-get update && apt-get install -y redis-server)",
     args: |port, dir| {
@@ -130,7 +133,7 @@ impl Server {
 
     /// The server's URL for clients (`redis://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        format!("{}://{}", self.kind.name, self.addr())
+        format!("{}://{}", self.kind.scheme, self.addr())
     }
 
     /// The server's data directory (removed when the `Server` is dropped).

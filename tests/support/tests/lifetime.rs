@@ -89,6 +89,7 @@ fn stop_start_again_pause_resume() {
 fn missing_binary_fails_with_an_install_hint() {
     static NOPE: lucid_testkit::ServerKind = lucid_testkit::ServerKind {
         name: "nope",
+        scheme: "nope",
         program: "lucid-no-such-server",
         install_hint: "run scripts/setup.sh",
         args: |_, _| Vec::new(),

@@ -1,0 +1,230 @@
+//! Cache: get / set with TTL / delete / exists. Values are JSON (serde_json) — one
+//! serialisation, chosen once, readable in `redis-cli` — and the typed helpers on
+//! [`RedisHandle`] do the encoding; the messages carry the encoded bytes.
+//! [`RedisHandle::cache_get_or_compute`] runs the computation once per key at a time in this
+//! process (single flight): concurrent callers for the same key wait for the first one's result.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+
+use super::{Key, RedisActor, RedisError, RedisHandle, Settings, millis};
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// The encoded value at `key`; `None` when absent or expired.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<Vec<u8>>, RedisError>")]
+pub struct CacheGet {
+    pub key: Key,
+}
+
+/// Stores an encoded value with a TTL (`None`: `redis.cache_ttl`; at most `redis.cache_max_ttl`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), RedisError>")]
+pub struct CacheSet {
+    pub key: Key,
+    pub value: Vec<u8>,
+    pub ttl: Option<Duration>,
+}
+
+/// Deletes `key`; answers whether it existed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, RedisError>")]
+pub struct CacheDelete {
+    pub key: Key,
+}
+
+/// Whether `key` exists.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, RedisError>")]
+pub struct CacheExists {
+    pub key: Key,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+impl Handler<CacheGet> for RedisActor {
+    type Result = ResponseFuture<Result<Option<Vec<u8>>, RedisError>>;
+
+    fn handle(&mut self, msg: CacheGet, ctx: &mut Context<Self>) -> Self::Result {
+        self.run(
+            ctx,
+            move |mut conn| async move { Ok(conn.get(&msg.key).await?) },
+        )
+    }
+}
+
+impl Handler<CacheSet> for RedisActor {
+    type Result = ResponseFuture<Result<(), RedisError>>;
+
+    fn handle(&mut self, msg: CacheSet, ctx: &mut Context<Self>) -> Self::Result {
+        let ttl = msg.ttl.unwrap_or(self.settings.cache_ttl);
+        let checked = Settings::check_ttl("ttl", ttl, Some(self.settings.cache_max_ttl))
+            .and_then(|()| self.settings.check_value_size(msg.value.len()));
+        if let Err(e) = checked {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        self.run(ctx, move |mut conn| async move {
+            let () = conn.pset_ex(&msg.key, msg.value, millis(ttl)).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Handler<CacheDelete> for RedisActor {
+    type Result = ResponseFuture<Result<bool, RedisError>>;
+
+    fn handle(&mut self, msg: CacheDelete, ctx: &mut Context<Self>) -> Self::Result {
+        self.run(ctx, move |mut conn| async move {
+            let n: u64 = conn.del(&msg.key).await?;
+            Ok(n > 0)
+        })
+    }
+}
+
+impl Handler<CacheExists> for RedisActor {
+    type Result = ResponseFuture<Result<bool, RedisError>>;
+
+    fn handle(&mut self, msg: CacheExists, ctx: &mut Context<Self>) -> Self::Result {
+        self.run(ctx, move |mut conn| async move {
+            Ok(conn.exists(&msg.key).await?)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed helpers
+
+/// The flights in progress, by key: each waits on one cell that its leader fills.
+#[derive(Clone, Default)]
+pub(crate) struct Flights(Arc<Mutex<HashMap<Key, Flight>>>);
+
+/// One computation in progress: its leader fills the cell, the others wait on it.
+type Flight = Arc<OnceCell<Vec<u8>>>;
+
+impl Flights {
+    fn join(&self, key: &Key) -> Flight {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(key.clone()).or_default().clone()
+    }
+
+    /// Removes the flight once it has landed, so the next miss computes afresh.
+    fn land(&self, key: &Key, cell: &Flight) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if map.get(key).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+            map.remove(key);
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<T, RedisError> {
+    serde_json::from_slice(bytes).map_err(|e| RedisError::Codec {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(key: &Key, value: &T) -> Result<Vec<u8>, RedisError> {
+    serde_json::to_vec(value).map_err(|e| RedisError::Codec {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl RedisHandle {
+    /// The value at `key`, decoded; `None` when absent or expired.
+    pub async fn cache_get<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<T>, RedisError> {
+        match self.call(CacheGet { key: key.clone() }).await? {
+            Some(bytes) => decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` at `key` for `ttl` (`None`: `redis.cache_ttl`).
+    pub async fn cache_set<T: Serialize>(
+        &self,
+        key: &Key,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), RedisError> {
+        let value = encode(key, value)?;
+        self.call(CacheSet {
+            key: key.clone(),
+            value,
+            ttl,
+        })
+        .await
+    }
+
+    pub async fn cache_delete(&self, key: &Key) -> Result<bool, RedisError> {
+        self.call(CacheDelete { key: key.clone() }).await
+    }
+
+    pub async fn cache_exists(&self, key: &Key) -> Result<bool, RedisError> {
+        self.call(CacheExists { key: key.clone() }).await
+    }
+
+    /// Cache-aside with single flight: the cached value, or `compute()` stored for `ttl`. While
+    /// one caller computes a key, other callers of this process wait for its result instead of
+    /// computing again. Redis being down makes this a plain call to `compute` (the cache is an
+    /// optimisation); a value that no longer decodes is treated as a miss and overwritten.
+    pub async fn cache_get_or_compute<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        ttl: Option<Duration>,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<RedisError>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if let Ok(Some(value)) = self.cache_get(key).await {
+            return Ok(value);
+        }
+        let cell = self.flights.join(key);
+        let result = cell
+            .get_or_try_init(|| async {
+                // A flight that landed just now may have filled the cache.
+                if let Ok(Some(bytes)) = self.call(CacheGet { key: key.clone() }).await
+                    && decode::<T>(key, &bytes).is_ok()
+                {
+                    return Ok(bytes);
+                }
+                let value = compute().await?;
+                let bytes = encode(key, &value)?;
+                if let Err(e) = self
+                    .call(CacheSet {
+                        key: key.clone(),
+                        value: bytes.clone(),
+                        ttl,
+                    })
+                    .await
+                {
+                    tracing::debug!(key = %key, code = e.code(), "computed value not cached");
+                }
+                Ok::<_, E>(bytes)
+            })
+            .await
+            .map(|bytes| decode::<T>(key, bytes));
+        self.flights.land(key, &cell);
+        result?.map_err(E::from)
+    }
+}

@@ -1,0 +1,158 @@
+//! The one key builder: every key the Redis actor writes is `lucid:{service}:{entity}:{id}`.
+//! Names are validated here, so a bad name is an error before anything is sent.
+
+use std::fmt;
+
+use super::RedisError;
+
+/// First segment of every key.
+pub const PREFIX: &str = "lucid";
+/// Longest id accepted (bytes).
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest service or entity name accepted.
+pub const MAX_NAME_BYTES: usize = 32;
+
+/// A validated Redis key in the Lucid namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(String);
+
+impl Key {
+    /// `lucid:{service}:{entity}:{id}`. `service` and `entity`: 1–32 of `a-z 0-9 _ -`;
+    /// `id`: 1–512 bytes without whitespace or control characters (`:` is allowed, for IPv6).
+    pub fn new(service: &str, entity: &str, id: &str) -> Result<Key, RedisError> {
+        check_name("service", service)?;
+        check_name("entity", entity)?;
+        check_id("id", id)?;
+        Ok(Key(format!("{PREFIX}:{service}:{entity}:{id}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl redis::ToRedisArgs for Key {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.0.as_bytes());
+    }
+}
+
+impl redis::ToSingleRedisArg for Key {}
+
+pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), RedisError> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(RedisError::invalid(
+            field,
+            format!("must be 1 to {MAX_NAME_BYTES} characters"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+    {
+        return Err(RedisError::invalid(
+            field,
+            format!("{c:?} is not allowed (use a-z, 0-9, _ and -)"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_id(field: &'static str, id: &str) -> Result<(), RedisError> {
+    if id.is_empty() {
+        return Err(RedisError::invalid(field, "must not be empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(RedisError::invalid(
+            field,
+            format!("is {} bytes, at most {MAX_ID_BYTES}", id.len()),
+        ));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(RedisError::invalid(
+            field,
+            "must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Redis-style glob (`*`, `?`, no classes): the not-restorable key patterns.
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_lucid_pattern() {
+        let k = Key::new("cache", "user", "42").expect("valid");
+        assert_eq!(k.as_str(), "lucid:cache:user:42");
+        let ip6 = Key::new("ratelimit", "ip", "2001:db8::1").expect("ipv6 ids keep their colons");
+        assert_eq!(ip6.as_str(), "lucid:ratelimit:ip:2001:db8::1");
+    }
+
+    #[test]
+    fn refuses_bad_parts() {
+        let long_id = "x".repeat(MAX_ID_BYTES + 1);
+        let cases = [
+            ("", "user", "1", "service"),
+            ("Cache", "user", "1", "service"),
+            ("cache", "us:er", "1", "entity"),
+            ("cache", &"e".repeat(33), "1", "entity"),
+            ("cache", "user", "", "id"),
+            ("cache", "user", "a b", "id"),
+            ("cache", "user", "a\nb", "id"),
+            ("cache", "user", &long_id, "id"),
+        ];
+        for (s, e, i, field) in cases {
+            match Key::new(s, e, i) {
+                Err(RedisError::Invalid { field: f, .. }) => assert_eq!(f, field, "{s}:{e}:{i}"),
+                other => panic!("{s}:{e}:{i}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn glob() {
+        let cases = [
+            ("lucid:locks:lock:*", "lucid:locks:lock:x", true),
+            ("lucid:locks:lock:*", "lucid:locks:fence:x", false),
+            ("lucid:ratelimit:*", "lucid:ratelimit:ip:1.2.3.4", true),
+            ("lucid:*:lock:?", "lucid:a:lock:b", true),
+            ("lucid:*:lock:?", "lucid:a:lock:bc", false),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(glob_match(p, t), want, "{p} ~ {t}");
+        }
+    }
+}

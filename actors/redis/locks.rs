@@ -1,0 +1,277 @@
+//! Distributed locks: `lucid:locks:lock:{name}` holds a random token with a lease (PX), taken
+//! with `SET NX` only; release and extend compare the token first (Lua), so a caller whose lease
+//! ran out cannot free or prolong someone else's lock. Every acquisition also increments
+//! `lucid:locks:fence:{name}` and returns it: a fencing token that only grows, which the
+//! protected resource can check to refuse a stale holder. An import raises these counters to
+//! max(current, restored) + `redis.fence_margin`, so a restore never makes them go back.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use super::{Key, RedisActor, RedisError, RedisHandle, Settings, millis};
+
+const SERVICE: &str = "locks";
+
+pub(crate) fn lock_key(name: &str) -> Result<Key, RedisError> {
+    Key::new(SERVICE, "lock", name)
+}
+
+pub(crate) fn fence_key(name: &str) -> Result<Key, RedisError> {
+    Key::new(SERVICE, "fence", name)
+}
+
+/// Keys of fencing counters, which an import raises instead of overwriting.
+pub(crate) const FENCE_PREFIX: &str = "lucid:locks:fence:";
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// A held lock. Not released on drop (release is a network call): call
+/// [`RedisHandle::release_lock`], or let the lease run out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockGuard {
+    pub name: String,
+    /// Random; proves ownership on release and extend.
+    pub token: String,
+    /// Strictly greater than every fence handed out for this name before.
+    pub fence: u64,
+    pub lease: Duration,
+}
+
+/// One attempt to take lock `name` for `lease` (`None`: `redis.lock_lease`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<LockAttempt, RedisError>")]
+pub struct AcquireLock {
+    pub name: String,
+    pub lease: Option<Duration>,
+}
+
+/// The outcome of one [`AcquireLock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAttempt {
+    Acquired(LockGuard),
+    /// Someone holds it; their lease ends in `expires_in` at the latest.
+    Busy {
+        expires_in: Duration,
+    },
+}
+
+/// Frees the lock if `guard` still holds it; `NotHeld` otherwise.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), RedisError>")]
+pub struct ReleaseLock {
+    pub guard: LockGuard,
+}
+
+/// Restarts the lease at `lease` if `guard` still holds the lock; `NotHeld` otherwise.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<LockGuard, RedisError>")]
+pub struct ExtendLock {
+    pub guard: LockGuard,
+    pub lease: Option<Duration>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: lock, fence. ARGV: token, lease_ms
+        if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+            return {1, redis.call('INCR', KEYS[2])}
+        end
+        return {0, redis.call('PTTL', KEYS[1])}
+        ",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: lock. ARGV: token
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('DEL', KEYS[1])
+        end
+        return 0
+        ",
+    )
+});
+
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: lock. ARGV: token, lease_ms
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        end
+        return 0
+        ",
+    )
+});
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Handler<AcquireLock> for RedisActor {
+    type Result = ResponseFuture<Result<LockAttempt, RedisError>>;
+
+    fn handle(&mut self, msg: AcquireLock, ctx: &mut Context<Self>) -> Self::Result {
+        let lease = msg.lease.unwrap_or(self.settings.lock_lease);
+        let keys = lock_key(&msg.name).and_then(|lock| {
+            Settings::check_ttl("lease", lease, None)?;
+            Ok((lock, fence_key(&msg.name)?))
+        });
+        let (lock, fence) = match keys {
+            Ok(keys) => keys,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let token = new_token();
+            let (acquired, value): (u8, i64) = ACQUIRE
+                .key(&lock)
+                .key(&fence)
+                .arg(&token)
+                .arg(millis(lease))
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(if acquired == 1 {
+                LockAttempt::Acquired(LockGuard {
+                    name: msg.name,
+                    token,
+                    fence: value.max(0) as u64,
+                    lease,
+                })
+            } else {
+                // PTTL of a key without expiry is -1; ours always have one, but never wait 0.
+                LockAttempt::Busy {
+                    expires_in: Duration::from_millis(value.max(1) as u64),
+                }
+            })
+        })
+    }
+}
+
+impl Handler<ReleaseLock> for RedisActor {
+    type Result = ResponseFuture<Result<(), RedisError>>;
+
+    fn handle(&mut self, msg: ReleaseLock, ctx: &mut Context<Self>) -> Self::Result {
+        let lock = match lock_key(&msg.guard.name) {
+            Ok(lock) => lock,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let n: u64 = RELEASE
+                .key(&lock)
+                .arg(&msg.guard.token)
+                .invoke_async(&mut conn)
+                .await?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(RedisError::NotHeld {
+                    lock: msg.guard.name,
+                })
+            }
+        })
+    }
+}
+
+impl Handler<ExtendLock> for RedisActor {
+    type Result = ResponseFuture<Result<LockGuard, RedisError>>;
+
+    fn handle(&mut self, msg: ExtendLock, ctx: &mut Context<Self>) -> Self::Result {
+        let lease = msg.lease.unwrap_or(self.settings.lock_lease);
+        let lock = match lock_key(&msg.guard.name)
+            .and_then(|k| Settings::check_ttl("lease", lease, None).map(|()| k))
+        {
+            Ok(lock) => lock,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let n: u64 = EXTEND
+                .key(&lock)
+                .arg(&msg.guard.token)
+                .arg(millis(lease))
+                .invoke_async(&mut conn)
+                .await?;
+            if n == 1 {
+                Ok(LockGuard { lease, ..msg.guard })
+            } else {
+                Err(RedisError::NotHeld {
+                    lock: msg.guard.name,
+                })
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed helpers
+
+/// Longest pause between two attempts while waiting for a lock.
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+impl RedisHandle {
+    /// Takes lock `name` for `lease` (`None`: `redis.lock_lease`). With `wait`, retries until
+    /// it is free or `wait` has passed (`LockBusy`); without, one attempt. The waiting happens
+    /// here, in the caller's task, never in the actor.
+    pub async fn acquire_lock(
+        &self,
+        name: &str,
+        lease: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> Result<LockGuard, RedisError> {
+        let started = Instant::now();
+        let wait = wait.unwrap_or(Duration::ZERO);
+        loop {
+            let attempt = self
+                .call(AcquireLock {
+                    name: name.to_owned(),
+                    lease,
+                })
+                .await?;
+            let expires_in = match attempt {
+                LockAttempt::Acquired(guard) => return Ok(guard),
+                LockAttempt::Busy { expires_in } => expires_in,
+            };
+            let waited = started.elapsed();
+            if waited >= wait {
+                return Err(RedisError::LockBusy {
+                    lock: name.to_owned(),
+                    waited,
+                });
+            }
+            // Poll with jitter, never past the lease end or the caller's wait.
+            let pause = MAX_POLL.mul_f64(0.25 + 0.75 * rand::random::<f64>());
+            tokio::time::sleep(pause.min(expires_in).min(wait - waited)).await;
+        }
+    }
+
+    pub async fn release_lock(&self, guard: &LockGuard) -> Result<(), RedisError> {
+        self.call(ReleaseLock {
+            guard: guard.clone(),
+        })
+        .await
+    }
+
+    pub async fn extend_lock(
+        &self,
+        guard: &LockGuard,
+        lease: Option<Duration>,
+    ) -> Result<LockGuard, RedisError> {
+        self.call(ExtendLock {
+            guard: guard.clone(),
+            lease,
+        })
+        .await
+    }
+}

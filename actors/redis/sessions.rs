@@ -1,0 +1,372 @@
+//! Sessions: `lucid:sessions:session:{id}` (a hash: user_id, data, created_ms) with a TTL
+//! (`redis.session_ttl`, 15 min by default), and per user an index
+//! `lucid:sessions:user:{user_id}` — a sorted set of session ids scored by their expiry in the
+//! server's clock. Every change to a session and its index happens in one Lua script, and the
+//! index prunes expired entries (and expires itself with its last session), so listing a
+//! user's sessions never returns one that has expired.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use actix::prelude::*;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use super::keys::check_id;
+use super::{Key, RedisActor, RedisError, RedisHandle, Settings, millis};
+
+const SERVICE: &str = "sessions";
+
+fn session_key(id: &str) -> Result<Key, RedisError> {
+    Key::new(SERVICE, "session", id)
+}
+
+fn index_key(user_id: &str) -> Result<Key, RedisError> {
+    Key::new(SERVICE, "user", user_id)
+}
+
+/// The hash fields of a stored session: user_id, data, created_ms.
+type StoredFields = (Option<String>, Option<String>, Option<u64>);
+
+/// Key prefixes the scripts build from ids they read (single-node Redis only; Cluster URLs are refused).
+const SESSION_PREFIX: &str = "lucid:sessions:session:";
+const INDEX_PREFIX: &str = "lucid:sessions:user:";
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    pub data: serde_json::Value,
+    /// Server time of creation, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Time left before it expires.
+    pub ttl: Duration,
+}
+
+/// Creates a session for `user_id` (`ttl` `None`: `redis.session_ttl`). Refused when the id
+/// is taken.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Session, RedisError>")]
+pub struct CreateSession {
+    pub id: String,
+    pub user_id: String,
+    pub data: serde_json::Value,
+    pub ttl: Option<Duration>,
+}
+
+/// The session, or `None` when it does not exist or has expired.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<Session>, RedisError>")]
+pub struct GetSession {
+    pub id: String,
+}
+
+/// Sets the session's remaining lifetime to `ttl` (`None`: `redis.session_ttl`); answers the
+/// new TTL, or `NotFound`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Duration, RedisError>")]
+pub struct ExtendSession {
+    pub id: String,
+    pub ttl: Option<Duration>,
+}
+
+/// Deletes the session and its index entry; answers whether it existed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, RedisError>")]
+pub struct DeleteSession {
+    pub id: String,
+}
+
+/// The ids of a user's live sessions, soonest to expire first.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<String>, RedisError>")]
+pub struct ListSessions {
+    pub user_id: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts (server time: every client agrees on what has expired)
+
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: session, index. ARGV: id, user_id, data, ttl_ms
+        if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local ttl = tonumber(ARGV[4])
+        redis.call('HSET', KEYS[1], 'user_id', ARGV[2], 'data', ARGV[3], 'created_ms', now)
+        redis.call('PEXPIRE', KEYS[1], ttl)
+        redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+        local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+        redis.call('PEXPIREAT', KEYS[2], last[2])
+        return now
+        ",
+    )
+});
+
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: session. ARGV: id, ttl_ms, index prefix
+        local user = redis.call('HGET', KEYS[1], 'user_id')
+        if not user then return false end
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local ttl = tonumber(ARGV[2])
+        redis.call('PEXPIRE', KEYS[1], ttl)
+        local index = ARGV[3] .. user
+        redis.call('ZADD', index, now + ttl, ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+        local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+        redis.call('PEXPIREAT', index, last[2])
+        return ttl
+        ",
+    )
+});
+
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: session. ARGV: id, index prefix
+        local user = redis.call('HGET', KEYS[1], 'user_id')
+        if not user then return 0 end
+        redis.call('DEL', KEYS[1])
+        redis.call('ZREM', ARGV[2] .. user, ARGV[1])
+        return 1
+        ",
+    )
+});
+
+static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: index. ARGV: session prefix
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+        local live = {}
+        for _, id in ipairs(ids) do
+            -- deleted behind our back (FLUSHDB, eviction): drop it from the index too
+            if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+                table.insert(live, id)
+            else
+                redis.call('ZREM', KEYS[1], id)
+            end
+        end
+        return live
+        ",
+    )
+});
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+fn ready<T: 'static>(r: Result<T, RedisError>) -> ResponseFuture<Result<T, RedisError>> {
+    Box::pin(std::future::ready(r))
+}
+
+impl Handler<CreateSession> for RedisActor {
+    type Result = ResponseFuture<Result<Session, RedisError>>;
+
+    fn handle(&mut self, msg: CreateSession, ctx: &mut Context<Self>) -> Self::Result {
+        let ttl = msg.ttl.unwrap_or(self.settings.session_ttl);
+        let data = serde_json::to_string(&msg.data).unwrap_or_default();
+        let prepared = session_key(&msg.id).and_then(|session| {
+            let index = index_key(&msg.user_id)?;
+            Settings::check_ttl("ttl", ttl, None)?;
+            self.settings.check_value_size(data.len())?;
+            Ok((session, index))
+        });
+        let (session, index) = match prepared {
+            Ok(keys) => keys,
+            Err(e) => return ready(Err(e)),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let created: Option<u64> = CREATE
+                .key(&session)
+                .key(&index)
+                .arg(&msg.id)
+                .arg(&msg.user_id)
+                .arg(&data)
+                .arg(millis(ttl))
+                .invoke_async(&mut conn)
+                .await?;
+            match created {
+                Some(created_ms) => Ok(Session {
+                    id: msg.id,
+                    user_id: msg.user_id,
+                    data: msg.data,
+                    created_ms,
+                    ttl,
+                }),
+                None => Err(RedisError::invalid(
+                    "id",
+                    format!("session {} already exists", msg.id),
+                )),
+            }
+        })
+    }
+}
+
+impl Handler<GetSession> for RedisActor {
+    type Result = ResponseFuture<Result<Option<Session>, RedisError>>;
+
+    fn handle(&mut self, msg: GetSession, ctx: &mut Context<Self>) -> Self::Result {
+        let key = match session_key(&msg.id) {
+            Ok(key) => key,
+            Err(e) => return ready(Err(e)),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let (fields, pttl): (StoredFields, i64) = redis::pipe()
+                .cmd("HMGET")
+                .arg(&key)
+                .arg("user_id")
+                .arg("data")
+                .arg("created_ms")
+                .cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await?;
+            let (user_id, data, created_ms) = fields;
+            let (Some(user_id), Some(data)) = (user_id, data) else {
+                return Ok(None);
+            };
+            if pttl <= 0 && pttl != -1 {
+                return Ok(None);
+            }
+            let data = serde_json::from_str(&data).map_err(|e| RedisError::Codec {
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(Some(Session {
+                id: msg.id,
+                user_id,
+                data,
+                created_ms: created_ms.unwrap_or_default(),
+                ttl: Duration::from_millis(pttl.max(0) as u64),
+            }))
+        })
+    }
+}
+
+impl Handler<ExtendSession> for RedisActor {
+    type Result = ResponseFuture<Result<Duration, RedisError>>;
+
+    fn handle(&mut self, msg: ExtendSession, ctx: &mut Context<Self>) -> Self::Result {
+        let ttl = msg.ttl.unwrap_or(self.settings.session_ttl);
+        let key = match session_key(&msg.id)
+            .and_then(|k| Settings::check_ttl("ttl", ttl, None).map(|()| k))
+        {
+            Ok(key) => key,
+            Err(e) => return ready(Err(e)),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let extended: Option<u64> = EXTEND
+                .key(&key)
+                .arg(&msg.id)
+                .arg(millis(ttl))
+                .arg(INDEX_PREFIX)
+                .invoke_async(&mut conn)
+                .await?;
+            match extended {
+                Some(ms) => Ok(Duration::from_millis(ms)),
+                None => Err(RedisError::NotFound {
+                    what: format!("session {}", msg.id),
+                }),
+            }
+        })
+    }
+}
+
+impl Handler<DeleteSession> for RedisActor {
+    type Result = ResponseFuture<Result<bool, RedisError>>;
+
+    fn handle(&mut self, msg: DeleteSession, ctx: &mut Context<Self>) -> Self::Result {
+        let key = match session_key(&msg.id) {
+            Ok(key) => key,
+            Err(e) => return ready(Err(e)),
+        };
+        self.run(ctx, move |mut conn| async move {
+            let n: u64 = DELETE
+                .key(&key)
+                .arg(&msg.id)
+                .arg(INDEX_PREFIX)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(n == 1)
+        })
+    }
+}
+
+impl Handler<ListSessions> for RedisActor {
+    type Result = ResponseFuture<Result<Vec<String>, RedisError>>;
+
+    fn handle(&mut self, msg: ListSessions, ctx: &mut Context<Self>) -> Self::Result {
+        let key = match check_id("user_id", &msg.user_id).and_then(|()| index_key(&msg.user_id)) {
+            Ok(key) => key,
+            Err(e) => return ready(Err(e)),
+        };
+        self.run(ctx, move |mut conn| async move {
+            Ok(LIST
+                .key(&key)
+                .arg(SESSION_PREFIX)
+                .invoke_async(&mut conn)
+                .await?)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed helpers
+
+impl RedisHandle {
+    pub async fn create_session(
+        &self,
+        id: &str,
+        user_id: &str,
+        data: serde_json::Value,
+        ttl: Option<Duration>,
+    ) -> Result<Session, RedisError> {
+        self.call(CreateSession {
+            id: id.to_owned(),
+            user_id: user_id.to_owned(),
+            data,
+            ttl,
+        })
+        .await
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<Session>, RedisError> {
+        self.call(GetSession { id: id.to_owned() }).await
+    }
+
+    pub async fn extend_session(
+        &self,
+        id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Duration, RedisError> {
+        self.call(ExtendSession {
+            id: id.to_owned(),
+            ttl,
+        })
+        .await
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<bool, RedisError> {
+        self.call(DeleteSession { id: id.to_owned() }).await
+    }
+
+    pub async fn list_sessions(&self, user_id: &str) -> Result<Vec<String>, RedisError> {
+        self.call(ListSessions {
+            user_id: user_id.to_owned(),
+        })
+        .await
+    }
+}

@@ -1,0 +1,427 @@
+//! Export and import of Lucid's Redis data, for backups (DESIGN §1, §3).
+//!
+//! Export walks the keyspace with `SCAN … MATCH lucid:*` (never `KEYS`, which blocks the
+//! server) and streams each key as ([`ExportedKey`]) its name, type, `DUMP` payload and
+//! absolute expiry (server clock) through a bounded channel: memory stays flat whatever the
+//! data size, and a consumer that stops reading for `supervisor.stream_idle_timeout` ends the
+//! export. Import restores with `RESTORE … ABSTTL REPLACE`, so TTLs keep their absolute end;
+//! it skips keys matching `redis.not_restorable` (held locks and rate-limit windows: they must
+//! not come back), never resurrects a key whose expiry has passed, and raises each fencing
+//! counter to max(current, restored) + `redis.fence_margin` instead of overwriting it.
+
+use std::sync::LazyLock;
+
+use actix::prelude::*;
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::keys::glob_match;
+use super::locks::FENCE_PREFIX;
+use super::{CallFailed, RedisActor, RedisError, RedisHandle, Settings, with_deadline};
+
+/// Keys read per SCAN step (a hint to Redis) and written per import pipeline.
+const BATCH: usize = 256;
+/// Items buffered between the producer and the consumer of a stream.
+const CHANNEL_CAPACITY: usize = 512;
+/// What an export walks by default: everything lucid-db writes.
+pub const DEFAULT_PATTERN: &str = "lucid:*";
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// Redis data types, as `TYPE` names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    String,
+    Hash,
+    List,
+    Set,
+    Zset,
+    Stream,
+    /// A module type or anything newer.
+    Other(String),
+}
+
+impl KeyKind {
+    fn from_type(name: &str) -> KeyKind {
+        match name {
+            "string" => KeyKind::String,
+            "hash" => KeyKind::Hash,
+            "list" => KeyKind::List,
+            "set" => KeyKind::Set,
+            "zset" => KeyKind::Zset,
+            "stream" => KeyKind::Stream,
+            other => KeyKind::Other(other.to_owned()),
+        }
+    }
+}
+
+/// One exported key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedKey {
+    pub key: String,
+    pub kind: KeyKind,
+    /// `DUMP` output: Redis's own serialisation, with its RDB version and checksum.
+    pub payload: Vec<u8>,
+    /// Absolute expiry, milliseconds since the Unix epoch (server clock); `None`: persistent.
+    pub expires_at_ms: Option<u64>,
+}
+
+/// Starts an export of the keys matching `pattern` (`None`: `lucid:*`) and answers the stream.
+/// The stream ends after the last key, or with one `Err` item.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError>")]
+pub struct Export {
+    pub pattern: Option<String>,
+}
+
+/// Restores the keys of `source` until it ends; answers what was done.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ImportSummary, RedisError>")]
+pub struct Import {
+    pub source: mpsc::Receiver<ExportedKey>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSummary {
+    pub restored: u64,
+    /// Matched `redis.not_restorable`.
+    pub skipped_not_restorable: u64,
+    /// Their absolute expiry had passed.
+    pub skipped_expired: u64,
+    /// Fencing counters raised to max(current, restored) + margin.
+    pub fences_raised: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+impl Handler<Export> for RedisActor {
+    type Result = Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError>;
+
+    fn handle(&mut self, msg: Export, ctx: &mut Context<Self>) -> Self::Result {
+        let conn = self.usable()?;
+        let pattern = msg.pattern.unwrap_or_else(|| DEFAULT_PATTERN.to_owned());
+        if !pattern.starts_with("lucid:") {
+            return Err(RedisError::invalid("pattern", "must start with \"lucid:\""));
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let settings = self.settings.clone();
+        let generation = self.generation;
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            if let Err(e) = export(conn, &pattern, &settings, &tx).await {
+                if e.connection_lost() || e.is_deadline() {
+                    let _ = me.try_send(CallFailed {
+                        generation,
+                        error: e.clone(),
+                    });
+                }
+                // The consumer may be gone; then there is nobody to tell.
+                let _ = tx.send_timeout(Err(e), settings.stream_idle).await;
+            }
+        });
+        Ok(rx)
+    }
+}
+
+impl Handler<Import> for RedisActor {
+    type Result = ResponseFuture<Result<ImportSummary, RedisError>>;
+
+    fn handle(&mut self, msg: Import, ctx: &mut Context<Self>) -> Self::Result {
+        let conn = match self.usable() {
+            Ok(conn) => conn,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let settings = self.settings.clone();
+        let generation = self.generation;
+        let me = ctx.address();
+        Box::pin(async move {
+            let res = import(conn, msg.source, &settings).await;
+            if let Err(e) = &res
+                && (e.connection_lost() || e.is_deadline())
+            {
+                let _ = me.try_send(CallFailed {
+                    generation,
+                    error: e.clone(),
+                });
+            }
+            res
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export
+
+async fn export(
+    mut conn: MultiplexedConnection,
+    pattern: &str,
+    settings: &Settings,
+    tx: &mpsc::Sender<Result<ExportedKey, RedisError>>,
+) -> Result<(), RedisError> {
+    let deadline = settings.deadline;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = with_deadline(deadline, async {
+            Ok(redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await?)
+        })
+        .await?;
+        if !keys.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.cmd("TIME");
+            for key in &keys {
+                pipe.cmd("TYPE")
+                    .arg(key)
+                    .cmd("PTTL")
+                    .arg(key)
+                    .cmd("DUMP")
+                    .arg(key);
+            }
+            let replies: Vec<redis::Value> =
+                with_deadline(deadline, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
+            let mut replies = replies.into_iter();
+            let now_ms = server_ms(replies.next())?;
+            for key in keys {
+                let (Some(kind), Some(pttl), Some(dump)) =
+                    (replies.next(), replies.next(), replies.next())
+                else {
+                    return Err(RedisError::Server {
+                        message: "short pipeline reply during export".to_owned(),
+                    });
+                };
+                let kind: String = parse(kind)?;
+                let pttl: i64 = parse(pttl)?;
+                let dump: Option<Vec<u8>> = parse(dump)?;
+                // Gone between SCAN and DUMP (expired or deleted): nothing to export.
+                let (Some(payload), false) = (dump, pttl == -2 || kind == "none") else {
+                    continue;
+                };
+                let item = ExportedKey {
+                    key,
+                    kind: KeyKind::from_type(&kind),
+                    payload,
+                    expires_at_ms: (pttl >= 0).then(|| now_ms + pttl as u64),
+                };
+                match tx.send_timeout(Ok(item), settings.stream_idle).await {
+                    Ok(()) => {}
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        return Err(RedisError::StreamIdle {
+                            what: "export consumer stopped reading",
+                            after: settings.stream_idle,
+                        });
+                    }
+                    // The consumer went away: the export is abandoned.
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return Ok(()),
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn parse<T: redis::FromRedisValue>(v: redis::Value) -> Result<T, RedisError> {
+    redis::from_redis_value(v).map_err(|e| RedisError::Server {
+        message: format!("unexpected reply: {e}"),
+    })
+}
+
+/// `TIME` → milliseconds since the epoch.
+fn server_ms(reply: Option<redis::Value>) -> Result<u64, RedisError> {
+    let (secs, micros): (u64, u64) = parse(reply.unwrap_or(redis::Value::Nil))?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import
+
+static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        -- KEYS: fence, restored copy. ARGV: margin
+        local restored = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+        redis.call('DEL', KEYS[2])
+        local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+        local target = math.max(current, restored) + tonumber(ARGV[1])
+        redis.call('SET', KEYS[1], target)
+        return target
+        ",
+    )
+});
+
+async fn import(
+    mut conn: MultiplexedConnection,
+    mut source: mpsc::Receiver<ExportedKey>,
+    settings: &Settings,
+) -> Result<ImportSummary, RedisError> {
+    let deadline = settings.deadline;
+    let mut summary = ImportSummary::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        // Wait (idle timeout) for the first item, then take whatever is ready, up to BATCH.
+        match tokio::time::timeout(settings.stream_idle, source.recv()).await {
+            Ok(Some(item)) => batch.push(item),
+            Ok(None) => return Ok(summary),
+            Err(_) => {
+                return Err(RedisError::StreamIdle {
+                    what: "import source sent nothing",
+                    after: settings.stream_idle,
+                });
+            }
+        }
+        while batch.len() < BATCH {
+            match source.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let now_ms = with_deadline(deadline, async {
+            let time: redis::Value = redis::cmd("TIME").query_async(&mut conn).await?;
+            server_ms(Some(time))
+        })
+        .await?;
+        let mut pipe = redis::pipe();
+        let mut fences = Vec::new();
+        for item in batch.drain(..) {
+            if settings
+                .not_restorable
+                .iter()
+                .any(|p| glob_match(p, &item.key))
+            {
+                summary.skipped_not_restorable += 1;
+                continue;
+            }
+            if item.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                summary.skipped_expired += 1;
+                continue;
+            }
+            if item.key.starts_with(FENCE_PREFIX) {
+                fences.push(item);
+                continue;
+            }
+            pipe.cmd("RESTORE")
+                .arg(&item.key)
+                .arg(item.expires_at_ms.unwrap_or(0))
+                .arg(item.payload)
+                .arg("ABSTTL")
+                .arg("REPLACE")
+                .ignore();
+            summary.restored += 1;
+        }
+        with_deadline(deadline, async {
+            let () = pipe.query_async(&mut conn).await?;
+            Ok(())
+        })
+        .await?;
+        for fence in fences {
+            let copy = format!("{}:restoring:{:016x}", fence.key, rand::random::<u64>());
+            with_deadline(deadline, async {
+                let () = redis::cmd("RESTORE")
+                    .arg(&copy)
+                    .arg(0)
+                    .arg(fence.payload)
+                    .arg("REPLACE")
+                    .query_async(&mut conn)
+                    .await?;
+                let _: u64 = RAISE_FENCE
+                    .key(&fence.key)
+                    .key(&copy)
+                    .arg(settings.fence_margin)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(())
+            })
+            .await?;
+            summary.fences_raised += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed helpers
+
+impl RedisHandle {
+    /// Streams every `lucid:*` key; see [`Export`].
+    pub async fn export(
+        &self,
+    ) -> Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError> {
+        self.call(Export { pattern: None }).await
+    }
+
+    /// Restores keys from `source`; see [`Import`]. The reply comes when the source ends, so
+    /// the call waits as long as the source takes (each step still has the call deadline, and
+    /// the source its idle timeout).
+    pub async fn import(
+        &self,
+        source: mpsc::Receiver<ExportedKey>,
+    ) -> Result<ImportSummary, RedisError> {
+        // Not `call`: its deadline is for short requests.
+        match self.addr.send(Import { source }).await {
+            Ok(res) => res,
+            Err(_) => Err(RedisError::Call(crate::CallError::NotDelivered {
+                backend: crate::Backend::Redis,
+                reason: "actor has stopped",
+            })),
+        }
+    }
+
+    /// A bounded channel of the size imports read in; for feeding [`RedisHandle::import`].
+    pub fn import_channel() -> (mpsc::Sender<ExportedKey>, mpsc::Receiver<ExportedKey>) {
+        mpsc::channel(CHANNEL_CAPACITY)
+    }
+
+    /// Waits for every item of an export (for tests and small datasets; backups stream).
+    pub async fn export_all(&self) -> Result<Vec<ExportedKey>, RedisError> {
+        let mut rx = self.export().await?;
+        let mut out = Vec::new();
+        while let Some(item) = rx.recv().await {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        for (name, kind) in [
+            ("string", KeyKind::String),
+            ("hash", KeyKind::Hash),
+            ("list", KeyKind::List),
+            ("set", KeyKind::Set),
+            ("zset", KeyKind::Zset),
+            ("stream", KeyKind::Stream),
+            ("ReJSON-RL", KeyKind::Other("ReJSON-RL".into())),
+        ] {
+            assert_eq!(KeyKind::from_type(name), kind);
+        }
+    }
+
+    #[test]
+    fn time_reply() {
+        let reply = redis::Value::Array(vec![
+            redis::Value::BulkString(b"1700000000".to_vec()),
+            redis::Value::BulkString(b"123456".to_vec()),
+        ]);
+        assert_eq!(server_ms(Some(reply)).expect("parse"), 1_700_000_000_123);
+        assert!(server_ms(None).is_err());
+    }
+}

@@ -1,0 +1,1007 @@
+//! The Redis service through the actor, against a real redis-server: cache, sessions, rate
+//! limits, locks, pub/sub, export/import, naming, bad input and faults. The server itself is
+//! inspected with a plain driver connection (PTTL, TYPE, SCAN), never through the actor.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use lucid_actors::config::DownPolicy;
+use lucid_actors::events;
+use lucid_actors::redis::{
+    Key, KeyKind, PubSubMessage, RateSubject, RedisError, RedisHandle, Topic,
+};
+use lucid_actors::{CallError, Config, Handles, Roles};
+use lucid_testkit::{Server, free_port, redis};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+const DEADLINE: Duration = Duration::from_millis(500);
+
+fn config(url: &str) -> Config {
+    let mut c = Config::defaults().expect("defaults");
+    c.redis.url = url.into();
+    c.mongodb.enabled = false;
+    c.elasticsearch.enabled = false;
+    c.supervisor.call_deadline = DEADLINE;
+    c.supervisor.probe_interval = Duration::from_millis(100);
+    c.supervisor.backoff_base = Duration::from_millis(50);
+    c.supervisor.backoff_cap = Duration::from_millis(400);
+    c
+}
+
+/// The actors on a fresh server, once Redis is up, and a plain connection for inspection.
+async fn start(
+    server: &Server,
+    tweak: impl FnOnce(&mut Config),
+) -> (Handles, RedisHandle, redis::aio::MultiplexedConnection) {
+    let mut cfg = config(&server.url());
+    tweak(&mut cfg);
+    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let redis_h = handles.redis.clone().expect("redis enabled");
+    wait_until(Duration::from_secs(5), "redis up", || {
+        handles.registry.readiness().is_ok()
+    })
+    .await;
+    let raw = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("inspection connection");
+    (handles, redis_h, raw)
+}
+
+async fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn pttl(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    raw.pttl(key).await.expect("PTTL")
+}
+
+async fn stop(handles: Handles) {
+    assert!(
+        handles.shutdown(Duration::from_secs(1)).await.is_empty(),
+        "actors must quit"
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    name: String,
+    karma: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache
+
+#[actix_rt::test]
+async fn cache_values_ttls_and_single_flight() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    let key = Key::new("cache", "profile", "42").expect("key");
+    let alice = Profile {
+        name: "alice".into(),
+        karma: 7,
+    };
+
+    assert_eq!(r.cache_get::<Profile>(&key).await.expect("get"), None);
+    r.cache_set(&key, &alice, None).await.expect("set");
+    assert_eq!(
+        r.cache_get::<Profile>(&key).await.expect("get"),
+        Some(alice.clone())
+    );
+    assert!(r.cache_exists(&key).await.expect("exists"));
+    // The default TTL (redis.cache_ttl = 5m) is on the server.
+    let ms = pttl(&mut raw, key.as_str()).await;
+    assert!((299_000..=300_000).contains(&ms), "PTTL {ms}");
+    // A caller's TTL replaces it.
+    r.cache_set(&key, &alice, Some(Duration::from_secs(10)))
+        .await
+        .expect("set");
+    let ms = pttl(&mut raw, key.as_str()).await;
+    assert!((9_000..=10_000).contains(&ms), "PTTL {ms}");
+    assert!(r.cache_delete(&key).await.expect("delete"));
+    assert!(!r.cache_delete(&key).await.expect("delete again"));
+    assert!(!r.cache_exists(&key).await.expect("exists"));
+
+    // Single flight: 32 concurrent misses compute once.
+    let computed = Arc::new(AtomicUsize::new(0));
+    let flight_key = Key::new("cache", "report", "daily").expect("key");
+    let calls = (0..32).map(|_| {
+        let computed = computed.clone();
+        let r = r.clone();
+        let flight_key = flight_key.clone();
+        async move {
+            r.cache_get_or_compute(&flight_key, None, || async {
+                computed.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, RedisError>(Profile {
+                    name: "report".into(),
+                    karma: 1,
+                })
+            })
+            .await
+        }
+    });
+    for res in join_all(calls).await {
+        assert_eq!(res.expect("computed").name, "report");
+    }
+    assert_eq!(
+        computed.load(Ordering::SeqCst),
+        1,
+        "computed more than once"
+    );
+    // Afterwards it is a plain hit.
+    let again = r
+        .cache_get_or_compute(&flight_key, None, || async {
+            Err::<Profile, _>(RedisError::NotFound {
+                what: "never called".into(),
+            })
+        })
+        .await
+        .expect("hit");
+    assert_eq!(again.karma, 1);
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_refused_before_anything_is_sent() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |c| c.redis.max_value_bytes = 1024).await;
+    let key = Key::new("cache", "x", "1").expect("key");
+
+    let invalid = |res: Result<(), RedisError>, field: &str| match res {
+        Err(RedisError::Invalid { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("expected Invalid {field}, got {other:?}"),
+    };
+    invalid(r.cache_set(&key, &"x".repeat(2000), None).await, "value");
+    invalid(r.cache_set(&key, &1, Some(Duration::ZERO)).await, "ttl");
+    invalid(
+        r.cache_set(&key, &1, Some(Duration::from_secs(7200))).await,
+        "ttl",
+    );
+    invalid(
+        r.create_session("", "u1", serde_json::json!({}), None)
+            .await
+            .map(|_| ()),
+        "id",
+    );
+    invalid(
+        r.create_session("s1", "u1", serde_json::json!({}), Some(Duration::ZERO))
+            .await
+            .map(|_| ()),
+        "ttl",
+    );
+    invalid(
+        r.check_rate_limit(RateSubject::User("u1".into()), 0, Duration::from_secs(1))
+            .await
+            .map(|_| ()),
+        "limit",
+    );
+    invalid(
+        r.check_rate_limit(RateSubject::User("u1".into()), 5, Duration::ZERO)
+            .await
+            .map(|_| ()),
+        "window",
+    );
+    invalid(
+        r.check_rate_limit(RateSubject::User(String::new()), 5, Duration::from_secs(1))
+            .await
+            .map(|_| ()),
+        "user_id",
+    );
+    invalid(r.acquire_lock("", None, None).await.map(|_| ()), "id");
+    invalid(
+        r.acquire_lock("l", Some(Duration::ZERO), None)
+            .await
+            .map(|_| ()),
+        "lease",
+    );
+    invalid(r.publish("", "x").await.map(|_| ()), "channel");
+    assert!(Key::new("cache", "x", &"y".repeat(600)).is_err());
+    // Nothing reached the server.
+    let keys: Vec<String> = raw.keys("*").await.expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
+
+    // WRONGTYPE is an error reply, not a panic.
+    let () = raw.lpush(key.as_str(), "a list").await.expect("LPUSH");
+    match r.cache_get::<String>(&key).await {
+        Err(RedisError::Server { message }) => assert!(message.contains("WRONGTYPE"), "{message}"),
+        other => panic!("expected WRONGTYPE, got {other:?}"),
+    }
+    // The actor is fine afterwards.
+    r.ping().await.expect("still up");
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+
+#[actix_rt::test]
+async fn sessions_ttl_extend_and_an_index_consistent_with_expiry() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+
+    let s = r
+        .create_session(
+            "sess-a",
+            "user-1",
+            serde_json::json!({"role": "admin"}),
+            None,
+        )
+        .await
+        .expect("create");
+    assert_eq!(
+        s.ttl,
+        Duration::from_secs(15 * 60),
+        "default access-token TTL"
+    );
+    let ms = pttl(&mut raw, "lucid:sessions:session:sess-a").await;
+    assert!((899_000..=900_000).contains(&ms), "PTTL {ms}");
+    let got = r.get_session("sess-a").await.expect("get").expect("exists");
+    assert_eq!(got.user_id, "user-1");
+    assert_eq!(got.data["role"], "admin");
+    assert!(got.created_ms > 1_600_000_000_000);
+    assert!(matches!(
+        r.create_session("sess-a", "user-2", serde_json::json!({}), None)
+            .await,
+        Err(RedisError::Invalid { field: "id", .. })
+    ));
+
+    // Extend: the session's TTL and its index entry move together.
+    assert_eq!(
+        r.extend_session("sess-a", Some(Duration::from_secs(3600)))
+            .await
+            .expect("extend"),
+        Duration::from_secs(3600)
+    );
+    let ms = pttl(&mut raw, "lucid:sessions:session:sess-a").await;
+    assert!((3_599_000..=3_600_000).contains(&ms), "PTTL {ms}");
+    let index_ms = pttl(&mut raw, "lucid:sessions:user:user-1").await;
+    assert!(
+        (3_599_000..=3_600_000).contains(&index_ms),
+        "index PTTL {index_ms}"
+    );
+    assert!(matches!(
+        r.extend_session("nope", None).await,
+        Err(RedisError::NotFound { .. })
+    ));
+
+    // Two short sessions and a long one: once the short ones expire, the index forgets them.
+    for id in ["short-1", "short-2"] {
+        r.create_session(
+            id,
+            "user-2",
+            serde_json::json!({}),
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .expect("create");
+    }
+    r.create_session(
+        "long",
+        "user-2",
+        serde_json::json!({}),
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .expect("create");
+    let listed: BTreeSet<String> = r
+        .list_sessions("user-2")
+        .await
+        .expect("list")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        listed,
+        ["long", "short-1", "short-2"].map(String::from).into()
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let listed = r.list_sessions("user-2").await.expect("list");
+        if listed == ["long"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired sessions still listed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let indexed: u64 = raw
+        .zcard("lucid:sessions:user:user-2")
+        .await
+        .expect("ZCARD");
+    assert_eq!(indexed, 1, "expired entries pruned from the index");
+    assert_eq!(r.get_session("short-1").await.expect("get"), None);
+
+    assert!(r.delete_session("long").await.expect("delete"));
+    assert!(!r.delete_session("long").await.expect("delete again"));
+    assert!(r.list_sessions("user-2").await.expect("list").is_empty());
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limits
+
+#[actix_rt::test]
+async fn rate_limit_is_exact_at_the_window_edge() {
+    let server = redis();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let who = RateSubject::Ip("192.0.2.7".parse().expect("ip"));
+    let window = Duration::from_millis(600);
+
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let d = r
+            .check_rate_limit(who.clone(), 3, window)
+            .await
+            .expect("check");
+        assert!(d.allowed && d.degraded.is_none());
+        remaining.push(d.remaining);
+    }
+    assert_eq!(remaining, [2, 1, 0]);
+    let refused_at = Instant::now();
+    let d = r
+        .check_rate_limit(who.clone(), 3, window)
+        .await
+        .expect("check");
+    assert!(!d.allowed);
+    assert_eq!(d.remaining, 0);
+    assert!(
+        d.retry_after > Duration::ZERO && d.retry_after <= window,
+        "{d:?}"
+    );
+
+    // Just before retry_after: still refused (and a refusal does not consume anything).
+    tokio::time::sleep(
+        d.retry_after
+            .saturating_sub(Duration::from_millis(120))
+            .saturating_sub(refused_at.elapsed()),
+    )
+    .await;
+    assert!(
+        !r.check_rate_limit(who.clone(), 3, window)
+            .await
+            .expect("check")
+            .allowed,
+        "admitted before the edge"
+    );
+    // Just after: admitted again, the window having slid past the first three.
+    tokio::time::sleep(
+        (d.retry_after + Duration::from_millis(60)).saturating_sub(refused_at.elapsed()),
+    )
+    .await;
+    let after = r
+        .check_rate_limit(who.clone(), 3, window)
+        .await
+        .expect("check");
+    assert!(after.allowed, "not admitted after the edge: {after:?}");
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn rate_limit_admits_exactly_the_limit_under_64_concurrent_callers() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    let checks = (0..64).map(|_| {
+        r.check_rate_limit(
+            RateSubject::User("burst".into()),
+            10,
+            Duration::from_secs(30),
+        )
+    });
+    let decisions: Vec<_> = join_all(checks)
+        .await
+        .into_iter()
+        .map(|d| d.expect("check"))
+        .collect();
+    let admitted = decisions.iter().filter(|d| d.allowed).count();
+    assert_eq!(admitted, 10);
+    let mut remaining: Vec<u32> = decisions
+        .iter()
+        .filter(|d| d.allowed)
+        .map(|d| d.remaining)
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(
+        remaining,
+        (0..10).collect::<Vec<u32>>(),
+        "each admission saw a distinct count"
+    );
+    let window: u64 = raw
+        .zcard("lucid:ratelimit:user:burst")
+        .await
+        .expect("ZCARD");
+    assert_eq!(window, 10);
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn rate_limit_follows_the_configured_policy_while_redis_is_down() {
+    for (policy, allowed) in [(DownPolicy::Closed, false), (DownPolicy::Open, true)] {
+        let cap = events::capture();
+        let mut cfg = config(&format!("redis://127.0.0.1:{}/0", free_port()));
+        cfg.redis.rate_limit_when_down = policy;
+        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let r = handles.redis.clone().expect("redis");
+        wait_until(Duration::from_secs(2), "first failure", || {
+            !cap.named("backend.down").is_empty()
+        })
+        .await;
+        for _ in 0..5 {
+            let d = r
+                .check_rate_limit(RateSubject::User("u".into()), 10, Duration::from_secs(1))
+                .await
+                .expect("decision");
+            assert_eq!(d.allowed, allowed, "{policy:?}");
+            assert_eq!(d.degraded, Some(policy));
+        }
+        let degraded = cap.named("ratelimit.degraded");
+        assert_eq!(degraded.len(), 1, "once per outage");
+        assert_eq!(
+            degraded[0].field("policy"),
+            Some(if allowed { "open" } else { "closed" })
+        );
+        stop(handles).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locks
+
+#[actix_rt::test]
+async fn locks_exclude_and_fence_under_contention() {
+    let server = redis();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let inside = Arc::new(AtomicBool::new(false));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let workers = (0..16).map(|_| {
+        let (r, inside, order) = (r.clone(), inside.clone(), order.clone());
+        async move {
+            let guard = r
+                .acquire_lock(
+                    "ledger",
+                    Some(Duration::from_secs(5)),
+                    Some(Duration::from_secs(10)),
+                )
+                .await
+                .expect("acquired within the wait");
+            assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+            order.lock().expect("lock").push(guard.fence);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            inside.store(false, Ordering::SeqCst);
+            r.release_lock(&guard).await.expect("release");
+        }
+    });
+    join_all(workers).await;
+    let fences = order.lock().expect("lock").clone();
+    assert_eq!(fences.len(), 16);
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fences must strictly increase in acquisition order: {fences:?}"
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn lock_release_by_a_non_holder_is_refused_and_expiry_frees_it() {
+    let server = redis();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let first = r
+        .acquire_lock("job", Some(Duration::from_millis(300)), None)
+        .await
+        .expect("acquire");
+    assert!(matches!(
+        r.acquire_lock("job", None, None).await,
+        Err(RedisError::LockBusy { .. })
+    ));
+    let mut forged = first.clone();
+    forged.token = "not-the-token".into();
+    assert!(matches!(
+        r.release_lock(&forged).await,
+        Err(RedisError::NotHeld { .. })
+    ));
+    assert!(matches!(
+        r.extend_lock(&forged, None).await,
+        Err(RedisError::NotHeld { .. })
+    ));
+
+    // The lease runs out; a waiting caller gets it, with a higher fence.
+    let second = r
+        .acquire_lock(
+            "job",
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(2)),
+        )
+        .await
+        .expect("freed by expiry");
+    assert!(second.fence > first.fence);
+    // The first holder can no longer release or extend what is now someone else's.
+    assert!(matches!(
+        r.release_lock(&first).await,
+        Err(RedisError::NotHeld { .. })
+    ));
+    let extended = r
+        .extend_lock(&second, Some(Duration::from_secs(30)))
+        .await
+        .expect("holder extends");
+    assert_eq!(extended.lease, Duration::from_secs(30));
+    r.release_lock(&second).await.expect("holder releases");
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pub/Sub
+
+#[derive(Default)]
+struct Collector {
+    got: Arc<Mutex<Vec<PubSubMessage>>>,
+}
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+}
+
+impl Handler<PubSubMessage> for Collector {
+    type Result = ();
+    fn handle(&mut self, msg: PubSubMessage, _: &mut Context<Self>) {
+        self.got.lock().expect("lock").push(msg);
+    }
+}
+
+/// Blocks its own arbiter's thread, so its mailbox fills up.
+struct Stuck;
+
+impl Actor for Stuck {
+    type Context = Context<Self>;
+}
+
+impl Handler<PubSubMessage> for Stuck {
+    type Result = ();
+    fn handle(&mut self, _: PubSubMessage, _: &mut Context<Self>) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[actix_rt::test]
+async fn pubsub_delivers_to_actors_and_survives_a_restart() {
+    let mut server = redis();
+    let cap = events::capture();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let collector = Collector { got: got.clone() }.start();
+    let by_channel = r
+        .subscribe(
+            Topic::Channel("lucid:blocks:new".into()),
+            collector.clone().recipient(),
+        )
+        .await
+        .expect("subscribe");
+    r.subscribe(
+        Topic::Pattern("lucid:alerts:*".into()),
+        collector.clone().recipient(),
+    )
+    .await
+    .expect("psubscribe");
+
+    // The subscriber connection opens in the background: publish until it is listening.
+    let received = |n: usize| got.lock().expect("lock").len() >= n;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while r
+        .publish("lucid:blocks:new", "block-1")
+        .await
+        .expect("publish")
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "subscription never became active"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r.publish("lucid:alerts:disk", "80%")
+        .await
+        .expect("publish");
+    wait_until(Duration::from_secs(2), "two deliveries", || received(2)).await;
+    {
+        let got = got.lock().expect("lock");
+        assert_eq!(
+            got[0],
+            PubSubMessage {
+                channel: "lucid:blocks:new".into(),
+                pattern: None,
+                payload: b"block-1".to_vec()
+            }
+        );
+        assert_eq!(got[1].pattern.as_deref(), Some("lucid:alerts:*"));
+        assert_eq!(got[1].payload, b"80%");
+    }
+
+    // Restart redis-server: the actor reconnects and resubscribes both.
+    server.stop();
+    wait_until(Duration::from_secs(3), "down", || {
+        handles.registry.readiness().is_err()
+    })
+    .await;
+    server.start_again();
+    wait_until(Duration::from_secs(3), "resubscribed", || {
+        !cap.named("pubsub.resubscribed").is_empty()
+    })
+    .await;
+    let resub = &cap.named("pubsub.resubscribed")[0];
+    assert_eq!(
+        (resub.field("channels"), resub.field("patterns")),
+        (Some("1"), Some("1"))
+    );
+    assert_eq!(
+        r.publish("lucid:blocks:new", "block-2")
+            .await
+            .expect("publish"),
+        1
+    );
+    assert_eq!(
+        r.publish("lucid:alerts:cpu", "95%").await.expect("publish"),
+        1
+    );
+    wait_until(Duration::from_secs(2), "deliveries after restart", || {
+        received(4)
+    })
+    .await;
+
+    // Unsubscribed: no more deliveries on that channel.
+    assert!(r.unsubscribe(by_channel).await.expect("unsubscribe"));
+    assert!(!r.unsubscribe(by_channel).await.expect("unsubscribe again"));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while r
+        .publish("lucid:blocks:new", "block-3")
+        .await
+        .expect("publish")
+        != 0
+    {
+        assert!(Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn a_slow_subscriber_loses_messages_not_memory() {
+    let server = redis();
+    let cap = events::capture();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let arbiter = Arbiter::new();
+    let stuck = Stuck::start_in_arbiter(&arbiter.handle(), |_| Stuck);
+    r.subscribe(Topic::Channel("lucid:flood:x".into()), stuck.recipient())
+        .await
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while r.publish("lucid:flood:x", "first").await.expect("publish") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "subscription never became active"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..200 {
+        r.publish("lucid:flood:x", format!("m{i}"))
+            .await
+            .expect("publish");
+    }
+    wait_until(Duration::from_secs(3), "drops counted", || {
+        !cap.named("pubsub.overflow").is_empty()
+    })
+    .await;
+    let drops = r.pubsub_drops().await.expect("drops");
+    assert_eq!(drops.len(), 1);
+    // The mailbox (16 by default) bounds what is queued; the rest was dropped and counted.
+    assert!(drops[0].1 >= 150, "dropped {}", drops[0].1);
+    assert_eq!(
+        cap.named("pubsub.overflow").len(),
+        1,
+        "one event per subscription"
+    );
+    arbiter.stop();
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export / import
+
+#[actix_rt::test]
+async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come_back() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    // One key of each type, some with a TTL.
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg("lucid:t:string:1")
+        .arg("v")
+        .arg("PX")
+        .arg(120_000)
+        .ignore()
+        .cmd("HSET")
+        .arg("lucid:t:hash:1")
+        .arg("f")
+        .arg("v")
+        .ignore()
+        .cmd("RPUSH")
+        .arg("lucid:t:list:1")
+        .arg("a")
+        .arg("b")
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg("lucid:t:list:1")
+        .arg(60_000)
+        .ignore()
+        .cmd("SADD")
+        .arg("lucid:t:set:1")
+        .arg("x")
+        .arg("y")
+        .ignore()
+        .cmd("ZADD")
+        .arg("lucid:t:zset:1")
+        .arg(1)
+        .arg("one")
+        .ignore()
+        .cmd("XADD")
+        .arg("lucid:t:stream:1")
+        .arg("*")
+        .arg("k")
+        .arg("v")
+        .ignore()
+        .cmd("SET")
+        .arg("lucid:t:string:short")
+        .arg("gone soon")
+        .arg("PX")
+        .arg(300)
+        .ignore()
+        .cmd("SET")
+        .arg("other:not:lucid")
+        .arg("x")
+        .ignore()
+        .query_async(&mut raw)
+        .await
+        .expect("seed");
+    let guard = r
+        .acquire_lock("nightly", Some(Duration::from_secs(60)), None)
+        .await
+        .expect("lock");
+    r.check_rate_limit(RateSubject::User("u".into()), 5, Duration::from_secs(60))
+        .await
+        .expect("limit");
+    let expiry_before: BTreeMap<String, i64> = {
+        let mut m = BTreeMap::new();
+        for k in ["lucid:t:string:1", "lucid:t:list:1"] {
+            m.insert(k.to_owned(), pttl(&mut raw, k).await);
+        }
+        m
+    };
+
+    let exported = r.export_all().await.expect("export");
+    let names: BTreeSet<&str> = exported.iter().map(|e| e.key.as_str()).collect();
+    assert!(
+        !names.contains("other:not:lucid"),
+        "only lucid:* is exported"
+    );
+    for k in [
+        "lucid:t:hash:1",
+        "lucid:locks:lock:nightly",
+        "lucid:locks:fence:nightly",
+        "lucid:ratelimit:user:u",
+    ] {
+        assert!(names.contains(k), "{k} missing from {names:?}");
+    }
+    let kinds: BTreeSet<String> = exported.iter().map(|e| format!("{:?}", e.kind)).collect();
+    for kind in [
+        KeyKind::String,
+        KeyKind::Hash,
+        KeyKind::List,
+        KeyKind::Set,
+        KeyKind::Zset,
+        KeyKind::Stream,
+    ] {
+        assert!(
+            kinds.contains(&format!("{kind:?}")),
+            "{kind:?} not exported"
+        );
+    }
+
+    tokio::time::sleep(Duration::from_millis(400)).await; // the short key's expiry passes
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw)
+        .await
+        .expect("FLUSHALL");
+    let (tx, rx) = RedisHandle::import_channel();
+    let feeder = actix_rt::spawn(async move {
+        for item in exported {
+            tx.send(item).await.expect("feed");
+        }
+    });
+    let summary = r.import(rx).await.expect("import");
+    feeder.await.expect("feeder");
+    assert_eq!(summary.skipped_not_restorable, 2, "{summary:?}"); // the lock and the rate-limit window
+    assert_eq!(summary.skipped_expired, 1, "{summary:?}");
+    assert_eq!(summary.fences_raised, 1, "{summary:?}");
+    assert_eq!(summary.restored, 6, "{summary:?}");
+
+    for (k, t) in [
+        ("lucid:t:string:1", "string"),
+        ("lucid:t:hash:1", "hash"),
+        ("lucid:t:list:1", "list"),
+        ("lucid:t:set:1", "set"),
+        ("lucid:t:zset:1", "zset"),
+        ("lucid:t:stream:1", "stream"),
+    ] {
+        let kind: String = redis::cmd("TYPE")
+            .arg(k)
+            .query_async(&mut raw)
+            .await
+            .expect("TYPE");
+        assert_eq!(kind, t, "{k}");
+    }
+    let list: Vec<String> = raw.lrange("lucid:t:list:1", 0, -1).await.expect("LRANGE");
+    assert_eq!(list, ["a", "b"]);
+    let hash: String = raw.hget("lucid:t:hash:1", "f").await.expect("HGET");
+    assert_eq!(hash, "v");
+    // TTLs kept their absolute end (within 1 s); persistent keys stay persistent.
+    for (k, before) in &expiry_before {
+        let after = pttl(&mut raw, k).await;
+        assert!(
+            after > 0 && (before - after).abs() < 1_000,
+            "{k}: PTTL {before} before, {after} after"
+        );
+    }
+    assert_eq!(pttl(&mut raw, "lucid:t:hash:1").await, -1);
+    for gone in [
+        "lucid:locks:lock:nightly",
+        "lucid:ratelimit:user:u",
+        "lucid:t:string:short",
+    ] {
+        let exists: bool = raw.exists(gone).await.expect("EXISTS");
+        assert!(!exists, "{gone} came back");
+    }
+    let leftovers: Vec<String> = raw.keys("*restoring*").await.expect("KEYS");
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Fencing tokens never go back: the next one is past the restored counter plus the margin.
+    let next = r
+        .acquire_lock("nightly", None, None)
+        .await
+        .expect("lock after restore");
+    assert!(
+        next.fence > guard.fence + 1000,
+        "fence {} after restore, {} before",
+        next.fence,
+        guard.fence
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn every_key_the_actor_writes_follows_the_naming_pattern() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    r.cache_set(&Key::new("cache", "user", "1").expect("key"), &1, None)
+        .await
+        .expect("cache");
+    r.create_session("s-1", "u-1", serde_json::json!({}), None)
+        .await
+        .expect("session");
+    r.check_rate_limit(
+        RateSubject::Ip("2001:db8::1".parse().expect("ip")),
+        5,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("limit");
+    r.check_rate_limit(RateSubject::User("u-1".into()), 5, Duration::from_secs(5))
+        .await
+        .expect("limit");
+    r.acquire_lock("export", None, None).await.expect("lock");
+    let mut keys: Vec<String> = Vec::new();
+    let mut iter: redis::AsyncIter<String> = raw.scan().await.expect("SCAN");
+    while let Some(k) = iter.next_item().await {
+        keys.push(k.expect("key"));
+    }
+    drop(iter);
+    assert_eq!(keys.len(), 7, "{keys:?}");
+    for k in keys {
+        let parts: Vec<&str> = k.splitn(4, ':').collect();
+        assert_eq!(parts.len(), 4, "{k}");
+        assert_eq!(parts[0], "lucid", "{k}");
+        for name in &parts[1..3] {
+            assert!(
+                !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || c == '_'
+                        || c == '-'),
+                "{k}"
+            );
+        }
+        assert!(!parts[3].is_empty(), "{k}");
+    }
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults on service calls
+
+#[actix_rt::test]
+async fn service_calls_never_hang_on_a_frozen_or_dead_server() {
+    let mut server = redis();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let key = Key::new("cache", "f", "1").expect("key");
+    r.cache_set(&key, &"v", None).await.expect("set");
+
+    server.pause();
+    let started = Instant::now();
+    let calls = join_all([
+        Box::pin(async { r.cache_get::<String>(&key).await.map(|_| ()) })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>,
+        Box::pin(async { r.acquire_lock("frozen", None, None).await.map(|_| ()) }),
+        Box::pin(async {
+            r.create_session("frozen", "u", serde_json::json!({}), None)
+                .await
+                .map(|_| ())
+        }),
+    ])
+    .await;
+    assert!(
+        started.elapsed() < DEADLINE + Duration::from_millis(300),
+        "took {:?}",
+        started.elapsed()
+    );
+    for res in calls {
+        assert!(
+            matches!(
+                res,
+                Err(RedisError::Call(CallError::DeadlineExceeded { .. }))
+            ),
+            "{res:?}"
+        );
+    }
+    server.resume();
+    wait_until(Duration::from_secs(3), "up after SIGCONT", || {
+        handles.registry.readiness().is_ok()
+    })
+    .await;
+    assert_eq!(
+        r.cache_get::<String>(&key).await.expect("get").as_deref(),
+        Some("v")
+    );
+
+    server.stop();
+    wait_until(Duration::from_secs(3), "down", || {
+        handles.registry.readiness().is_err()
+    })
+    .await;
+    let started = Instant::now();
+    assert!(matches!(
+        r.cache_get::<String>(&key).await,
+        Err(RedisError::Call(CallError::Unavailable { .. }))
+    ));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    server.start_again();
+    wait_until(
+        Duration::from_millis(400) + DEADLINE + Duration::from_millis(500),
+        "recovered within the backoff bound",
+        || handles.registry.readiness().is_ok(),
+    )
+    .await;
+    // (the server restarted empty: no persistence in the test kit)
+    assert_eq!(r.cache_get::<String>(&key).await.expect("get"), None);
+    stop(handles).await;
+}

@@ -7,10 +7,15 @@
 //! dropped, takes the actor to backoff at once, and calls are answered `Unavailable` without
 //! touching the network until a reconnect succeeds.
 //!
-//! Every operation is a message with a typed reply, handled the same way ([`RedisActor::run`]):
-//! answer at once when Redis is not up, otherwise run the driver call as its own task within
-//! the call deadline, and tell the actor if the connection turned out to be lost. Every key
-//! goes through the one key builder ([`Key`]: `lucid:{service}:{entity}:{id}`).
+//! Every request/response operation is a message with a typed reply that implements
+//! [`RedisOp`], and runs the same way whether it is sent to the actor's mailbox or called
+//! through [`RedisHandle::call`]: answer at once when Redis is not up, otherwise check the
+//! input, run the driver calls within the call deadline, and tell the actor if the connection
+//! turned out to be lost. The handle skips the mailbox hop (the actor publishes its current
+//! connection and state for it), which is what keeps the actors' CPU cost per call close to
+//! the raw driver's (see `actors/benches/lucid_bench.rs`). Operations on the actor's own state
+//! (subscriptions, export, import) go through the mailbox. Every key goes through the one key
+//! builder ([`Key`]: `lucid:{service}:{entity}:{id}`).
 //!
 //! The operations, one file each under `actors/redis/`:
 //! - [`keys`] — the key builder and name validation.
@@ -32,7 +37,8 @@ pub mod stats;
 pub mod transfer;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -41,7 +47,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use crate::config::{DownPolicy, RedisConfig, SupervisorConfig};
-use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp};
+use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp, RateLimitDegraded};
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::{
@@ -278,54 +284,207 @@ impl Settings {
     }
 }
 
-/// What callers hold: the actor's address, the settings, and per-process state the typed
-/// helpers share (single flight). Cheap to clone.
+mod sealed {
+    /// Only this crate's operations run through [`super::RedisOp`]: key naming and input
+    /// checks stay here.
+    pub trait Sealed {}
+}
+
+/// A request/response operation: one message type, handled identically whether it arrives
+/// through the mailbox (`Addr::send`) or is run by [`RedisHandle::call`] directly on the
+/// connection the actor published (no mailbox hop — the actor still owns connecting,
+/// probing and backoff, and learns of a lost connection from the call). Sealed.
+pub trait RedisOp:
+    sealed::Sealed + Message<Result = Result<<Self as RedisOp>::Output, RedisError>> + Send + 'static
+{
+    type Output: Send + 'static;
+
+    /// Checks the input (an error here means nothing was sent) and returns the driver calls.
+    fn start(
+        self,
+        conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<Self::Output, RedisError>> + 'static, RedisError>;
+
+    /// The answer while Redis is unavailable, for operations that have one (rate limits).
+    /// Cheap: it is prepared before every call, in case the connection is lost on the way.
+    fn when_down(&self, _: &Settings) -> Option<Self::Output> {
+        None
+    }
+
+    /// The input checks of [`RedisOp::start`], for answering [`RedisOp::when_down`] without a
+    /// connection: bad input stays an error while Redis is down.
+    fn check(&self) -> Result<(), RedisError> {
+        Ok(())
+    }
+}
+
+/// What the actor publishes for calls that bypass its mailbox.
+enum Published {
+    Up {
+        conn: MultiplexedConnection,
+        generation: u64,
+    },
+    Connecting,
+    Backoff {
+        retry_at: Instant,
+    },
+    Disabled {
+        reason: String,
+    },
+}
+
+/// State shared by the actor (its only writer) and every handle.
+pub struct Shared {
+    settings: Settings,
+    published: RwLock<Published>,
+    /// Whether `ratelimit.degraded` was emitted for the current outage.
+    degraded_reported: AtomicBool,
+    health: HealthEntry,
+    /// The actor, for news from calls and for mailbox messages; set once it has started.
+    addr: OnceLock<Addr<RedisActor>>,
+    flights: cache::Flights,
+}
+
+impl Shared {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The actor's address; set in `start_with` before any handle exists.
+    fn actor(&self) -> &Addr<RedisActor> {
+        self.addr
+            .get()
+            .unwrap_or_else(|| unreachable!("the address is set before the handle is returned"))
+    }
+
+    /// The connection for a call, or the answer to give instead — at once, without waiting.
+    fn usable(&self) -> Result<(MultiplexedConnection, u64), RedisError> {
+        let published = self
+            .published
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*published {
+            Published::Up { conn, generation } => Ok((conn.clone(), *generation)),
+            Published::Connecting => Err(RedisError::unavailable(None)),
+            Published::Backoff { retry_at } => Err(RedisError::unavailable(Some(
+                retry_at.saturating_duration_since(Instant::now()),
+            ))),
+            Published::Disabled { reason } => Err(RedisError::Call(CallError::Disabled {
+                backend: BACKEND,
+                reason: reason.clone(),
+            })),
+        }
+    }
+
+    /// `ratelimit.degraded`, once per outage.
+    fn degraded(&self, cause: &RedisError, admitted: bool) {
+        if !self.degraded_reported.swap(true, Ordering::Relaxed) {
+            events::emit(RateLimitDegraded {
+                policy: if admitted { "open" } else { "closed" },
+                code: cause.code(),
+            });
+        }
+    }
+}
+
+/// Runs one operation: the connection the actor published (or the immediate answer while
+/// Redis is not up), the input checks, the driver calls within the call deadline, and news of
+/// a lost connection or a missed deadline back to the actor (a full mailbox only delays that
+/// news: the probe finds out too). Successful calls never touch the actor.
+async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisError> {
+    let (conn, generation) = match shared.usable() {
+        Ok(usable) => usable,
+        Err(e) => {
+            let Some(answer) = msg.when_down(&shared.settings) else {
+                return Err(e);
+            };
+            msg.check()?;
+            shared.degraded(&e, shared.settings.when_down == DownPolicy::Open);
+            return Ok(answer);
+        }
+    };
+    let fallback = msg.when_down(&shared.settings);
+    let deadline = shared.settings.deadline;
+    let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
+        Ok(res) => res,
+        Err(_) => Err(RedisError::deadline(deadline)),
+    };
+    match res {
+        Err(e) if e.connection_lost() || e.is_deadline() => {
+            if let Some(actor) = shared.addr.get() {
+                let _ = actor.try_send(CallFailed {
+                    generation,
+                    error: e.clone(),
+                });
+            }
+            // Lost on the way: the configured policy decides this one, where there is one.
+            fallback.ok_or(e)
+        }
+        res => res,
+    }
+}
+
+/// What callers hold: the state shared with the actor (its address, its published
+/// connection, the settings, the single-flight table). Cheap to clone (one atomic increment);
+/// `Send + Sync`.
 #[derive(Clone)]
 pub struct RedisHandle {
-    addr: Addr<RedisActor>,
-    settings: Arc<Settings>,
-    flights: cache::Flights,
+    shared: Arc<Shared>,
 }
 
 impl RedisHandle {
     /// The actor's address, for sending messages directly (`send` with a timeout, never `do_send`).
     pub fn addr(&self) -> &Addr<RedisActor> {
-        &self.addr
+        self.shared.actor()
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.shared.settings
     }
 
-    /// PING through the actor.
-    pub async fn ping(&self) -> Result<Duration, RedisError> {
-        self.call(Ping).await
+    /// PING, timed.
+    pub fn ping(&self) -> impl Future<Output = Result<Duration, RedisError>> + '_ {
+        self.call(Ping)
     }
 
-    /// Sends a message whose reply is a `Result<T, RedisError>`, answering within the deadline
-    /// (the actor enforces the deadline on Redis itself; the grace here only covers a full
-    /// mailbox or a stopped actor).
-    pub async fn call<M, T>(&self, msg: M) -> Result<T, RedisError>
+    /// Runs a request/response operation within the call deadline, directly on the
+    /// connection the actor published (see [`RedisOp`]); `Unavailable` at once while Redis is
+    /// not up.
+    ///
+    /// (Not an `async fn`: the typed helpers return this future as it is, so the call path
+    /// adds no layers of futures to move around — it is the hot path.)
+    pub fn call<M: RedisOp>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Output, RedisError>> + '_ {
+        exec(&self.shared, msg)
+    }
+
+    /// Sends a message through the actor's mailbox and waits for the answer within the
+    /// deadline plus a grace for a full mailbox; `NotDelivered` once the actor has stopped.
+    /// For the operations that change the actor's own state (subscriptions, streams).
+    pub async fn send<M, T>(&self, msg: M) -> Result<T, RedisError>
     where
         M: Message<Result = Result<T, RedisError>> + Send + 'static,
         T: Send + 'static,
         RedisActor: Handler<M>,
     {
         call(
-            &self.addr,
+            self.shared.actor(),
             BACKEND,
             msg,
-            self.settings.deadline + DELIVERY_GRACE,
+            self.shared.settings.deadline + DELIVERY_GRACE,
         )
         .await?
     }
 
     pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
-        call(&self.addr, BACKEND, Heartbeat, deadline).await
+        call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
     }
 
     pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
-        call(&self.addr, BACKEND, Shutdown, deadline).await
+        call(self.shared.actor(), BACKEND, Shutdown, deadline).await
     }
 }
 
@@ -345,11 +504,8 @@ pub struct RedisActor {
     /// connection (a probe, a call, a timer) cannot act on the current one.
     generation: u64,
     probe_in_flight: bool,
-    settings: Arc<Settings>,
-    health: HealthEntry,
+    shared: Arc<Shared>,
     subscriptions: pubsub::Subscriptions,
-    /// Whether `ratelimit.degraded` was emitted for the current outage.
-    degraded_reported: bool,
 }
 
 impl RedisActor {
@@ -359,7 +515,14 @@ impl RedisActor {
         sup: &SupervisorConfig,
         health: HealthEntry,
     ) -> RedisHandle {
-        let settings = Arc::new(Settings::from_config(cfg, sup));
+        let shared = Arc::new(Shared {
+            settings: Settings::from_config(cfg, sup),
+            published: RwLock::new(Published::Connecting),
+            degraded_reported: AtomicBool::new(false),
+            health,
+            addr: OnceLock::new(),
+            flights: cache::Flights::default(),
+        });
         let mut machine = Connection::new(BackoffPolicy::from_config(sup), Instant::now());
         let client = match build_client(cfg) {
             Ok(client) => Some(client),
@@ -374,48 +537,32 @@ impl RedisActor {
             conn: None,
             generation: 0,
             probe_in_flight: false,
-            settings: settings.clone(),
-            health,
+            shared: shared.clone(),
             subscriptions: pubsub::Subscriptions::default(),
-            degraded_reported: false,
         };
-        RedisHandle {
-            addr: actor.start(),
-            settings,
-            flights: cache::Flights::default(),
-        }
+        let _ = shared.addr.set(actor.start());
+        RedisHandle { shared }
     }
 
-    /// Runs `op` on the current connection, as its own task, within the call deadline; answers
-    /// at once when Redis is not up. A lost connection or a missed deadline is reported back to
-    /// the actor (`CallFailed`); successful calls never touch the actor again.
-    fn run<T, F, Fut>(&self, ctx: &Context<Self>, op: F) -> ResponseFuture<Result<T, RedisError>>
-    where
-        T: 'static,
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>> + 'static,
-    {
-        let conn = match self.usable() {
-            Ok(conn) => conn,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
+    /// Mirrors the state machine into the health registry and into what calls read.
+    fn record(&self) {
+        self.shared.health.record(&self.machine);
+        let published = match (self.machine.state(), &self.conn) {
+            (ConnState::Up { .. }, Some(conn)) => Published::Up {
+                conn: conn.clone(),
+                generation: self.generation,
+            },
+            (ConnState::Backoff { until, .. }, _) => Published::Backoff { retry_at: *until },
+            (ConnState::Disabled { reason }, _) => Published::Disabled {
+                reason: reason.clone(),
+            },
+            _ => Published::Connecting,
         };
-        let generation = self.generation;
-        let deadline = self.settings.deadline;
-        let me = ctx.address();
-        let fut = op(conn);
-        Box::pin(async move {
-            let res = with_deadline(deadline, fut).await;
-            if let Err(e) = &res
-                && (e.connection_lost() || e.is_deadline())
-            {
-                // A full mailbox only delays the news: the probe finds out too.
-                let _ = me.try_send(CallFailed {
-                    generation,
-                    error: e.clone(),
-                });
-            }
-            res
-        })
+        *self
+            .shared
+            .published
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
     }
 
     fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
@@ -424,8 +571,8 @@ impl RedisActor {
         };
         self.generation += 1;
         let generation = self.generation;
-        self.health.record(&self.machine);
-        let deadline = self.settings.deadline;
+        self.record();
+        let deadline = self.shared.settings.deadline;
         ctx.spawn(
             connect_once(client, deadline)
                 .into_actor(self)
@@ -450,9 +597,11 @@ impl RedisActor {
         match self.machine.connected(Instant::now()) {
             Ok(recovery) => {
                 self.conn = Some(conn);
-                self.degraded_reported = false;
-                self.health.record(&self.machine);
-                self.health.latency(latency);
+                self.shared
+                    .degraded_reported
+                    .store(false, Ordering::Relaxed);
+                self.record();
+                self.shared.health.latency(latency);
                 events::emit(BackendUp {
                     backend: BACKEND,
                     attempt: recovery.attempt,
@@ -480,9 +629,9 @@ impl RedisActor {
         if let Some(stream) = self.subscriptions.connection_lost() {
             ctx.cancel_future(stream);
         }
-        self.health.record(&self.machine);
+        self.record();
         let message = err.to_string();
-        self.health.error(err.code(), &message);
+        self.shared.health.error(err.code(), &message);
         if failure.outage_began {
             events::emit(BackendDown {
                 backend: BACKEND,
@@ -516,14 +665,14 @@ impl RedisActor {
         self.probe_in_flight = true;
         let generation = self.generation;
         ctx.spawn(
-            ping(conn, self.settings.deadline)
+            ping(conn, self.shared.settings.deadline)
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.probe_in_flight = false;
                     match res {
                         Ok(latency) if act.generation == generation => {
                             let _ = act.machine.healthy(Instant::now());
-                            act.health.latency(latency);
+                            act.shared.health.latency(latency);
                         }
                         Ok(_) => {}
                         Err(e) => act.on_failure(generation, &e, ctx),
@@ -531,46 +680,45 @@ impl RedisActor {
                 }),
         );
     }
-
-    /// The connection for a call, or the answer to give instead — at once, without waiting.
-    fn usable(&self) -> Result<MultiplexedConnection, RedisError> {
-        match self.machine.state() {
-            ConnState::Up { .. } => self
-                .conn
-                .clone()
-                .ok_or_else(|| RedisError::unavailable(None)),
-            ConnState::Backoff { .. } => Err(RedisError::unavailable(
-                self.machine.retry_in(Instant::now()),
-            )),
-            ConnState::Connecting { .. } => Err(RedisError::unavailable(None)),
-            ConnState::Disabled { reason } => Err(RedisError::Call(CallError::Disabled {
-                backend: BACKEND,
-                reason: reason.clone(),
-            })),
-        }
-    }
 }
 
 impl Actor for RedisActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
-        self.health.record(&self.machine);
+        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
+        self.record();
         self.spawn_connect(ctx);
-        ctx.run_interval(self.settings.probe_interval, |act, ctx| act.probe(ctx));
+        ctx.run_interval(self.shared.settings.probe_interval, |act, ctx| {
+            act.probe(ctx)
+        });
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-impl Handler<Ping> for RedisActor {
-    type Result = ResponseFuture<Result<Duration, RedisError>>;
+impl sealed::Sealed for Ping {}
 
-    fn handle(&mut self, _: Ping, ctx: &mut Context<Self>) -> Self::Result {
-        let deadline = self.settings.deadline;
-        self.run(ctx, move |conn| ping(conn, deadline))
+impl RedisOp for Ping {
+    type Output = Duration;
+
+    fn start(
+        self,
+        conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<Duration, RedisError>> + 'static, RedisError> {
+        Ok(ping(conn, shared.settings.deadline))
+    }
+}
+
+/// Every [`RedisOp`] is handled the same way: see [`exec`].
+impl<M: RedisOp> Handler<M> for RedisActor {
+    type Result = ResponseFuture<Result<M::Output, RedisError>>;
+
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { exec(&shared, msg).await })
     }
 }
 
@@ -624,7 +772,7 @@ impl Handler<Shutdown> for RedisActor {
         if let Some(stream) = self.subscriptions.connection_lost() {
             ctx.cancel_future(stream);
         }
-        self.health.record(&self.machine);
+        self.record();
         ctx.stop();
     }
 }

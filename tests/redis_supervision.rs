@@ -119,7 +119,18 @@ async fn killed_server_goes_down_fast_and_comes_back_within_the_backoff_bound() 
 
     assert!(h.shutdown(Duration::from_secs(1)).await.is_empty());
     assert_eq!(redis_status(&h).state, StateLabel::Disabled);
+    // Calls are told the backend is shut down; messages to the stopped actor are not delivered.
     let err = redis_h.ping().await.expect_err("actor stopped");
+    assert!(
+        matches!(err, RedisError::Call(CallError::Disabled { .. })),
+        "{err:?}"
+    );
+    let err = redis_h
+        .send(lucid_actors::redis::Unsubscribe {
+            id: lucid_actors::redis::SubscriptionId(1),
+        })
+        .await
+        .expect_err("actor stopped");
     assert!(
         matches!(err, RedisError::Call(CallError::NotDelivered { .. })),
         "{err:?}"

@@ -15,7 +15,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-use super::{Key, RedisActor, RedisError, RedisHandle, Settings, millis};
+use redis::aio::MultiplexedConnection;
+
+use super::sealed::Sealed;
+use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -51,54 +54,68 @@ pub struct CacheExists {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Handlers
+// Operations
 
-impl Handler<CacheGet> for RedisActor {
-    type Result = ResponseFuture<Result<Option<Vec<u8>>, RedisError>>;
+impl Sealed for CacheGet {}
+impl Sealed for CacheSet {}
+impl Sealed for CacheDelete {}
+impl Sealed for CacheExists {}
 
-    fn handle(&mut self, msg: CacheGet, ctx: &mut Context<Self>) -> Self::Result {
-        self.run(
-            ctx,
-            move |mut conn| async move { Ok(conn.get(&msg.key).await?) },
-        )
+impl RedisOp for CacheGet {
+    type Output = Option<Vec<u8>>;
+
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<Self::Output, RedisError>> + 'static, RedisError> {
+        Ok(async move { Ok(conn.get(&self.key).await?) })
     }
 }
 
-impl Handler<CacheSet> for RedisActor {
-    type Result = ResponseFuture<Result<(), RedisError>>;
+impl RedisOp for CacheSet {
+    type Output = ();
 
-    fn handle(&mut self, msg: CacheSet, ctx: &mut Context<Self>) -> Self::Result {
-        let ttl = msg.ttl.unwrap_or(self.settings.cache_ttl);
-        let checked = Settings::check_ttl("ttl", ttl, Some(self.settings.cache_max_ttl))
-            .and_then(|()| self.settings.check_value_size(msg.value.len()));
-        if let Err(e) = checked {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        self.run(ctx, move |mut conn| async move {
-            let () = conn.pset_ex(&msg.key, msg.value, millis(ttl)).await?;
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<(), RedisError>> + 'static, RedisError> {
+        let settings = shared.settings();
+        let ttl = self.ttl.unwrap_or(settings.cache_ttl);
+        Settings::check_ttl("ttl", ttl, Some(settings.cache_max_ttl))?;
+        settings.check_value_size(self.value.len())?;
+        Ok(async move {
+            let () = conn.pset_ex(&self.key, self.value, millis(ttl)).await?;
             Ok(())
         })
     }
 }
 
-impl Handler<CacheDelete> for RedisActor {
-    type Result = ResponseFuture<Result<bool, RedisError>>;
+impl RedisOp for CacheDelete {
+    type Output = bool;
 
-    fn handle(&mut self, msg: CacheDelete, ctx: &mut Context<Self>) -> Self::Result {
-        self.run(ctx, move |mut conn| async move {
-            let n: u64 = conn.del(&msg.key).await?;
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
+        Ok(async move {
+            let n: u64 = conn.del(&self.key).await?;
             Ok(n > 0)
         })
     }
 }
 
-impl Handler<CacheExists> for RedisActor {
-    type Result = ResponseFuture<Result<bool, RedisError>>;
+impl RedisOp for CacheExists {
+    type Output = bool;
 
-    fn handle(&mut self, msg: CacheExists, ctx: &mut Context<Self>) -> Self::Result {
-        self.run(ctx, move |mut conn| async move {
-            Ok(conn.exists(&msg.key).await?)
-        })
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
+        Ok(async move { Ok(conn.exists(&self.key).await?) })
     }
 }
 
@@ -172,12 +189,12 @@ impl RedisHandle {
         .await
     }
 
-    pub async fn cache_delete(&self, key: &Key) -> Result<bool, RedisError> {
-        self.call(CacheDelete { key: key.clone() }).await
+    pub fn cache_delete(&self, key: &Key) -> impl Future<Output = Result<bool, RedisError>> + '_ {
+        self.call(CacheDelete { key: key.clone() })
     }
 
-    pub async fn cache_exists(&self, key: &Key) -> Result<bool, RedisError> {
-        self.call(CacheExists { key: key.clone() }).await
+    pub fn cache_exists(&self, key: &Key) -> impl Future<Output = Result<bool, RedisError>> + '_ {
+        self.call(CacheExists { key: key.clone() })
     }
 
     /// Cache-aside with single flight: the cached value, or `compute()` stored for `ttl`. While
@@ -199,7 +216,7 @@ impl RedisHandle {
         if let Ok(Some(value)) = self.cache_get(key).await {
             return Ok(value);
         }
-        let cell = self.flights.join(key);
+        let cell = self.shared.flights.join(key);
         let result = cell
             .get_or_try_init(|| async {
                 // A flight that landed just now may have filled the cache.
@@ -224,7 +241,7 @@ impl RedisHandle {
             })
             .await
             .map(|bytes| decode::<T>(key, bytes));
-        self.flights.land(key, &cell);
+        self.shared.flights.land(key, &cell);
         result?.map_err(E::from)
     }
 }

@@ -20,10 +20,25 @@ impl Key {
     /// `lucid:{service}:{entity}:{id}`. `service` and `entity`: 1–32 of `a-z 0-9 _ -`;
     /// `id`: 1–512 bytes without whitespace or control characters (`:` is allowed, for IPv6).
     pub fn new(service: &str, entity: &str, id: &str) -> Result<Key, RedisError> {
+        Self::with_id_field(service, entity, id, "id")
+    }
+
+    /// As [`Key::new`], naming the id `field` in errors (`user_id`, `channel`).
+    pub(crate) fn with_id_field(
+        service: &str,
+        entity: &str,
+        id: &str,
+        field: &'static str,
+    ) -> Result<Key, RedisError> {
         check_name("service", service)?;
         check_name("entity", entity)?;
-        check_id("id", id)?;
-        Ok(Key(format!("{PREFIX}:{service}:{entity}:{id}")))
+        check_id(field, id)?;
+        let mut key =
+            String::with_capacity(PREFIX.len() + service.len() + entity.len() + id.len() + 3);
+        for part in [PREFIX, ":", service, ":", entity, ":", id] {
+            key.push_str(part);
+        }
+        Ok(Key(key))
     }
 
     pub fn as_str(&self) -> &str {
@@ -52,10 +67,13 @@ pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), RedisErr
             format!("must be 1 to {MAX_NAME_BYTES} characters"),
         ));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
-    {
+    // Bytes first (this runs on every call): every allowed character is ASCII.
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
+    if !name.bytes().all(allowed) {
+        let c = name
+            .chars()
+            .find(|c| !(c.is_ascii() && allowed(*c as u8)))
+            .unwrap_or('?');
         return Err(RedisError::invalid(
             field,
             format!("{c:?} is not allowed (use a-z, 0-9, _ and -)"),
@@ -74,7 +92,13 @@ pub(crate) fn check_id(field: &'static str, id: &str) -> Result<(), RedisError> 
             format!("is {} bytes, at most {MAX_ID_BYTES}", id.len()),
         ));
     }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // ASCII fast path; other text is checked character by character.
+    let bad = if id.is_ascii() {
+        id.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        id.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if bad {
         return Err(RedisError::invalid(
             field,
             "must not contain whitespace or control characters",

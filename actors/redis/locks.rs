@@ -5,6 +5,7 @@
 //! protected resource can check to refuse a stale holder. An import raises these counters to
 //! max(current, restored) + `redis.fence_margin`, so a restore never makes them go back.
 
+use std::future::Future;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,10 @@ use actix::prelude::*;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use super::{Key, RedisActor, RedisError, RedisHandle, Settings, millis};
+use redis::aio::MultiplexedConnection;
+
+use super::sealed::Sealed;
+use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
 
 const SERVICE: &str = "locks";
 
@@ -78,7 +82,8 @@ pub struct ExtendLock {
 // ---------------------------------------------------------------------------------------------
 // Scripts
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+/// Public so the benchmark's direct-driver path does exactly the same work.
+pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         -- KEYS: lock, fence. ARGV: token, lease_ms
@@ -90,7 +95,8 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+/// Public so the benchmark's direct-driver path does exactly the same work.
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         -- KEYS: lock. ARGV: token
@@ -115,26 +121,28 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Handlers
+// Operations
 
 fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-impl Handler<AcquireLock> for RedisActor {
-    type Result = ResponseFuture<Result<LockAttempt, RedisError>>;
+impl Sealed for AcquireLock {}
+impl Sealed for ReleaseLock {}
+impl Sealed for ExtendLock {}
 
-    fn handle(&mut self, msg: AcquireLock, ctx: &mut Context<Self>) -> Self::Result {
-        let lease = msg.lease.unwrap_or(self.settings.lock_lease);
-        let keys = lock_key(&msg.name).and_then(|lock| {
-            Settings::check_ttl("lease", lease, None)?;
-            Ok((lock, fence_key(&msg.name)?))
-        });
-        let (lock, fence) = match keys {
-            Ok(keys) => keys,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        self.run(ctx, move |mut conn| async move {
+impl RedisOp for AcquireLock {
+    type Output = LockAttempt;
+
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<LockAttempt, RedisError>> + 'static, RedisError> {
+        let lease = self.lease.unwrap_or(shared.settings().lock_lease);
+        Settings::check_ttl("lease", lease, None)?;
+        let (lock, fence) = (lock_key(&self.name)?, fence_key(&self.name)?);
+        Ok(async move {
             let token = new_token();
             let (acquired, value): (u8, i64) = ACQUIRE
                 .key(&lock)
@@ -145,7 +153,7 @@ impl Handler<AcquireLock> for RedisActor {
                 .await?;
             Ok(if acquired == 1 {
                 LockAttempt::Acquired(LockGuard {
-                    name: msg.name,
+                    name: self.name,
                     token,
                     fence: value.max(0) as u64,
                     lease,
@@ -160,54 +168,58 @@ impl Handler<AcquireLock> for RedisActor {
     }
 }
 
-impl Handler<ReleaseLock> for RedisActor {
-    type Result = ResponseFuture<Result<(), RedisError>>;
+impl RedisOp for ReleaseLock {
+    type Output = ();
 
-    fn handle(&mut self, msg: ReleaseLock, ctx: &mut Context<Self>) -> Self::Result {
-        let lock = match lock_key(&msg.guard.name) {
-            Ok(lock) => lock,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<(), RedisError>> + 'static, RedisError> {
+        let lock = lock_key(&self.guard.name)?;
+        Ok(async move {
             let n: u64 = RELEASE
                 .key(&lock)
-                .arg(&msg.guard.token)
+                .arg(&self.guard.token)
                 .invoke_async(&mut conn)
                 .await?;
             if n == 1 {
                 Ok(())
             } else {
                 Err(RedisError::NotHeld {
-                    lock: msg.guard.name,
+                    lock: self.guard.name,
                 })
             }
         })
     }
 }
 
-impl Handler<ExtendLock> for RedisActor {
-    type Result = ResponseFuture<Result<LockGuard, RedisError>>;
+impl RedisOp for ExtendLock {
+    type Output = LockGuard;
 
-    fn handle(&mut self, msg: ExtendLock, ctx: &mut Context<Self>) -> Self::Result {
-        let lease = msg.lease.unwrap_or(self.settings.lock_lease);
-        let lock = match lock_key(&msg.guard.name)
-            .and_then(|k| Settings::check_ttl("lease", lease, None).map(|()| k))
-        {
-            Ok(lock) => lock,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<LockGuard, RedisError>> + 'static, RedisError> {
+        let lease = self.lease.unwrap_or(shared.settings().lock_lease);
+        Settings::check_ttl("lease", lease, None)?;
+        let lock = lock_key(&self.guard.name)?;
+        Ok(async move {
             let n: u64 = EXTEND
                 .key(&lock)
-                .arg(&msg.guard.token)
+                .arg(&self.guard.token)
                 .arg(millis(lease))
                 .invoke_async(&mut conn)
                 .await?;
             if n == 1 {
-                Ok(LockGuard { lease, ..msg.guard })
+                Ok(LockGuard {
+                    lease,
+                    ..self.guard
+                })
             } else {
                 Err(RedisError::NotHeld {
-                    lock: msg.guard.name,
+                    lock: self.guard.name,
                 })
             }
         })
@@ -256,22 +268,23 @@ impl RedisHandle {
         }
     }
 
-    pub async fn release_lock(&self, guard: &LockGuard) -> Result<(), RedisError> {
+    pub fn release_lock(
+        &self,
+        guard: &LockGuard,
+    ) -> impl Future<Output = Result<(), RedisError>> + '_ {
         self.call(ReleaseLock {
             guard: guard.clone(),
         })
-        .await
     }
 
-    pub async fn extend_lock(
+    pub fn extend_lock(
         &self,
         guard: &LockGuard,
         lease: Option<Duration>,
-    ) -> Result<LockGuard, RedisError> {
+    ) -> impl Future<Output = Result<LockGuard, RedisError>> + '_ {
         self.call(ExtendLock {
             guard: guard.clone(),
             lease,
         })
-        .await
     }
 }

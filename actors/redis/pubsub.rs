@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
@@ -19,7 +20,10 @@ use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
 
 use super::keys::check_id;
-use super::{RedisActor, RedisError, RedisHandle, with_deadline};
+use redis::aio::MultiplexedConnection;
+
+use super::sealed::Sealed;
+use super::{RedisActor, RedisError, RedisHandle, RedisOp, Shared, with_deadline};
 use crate::events::{self, PubSubOverflow, PubSubResubscribed};
 
 // ---------------------------------------------------------------------------------------------
@@ -157,7 +161,7 @@ impl RedisActor {
         subs.opening = true;
         let topics = subs.topics();
         let generation = self.generation;
-        let deadline = self.settings.deadline;
+        let deadline = self.shared.settings.deadline;
         let wanted = topics.clone();
         let open = async move {
             with_deadline(deadline, async move {
@@ -225,7 +229,7 @@ impl RedisActor {
         }
         subs.active.extend(missing.iter().cloned());
         let generation = self.generation;
-        let deadline = self.settings.deadline;
+        let deadline = self.shared.settings.deadline;
         ctx.spawn(
             subscribe_topics(sink, missing, deadline)
                 .into_actor(self)
@@ -309,7 +313,7 @@ impl Handler<Unsubscribe> for RedisActor {
             && subs.active.remove(&gone.topic)
             && let Some(mut sink) = subs.sink.clone()
         {
-            let deadline = self.settings.deadline;
+            let deadline = self.shared.settings.deadline;
             // Best effort: a message for a topic nobody wants is simply not delivered.
             ctx.spawn(
                 async move {
@@ -329,18 +333,19 @@ impl Handler<Unsubscribe> for RedisActor {
     }
 }
 
-impl Handler<Publish> for RedisActor {
-    type Result = ResponseFuture<Result<u64, RedisError>>;
+impl Sealed for Publish {}
 
-    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = check_id("channel", &msg.channel)
-            .and_then(|()| self.settings.check_value_size(msg.payload.len()))
-        {
-            return Box::pin(std::future::ready(Err(e)));
-        }
-        self.run(ctx, move |mut conn| async move {
-            Ok(conn.publish(msg.channel, msg.payload).await?)
-        })
+impl RedisOp for Publish {
+    type Output = u64;
+
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<u64, RedisError>> + 'static, RedisError> {
+        check_id("channel", &self.channel)?;
+        shared.settings().check_value_size(self.payload.len())?;
+        Ok(async move { Ok(conn.publish(self.channel, self.payload).await?) })
     }
 }
 
@@ -421,16 +426,15 @@ impl Handler<PubSubDrops> for RedisActor {
 }
 
 impl RedisHandle {
-    pub async fn publish(
+    pub fn publish(
         &self,
         channel: &str,
         payload: impl Into<Vec<u8>>,
-    ) -> Result<u64, RedisError> {
+    ) -> impl Future<Output = Result<u64, RedisError>> + '_ {
         self.call(Publish {
             channel: channel.to_owned(),
             payload: payload.into(),
         })
-        .await
     }
 
     pub async fn subscribe(
@@ -438,15 +442,15 @@ impl RedisHandle {
         topic: Topic,
         recipient: Recipient<PubSubMessage>,
     ) -> Result<SubscriptionId, RedisError> {
-        self.call(Subscribe { topic, recipient }).await
+        self.send(Subscribe { topic, recipient }).await
     }
 
     pub async fn unsubscribe(&self, id: SubscriptionId) -> Result<bool, RedisError> {
-        self.call(Unsubscribe { id }).await
+        self.send(Unsubscribe { id }).await
     }
 
     /// Dropped-message counts per subscription.
     pub async fn pubsub_drops(&self) -> Result<Vec<(SubscriptionId, u64)>, RedisError> {
-        self.call(PubSubDrops).await
+        self.send(PubSubDrops).await
     }
 }

@@ -9,18 +9,19 @@
 //! per outage.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix::prelude::*;
 use redis::Script;
+use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
-use super::keys::check_id;
-use super::{Key, RedisActor, RedisError, RedisHandle, millis};
+use super::sealed::Sealed;
+use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
 use crate::config::DownPolicy;
-use crate::events::{self, RateLimitDegraded};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -44,10 +45,7 @@ impl fmt::Display for RateSubject {
 impl RateSubject {
     fn key(&self) -> Result<Key, RedisError> {
         match self {
-            RateSubject::User(id) => {
-                check_id("user_id", id)?;
-                Key::new("ratelimit", "user", id)
-            }
+            RateSubject::User(id) => Key::with_id_field("ratelimit", "user", id, "user_id"),
             RateSubject::Ip(ip) => Key::new("ratelimit", "ip", &ip.to_string()),
         }
     }
@@ -78,7 +76,8 @@ pub struct RateLimitDecision {
 // ---------------------------------------------------------------------------------------------
 // Script
 
-static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
+/// Public so the benchmark's direct-driver path does exactly the same work.
+pub static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         -- KEYS: window. ARGV: limit, window_ms, unique member suffix
@@ -103,60 +102,37 @@ static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Handler
+// Operation
 
-impl RedisActor {
-    fn degraded_decision(&self, limit: u32, window: Duration) -> RateLimitDecision {
-        let policy = self.settings.when_down;
-        RateLimitDecision {
-            allowed: policy == DownPolicy::Open,
-            remaining: if policy == DownPolicy::Open { limit } else { 0 },
-            retry_after: if policy == DownPolicy::Open {
-                Duration::ZERO
-            } else {
-                window
-            },
-            degraded: Some(policy),
+impl CheckRateLimit {
+    fn validated_key(&self) -> Result<Key, RedisError> {
+        if self.limit == 0 {
+            return Err(RedisError::invalid("limit", "must be at least 1"));
         }
+        if self.window < Duration::from_millis(1) {
+            return Err(RedisError::invalid("window", "must be at least 1 ms"));
+        }
+        self.subject.key()
     }
 }
 
-impl Handler<CheckRateLimit> for RedisActor {
-    type Result = ResponseFuture<Result<RateLimitDecision, RedisError>>;
+impl Sealed for CheckRateLimit {}
 
-    fn handle(&mut self, msg: CheckRateLimit, ctx: &mut Context<Self>) -> Self::Result {
-        let key = match msg.subject.key() {
-            Ok(key) => key,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        if msg.limit == 0 {
-            return Box::pin(std::future::ready(Err(RedisError::invalid(
-                "limit",
-                "must be at least 1",
-            ))));
-        }
-        if msg.window < Duration::from_millis(1) {
-            return Box::pin(std::future::ready(Err(RedisError::invalid(
-                "window",
-                "must be at least 1 ms",
-            ))));
-        }
-        let degraded = self.degraded_decision(msg.limit, msg.window);
-        if let Err(e) = self.usable() {
-            if !self.degraded_reported {
-                self.degraded_reported = true;
-                events::emit(RateLimitDegraded {
-                    policy: if degraded.allowed { "open" } else { "closed" },
-                    code: e.code(),
-                });
-            }
-            return Box::pin(std::future::ready(Ok(degraded)));
-        }
-        let call = self.run(ctx, move |mut conn| async move {
+impl RedisOp for CheckRateLimit {
+    type Output = RateLimitDecision;
+
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<RateLimitDecision, RedisError>> + 'static, RedisError>
+    {
+        let key = self.validated_key()?;
+        Ok(async move {
             let (allowed, remaining, retry_ms): (u8, u32, u64) = SLIDING_WINDOW
                 .key(&key)
-                .arg(msg.limit)
-                .arg(millis(msg.window))
+                .arg(self.limit)
+                .arg(millis(self.window))
                 .arg(rand::random::<u64>())
                 .invoke_async(&mut conn)
                 .await?;
@@ -166,14 +142,22 @@ impl Handler<CheckRateLimit> for RedisActor {
                 retry_after: Duration::from_millis(retry_ms),
                 degraded: None,
             })
-        });
-        Box::pin(async move {
-            match call.await {
-                // Lost on the way (connection dropped, deadline): the policy decides this one.
-                Err(RedisError::Call(_) | RedisError::Connection { .. }) => Ok(degraded),
-                other => other,
-            }
         })
+    }
+
+    /// The configured policy decides while Redis is down.
+    fn when_down(&self, settings: &Settings) -> Option<RateLimitDecision> {
+        let open = settings.when_down == DownPolicy::Open;
+        Some(RateLimitDecision {
+            allowed: open,
+            remaining: if open { self.limit } else { 0 },
+            retry_after: if open { Duration::ZERO } else { self.window },
+            degraded: Some(settings.when_down),
+        })
+    }
+
+    fn check(&self) -> Result<(), RedisError> {
+        self.validated_key().map(|_| ())
     }
 }
 
@@ -182,17 +166,16 @@ impl Handler<CheckRateLimit> for RedisActor {
 
 impl RedisHandle {
     /// Counts one request of `subject`; see [`CheckRateLimit`].
-    pub async fn check_rate_limit(
+    pub fn check_rate_limit(
         &self,
         subject: RateSubject,
         limit: u32,
         window: Duration,
-    ) -> Result<RateLimitDecision, RedisError> {
+    ) -> impl Future<Output = Result<RateLimitDecision, RedisError>> + '_ {
         self.call(CheckRateLimit {
             subject,
             limit,
             window,
         })
-        .await
     }
 }

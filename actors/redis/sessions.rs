@@ -5,6 +5,7 @@
 //! index prunes expired entries (and expires itself with its last session), so listing a
 //! user's sessions never returns one that has expired.
 
+use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -13,7 +14,10 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::keys::check_id;
-use super::{Key, RedisActor, RedisError, RedisHandle, Settings, millis};
+use redis::aio::MultiplexedConnection;
+
+use super::sealed::Sealed;
+use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
 
 const SERVICE: &str = "sessions";
 
@@ -166,64 +170,66 @@ static LIST: LazyLock<Script> = LazyLock::new(|| {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Handlers
+// Operations
 
-fn ready<T: 'static>(r: Result<T, RedisError>) -> ResponseFuture<Result<T, RedisError>> {
-    Box::pin(std::future::ready(r))
-}
+impl Sealed for CreateSession {}
+impl Sealed for GetSession {}
+impl Sealed for ExtendSession {}
+impl Sealed for DeleteSession {}
+impl Sealed for ListSessions {}
 
-impl Handler<CreateSession> for RedisActor {
-    type Result = ResponseFuture<Result<Session, RedisError>>;
+impl RedisOp for CreateSession {
+    type Output = Session;
 
-    fn handle(&mut self, msg: CreateSession, ctx: &mut Context<Self>) -> Self::Result {
-        let ttl = msg.ttl.unwrap_or(self.settings.session_ttl);
-        let data = serde_json::to_string(&msg.data).unwrap_or_default();
-        let prepared = session_key(&msg.id).and_then(|session| {
-            let index = index_key(&msg.user_id)?;
-            Settings::check_ttl("ttl", ttl, None)?;
-            self.settings.check_value_size(data.len())?;
-            Ok((session, index))
-        });
-        let (session, index) = match prepared {
-            Ok(keys) => keys,
-            Err(e) => return ready(Err(e)),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<Session, RedisError>> + 'static, RedisError> {
+        let settings = shared.settings();
+        let ttl = self.ttl.unwrap_or(settings.session_ttl);
+        let (session, index) = (session_key(&self.id)?, index_key(&self.user_id)?);
+        Settings::check_ttl("ttl", ttl, None)?;
+        let data = self.data.to_string();
+        settings.check_value_size(data.len())?;
+        Ok(async move {
             let created: Option<u64> = CREATE
                 .key(&session)
                 .key(&index)
-                .arg(&msg.id)
-                .arg(&msg.user_id)
+                .arg(&self.id)
+                .arg(&self.user_id)
                 .arg(&data)
                 .arg(millis(ttl))
                 .invoke_async(&mut conn)
                 .await?;
             match created {
                 Some(created_ms) => Ok(Session {
-                    id: msg.id,
-                    user_id: msg.user_id,
-                    data: msg.data,
+                    id: self.id,
+                    user_id: self.user_id,
+                    data: self.data,
                     created_ms,
                     ttl,
                 }),
                 None => Err(RedisError::invalid(
                     "id",
-                    format!("session {} already exists", msg.id),
+                    format!("session {} already exists", self.id),
                 )),
             }
         })
     }
 }
 
-impl Handler<GetSession> for RedisActor {
-    type Result = ResponseFuture<Result<Option<Session>, RedisError>>;
+impl RedisOp for GetSession {
+    type Output = Option<Session>;
 
-    fn handle(&mut self, msg: GetSession, ctx: &mut Context<Self>) -> Self::Result {
-        let key = match session_key(&msg.id) {
-            Ok(key) => key,
-            Err(e) => return ready(Err(e)),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<Option<Session>, RedisError>> + 'static, RedisError>
+    {
+        let key = session_key(&self.id)?;
+        Ok(async move {
             let (fields, pttl): (StoredFields, i64) = redis::pipe()
                 .cmd("HMGET")
                 .arg(&key)
@@ -246,7 +252,7 @@ impl Handler<GetSession> for RedisActor {
                 message: e.to_string(),
             })?;
             Ok(Some(Session {
-                id: msg.id,
+                id: self.id,
                 user_id,
                 data,
                 created_ms: created_ms.unwrap_or_default(),
@@ -256,21 +262,21 @@ impl Handler<GetSession> for RedisActor {
     }
 }
 
-impl Handler<ExtendSession> for RedisActor {
-    type Result = ResponseFuture<Result<Duration, RedisError>>;
+impl RedisOp for ExtendSession {
+    type Output = Duration;
 
-    fn handle(&mut self, msg: ExtendSession, ctx: &mut Context<Self>) -> Self::Result {
-        let ttl = msg.ttl.unwrap_or(self.settings.session_ttl);
-        let key = match session_key(&msg.id)
-            .and_then(|k| Settings::check_ttl("ttl", ttl, None).map(|()| k))
-        {
-            Ok(key) => key,
-            Err(e) => return ready(Err(e)),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<Duration, RedisError>> + 'static, RedisError> {
+        let ttl = self.ttl.unwrap_or(shared.settings().session_ttl);
+        let key = session_key(&self.id)?;
+        Settings::check_ttl("ttl", ttl, None)?;
+        Ok(async move {
             let extended: Option<u64> = EXTEND
                 .key(&key)
-                .arg(&msg.id)
+                .arg(&self.id)
                 .arg(millis(ttl))
                 .arg(INDEX_PREFIX)
                 .invoke_async(&mut conn)
@@ -278,25 +284,26 @@ impl Handler<ExtendSession> for RedisActor {
             match extended {
                 Some(ms) => Ok(Duration::from_millis(ms)),
                 None => Err(RedisError::NotFound {
-                    what: format!("session {}", msg.id),
+                    what: format!("session {}", self.id),
                 }),
             }
         })
     }
 }
 
-impl Handler<DeleteSession> for RedisActor {
-    type Result = ResponseFuture<Result<bool, RedisError>>;
+impl RedisOp for DeleteSession {
+    type Output = bool;
 
-    fn handle(&mut self, msg: DeleteSession, ctx: &mut Context<Self>) -> Self::Result {
-        let key = match session_key(&msg.id) {
-            Ok(key) => key,
-            Err(e) => return ready(Err(e)),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
+        let key = session_key(&self.id)?;
+        Ok(async move {
             let n: u64 = DELETE
                 .key(&key)
-                .arg(&msg.id)
+                .arg(&self.id)
                 .arg(INDEX_PREFIX)
                 .invoke_async(&mut conn)
                 .await?;
@@ -305,15 +312,17 @@ impl Handler<DeleteSession> for RedisActor {
     }
 }
 
-impl Handler<ListSessions> for RedisActor {
-    type Result = ResponseFuture<Result<Vec<String>, RedisError>>;
+impl RedisOp for ListSessions {
+    type Output = Vec<String>;
 
-    fn handle(&mut self, msg: ListSessions, ctx: &mut Context<Self>) -> Self::Result {
-        let key = match check_id("user_id", &msg.user_id).and_then(|()| index_key(&msg.user_id)) {
-            Ok(key) => key,
-            Err(e) => return ready(Err(e)),
-        };
-        self.run(ctx, move |mut conn| async move {
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        _: &Shared,
+    ) -> Result<impl Future<Output = Result<Vec<String>, RedisError>> + 'static, RedisError> {
+        check_id("user_id", &self.user_id)?;
+        let key = index_key(&self.user_id)?;
+        Ok(async move {
             Ok(LIST
                 .key(&key)
                 .arg(SESSION_PREFIX)
@@ -327,46 +336,49 @@ impl Handler<ListSessions> for RedisActor {
 // Typed helpers
 
 impl RedisHandle {
-    pub async fn create_session(
+    pub fn create_session(
         &self,
         id: &str,
         user_id: &str,
         data: serde_json::Value,
         ttl: Option<Duration>,
-    ) -> Result<Session, RedisError> {
+    ) -> impl Future<Output = Result<Session, RedisError>> + '_ {
         self.call(CreateSession {
             id: id.to_owned(),
             user_id: user_id.to_owned(),
             data,
             ttl,
         })
-        .await
     }
 
-    pub async fn get_session(&self, id: &str) -> Result<Option<Session>, RedisError> {
-        self.call(GetSession { id: id.to_owned() }).await
+    pub fn get_session(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Session>, RedisError>> + '_ {
+        self.call(GetSession { id: id.to_owned() })
     }
 
-    pub async fn extend_session(
+    pub fn extend_session(
         &self,
         id: &str,
         ttl: Option<Duration>,
-    ) -> Result<Duration, RedisError> {
+    ) -> impl Future<Output = Result<Duration, RedisError>> + '_ {
         self.call(ExtendSession {
             id: id.to_owned(),
             ttl,
         })
-        .await
     }
 
-    pub async fn delete_session(&self, id: &str) -> Result<bool, RedisError> {
-        self.call(DeleteSession { id: id.to_owned() }).await
+    pub fn delete_session(&self, id: &str) -> impl Future<Output = Result<bool, RedisError>> + '_ {
+        self.call(DeleteSession { id: id.to_owned() })
     }
 
-    pub async fn list_sessions(&self, user_id: &str) -> Result<Vec<String>, RedisError> {
+    pub fn list_sessions(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, RedisError>> + '_ {
         self.call(ListSessions {
             user_id: user_id.to_owned(),
         })
-        .await
     }
 }

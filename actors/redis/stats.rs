@@ -3,11 +3,15 @@
 //! redis_exporter covers the rest.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{RedisActor, RedisError, RedisHandle};
+use redis::aio::MultiplexedConnection;
+
+use super::sealed::Sealed;
+use super::{RedisError, RedisHandle, RedisOp, Shared};
 
 /// Asks Redis for `INFO` and answers the parsed [`RedisStats`].
 #[derive(Debug, Clone, Copy, Message)]
@@ -77,12 +81,18 @@ pub fn parse_info(text: &str) -> RedisStats {
     s
 }
 
-impl Handler<GetStats> for RedisActor {
-    type Result = ResponseFuture<Result<RedisStats, RedisError>>;
+impl Sealed for GetStats {}
 
-    fn handle(&mut self, _: GetStats, ctx: &mut Context<Self>) -> Self::Result {
-        let latency = self.health.latency_ms();
-        self.run(ctx, move |mut conn| async move {
+impl RedisOp for GetStats {
+    type Output = RedisStats;
+
+    fn start(
+        self,
+        mut conn: MultiplexedConnection,
+        shared: &Shared,
+    ) -> Result<impl Future<Output = Result<RedisStats, RedisError>> + 'static, RedisError> {
+        let latency = shared.health.latency_ms();
+        Ok(async move {
             let text: String = redis::cmd("INFO").query_async(&mut conn).await?;
             let mut stats = parse_info(&text);
             stats.probe_latency_ms = latency;
@@ -92,8 +102,8 @@ impl Handler<GetStats> for RedisActor {
 }
 
 impl RedisHandle {
-    pub async fn stats(&self) -> Result<RedisStats, RedisError> {
-        self.call(GetStats).await
+    pub fn stats(&self) -> impl Future<Output = Result<RedisStats, RedisError>> + '_ {
+        self.call(GetStats)
     }
 }
 

@@ -104,17 +104,17 @@ impl Handler<Export> for RedisActor {
     type Result = Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError>;
 
     fn handle(&mut self, msg: Export, ctx: &mut Context<Self>) -> Self::Result {
-        let conn = self.usable()?;
+        let (conn, generation) = self.shared.usable()?;
         let pattern = msg.pattern.unwrap_or_else(|| DEFAULT_PATTERN.to_owned());
         if !pattern.starts_with("lucid:") {
             return Err(RedisError::invalid("pattern", "must start with \"lucid:\""));
         }
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let settings = self.settings.clone();
-        let generation = self.generation;
+        let shared = self.shared.clone();
         let me = ctx.address();
         actix_rt::spawn(async move {
-            if let Err(e) = export(conn, &pattern, &settings, &tx).await {
+            let settings = shared.settings();
+            if let Err(e) = export(conn, &pattern, settings, &tx).await {
                 if e.connection_lost() || e.is_deadline() {
                     let _ = me.try_send(CallFailed {
                         generation,
@@ -133,15 +133,14 @@ impl Handler<Import> for RedisActor {
     type Result = ResponseFuture<Result<ImportSummary, RedisError>>;
 
     fn handle(&mut self, msg: Import, ctx: &mut Context<Self>) -> Self::Result {
-        let conn = match self.usable() {
-            Ok(conn) => conn,
+        let (conn, generation) = match self.shared.usable() {
+            Ok(usable) => usable,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let settings = self.settings.clone();
-        let generation = self.generation;
+        let shared = self.shared.clone();
         let me = ctx.address();
         Box::pin(async move {
-            let res = import(conn, msg.source, &settings).await;
+            let res = import(conn, msg.source, shared.settings()).await;
             if let Err(e) = &res
                 && (e.connection_lost() || e.is_deadline())
             {
@@ -360,7 +359,7 @@ impl RedisHandle {
     pub async fn export(
         &self,
     ) -> Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError> {
-        self.call(Export { pattern: None }).await
+        self.send(Export { pattern: None }).await
     }
 
     /// Restores keys from `source`; see [`Import`]. The reply comes when the source ends, so
@@ -371,7 +370,7 @@ impl RedisHandle {
         source: mpsc::Receiver<ExportedKey>,
     ) -> Result<ImportSummary, RedisError> {
         // Not `call`: its deadline is for short requests.
-        match self.addr.send(Import { source }).await {
+        match self.addr().send(Import { source }).await {
             Ok(res) => res,
             Err(_) => Err(RedisError::Call(crate::CallError::NotDelivered {
                 backend: crate::Backend::Redis,

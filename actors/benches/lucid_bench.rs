@@ -1,0 +1,602 @@
+//! lucid-bench: what the actors cost, measured against the raw driver in the same run.
+//!
+//! `cargo bench --bench lucid_bench -- [filter]` starts its servers through the test kit and,
+//! for every workload and number of requests in flight, runs the actor path (the
+//! `lucid-actors` API) and the direct-driver path (the same commands on a driver connection),
+//! interleaved (ABBA within each round), for `ROUNDS` rounds of `LUCID_BENCH_SECONDS`
+//! (default 1) per path each. It reports the
+//! median throughput, p50/p99 latency, the client CPU per operation (getrusage of this
+//! process: the actors, the driver and the workers; never the server), and the ratios
+//! actor / direct — as a table and as JSON in `target/lucid-bench.json`. The server is often
+//! the bottleneck here, so the CPU ratio is the number that shows the actors' own cost.
+//!
+//! Both paths run on one thread (an actix System), as they would in a sibling that embeds
+//! the actors. Later backends add their workloads to [`workloads`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use lucid_actors::redis::{CacheGet, CacheSet, Key, RateSubject, RedisHandle, locks, ratelimit};
+use lucid_actors::{Config, Roles};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use serde_json::json;
+
+const ROUNDS: usize = 5;
+const IN_FLIGHT: [usize; 3] = [1, 16, 64];
+const KEYS: u64 = 1000;
+
+type OpFuture = Pin<Box<dyn Future<Output = bool>>>;
+/// One operation for worker `w`, its `n`-th; answers whether it succeeded.
+type Op = Rc<dyn Fn(usize, u64) -> OpFuture>;
+
+struct Workload {
+    backend: &'static str,
+    name: &'static str,
+    actor: Op,
+    direct: Op,
+}
+
+#[derive(Default, Clone)]
+struct Run {
+    ops: u64,
+    errors: u64,
+    elapsed: Duration,
+    cpu: Duration,
+    sys: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Run {
+    /// Adds another slice of the same path.
+    fn absorb(&mut self, other: Run) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+        self.sys += other.sys;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn cpu_us_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    fn sys_us_per_op(&self) -> f64 {
+        self.sys.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+}
+
+/// Median of the rounds' throughput and CPU, percentiles over all their samples.
+#[derive(serde::Serialize)]
+struct Summary {
+    ops_per_sec: f64,
+    cpu_us_per_op: f64,
+    /// The kernel's share of `cpu_us_per_op` (socket reads and writes).
+    sys_us_per_op: f64,
+    p50_us: u32,
+    p99_us: u32,
+    errors: u64,
+}
+
+impl Summary {
+    fn of(runs: &[Run]) -> Summary {
+        let mut all: Vec<u32> = runs
+            .iter()
+            .flat_map(|r| r.latencies_us.iter().copied())
+            .collect();
+        all.sort_unstable();
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        Summary {
+            ops_per_sec: median(runs.iter().map(Run::ops_per_sec).collect()),
+            cpu_us_per_op: median(runs.iter().map(Run::cpu_us_per_op).collect()),
+            sys_us_per_op: median(runs.iter().map(Run::sys_us_per_op).collect()),
+            p50_us: pct(0.50),
+            p99_us: pct(0.99),
+            errors: runs.iter().map(|r| r.errors).sum(),
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    backend: &'static str,
+    workload: &'static str,
+    in_flight: usize,
+    actor: Summary,
+    direct: Summary,
+    /// actor / direct: ≥ 0.9 is the target at 64 in flight.
+    throughput_ratio: f64,
+    /// actor / direct: ≤ 1.15 is the target at 64 in flight.
+    cpu_ratio: f64,
+}
+
+/// (user, system) CPU time of this whole process.
+fn cpu_times() -> (Duration, Duration) {
+    // SAFETY: getrusage writes into the struct we pass; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(usage.ru_utime), tv(usage.ru_stime))
+}
+
+async fn measure(op: &Op, in_flight: usize, duration: Duration) -> Run {
+    let (user_before, sys_before) = cpu_times();
+    let started = Instant::now();
+    let stop = started + duration;
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let op = op.clone();
+            actix_rt::spawn(async move {
+                // Sized for the fastest workloads, so growing it is rare (and equal for both paths).
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut errors = 0;
+                let mut n = 0;
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    if !op(w, n).await {
+                        errors += 1;
+                    }
+                    latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    n += 1;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut run = Run::default();
+    for worker in workers {
+        if let Ok((latencies, errors)) = worker.await {
+            run.ops += latencies.len() as u64;
+            run.errors += errors;
+            run.latencies_us.extend(latencies);
+        }
+    }
+    run.elapsed = started.elapsed();
+    let (user_after, sys_after) = cpu_times();
+    run.cpu = (user_after + sys_after) - (user_before + sys_before);
+    run.sys = sys_after - sys_before;
+    run
+}
+
+fn op<F, Fut>(f: F) -> Op
+where
+    F: Fn(usize, u64) -> Fut + 'static,
+    Fut: Future<Output = bool> + 'static,
+{
+    Rc::new(move |w, n| Box::pin(f(w, n)))
+}
+
+fn kv_key(w: usize, n: u64) -> Key {
+    Key::new("bench", "kv", &((w as u64 * 7919 + n) % KEYS).to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+const VALUE: &[u8] = &[b'x'; 100];
+const TTL: Duration = Duration::from_secs(300);
+
+fn redis_workloads(h: RedisHandle, conn: MultiplexedConnection) -> Vec<Workload> {
+    let mut out = Vec::new();
+
+    // GET/SET: alternating SET (PSETEX, with the cache TTL) and GET of 100-byte values.
+    let (ha, c) = (h.clone(), conn.clone());
+    out.push(Workload {
+        backend: "redis",
+        name: "get/set",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                let key = kv_key(w, n);
+                if n % 2 == 0 {
+                    h.call(CacheSet {
+                        key,
+                        value: VALUE.to_vec(),
+                        ttl: Some(TTL),
+                    })
+                    .await
+                    .is_ok()
+                } else {
+                    h.call(CacheGet { key }).await.is_ok()
+                }
+            }
+        }),
+        direct: op(move |w, n| {
+            let mut c = c.clone();
+            async move {
+                let key = kv_key(w, n);
+                if n % 2 == 0 {
+                    c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
+                        .await
+                        .is_ok()
+                } else {
+                    c.get::<_, Option<Vec<u8>>>(&key).await.is_ok()
+                }
+            }
+        }),
+    });
+
+    // The same GET/SET sent to the actor's mailbox (`Addr::send`), as a sibling sending
+    // messages does: shows what the mailbox hop costs over the handle's direct call.
+    let (ha, c) = (h.clone(), conn.clone());
+    out.push(Workload {
+        backend: "redis",
+        name: "get/set via mailbox",
+        actor: op(move |w, n| {
+            let addr = ha.addr().clone();
+            async move {
+                let key = kv_key(w, n);
+                if n % 2 == 0 {
+                    matches!(
+                        addr.send(CacheSet {
+                            key,
+                            value: VALUE.to_vec(),
+                            ttl: Some(TTL)
+                        })
+                        .await,
+                        Ok(Ok(()))
+                    )
+                } else {
+                    matches!(addr.send(CacheGet { key }).await, Ok(Ok(_)))
+                }
+            }
+        }),
+        direct: op(move |w, n| {
+            let mut c = c.clone();
+            async move {
+                let key = kv_key(w, n);
+                if n % 2 == 0 {
+                    c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
+                        .await
+                        .is_ok()
+                } else {
+                    c.get::<_, Option<Vec<u8>>>(&key).await.is_ok()
+                }
+            }
+        }),
+    });
+
+    // Rate-limit check: the same sliding-window script, many subjects.
+    let (ha, c) = (h.clone(), conn.clone());
+    out.push(Workload {
+        backend: "redis",
+        name: "rate-limit check",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                let who = RateSubject::User(format!("bench-{}", (w as u64 + n) % KEYS));
+                h.check_rate_limit(who, 1_000_000, Duration::from_secs(60))
+                    .await
+                    .is_ok()
+            }
+        }),
+        direct: op(move |w, n| {
+            let mut c = c.clone();
+            async move {
+                let key = format!("lucid:ratelimit:user:bench-{}", (w as u64 + n) % KEYS);
+                ratelimit::SLIDING_WINDOW
+                    .key(key)
+                    .arg(1_000_000u32)
+                    .arg(60_000u64)
+                    .arg(rand::random::<u64>())
+                    .invoke_async::<(u8, u32, u64)>(&mut c)
+                    .await
+                    .is_ok()
+            }
+        }),
+    });
+
+    // Lock acquire + release: one lock per worker, so no waiting, just the two scripts.
+    let (ha, c) = (h.clone(), conn.clone());
+    out.push(Workload {
+        backend: "redis",
+        name: "lock acquire+release",
+        actor: op(move |w, _| {
+            let h = ha.clone();
+            async move {
+                let name = format!("bench-{w}");
+                match h
+                    .acquire_lock(&name, Some(Duration::from_secs(10)), None)
+                    .await
+                {
+                    Ok(guard) => h.release_lock(&guard).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        }),
+        direct: op(move |w, _| {
+            let mut c = c.clone();
+            async move {
+                let token = format!("{:032x}", rand::random::<u128>());
+                let acquired: Result<(u8, i64), _> = locks::ACQUIRE
+                    .key(format!("lucid:locks:lock:bench-{w}"))
+                    .key(format!("lucid:locks:fence:bench-{w}"))
+                    .arg(&token)
+                    .arg(10_000u64)
+                    .invoke_async(&mut c)
+                    .await;
+                if !matches!(acquired, Ok((1, _))) {
+                    return false;
+                }
+                locks::RELEASE
+                    .key(format!("lucid:locks:lock:bench-{w}"))
+                    .arg(&token)
+                    .invoke_async::<u64>(&mut c)
+                    .await
+                    .is_ok_and(|n| n == 1)
+            }
+        }),
+    });
+
+    // Publish a 100-byte message (no subscriber: the server's fan-out is not measured).
+    out.push(Workload {
+        backend: "redis",
+        name: "publish",
+        actor: op(move |_, _| {
+            let h = h.clone();
+            async move { h.publish("lucid:bench:events", VALUE).await.is_ok() }
+        }),
+        direct: op(move |_, _| {
+            let mut c = conn.clone();
+            async move {
+                c.publish::<_, _, u64>("lucid:bench:events", VALUE)
+                    .await
+                    .is_ok()
+            }
+        }),
+    });
+    out
+}
+
+/// `redis-benchmark -c 64 -t get,set` against the same server, for comparison.
+fn redis_benchmark(port: u16) -> serde_json::Value {
+    let out = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            "64",
+            "-n",
+            "200000",
+            "-t",
+            "get,set",
+            "-q",
+        ])
+        .output();
+    let Ok(out) = out else {
+        return json!({"error": "redis-benchmark not found (it comes with Debian's redis-tools)"});
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut result = serde_json::Map::new();
+    // Lines like "SET: 98765.43 requests per second, p50=0.311 msec" (with \r progress before).
+    for line in text.split(['\r', '\n']) {
+        if let Some((name, rest)) = line.split_once(": ")
+            && let Some(rps) = rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+            && rest.contains("requests per second")
+        {
+            result.insert(name.trim().to_lowercase(), json!(rps));
+        }
+    }
+    serde_json::Value::Object(result)
+}
+
+/// Pins `pid` (0: this process) to one CPU. With two or more CPUs the benchmark runs on CPU 0
+/// and the server on CPU 1, so the two do not trade places mid-run: the biggest source of
+/// run-to-run noise on a small machine. Best effort.
+fn pin(pid: u32, cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; sched_setaffinity only
+    // reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(
+            pid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ) == 0
+    }
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let seconds: f64 = std::env::var("LUCID_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let duration = Duration::from_secs_f64(seconds);
+
+    let server = lucid_testkit::redis();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let pinned = cpus >= 2 && pin(0, 0) && server.pid().is_some_and(|pid| pin(pid, 1));
+    println!(
+        "{cpus} CPUs; {}",
+        if pinned {
+            "benchmark pinned to CPU 0, server to CPU 1"
+        } else {
+            "not pinned"
+        }
+    );
+    let system = actix_rt::System::new();
+    let (rows, redis_bench) = system.block_on(async {
+        let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+        cfg.redis.url = server.url().into();
+        cfg.mongodb.enabled = false;
+        cfg.elasticsearch.enabled = false;
+        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let h = handles
+            .redis
+            .clone()
+            .unwrap_or_else(|| panic!("redis enabled"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handles.registry.readiness().is_err() {
+            assert!(Instant::now() < deadline, "redis actor never came up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let conn = redis::Client::open(server.url())
+            .unwrap_or_else(|e| panic!("client: {e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("direct connection: {e}"));
+
+        let workloads: Vec<Workload> = redis_workloads(h, conn)
+            .into_iter()
+            .filter(|w| {
+                filter
+                    .as_deref()
+                    .is_none_or(|f| matches_filter(&format!("{}/{}", w.backend, w.name), f))
+            })
+            .collect();
+        // LUCID_BENCH_ONLY=actor|direct: run one path alone, once, at 64 in flight — for
+        // counting its instructions under `valgrind --tool=callgrind` (repeatable, unlike time).
+        if let Ok(only) = std::env::var("LUCID_BENCH_ONLY") {
+            for w in &workloads {
+                let path = if only == "actor" { &w.actor } else { &w.direct };
+                let run = measure(path, 64, duration).await;
+                println!("{}/{} {only}: {} ops", w.backend, w.name, run.ops);
+            }
+            handles.shutdown(Duration::from_secs(1)).await;
+            return (Vec::new(), json!(null));
+        }
+        let mut rows = Vec::new();
+        for w in &workloads {
+            // Warm up both paths (scripts loaded, pools filled).
+            measure(&w.actor, 16, Duration::from_millis(200)).await;
+            measure(&w.direct, 16, Duration::from_millis(200)).await;
+            for in_flight in IN_FLIGHT {
+                let (mut actor, mut direct) = (Vec::new(), Vec::new());
+                for round in 0..ROUNDS {
+                    // Each round is two half-slices per path in ABBA order (BAAB on odd
+                    // rounds), so drift in the machine's speed falls on both paths alike.
+                    let half = duration / 2;
+                    let (first, second) = if round % 2 == 0 {
+                        (&w.actor, &w.direct)
+                    } else {
+                        (&w.direct, &w.actor)
+                    };
+                    let mut a = measure(first, in_flight, half).await;
+                    let b1 = measure(second, in_flight, half).await;
+                    let b2 = measure(second, in_flight, half).await;
+                    a.absorb(measure(first, in_flight, half).await);
+                    let mut b = b1;
+                    b.absorb(b2);
+                    let (a, b) = if round % 2 == 0 { (a, b) } else { (b, a) };
+                    actor.push(a);
+                    direct.push(b);
+                }
+                let (a, d) = (Summary::of(&actor), Summary::of(&direct));
+                let row = Row {
+                    backend: w.backend,
+                    workload: w.name,
+                    in_flight,
+                    throughput_ratio: a.ops_per_sec / d.ops_per_sec,
+                    cpu_ratio: a.cpu_us_per_op / d.cpu_us_per_op,
+                    actor: a,
+                    direct: d,
+                };
+                print_row(&row);
+                rows.push(row);
+            }
+        }
+        handles.shutdown(Duration::from_secs(1)).await;
+        let bench = if filter
+            .as_deref()
+            .is_none_or(|f| matches_filter("redis/redis-benchmark", f))
+        {
+            redis_benchmark(server.port())
+        } else {
+            json!(null)
+        };
+        (rows, bench)
+    });
+
+    println!("\nredis-benchmark -c 64 -t get,set (same server): {redis_bench}");
+    let report = json!({
+        "seconds_per_run": seconds,
+        "rounds": ROUNDS,
+        "cpus": cpus,
+        "pinned": pinned,
+        "results": rows,
+        "redis_benchmark_c64": redis_bench,
+    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucid-bench.json");
+    match std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).unwrap_or_default(),
+    ) {
+        Ok(()) => println!("JSON: {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}
+
+/// A substring, or an exact name when the filter ends in `$`.
+fn matches_filter(name: &str, filter: &str) -> bool {
+    match filter.strip_suffix('$') {
+        Some(exact) => name == exact,
+        None => name.contains(filter),
+    }
+}
+
+fn print_row(r: &Row) {
+    static HEADER: std::sync::Once = std::sync::Once::new();
+    HEADER.call_once(|| {
+        println!(
+            "{:<28} {:>4} | {:>10} {:>10} {:>6} | {:>7} {:>7} | {:>7} {:>7} | {:>8} {:>8} | {:>6}",
+            "workload",
+            "in",
+            "actor/s",
+            "direct/s",
+            "ratio",
+            "a p50",
+            "d p50",
+            "a p99",
+            "d p99",
+            "a cpu",
+            "d cpu",
+            "cpu x"
+        );
+    });
+    println!(
+        "{:<28} {:>4} | {:>10.0} {:>10.0} {:>6.2} | {:>6}u {:>6}u | {:>6}u {:>6}u | {:>7.2}u {:>7.2}u | {:>6.2}{}",
+        format!("{}/{}", r.backend, r.workload),
+        r.in_flight,
+        r.actor.ops_per_sec,
+        r.direct.ops_per_sec,
+        r.throughput_ratio,
+        r.actor.p50_us,
+        r.direct.p50_us,
+        r.actor.p99_us,
+        r.direct.p99_us,
+        r.actor.cpu_us_per_op,
+        r.direct.cpu_us_per_op,
+        r.cpu_ratio,
+        if r.actor.errors + r.direct.errors > 0 {
+            format!("  ({} errors)", r.actor.errors + r.direct.errors)
+        } else {
+            String::new()
+        }
+    );
+}

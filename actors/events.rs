@@ -146,6 +146,12 @@ events! {
         channels: u64,
         patterns: u64,
     }
+    /// Redis refused a subscription (an ACL without channel rights, say); the main
+    /// connection is not affected, and the next reconnect tries again.
+    PubSubSubscribeFailed = "pubsub.subscribe_failed", WARN, code = code {
+        code: &'static str,
+        error: String,
+    }
     /// A subscriber's mailbox was full and a message was dropped; once per subscription
     /// (the count is in `pubsub_drops`).
     PubSubOverflow = "pubsub.overflow", WARN {

@@ -118,6 +118,9 @@ pub enum RedisError {
     /// The session (or other record) does not exist, or has expired.
     #[error("{what} not found")]
     NotFound { what: String },
+    /// A record with this id exists already (creating a session twice).
+    #[error("{what} already exists")]
+    Conflict { what: String },
     /// Release or extend of a lock this caller does not hold (any more).
     #[error("lock {lock} is not held by this token")]
     NotHeld { lock: String },
@@ -139,6 +142,7 @@ impl RedisError {
             RedisError::Invalid { .. } => "invalid",
             RedisError::Codec { .. } => "codec",
             RedisError::NotFound { .. } => "not_found",
+            RedisError::Conflict { .. } => "conflict",
             RedisError::NotHeld { .. } => "not_held",
             RedisError::LockBusy { .. } => "lock_busy",
             RedisError::StreamIdle { .. } => "stream_idle",
@@ -211,6 +215,9 @@ impl From<redis::RedisError> for RedisError {
 // ---------------------------------------------------------------------------------------------
 // Settings and handle
 
+/// The longest TTL, lease or window accepted anywhere: a year.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What the operations need from `[redis]` and `[supervisor]`, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -246,7 +253,8 @@ impl Settings {
         }
     }
 
-    /// A TTL given by a caller: positive and at most `max`.
+    /// A TTL given by a caller: at least 1 ms and at most `max` (`None`: [`MAX_TTL`], so
+    /// Redis never refuses the expiry of a key it has just written).
     pub(crate) fn check_ttl(
         field: &'static str,
         ttl: Duration,
@@ -255,9 +263,8 @@ impl Settings {
         if ttl < Duration::from_millis(1) {
             return Err(RedisError::invalid(field, "must be at least 1 ms"));
         }
-        if let Some(max) = max
-            && ttl > max
-        {
+        let max = max.unwrap_or(MAX_TTL);
+        if ttl > max {
             return Err(RedisError::invalid(
                 field,
                 format!(
@@ -419,7 +426,13 @@ async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisErr
                 });
             }
             // Lost on the way: the configured policy decides this one, where there is one.
-            fallback.ok_or(e)
+            match fallback {
+                Some(answer) => {
+                    shared.degraded(&e, shared.settings.when_down == DownPolicy::Open);
+                    Ok(answer)
+                }
+                None => Err(e),
+            }
         }
         res => res,
     }
@@ -896,5 +909,9 @@ mod tests {
             Err(RedisError::Invalid { .. })
         ));
         assert!(Settings::check_ttl("ttl", Duration::from_secs(86400), None).is_ok());
+        assert!(matches!(
+            Settings::check_ttl("ttl", Duration::MAX, None),
+            Err(RedisError::Invalid { .. })
+        ));
     }
 }

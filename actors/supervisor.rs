@@ -351,16 +351,21 @@ where
     M: Message + Send + 'static,
     M::Result: Send,
 {
-    addr.send(msg).timeout(deadline).await.map_err(|e| match e {
-        MailboxError::Timeout => CallError::NotDelivered {
-            backend,
-            reason: "no answer within the deadline (mailbox full or actor busy)",
+    addr.send(msg)
+        .timeout(deadline)
+        .await
+        .map_err(|e| not_delivered(backend, e))
+}
+
+/// A mailbox error as the caller sees it.
+pub fn not_delivered(backend: Backend, e: MailboxError) -> CallError {
+    CallError::NotDelivered {
+        backend,
+        reason: match e {
+            MailboxError::Timeout => "no answer within the deadline (mailbox full or actor busy)",
+            MailboxError::Closed => "actor has stopped",
         },
-        MailboxError::Closed => CallError::NotDelivered {
-            backend,
-            reason: "actor has stopped",
-        },
-    })
+    }
 }
 
 /// Answers at once: the watchdog sends it to prove the actor's event loop is turning.

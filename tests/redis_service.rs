@@ -201,7 +201,7 @@ async fn bad_input_is_refused_before_anything_is_sent() {
             .map(|_| ()),
         "user_id",
     );
-    invalid(r.acquire_lock("", None, None).await.map(|_| ()), "id");
+    invalid(r.acquire_lock("", None, None).await.map(|_| ()), "name");
     invalid(
         r.acquire_lock("l", Some(Duration::ZERO), None)
             .await
@@ -256,7 +256,7 @@ async fn sessions_ttl_extend_and_an_index_consistent_with_expiry() {
     assert!(matches!(
         r.create_session("sess-a", "user-2", serde_json::json!({}), None)
             .await,
-        Err(RedisError::Invalid { field: "id", .. })
+        Err(RedisError::Conflict { .. })
     ));
 
     // Extend: the session's TTL and its index entry move together.
@@ -421,7 +421,7 @@ async fn rate_limit_admits_exactly_the_limit_under_64_concurrent_callers() {
         "each admission saw a distinct count"
     );
     let window: u64 = raw
-        .zcard("lucid:ratelimit:user:burst")
+        .zcard("lucid:ratelimit:user:burst:10per30000ms")
         .await
         .expect("ZCARD");
     assert_eq!(window, 10);
@@ -533,12 +533,24 @@ async fn lock_release_by_a_non_holder_is_refused_and_expiry_frees_it() {
         r.release_lock(&first).await,
         Err(RedisError::NotHeld { .. })
     ));
+    let mut raw2 = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
     let extended = r
         .extend_lock(&second, Some(Duration::from_secs(30)))
         .await
         .expect("holder extends");
     assert_eq!(extended.lease, Duration::from_secs(30));
+    let ms = pttl(&mut raw2, "lucid:locks:lock:job").await;
+    assert!(
+        (29_000..=30_000).contains(&ms),
+        "lease on the server after extend: {ms} ms"
+    );
     r.release_lock(&second).await.expect("holder releases");
+    let exists: bool = raw2.exists("lucid:locks:lock:job").await.expect("EXISTS");
+    assert!(!exists, "released lock still on the server");
     stop(handles).await;
 }
 
@@ -598,6 +610,13 @@ async fn pubsub_delivers_to_actors_and_survives_a_restart() {
 
     // The subscriber connection opens in the background: publish until it is listening.
     let received = |n: usize| got.lock().expect("lock").len() >= n;
+    let payloads = || -> Vec<Vec<u8>> {
+        got.lock()
+            .expect("lock")
+            .iter()
+            .map(|m| m.payload.clone())
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
     while r
         .publish("lucid:blocks:new", "block-1")
@@ -659,13 +678,54 @@ async fn pubsub_delivers_to_actors_and_survives_a_restart() {
         received(4)
     })
     .await;
+    // Exactly once each, in order: no duplicate from a second subscriber connection.
+    let expected: Vec<Vec<u8>> = ["block-1", "80%", "block-2", "95%"]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    assert_eq!(payloads(), expected);
+
+    // The subscriber connection alone is killed (the main one stays up): it is re-opened.
+    let mut raw = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("inspection connection after the restart");
+    let () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut raw)
+        .await
+        .expect("CLIENT KILL");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while r
+        .publish("lucid:blocks:new", "block-4")
+        .await
+        .expect("publish")
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "subscriber connection not re-opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        handles.registry.readiness().is_ok(),
+        "the main connection was not disturbed"
+    );
+    wait_until(Duration::from_secs(2), "delivery after CLIENT KILL", || {
+        received(5)
+    })
+    .await;
 
     // Unsubscribed: no more deliveries on that channel.
     assert!(r.unsubscribe(by_channel).await.expect("unsubscribe"));
     assert!(!r.unsubscribe(by_channel).await.expect("unsubscribe again"));
     let deadline = Instant::now() + Duration::from_secs(2);
     while r
-        .publish("lucid:blocks:new", "block-3")
+        .publish("lucid:blocks:new", "block-5")
         .await
         .expect("publish")
         != 0
@@ -673,6 +733,54 @@ async fn pubsub_delivers_to_actors_and_survives_a_restart() {
         assert!(Instant::now() < deadline, "still subscribed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(!payloads().contains(&b"block-5".to_vec()));
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn a_refused_subscription_is_an_error_and_leaves_the_backend_up() {
+    // An ACL user with every command but no channel rights (Redis 7's default for new users).
+    let server = Server::start_with(
+        &lucid_testkit::REDIS,
+        &[
+            "--user",
+            "lucid",
+            "on",
+            ">pw",
+            "~lucid:*",
+            "resetchannels",
+            "+@all",
+        ],
+    );
+    let cap = events::capture();
+    let url = format!("redis://lucid:pw@{}/0", server.addr());
+    let mut cfg = config(&url);
+    cfg.mongodb.enabled = false;
+    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let r = handles.redis.clone().expect("redis");
+    wait_until(Duration::from_secs(5), "redis up", || {
+        handles.registry.readiness().is_ok()
+    })
+    .await;
+    let collector = Collector::default().start();
+
+    // The first subscription opens the subscriber connection: refused there, reported, and
+    // the main connection stays up.
+    r.subscribe(
+        Topic::Channel("lucid:x:y".into()),
+        collector.clone().recipient(),
+    )
+    .await
+    .expect("accepted");
+    wait_until(Duration::from_secs(3), "subscribe_failed", || {
+        !cap.named("pubsub.subscribe_failed").is_empty()
+    })
+    .await;
+    assert!(handles.registry.readiness().is_ok());
+    assert!(cap.named("backend.down").is_empty(), "{:?}", cap.events());
+    r.cache_set(&Key::new("cache", "x", "1").expect("key"), &1, None)
+        .await
+        .expect("the rest still works");
     stop(handles).await;
 }
 
@@ -798,8 +906,8 @@ async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come
     for k in [
         "lucid:t:hash:1",
         "lucid:locks:lock:nightly",
-        "lucid:locks:fence:nightly",
-        "lucid:ratelimit:user:u",
+        "lucid:locks:fence:all",
+        "lucid:ratelimit:user:u:5per60000ms",
     ] {
         assert!(names.contains(k), "{k} missing from {names:?}");
     }
@@ -818,11 +926,17 @@ async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come
         );
     }
 
-    tokio::time::sleep(Duration::from_millis(400)).await; // the short key's expiry passes
+    // Long enough that a relative TTL would show: restored TTLs must keep their absolute end.
+    // The short key's expiry passes meanwhile.
+    let pause = Duration::from_millis(1600);
+    tokio::time::sleep(pause).await;
     let () = redis::cmd("FLUSHALL")
         .query_async(&mut raw)
         .await
         .expect("FLUSHALL");
+    // The target's own counter is ahead of the backup's: the import must keep the larger.
+    let ahead = guard.fence + 5000;
+    let () = raw.set("lucid:locks:fence:all", ahead).await.expect("SET");
     let (tx, rx) = RedisHandle::import_channel();
     let feeder = actix_rt::spawn(async move {
         for item in exported {
@@ -855,18 +969,20 @@ async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come
     assert_eq!(list, ["a", "b"]);
     let hash: String = raw.hget("lucid:t:hash:1", "f").await.expect("HGET");
     assert_eq!(hash, "v");
-    // TTLs kept their absolute end (within 1 s); persistent keys stay persistent.
+    // TTLs kept their absolute end: about `pause` less than before (a relative TTL would
+    // show no loss); persistent keys stay persistent.
     for (k, before) in &expiry_before {
         let after = pttl(&mut raw, k).await;
+        let expected = before - pause.as_millis() as i64;
         assert!(
-            after > 0 && (before - after).abs() < 1_000,
-            "{k}: PTTL {before} before, {after} after"
+            after > 0 && (expected - after).abs() < 1_000 && after < before - 1_000,
+            "{k}: PTTL {before} before, {after} after a {pause:?} pause"
         );
     }
     assert_eq!(pttl(&mut raw, "lucid:t:hash:1").await, -1);
     for gone in [
         "lucid:locks:lock:nightly",
-        "lucid:ratelimit:user:u",
+        "lucid:ratelimit:user:u:5per60000ms",
         "lucid:t:string:short",
     ] {
         let exists: bool = raw.exists(gone).await.expect("EXISTS");
@@ -875,15 +991,15 @@ async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come
     let leftovers: Vec<String> = raw.keys("*restoring*").await.expect("KEYS");
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // Fencing tokens never go back: the next one is past the restored counter plus the margin.
+    // Fencing tokens never go back: max(current, restored) + margin, then the next one.
     let next = r
         .acquire_lock("nightly", None, None)
         .await
         .expect("lock after restore");
-    assert!(
-        next.fence > guard.fence + 1000,
-        "fence {} after restore, {} before",
+    assert_eq!(
         next.fence,
+        ahead + 1000 + 1,
+        "fence after restore ({} before)",
         guard.fence
     );
     stop(handles).await;
@@ -933,6 +1049,202 @@ async fn every_key_the_actor_writes_follows_the_naming_pattern() {
         }
         assert!(!parts[3].is_empty(), "{k}");
     }
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn two_policies_on_one_subject_keep_separate_windows_and_a_lowered_limit_waits_its_turn() {
+    let server = redis();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let who = || RateSubject::User("dual".into());
+    // 3 per hour: used up.
+    for _ in 0..3 {
+        assert!(
+            r.check_rate_limit(who(), 3, Duration::from_secs(3600))
+                .await
+                .expect("check")
+                .allowed
+        );
+    }
+    assert!(
+        !r.check_rate_limit(who(), 3, Duration::from_secs(3600))
+            .await
+            .expect("check")
+            .allowed
+    );
+    // A second policy on the same user (100 per second) neither sees nor resets the first.
+    for _ in 0..5 {
+        assert!(
+            r.check_rate_limit(who(), 100, Duration::from_secs(1))
+                .await
+                .expect("check")
+                .allowed
+        );
+    }
+    assert!(
+        !r.check_rate_limit(who(), 3, Duration::from_secs(3600))
+            .await
+            .expect("check")
+            .allowed,
+        "hourly limit reset by another policy"
+    );
+
+    // A window holding more than the limit (the limit was lowered): retry_after is when enough
+    // entries have left, not when the oldest one does.
+    let lowered = || RateSubject::User("lowered".into());
+    let window = Duration::from_millis(900);
+    for _ in 0..3 {
+        assert!(
+            r.check_rate_limit(lowered(), 10, window)
+                .await
+                .expect("check")
+                .allowed
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Same window key needs the same policy; emulate the lowered limit by 3 admissions then a
+    // limit of 1 on that key: write the window through the policy key of limit 1.
+    let mut raw = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let from: Vec<(String, f64)> = raw
+        .zrange_withscores("lucid:ratelimit:user:lowered:10per900ms", 0, -1)
+        .await
+        .expect("ZRANGE");
+    for (member, score) in &from {
+        let () = raw
+            .zadd("lucid:ratelimit:user:lowered:1per900ms", member, *score)
+            .await
+            .expect("ZADD");
+    }
+    let refused = r
+        .check_rate_limit(lowered(), 1, window)
+        .await
+        .expect("check");
+    assert!(!refused.allowed);
+    let waited = Instant::now();
+    tokio::time::sleep(refused.retry_after + Duration::from_millis(30)).await;
+    let again = r
+        .check_rate_limit(lowered(), 1, window)
+        .await
+        .expect("check");
+    assert!(
+        again.allowed,
+        "refused after waiting retry_after = {:?} ({:?} waited)",
+        refused.retry_after,
+        waited.elapsed()
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn a_rate_limit_check_lost_on_the_way_follows_the_policy_and_says_so() {
+    let server = redis();
+    let cap = events::capture();
+    let (handles, r, _raw) =
+        start(&server, |c| c.redis.rate_limit_when_down = DownPolicy::Open).await;
+    server.pause();
+    let started = Instant::now();
+    let d = r
+        .check_rate_limit(
+            RateSubject::User("frozen".into()),
+            1,
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("decision");
+    assert!(started.elapsed() < DEADLINE + Duration::from_millis(200));
+    assert!(d.allowed && d.degraded == Some(DownPolicy::Open), "{d:?}");
+    assert_eq!(cap.named("ratelimit.degraded").len(), 1);
+    server.resume();
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("SET")
+            .arg(format!("lucid:bulk:item:{i}"))
+            .arg(i)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut raw).await.expect("seed");
+    let exported = r.export_all().await.expect("export");
+    let names: BTreeSet<String> = exported.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(names.len(), 1000, "every key once");
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw)
+        .await
+        .expect("FLUSHALL");
+    let (tx, rx) = RedisHandle::import_channel();
+    let feeder = actix_rt::spawn(async move {
+        for item in exported {
+            tx.send(item).await.expect("feed");
+        }
+    });
+    let summary = r.import(rx).await.expect("import");
+    feeder.await.expect("feeder");
+    assert_eq!((summary.restored, summary.failed), (1000, 0), "{summary:?}");
+    let v: i64 = raw.get("lucid:bulk:item:999").await.expect("GET");
+    assert_eq!(v, 999);
+
+    // A corrupt payload fails that key alone; a key outside lucid:* is refused.
+    let (tx, rx) = RedisHandle::import_channel();
+    let mut good = r
+        .export_all()
+        .await
+        .expect("export")
+        .into_iter()
+        .take(2)
+        .collect::<Vec<_>>();
+    let mut bad = good[0].clone();
+    bad.key = "lucid:bulk:corrupt:1".into();
+    bad.payload = b"not a dump".to_vec();
+    let mut foreign = good[1].clone();
+    foreign.key = "other:key".into();
+    good.push(bad);
+    good.push(foreign);
+    for item in good {
+        tx.send(item).await.expect("feed");
+    }
+    drop(tx);
+    let summary = r.import(rx).await.expect("import");
+    assert_eq!(
+        (summary.restored, summary.failed, summary.skipped_foreign),
+        (2, 1, 1),
+        "{summary:?}"
+    );
+    assert_eq!(summary.failures[0].0, "lucid:bulk:corrupt:1");
+    let exists: bool = raw.exists("other:key").await.expect("EXISTS");
+    assert!(!exists);
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn stats_come_from_the_server() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    let () = raw.set("lucid:x:y:z", 1).await.expect("SET");
+    let stats = r.stats().await.expect("stats");
+    assert!(
+        stats.version.starts_with('7') || stats.version.starts_with('6'),
+        "{stats:?}"
+    );
+    assert!(
+        stats.used_memory_bytes > 0 && stats.connected_clients >= 2,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.keyspace.get("db0").map(|k| k.keys),
+        Some(1),
+        "{stats:?}"
+    );
+    assert!(stats.probe_latency_ms.is_some());
     stop(handles).await;
 }
 

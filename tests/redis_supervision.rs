@@ -187,7 +187,10 @@ async fn frozen_server_never_makes_calls_hang() {
     })
     .await;
     redis_h.ping().await.expect("ping after resume");
-    h.shutdown(Duration::from_secs(1)).await;
+    assert!(
+        h.shutdown(Duration::from_secs(1)).await.is_empty(),
+        "actors must quit"
+    );
 }
 
 #[actix_rt::test]
@@ -217,5 +220,8 @@ async fn unreachable_at_start_reports_once_and_keeps_retrying() {
         assert!(ms <= 400, "delay {ms} ms above the cap");
     }
     assert!(h.registry.readiness().is_err());
-    h.shutdown(Duration::from_secs(1)).await;
+    assert!(
+        h.shutdown(Duration::from_secs(1)).await.is_empty(),
+        "actors must quit"
+    );
 }

@@ -165,7 +165,8 @@ async fn measure(op: &Op, in_flight: usize, duration: Duration) -> Run {
     let mut run = Run::default();
     for worker in workers {
         if let Ok((latencies, errors)) = worker.await {
-            run.ops += latencies.len() as u64;
+            // Only successes count: a path that failed fast must not look fast.
+            run.ops += latencies.len() as u64 - errors;
             run.errors += errors;
             run.latencies_us.extend(latencies);
         }
@@ -183,6 +184,11 @@ where
     Fut: Future<Output = bool> + 'static,
 {
     Rc::new(move |w, n| Box::pin(f(w, n)))
+}
+
+/// The raw key the direct path uses: what a driver user would write, no validation.
+fn raw_kv_key(w: usize, n: u64) -> String {
+    format!("lucid:bench:kv:{}", (w as u64 * 7919 + n) % KEYS)
 }
 
 fn kv_key(w: usize, n: u64) -> Key {
@@ -221,7 +227,7 @@ fn redis_workloads(h: RedisHandle, conn: MultiplexedConnection) -> Vec<Workload>
         direct: op(move |w, n| {
             let mut c = c.clone();
             async move {
-                let key = kv_key(w, n);
+                let key = raw_kv_key(w, n);
                 if n % 2 == 0 {
                     c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
                         .await
@@ -261,7 +267,7 @@ fn redis_workloads(h: RedisHandle, conn: MultiplexedConnection) -> Vec<Workload>
         direct: op(move |w, n| {
             let mut c = c.clone();
             async move {
-                let key = kv_key(w, n);
+                let key = raw_kv_key(w, n);
                 if n % 2 == 0 {
                     c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
                         .await
@@ -290,7 +296,10 @@ fn redis_workloads(h: RedisHandle, conn: MultiplexedConnection) -> Vec<Workload>
         direct: op(move |w, n| {
             let mut c = c.clone();
             async move {
-                let key = format!("lucid:ratelimit:user:bench-{}", (w as u64 + n) % KEYS);
+                let key = format!(
+                    "lucid:ratelimit:user:bench-{}:1000000per60000ms",
+                    (w as u64 + n) % KEYS
+                );
                 ratelimit::SLIDING_WINDOW
                     .key(key)
                     .arg(1_000_000u32)
@@ -474,7 +483,13 @@ fn main() {
         // counting its instructions under `valgrind --tool=callgrind` (repeatable, unlike time).
         if let Ok(only) = std::env::var("LUCID_BENCH_ONLY") {
             for w in &workloads {
-                let path = if only == "actor" { &w.actor } else { &w.direct };
+                let path = match only.as_str() {
+                    "actor" => &w.actor,
+                    "direct" => &w.direct,
+                    other => panic!("LUCID_BENCH_ONLY={other:?}: say actor or direct"),
+                };
+                // Warm up (scripts loaded) so the count is of the steady state.
+                measure(path, 16, Duration::from_millis(100)).await;
                 let run = measure(path, 64, duration).await;
                 println!("{}/{} {only}: {} ops", w.backend, w.name, run.ops);
             }

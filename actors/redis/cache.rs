@@ -150,6 +150,19 @@ impl Flights {
     }
 }
 
+/// Removes a flight from the table when dropped.
+struct Landing<'a> {
+    flights: &'a Flights,
+    key: &'a Key,
+    cell: Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.flights.land(self.key, &self.cell);
+    }
+}
+
 fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<T, RedisError> {
     serde_json::from_slice(bytes).map_err(|e| RedisError::Codec {
         key: key.to_string(),
@@ -199,7 +212,8 @@ impl RedisHandle {
 
     /// Cache-aside with single flight: the cached value, or `compute()` stored for `ttl`. While
     /// one caller computes a key, other callers of this process wait for its result instead of
-    /// computing again. Redis being down makes this a plain call to `compute` (the cache is an
+    /// computing again (if that computation fails, the next waiter computes in its turn: an
+    /// error is not shared). Redis being down makes this a plain call to `compute` (the cache is an
     /// optimisation); a value that no longer decodes is treated as a miss and overwritten.
     pub async fn cache_get_or_compute<T, E, F, Fut>(
         &self,
@@ -217,6 +231,12 @@ impl RedisHandle {
             return Ok(value);
         }
         let cell = self.shared.flights.join(key);
+        // Lands the flight however this call ends, also when the caller drops it half-way.
+        let _landing = Landing {
+            flights: &self.shared.flights,
+            key,
+            cell: cell.clone(),
+        };
         let result = cell
             .get_or_try_init(|| async {
                 // A flight that landed just now may have filled the cache.
@@ -241,7 +261,6 @@ impl RedisHandle {
             })
             .await
             .map(|bytes| decode::<T>(key, bytes));
-        self.shared.flights.land(key, &cell);
         result?.map_err(E::from)
     }
 }

@@ -1,9 +1,11 @@
 //! Distributed locks: `lucid:locks:lock:{name}` holds a random token with a lease (PX), taken
 //! with `SET NX` only; release and extend compare the token first (Lua), so a caller whose lease
-//! ran out cannot free or prolong someone else's lock. Every acquisition also increments
-//! `lucid:locks:fence:{name}` and returns it: a fencing token that only grows, which the
-//! protected resource can check to refuse a stale holder. An import raises these counters to
-//! max(current, restored) + `redis.fence_margin`, so a restore never makes them go back.
+//! ran out cannot free or prolong someone else's lock. Every acquisition also increments one
+//! counter, `lucid:locks:fence:all`, and returns it: a fencing token that only grows (for every
+//! name, since it grows for all), which the protected resource can check to refuse a stale
+//! holder. One counter, not one per name, so lock names that come and go leave no keys behind.
+//! An import raises it to max(current, restored) + `redis.fence_margin`, so a restore never
+//! makes it go back.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -20,13 +22,17 @@ use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
 
 const SERVICE: &str = "locks";
 
-pub(crate) fn lock_key(name: &str) -> Result<Key, RedisError> {
-    Key::new(SERVICE, "lock", name)
+fn lock_key(name: &str) -> Result<Key, RedisError> {
+    Key::with_id_field(SERVICE, "lock", name, "name")
 }
 
-pub(crate) fn fence_key(name: &str) -> Result<Key, RedisError> {
-    Key::new(SERVICE, "fence", name)
+fn fence_key() -> Key {
+    Key::fixed(FENCE_KEY)
 }
+
+/// The fencing counter, shared by every lock name.
+#[doc(hidden)]
+pub const FENCE_KEY: &str = "lucid:locks:fence:all";
 
 /// Keys of fencing counters, which an import raises instead of overwriting.
 pub(crate) const FENCE_PREFIX: &str = "lucid:locks:fence:";
@@ -83,6 +89,7 @@ pub struct ExtendLock {
 // Scripts
 
 /// Public so the benchmark's direct-driver path does exactly the same work.
+#[doc(hidden)]
 pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -96,6 +103,7 @@ pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Public so the benchmark's direct-driver path does exactly the same work.
+#[doc(hidden)]
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -141,7 +149,7 @@ impl RedisOp for AcquireLock {
     ) -> Result<impl Future<Output = Result<LockAttempt, RedisError>> + 'static, RedisError> {
         let lease = self.lease.unwrap_or(shared.settings().lock_lease);
         Settings::check_ttl("lease", lease, None)?;
-        let (lock, fence) = (lock_key(&self.name)?, fence_key(&self.name)?);
+        let (lock, fence) = (lock_key(&self.name)?, fence_key());
         Ok(async move {
             let token = new_token();
             let (acquired, value): (u8, i64) = ACQUIRE
@@ -159,9 +167,14 @@ impl RedisOp for AcquireLock {
                     lease,
                 })
             } else {
-                // PTTL of a key without expiry is -1; ours always have one, but never wait 0.
+                // PTTL -1 (no expiry: not one of ours) or -2 (gone in between): poll at the
+                // normal pace rather than spin.
                 LockAttempt::Busy {
-                    expires_in: Duration::from_millis(value.max(1) as u64),
+                    expires_in: if value > 0 {
+                        Duration::from_millis(value as u64)
+                    } else {
+                        MAX_POLL
+                    },
                 }
             })
         })

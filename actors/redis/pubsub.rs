@@ -19,12 +19,12 @@ use redis::AsyncCommands;
 use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
 
-use super::keys::check_id;
 use redis::aio::MultiplexedConnection;
 
+use super::keys::check_id;
 use super::sealed::Sealed;
 use super::{RedisActor, RedisError, RedisHandle, RedisOp, Shared, with_deadline};
-use crate::events::{self, PubSubOverflow, PubSubResubscribed};
+use crate::events::{self, PubSubOverflow, PubSubResubscribed, PubSubSubscribeFailed};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -71,7 +71,9 @@ pub struct PubSubMessage {
 pub struct SubscriptionId(pub u64);
 
 /// Delivers every message on `topic` to `recipient` until unsubscribed, across reconnects.
-/// Accepted also while Redis is down: it takes effect once Redis is up.
+/// While the subscriber connection is open the answer comes once Redis confirmed the
+/// subscription (an error — `NOPERM` from an ACL, say — is the answer and nothing is kept);
+/// while Redis is down it is accepted at once and takes effect when Redis is up.
 #[derive(Message)]
 #[rtype(result = "Result<SubscriptionId, RedisError>")]
 pub struct Subscribe {
@@ -94,6 +96,11 @@ pub struct Publish {
     pub payload: Vec<u8>,
 }
 
+/// Messages dropped per subscription because its recipient's mailbox was full.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<(SubscriptionId, u64)>, RedisError>")]
+pub struct PubSubDrops;
+
 /// Stream item of the subscriber connection; `msg: None` marks its end.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -105,6 +112,7 @@ pub(crate) struct Delivery {
 // ---------------------------------------------------------------------------------------------
 // State
 
+/// One subscriber and what it listens to.
 struct Subscription {
     topic: Topic,
     recipient: Recipient<PubSubMessage>,
@@ -165,14 +173,8 @@ impl RedisActor {
         let wanted = topics.clone();
         let open = async move {
             with_deadline(deadline, async move {
-                let (mut sink, stream) = client.get_async_pubsub().await?.split();
-                let (channels, patterns) = split_topics(&wanted);
-                if !channels.is_empty() {
-                    sink.subscribe(channels).await?;
-                }
-                if !patterns.is_empty() {
-                    sink.psubscribe(patterns).await?;
-                }
+                let (sink, stream) = client.get_async_pubsub().await?.split();
+                subscribe_topics(sink.clone(), wanted, true).await?;
                 Ok((sink, stream))
             })
             .await
@@ -184,7 +186,7 @@ impl RedisActor {
             act.subscriptions.opening = false;
             let (sink, stream) = match res {
                 Ok(opened) => opened,
-                Err(e) => return act.on_failure(generation, &e, ctx),
+                Err(e) => return act.pubsub_failed(generation, &e, ctx),
             };
             let subs = &mut act.subscriptions;
             subs.generation += 1;
@@ -212,33 +214,61 @@ impl RedisActor {
                 });
             }
             subs.opened_before = true;
-            // Subscribed while we were opening: catch up.
-            act.subscribe_missing(ctx);
+            // Subscribed or unsubscribed while we were opening: catch up.
+            act.sync_topics(ctx);
         }));
     }
 
-    /// Subscribes topics that have subscribers but are not active on the open connection.
-    fn subscribe_missing(&mut self, ctx: &mut Context<Self>) {
+    /// A subscriber-connection error: a lost connection is the backend's business (backoff
+    /// and reconnect, which re-opens it); a refusal (an ACL without channel rights, say) is
+    /// reported and leaves the main connection alone — the next reconnect tries again.
+    fn pubsub_failed(&mut self, generation: u64, e: &RedisError, ctx: &mut Context<Self>) {
+        if e.connection_lost() {
+            self.on_failure(generation, e, ctx);
+        } else {
+            events::emit(PubSubSubscribeFailed {
+                code: e.code(),
+                error: e.to_string(),
+            });
+            self.drop_pubsub(ctx);
+        }
+    }
+
+    /// Forgets the subscriber connection (the subscriptions stay).
+    fn drop_pubsub(&mut self, ctx: &mut Context<Self>) {
+        if let Some(stream) = self.subscriptions.connection_lost() {
+            ctx.cancel_future(stream);
+        }
+    }
+
+    /// Brings the open subscriber connection in line with the subscriptions: subscribes
+    /// topics someone wants, unsubscribes topics nobody wants any more.
+    fn sync_topics(&mut self, ctx: &mut Context<Self>) {
         let subs = &mut self.subscriptions;
         let Some(sink) = subs.sink.clone() else {
             return;
         };
-        let missing: BTreeSet<Topic> = subs.topics().difference(&subs.active).cloned().collect();
-        if missing.is_empty() {
+        let wanted = subs.topics();
+        let missing: BTreeSet<Topic> = wanted.difference(&subs.active).cloned().collect();
+        let stale: BTreeSet<Topic> = subs.active.difference(&wanted).cloned().collect();
+        if missing.is_empty() && stale.is_empty() {
             return;
         }
-        subs.active.extend(missing.iter().cloned());
+        subs.active = wanted;
         let generation = self.generation;
         let deadline = self.shared.settings.deadline;
-        ctx.spawn(
-            subscribe_topics(sink, missing, deadline)
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    if let Err(e) = res {
-                        act.on_failure(generation, &e, ctx);
-                    }
-                }),
-        );
+        let sync = async move {
+            with_deadline(deadline, async move {
+                subscribe_topics(sink.clone(), stale, false).await?;
+                subscribe_topics(sink, missing, true).await
+            })
+            .await
+        };
+        ctx.spawn(sync.into_actor(self).map(move |res, act, ctx| {
+            if let Err(e) = res {
+                act.pubsub_failed(generation, &e, ctx);
+            }
+        }));
     }
 }
 
@@ -254,35 +284,41 @@ fn split_topics(topics: &BTreeSet<Topic>) -> (Vec<String>, Vec<String>) {
     (channels, patterns)
 }
 
+/// SUBSCRIBE/PSUBSCRIBE (`on`) or UNSUBSCRIBE/PUNSUBSCRIBE every topic, awaiting Redis's
+/// confirmations.
 async fn subscribe_topics(
     mut sink: PubSubSink,
     topics: BTreeSet<Topic>,
-    deadline: std::time::Duration,
+    on: bool,
 ) -> Result<(), RedisError> {
-    with_deadline(deadline, async move {
-        let (channels, patterns) = split_topics(&topics);
-        if !channels.is_empty() {
-            sink.subscribe(channels).await?;
-        }
-        if !patterns.is_empty() {
-            sink.psubscribe(patterns).await?;
-        }
-        Ok(())
-    })
-    .await
+    let (channels, patterns) = split_topics(&topics);
+    match (on, channels.is_empty()) {
+        (true, false) => sink.subscribe(channels).await?,
+        (false, false) => sink.unsubscribe(channels).await?,
+        _ => {}
+    }
+    match (on, patterns.is_empty()) {
+        (true, false) => sink.psubscribe(patterns).await?,
+        (false, false) => sink.punsubscribe(patterns).await?,
+        _ => {}
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
 impl Handler<Subscribe> for RedisActor {
-    type Result = Result<SubscriptionId, RedisError>;
+    type Result = ResponseActFuture<Self, Result<SubscriptionId, RedisError>>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
-        msg.topic.check()?;
+        if let Err(e) = msg.topic.check() {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
         let subs = &mut self.subscriptions;
         subs.next_id += 1;
         let id = SubscriptionId(subs.next_id);
+        let topic = msg.topic.clone();
         subs.subs.insert(
             id,
             Subscription {
@@ -291,12 +327,37 @@ impl Handler<Subscribe> for RedisActor {
                 dropped: 0,
             },
         );
-        if subs.sink.is_some() {
-            self.subscribe_missing(ctx);
-        } else {
+        // Not open yet (or Redis down): it takes effect when the connection opens.
+        let Some(sink) = subs.sink.clone() else {
             self.open_pubsub(ctx);
+            return Box::pin(actix::fut::ready(Ok(id)));
+        };
+        if !subs.active.insert(topic.clone()) {
+            return Box::pin(actix::fut::ready(Ok(id)));
         }
-        Ok(id)
+        // Answer once Redis confirmed, so the caller knows delivery has started.
+        let generation = self.generation;
+        let deadline = self.shared.settings.deadline;
+        let wanted = BTreeSet::from([topic.clone()]);
+        let confirm = with_deadline(deadline, subscribe_topics(sink, wanted, true));
+        Box::pin(
+            confirm
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(()) => Ok(id),
+                    Err(e) if e.connection_lost() => {
+                        // Kept: resubscribed with everything else after the reconnect.
+                        act.on_failure(generation, &e, ctx);
+                        Ok(id)
+                    }
+                    Err(e) => {
+                        act.subscriptions.subs.remove(&id);
+                        act.subscriptions.active.remove(&topic);
+                        act.sync_topics(ctx);
+                        Err(e)
+                    }
+                }),
+        )
     }
 }
 
@@ -304,31 +365,11 @@ impl Handler<Unsubscribe> for RedisActor {
     type Result = Result<bool, RedisError>;
 
     fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
-        let subs = &mut self.subscriptions;
-        let Some(gone) = subs.subs.remove(&msg.id) else {
+        if self.subscriptions.subs.remove(&msg.id).is_none() {
             return Ok(false);
-        };
-        let still_wanted = subs.subs.values().any(|s| s.topic == gone.topic);
-        if !still_wanted
-            && subs.active.remove(&gone.topic)
-            && let Some(mut sink) = subs.sink.clone()
-        {
-            let deadline = self.shared.settings.deadline;
-            // Best effort: a message for a topic nobody wants is simply not delivered.
-            ctx.spawn(
-                async move {
-                    let _ = with_deadline(deadline, async move {
-                        match gone.topic {
-                            Topic::Channel(c) => sink.unsubscribe(c).await?,
-                            Topic::Pattern(p) => sink.punsubscribe(p).await?,
-                        }
-                        Ok(())
-                    })
-                    .await;
-                }
-                .into_actor(self),
-            );
         }
+        // Best effort: a message for a topic nobody wants is simply not delivered.
+        self.sync_topics(ctx);
         Ok(true)
     }
 }
@@ -356,16 +397,23 @@ impl StreamHandler<Delivery> for RedisActor {
             return;
         }
         let Some(msg) = item.msg else {
-            // The subscriber connection ended on its own: open a new one (if Redis is down,
-            // the reconnect does that once it is back).
+            // The subscriber connection ended on its own (CLIENT KILL, say): open a new one
+            // after a probe interval, never in a tight loop; if Redis is down, the reconnect
+            // opens it once Redis is back.
             subs.sink = None;
             subs.stream = None;
             subs.active.clear();
-            self.open_pubsub(ctx);
+            ctx.run_later(self.shared.settings.probe_interval, |act, ctx| {
+                act.open_pubsub(ctx)
+            });
             return;
         };
         let channel = msg.get_channel_name().to_owned();
-        let pattern: Option<String> = msg.get_pattern().ok();
+        let pattern: Option<String> = if msg.from_pattern() {
+            msg.get_pattern().ok()
+        } else {
+            None
+        };
         let mut closed = Vec::new();
         for (id, sub) in subs.subs.iter_mut() {
             let matches = match (&sub.topic, &pattern) {
@@ -394,8 +442,11 @@ impl StreamHandler<Delivery> for RedisActor {
                 Err(SendError::Closed(_)) => closed.push(*id),
             }
         }
-        for id in closed {
-            subs.subs.remove(&id);
+        if !closed.is_empty() {
+            for id in closed {
+                subs.subs.remove(&id);
+            }
+            self.sync_topics(ctx);
         }
     }
 
@@ -406,11 +457,6 @@ impl StreamHandler<Delivery> for RedisActor {
 
 // ---------------------------------------------------------------------------------------------
 // Typed helpers and counters
-
-/// Messages dropped per subscription because its recipient's mailbox was full.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<Vec<(SubscriptionId, u64)>, RedisError>")]
-pub struct PubSubDrops;
 
 impl Handler<PubSubDrops> for RedisActor {
     type Result = Result<Vec<(SubscriptionId, u64)>, RedisError>;

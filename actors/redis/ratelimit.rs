@@ -43,10 +43,38 @@ impl fmt::Display for RateSubject {
 }
 
 impl RateSubject {
-    fn key(&self) -> Result<Key, RedisError> {
+    /// One window per subject *and* policy: two limits on one subject never share (and
+    /// corrupt) each other's history. IPv4-mapped IPv6 addresses count as their IPv4 address;
+    /// IPv6 clients are limited per /64, the block one host usually holds.
+    fn key(&self, limit: u32, window: Duration) -> Result<Key, RedisError> {
+        let window_ms = millis(window);
         match self {
-            RateSubject::User(id) => Key::with_id_field("ratelimit", "user", id, "user_id"),
-            RateSubject::Ip(ip) => Key::new("ratelimit", "ip", &ip.to_string()),
+            RateSubject::User(id) => Key::with_suffix(
+                "ratelimit",
+                "user",
+                id,
+                "user_id",
+                format_args!(":{limit}per{window_ms}ms"),
+            ),
+            RateSubject::Ip(ip) => match ip.to_canonical() {
+                IpAddr::V4(v4) => Key::with_suffix(
+                    "ratelimit",
+                    "ip",
+                    &v4.to_string(),
+                    "ip",
+                    format_args!(":{limit}per{window_ms}ms"),
+                ),
+                IpAddr::V6(v6) => {
+                    let net = std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1));
+                    Key::with_suffix(
+                        "ratelimit",
+                        "ip",
+                        &net.to_string(),
+                        "ip",
+                        format_args!("/64:{limit}per{window_ms}ms"),
+                    )
+                }
+            },
         }
     }
 }
@@ -77,6 +105,7 @@ pub struct RateLimitDecision {
 // Script
 
 /// Public so the benchmark's direct-driver path does exactly the same work.
+#[doc(hidden)]
 pub static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -93,8 +122,10 @@ pub static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
             redis.call('PEXPIRE', KEYS[1], window)
             return {1, limit - count - 1, 0}
         end
-        local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-        local retry = tonumber(oldest[2]) + window - now
+        -- admitted again once count drops below limit: when the entry at count - limit
+        -- (0-based; the oldest when count == limit) leaves the window
+        local blocking = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+        local retry = tonumber(blocking[2]) + window - now
         if retry < 1 then retry = 1 end
         return {0, 0, retry}
         ",
@@ -109,10 +140,8 @@ impl CheckRateLimit {
         if self.limit == 0 {
             return Err(RedisError::invalid("limit", "must be at least 1"));
         }
-        if self.window < Duration::from_millis(1) {
-            return Err(RedisError::invalid("window", "must be at least 1 ms"));
-        }
-        self.subject.key()
+        Settings::check_ttl("window", self.window, None)?;
+        self.subject.key(self.limit, self.window)
     }
 }
 

@@ -13,7 +13,6 @@ use actix::prelude::*;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use super::keys::check_id;
 use redis::aio::MultiplexedConnection;
 
 use super::sealed::Sealed;
@@ -26,7 +25,7 @@ fn session_key(id: &str) -> Result<Key, RedisError> {
 }
 
 fn index_key(user_id: &str) -> Result<Key, RedisError> {
-    Key::new(SERVICE, "user", user_id)
+    Key::with_id_field(SERVICE, "user", user_id, "user_id")
 }
 
 /// The hash fields of a stored session: user_id, data, created_ms.
@@ -150,15 +149,16 @@ static DELETE: LazyLock<Script> = LazyLock::new(|| {
 static LIST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        -- KEYS: index. ARGV: session prefix
+        -- KEYS: index. ARGV: session prefix, the index's user id
         local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
         local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
         local live = {}
         for _, id in ipairs(ids) do
-            -- deleted behind our back (FLUSHDB, eviction): drop it from the index too
-            if redis.call('EXISTS', ARGV[1] .. id) == 1 then
+            -- gone behind our back (eviction, FLUSHDB), or the id now names another user's
+            -- session: drop it from this index
+            if redis.call('HGET', ARGV[1] .. id, 'user_id') == ARGV[2] then
                 table.insert(live, id)
             else
                 redis.call('ZREM', KEYS[1], id)
@@ -210,10 +210,9 @@ impl RedisOp for CreateSession {
                     created_ms,
                     ttl,
                 }),
-                None => Err(RedisError::invalid(
-                    "id",
-                    format!("session {} already exists", self.id),
-                )),
+                None => Err(RedisError::Conflict {
+                    what: format!("session {}", self.id),
+                }),
             }
         })
     }
@@ -320,12 +319,12 @@ impl RedisOp for ListSessions {
         mut conn: MultiplexedConnection,
         _: &Shared,
     ) -> Result<impl Future<Output = Result<Vec<String>, RedisError>> + 'static, RedisError> {
-        check_id("user_id", &self.user_id)?;
         let key = index_key(&self.user_id)?;
         Ok(async move {
             Ok(LIST
                 .key(&key)
                 .arg(SESSION_PREFIX)
+                .arg(&self.user_id)
                 .invoke_async(&mut conn)
                 .await?)
         })

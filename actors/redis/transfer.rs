@@ -19,10 +19,12 @@ use tokio::sync::mpsc;
 
 use super::keys::glob_match;
 use super::locks::FENCE_PREFIX;
-use super::{CallFailed, RedisActor, RedisError, RedisHandle, Settings, with_deadline};
+use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once, with_deadline};
+use crate::redact;
 
-/// Keys read per SCAN step (a hint to Redis) and written per import pipeline.
-const BATCH: usize = 256;
+/// Keys read per SCAN step (a hint to Redis) and written per import pipeline: small enough
+/// that a batch of large values stays well inside the call deadline.
+const BATCH: usize = 64;
 /// Items buffered between the producer and the consumer of a stream.
 const CHANNEL_CAPACITY: usize = 512;
 /// What an export walks by default: everything lucid-db writes.
@@ -95,6 +97,24 @@ pub struct ImportSummary {
     pub skipped_expired: u64,
     /// Fencing counters raised to max(current, restored) + margin.
     pub fences_raised: u64,
+    /// Keys outside `lucid:*` (a backup never holds them): refused.
+    pub skipped_foreign: u64,
+    /// Keys Redis refused to restore (a corrupt payload, a module type not loaded, OOM).
+    pub failed: u64,
+    /// The first few of those, with Redis's reason.
+    pub failures: Vec<(String, String)>,
+}
+
+impl ImportSummary {
+    /// How many failures are kept with their reason.
+    const KEEP_FAILURES: usize = 20;
+
+    fn fail(&mut self, key: String, reason: &str) {
+        self.failed += 1;
+        if self.failures.len() < Self::KEEP_FAILURES {
+            self.failures.push((key, redact::text(reason)));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,24 +123,22 @@ pub struct ImportSummary {
 impl Handler<Export> for RedisActor {
     type Result = Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError>;
 
-    fn handle(&mut self, msg: Export, ctx: &mut Context<Self>) -> Self::Result {
-        let (conn, generation) = self.shared.usable()?;
+    fn handle(&mut self, msg: Export, _: &mut Context<Self>) -> Self::Result {
+        self.shared.usable()?;
         let pattern = msg.pattern.unwrap_or_else(|| DEFAULT_PATTERN.to_owned());
         if !pattern.starts_with("lucid:") {
             return Err(RedisError::invalid("pattern", "must start with \"lucid:\""));
         }
+        let client = self.stream_client()?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let shared = self.shared.clone();
-        let me = ctx.address();
         actix_rt::spawn(async move {
             let settings = shared.settings();
-            if let Err(e) = export(conn, &pattern, settings, &tx).await {
-                if e.connection_lost() || e.is_deadline() {
-                    let _ = me.try_send(CallFailed {
-                        generation,
-                        error: e.clone(),
-                    });
-                }
+            let exported = async {
+                let (conn, _) = connect_once(client, settings.deadline).await?;
+                export(conn, &pattern, settings, &tx).await
+            };
+            if let Err(e) = exported.await {
                 // The consumer may be gone; then there is nobody to tell.
                 let _ = tx.send_timeout(Err(e), settings.stream_idle).await;
             }
@@ -132,24 +150,29 @@ impl Handler<Export> for RedisActor {
 impl Handler<Import> for RedisActor {
     type Result = ResponseFuture<Result<ImportSummary, RedisError>>;
 
-    fn handle(&mut self, msg: Import, ctx: &mut Context<Self>) -> Self::Result {
-        let (conn, generation) = match self.shared.usable() {
-            Ok(usable) => usable,
+    fn handle(&mut self, msg: Import, _: &mut Context<Self>) -> Self::Result {
+        let client = match self.shared.usable().and_then(|_| self.stream_client()) {
+            Ok(client) => client,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let shared = self.shared.clone();
-        let me = ctx.address();
         Box::pin(async move {
-            let res = import(conn, msg.source, shared.settings()).await;
-            if let Err(e) = &res
-                && (e.connection_lost() || e.is_deadline())
-            {
-                let _ = me.try_send(CallFailed {
-                    generation,
-                    error: e.clone(),
-                });
-            }
-            res
+            let settings = shared.settings();
+            let (conn, _) = connect_once(client, settings.deadline).await?;
+            import(conn, msg.source, settings).await
+        })
+    }
+}
+
+impl RedisActor {
+    /// Streams run on a connection of their own: big DUMP or RESTORE batches must not delay
+    /// the replies other callers wait for on the shared connection.
+    fn stream_client(&self) -> Result<redis::Client, RedisError> {
+        self.client.clone().ok_or_else(|| {
+            RedisError::Call(crate::CallError::Disabled {
+                backend: crate::Backend::Redis,
+                reason: "no usable redis.url".to_owned(),
+            })
         })
     }
 }
@@ -178,8 +201,9 @@ async fn export(
         })
         .await?;
         if !keys.is_empty() {
+            // MULTI/EXEC: a key's type, TTL and payload are read at one instant.
             let mut pipe = redis::pipe();
-            pipe.cmd("TIME");
+            pipe.atomic().cmd("TIME");
             for key in &keys {
                 pipe.cmd("TYPE")
                     .arg(key)
@@ -251,8 +275,10 @@ fn server_ms(reply: Option<redis::Value>) -> Result<u64, RedisError> {
 static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        -- KEYS: fence, restored copy. ARGV: margin
-        local restored = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+        -- KEYS: fence, scratch key. ARGV: margin, the exported DUMP payload.
+        -- All in one script: no scratch key survives an error half-way.
+        redis.call('RESTORE', KEYS[2], 0, ARGV[2], 'REPLACE')
+        local restored = tonumber(redis.call('GET', KEYS[2])) or 0
         redis.call('DEL', KEYS[2])
         local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
         local target = math.max(current, restored) + tonumber(ARGV[1])
@@ -295,8 +321,15 @@ async fn import(
         })
         .await?;
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut restoring = Vec::new();
         let mut fences = Vec::new();
         for item in batch.drain(..) {
+            // A backup holds only lucid:* keys; anything else is not ours to write.
+            if !item.key.starts_with("lucid:") {
+                summary.skipped_foreign += 1;
+                continue;
+            }
             if settings
                 .not_restorable
                 .iter()
@@ -318,35 +351,37 @@ async fn import(
                 .arg(item.expires_at_ms.unwrap_or(0))
                 .arg(item.payload)
                 .arg("ABSTTL")
-                .arg("REPLACE")
-                .ignore();
-            summary.restored += 1;
+                .arg("REPLACE");
+            restoring.push(item.key);
         }
-        with_deadline(deadline, async {
-            let () = pipe.query_async(&mut conn).await?;
-            Ok(())
-        })
-        .await?;
+        if !restoring.is_empty() {
+            // One result per key: a bad payload fails that key, not the batch.
+            let results: Vec<redis::RedisResult<redis::Value>> =
+                with_deadline(deadline, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
+            for (key, result) in restoring.into_iter().zip(results) {
+                match result {
+                    Ok(_) => summary.restored += 1,
+                    Err(e) => summary.fail(key, &e.to_string()),
+                }
+            }
+        }
         for fence in fences {
-            let copy = format!("{}:restoring:{:016x}", fence.key, rand::random::<u64>());
-            with_deadline(deadline, async {
-                let () = redis::cmd("RESTORE")
-                    .arg(&copy)
-                    .arg(0)
-                    .arg(fence.payload)
-                    .arg("REPLACE")
-                    .query_async(&mut conn)
-                    .await?;
-                let _: u64 = RAISE_FENCE
+            let scratch = format!("{}:restoring:{:016x}", fence.key, rand::random::<u64>());
+            let raised = with_deadline(deadline, async {
+                Ok(RAISE_FENCE
                     .key(&fence.key)
-                    .key(&copy)
+                    .key(&scratch)
                     .arg(settings.fence_margin)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok(())
+                    .arg(fence.payload)
+                    .invoke_async::<u64>(&mut conn)
+                    .await?)
             })
-            .await?;
-            summary.fences_raised += 1;
+            .await;
+            match raised {
+                Ok(_) => summary.fences_raised += 1,
+                Err(e @ RedisError::Server { .. }) => summary.fail(fence.key, &e.to_string()),
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -370,13 +405,12 @@ impl RedisHandle {
         source: mpsc::Receiver<ExportedKey>,
     ) -> Result<ImportSummary, RedisError> {
         // Not `call`: its deadline is for short requests.
-        match self.addr().send(Import { source }).await {
-            Ok(res) => res,
-            Err(_) => Err(RedisError::Call(crate::CallError::NotDelivered {
-                backend: crate::Backend::Redis,
-                reason: "actor has stopped",
-            })),
-        }
+        // No overall deadline: an import takes as long as its source (each step has the call
+        // deadline, the source its idle timeout).
+        self.addr()
+            .send(Import { source })
+            .await
+            .map_err(|e| crate::supervisor::not_delivered(crate::Backend::Redis, e))?
     }
 
     /// A bounded channel of the size imports read in; for feeding [`RedisHandle::import`].

@@ -162,6 +162,95 @@ pub struct ElasticsearchConfig {
 #[serde(deny_unknown_fields)]
 pub struct VolumesConfig {
     pub root: PathBuf,
+    /// Volumes beyond the defaults ([`crate::volume::DEFAULT_VOLUMES`]).
+    pub extra: Vec<String>,
+    pub default_quota: ByteSize,
+    pub max_quota: ByteSize,
+    /// Usage at or above this percentage of the quota emits `volume.threshold_crossed`.
+    pub warn_percent: u8,
+    /// …and `volume.threshold_cleared` once it drops below this (hysteresis).
+    pub clear_percent: u8,
+    /// How long a measured usage is reused before the volume is walked again.
+    #[serde(with = "humantime_serde")]
+    pub usage_max_age: Duration,
+    /// File-name patterns (`*`, `?`) that cleanup removes once older than `cleanup_age`.
+    pub cleanup_patterns: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub cleanup_age: Duration,
+}
+
+/// A size in bytes, written `10G`, `512M`, `64K`, `2T` or a plain number of bytes. The units
+/// are binary (K = 1024), as `df -h` and `du -h` use them; `10GiB` and `10GB` mean the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(digits);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size (like 10G, 512M or 4096)"))?;
+        let shift = match unit
+            .trim()
+            .trim_end_matches("iB")
+            .trim_end_matches('B')
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "" => 0,
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            "T" => 40,
+            _ => return Err(format!("{text:?}: unknown unit (use K, M, G or T)")),
+        };
+        n.checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size like 10G, 512M or a number of bytes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -399,7 +488,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
 }
 
 /// Keys whose environment variable holds a comma-separated list.
-const LIST_KEYS: &[(&str, &str)] = &[("LUCID_DB__REDIS__NOT_RESTORABLE", "redis.not_restorable")];
+const LIST_KEYS: &[(&str, &str)] = &[
+    ("LUCID_DB__REDIS__NOT_RESTORABLE", "redis.not_restorable"),
+    ("LUCID_DB__VOLUMES__EXTRA", "volumes.extra"),
+    (
+        "LUCID_DB__VOLUMES__CLEANUP_PATTERNS",
+        "volumes.cleanup_patterns",
+    ),
+];
 
 /// An error message as one redacted line: parser messages quote the source, which may hold a
 /// URL with a password.
@@ -591,6 +687,50 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     }
     if let Err(reason) = check_http_url(c.elasticsearch.url.expose()) {
         err("elasticsearch.url", reason);
+    }
+    let v = &c.volumes;
+    for name in &v.extra {
+        if let Err(e) = crate::volume::VolumeName::new(name) {
+            err("volumes.extra", e.to_string());
+        }
+    }
+    if v.max_quota > ByteSize(crate::volume::HARD_MAX_QUOTA) {
+        err(
+            "volumes.max_quota",
+            format!(
+                "must be at most {}",
+                ByteSize(crate::volume::HARD_MAX_QUOTA)
+            ),
+        );
+    }
+    if v.default_quota.0 == 0 || v.default_quota > v.max_quota {
+        err(
+            "volumes.default_quota",
+            format!("must be between 1 and volumes.max_quota ({})", v.max_quota),
+        );
+    }
+    if !(1..=100).contains(&v.warn_percent) {
+        err(
+            "volumes.warn_percent",
+            "must be between 1 and 100".to_owned(),
+        );
+    }
+    if v.clear_percent >= v.warn_percent {
+        err(
+            "volumes.clear_percent",
+            format!("must be below volumes.warn_percent ({})", v.warn_percent),
+        );
+    }
+    if v.usage_max_age < Duration::from_millis(1) {
+        err("volumes.usage_max_age", "must be at least 1ms".to_owned());
+    }
+    for pattern in &v.cleanup_patterns {
+        if pattern.is_empty() || pattern.contains('/') || pattern == "*" {
+            err(
+                "volumes.cleanup_patterns",
+                format!("{pattern:?} must be a file-name pattern, not empty, \"*\" or a path"),
+            );
+        }
     }
     if !c.volumes.root.is_absolute() {
         err(

@@ -157,6 +157,38 @@ events! {
     PubSubOverflow = "pubsub.overflow", WARN {
         topic: String,
     }
+    /// A volume's usage reached `volumes.warn_percent` of its quota; once per upward crossing.
+    VolumeThresholdCrossed = "volume.threshold_crossed", WARN {
+        volume: String,
+        percent: u64,
+        warn_percent: u64,
+    }
+    /// A volume's usage dropped below `volumes.clear_percent` after a crossing.
+    VolumeThresholdCleared = "volume.threshold_cleared", INFO {
+        volume: String,
+        percent: u64,
+    }
+    /// A volume was created (at start for a missing default one, or on request).
+    VolumeCreated = "volume.created", INFO {
+        volume: String,
+        quota_bytes: u64,
+    }
+    /// A volume and its data were deleted.
+    VolumeDeleted = "volume.deleted", INFO {
+        volume: String,
+    }
+    /// A volume's data now lives at `to` (copied and verified before the switch).
+    VolumeMigrated = "volume.migrated", INFO {
+        volume: String,
+        to: String,
+    }
+    /// A verify found the volume different from its sealed manifest.
+    VolumeIntegrityMismatch = "volume.integrity_mismatch", WARN {
+        volume: String,
+        added: u64,
+        missing: u64,
+        changed: u64,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,

@@ -10,6 +10,7 @@
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
 //! - [`redis`] — the Redis actor.
+//! - [`volume`] — the volume actor: named volumes, quotas, usage, integrity, tar streams.
 //!
 //! # Use
 //!
@@ -23,6 +24,7 @@ pub mod health;
 pub mod redact;
 pub mod redis;
 pub mod supervisor;
+pub mod volume;
 
 use std::time::Duration;
 
@@ -31,6 +33,19 @@ use serde::{Deserialize, Serialize};
 pub use config::Config;
 pub use health::{BackendStatus, HealthRegistry};
 pub use supervisor::{Backend, CallError};
+
+/// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {actor} actor did not answer in time")]
+pub struct Unresponsive {
+    pub actor: &'static str,
+}
+
+impl Unresponsive {
+    pub fn code(&self) -> &'static str {
+        "not_delivered"
+    }
+}
 
 /// Which parts run in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +66,7 @@ pub struct Handles {
     pub registry: HealthRegistry,
     /// `None` when `redis.enabled = false`.
     pub redis: Option<redis::RedisHandle>,
+    pub volumes: volume::VolumeHandle,
 }
 
 /// Starts the enabled actors on the current arbiter (call it inside an actix `System`).
@@ -72,31 +88,55 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
             registry.register_unbuilt(backend);
         }
     }
+    let volumes = volume::VolumeActor::start_with(
+        &config.volumes,
+        config.supervisor.stream_idle_timeout,
+        config.supervisor.mailbox_capacity,
+    );
     Handles {
         roles,
         registry,
         redis,
+        volumes,
     }
 }
 
 impl Handles {
     /// A round trip to every actor: proves their event loops are turning (the watchdog sends
     /// WATCHDOG=1 only after this answered).
-    pub async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
+    pub async fn heartbeat(&self, deadline: Duration) -> Result<(), Unresponsive> {
         if let Some(redis) = &self.redis {
-            redis.heartbeat(deadline).await?;
+            redis
+                .heartbeat(deadline)
+                .await
+                .map_err(|_| Unresponsive { actor: "redis" })?;
         }
-        Ok(())
+        self.volumes
+            .addr()
+            .send(supervisor::Heartbeat)
+            .timeout(deadline)
+            .await
+            .map_err(|_| Unresponsive { actor: "volume" })
     }
 
     /// Asks every actor to close its connections and stop; waits at most `deadline` each.
     /// Returns the actors that did not confirm in time.
-    pub async fn shutdown(&self, deadline: Duration) -> Vec<CallError> {
+    pub async fn shutdown(&self, deadline: Duration) -> Vec<Unresponsive> {
         let mut late = Vec::new();
         if let Some(redis) = &self.redis
-            && let Err(e) = redis.shutdown(deadline).await
+            && redis.shutdown(deadline).await.is_err()
         {
-            late.push(e);
+            late.push(Unresponsive { actor: "redis" });
+        }
+        if self
+            .volumes
+            .addr()
+            .send(supervisor::Shutdown)
+            .timeout(deadline)
+            .await
+            .is_err()
+        {
+            late.push(Unresponsive { actor: "volume" });
         }
         late
     }

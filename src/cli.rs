@@ -36,6 +36,57 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The data volumes under `volumes.root`.
+    Volumes {
+        #[command(subcommand)]
+        command: VolumesCommand,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumesCommand {
+    /// Every volume with its usage (measured now when not fresh).
+    Ls,
+    /// One volume: metadata, usage, health.
+    Inspect { name: String },
+    /// Create a volume.
+    Create {
+        name: String,
+        /// Quota (10G, 512M, …) [default: volumes.default_quota].
+        #[arg(long)]
+        quota: Option<String>,
+        /// What it holds.
+        #[arg(long)]
+        kind: Option<String>,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Delete a volume and its data; a non-empty one only with --force.
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set a volume's quota (never below its current use).
+    Resize { name: String, quota: String },
+    /// Check a volume against its integrity manifest (built on first use). Exit 65 on a mismatch.
+    Verify {
+        name: String,
+        /// Re-seal the manifest after an intended change.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Remove old temporary files (volumes.cleanup_patterns older than volumes.cleanup_age).
+    Cleanup { name: String },
+    /// Move a volume's data to another path: copy, verify, then switch.
+    Migrate {
+        name: String,
+        to: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

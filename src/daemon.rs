@@ -31,6 +31,12 @@ pub async fn run(loaded: Loaded) -> u8 {
             return exit::TEMPFAIL;
         }
     };
+    // A missing or unwritable data root is a configuration error: no restart will fix it.
+    if let Err(e) = lucid_actors::volume::check_root(&config.volumes.root) {
+        tracing::error!(key = "volumes.root", error = %e, "cannot use the data root");
+        eprintln!("lucid-db: volumes.root: {e}");
+        return exit::CONFIG;
+    }
     events::emit(DaemonStarted {
         version: env!("CARGO_PKG_VERSION"),
         config_sources: loaded.sources.join(","),

@@ -2,8 +2,12 @@
 
 /// Success.
 pub const OK: u8 = 0;
+/// The operation failed.
+pub const FAILED: u8 = 1;
 /// Bad command line (EX_USAGE).
 pub const USAGE: u8 = 64;
+/// Data that does not check out: a corrupt artifact, a volume that fails verify (EX_DATAERR).
+pub const DATAERR: u8 = 65;
 /// A required backend is unavailable (EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// Temporary failure, worth retrying: the HTTP port is taken, for instance (EX_TEMPFAIL).

@@ -7,6 +7,7 @@
 //! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
 //! - `http` — the HTTP API (`/health`, `/ready`).
 //! - `health_cmd` — `lucid-db health`.
+//! - `volumes_cmd` — `lucid-db volumes …`.
 //! - `logging` — journald, JSON or text on stderr.
 //! - `exit` — exit codes.
 //!
@@ -18,6 +19,7 @@ mod exit;
 mod health_cmd;
 mod http;
 mod logging;
+mod volumes_cmd;
 
 use std::process::ExitCode;
 
@@ -63,6 +65,12 @@ fn main() -> ExitCode {
         } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("warn"));
             config_check(&loaded, json)
+        }
+        Command::Volumes { command, json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            let system = actix_rt::System::new();
+            let code = system.block_on(volumes_cmd::run(&loaded.config, command, json));
+            exit_now(code)
         }
         Command::Health { json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));

@@ -203,3 +203,22 @@ fn health_cli_probes_directly_when_no_daemon_answers() {
     assert_eq!(dead.status.code(), Some(69), "{table}");
     assert!(table.contains("connection_refused"), "{table}");
 }
+
+#[test]
+fn a_missing_data_root_is_a_configuration_error() {
+    let mut d = Daemon::start(
+        Path::new(BIN),
+        &config_for(&format!("redis://127.0.0.1:{}/0", free_port())),
+        &[],
+        &[("LUCID_DB__VOLUMES__ROOT", "/nonexistent/lucid-volumes")],
+    );
+    let status = d.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(78), "{}", d.stderr());
+    assert!(d.stderr().contains("volumes.root"), "{}", d.stderr());
+    assert!(
+        d.notify
+            .wait_for(Duration::from_millis(100), |l| l == "READY=1")
+            .is_none(),
+        "READY=1 sent anyway"
+    );
+}

@@ -463,6 +463,8 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
         let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let notify = NotifySocket::bind();
+        std::fs::create_dir_all(dir.path().join("volumes"))
+            .unwrap_or_else(|e| panic!("mkdir volumes: {e}"));
         let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(&config_path)

@@ -1,0 +1,259 @@
+//! `lucid-db volumes …`: the volume actor run in this process, on the same data root and lock
+//! files as the daemon (two exclusive operations on one volume never overlap). Changes made
+//! here reach a running daemon's view of the volumes when it restarts.
+
+use std::collections::BTreeMap;
+
+use lucid_actors::Config;
+use lucid_actors::config::ByteSize;
+use lucid_actors::volume::{
+    CheckThresholds, CleanupVolume, CreateVolume, DeleteVolume, InspectVolume, ListVolumes,
+    MigrateVolume, ResizeVolume, Verify, VolumeActor, VolumeError, VolumeHandle, VolumeInfo,
+    VolumeName,
+};
+use serde::Serialize;
+
+use crate::cli::VolumesCommand;
+use crate::exit;
+
+pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
+    let volumes = VolumeActor::start_with(
+        &config.volumes,
+        config.supervisor.stream_idle_timeout,
+        config.supervisor.mailbox_capacity,
+    );
+    match execute(&volumes, command, json).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lucid-db volumes: {e}");
+            match e {
+                VolumeError::InvalidName { .. } | VolumeError::Invalid { .. } => exit::USAGE,
+                VolumeError::Root { .. } => exit::CONFIG,
+                VolumeError::Busy { .. } => exit::TEMPFAIL,
+                _ => exit::FAILED,
+            }
+        }
+    }
+}
+
+fn name(n: &str) -> Result<VolumeName, VolumeError> {
+    VolumeName::new(n)
+}
+
+fn size(field: &'static str, text: &str) -> Result<ByteSize, VolumeError> {
+    ByteSize::parse(text).map_err(|reason| VolumeError::Invalid { field, reason })
+}
+
+async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Result<u8, VolumeError> {
+    match command {
+        VolumesCommand::Ls => {
+            // Measure what is not fresh, so the table has figures.
+            v.call(CheckThresholds).await?;
+            let list = v.call(ListVolumes).await?;
+            print(json, &list, || table(&list));
+        }
+        VolumesCommand::Inspect { name: n } => {
+            let info = v.call(InspectVolume { name: name(&n)? }).await?;
+            print(json, &info, || inspect(&info));
+        }
+        VolumesCommand::Create {
+            name: n,
+            quota,
+            kind,
+            labels,
+        } => {
+            let quota = quota.map(|q| size("quota", &q)).transpose()?;
+            let mut map = BTreeMap::new();
+            for label in labels {
+                let (k, val) = label.split_once('=').ok_or_else(|| VolumeError::Invalid {
+                    field: "label",
+                    reason: format!("{label:?} is not KEY=VALUE"),
+                })?;
+                map.insert(k.to_owned(), val.to_owned());
+            }
+            let info = v
+                .call(CreateVolume {
+                    name: name(&n)?,
+                    quota,
+                    kind,
+                    labels: map,
+                })
+                .await?;
+            print(json, &info, || {
+                println!(
+                    "created {} ({} quota) at {}",
+                    info.meta.name,
+                    human(info.meta.quota_bytes),
+                    info.data_dir.display()
+                )
+            });
+        }
+        VolumesCommand::Delete { name: n, force } => {
+            v.call(DeleteVolume {
+                name: name(&n)?,
+                force,
+            })
+            .await?;
+            print(json, &serde_json::json!({"deleted": n}), || {
+                println!("deleted {n}")
+            });
+        }
+        VolumesCommand::Resize { name: n, quota } => {
+            let info = v
+                .call(ResizeVolume {
+                    name: name(&n)?,
+                    quota: size("quota", &quota)?,
+                })
+                .await?;
+            print(json, &info, || {
+                println!("{}: quota {}", info.meta.name, human(info.meta.quota_bytes))
+            });
+        }
+        VolumesCommand::Verify { name: n, update } => {
+            let report = v
+                .call(Verify {
+                    name: name(&n)?,
+                    update,
+                })
+                .await?;
+            print(json, &report, || {
+                if report.sealed {
+                    println!("{n}: no manifest yet; sealed {} entries", report.entries);
+                } else if report.clean() {
+                    println!("{n}: {} entries match the manifest", report.entries);
+                } else {
+                    for p in &report.added {
+                        println!("added    {p}");
+                    }
+                    for p in &report.missing {
+                        println!("missing  {p}");
+                    }
+                    for c in &report.changed {
+                        println!("changed  {} ({})", c.path, c.what);
+                    }
+                    if report.updated {
+                        println!("{n}: manifest updated");
+                    }
+                }
+            });
+            if !report.clean() && !report.updated {
+                return Ok(exit::DATAERR);
+            }
+        }
+        VolumesCommand::Cleanup { name: n } => {
+            let report = v.call(CleanupVolume { name: name(&n)? }).await?;
+            print(json, &report, || {
+                println!(
+                    "{n}: removed {} files ({}), {} leftovers of interrupted operations",
+                    report.removed_files,
+                    human(report.removed_bytes),
+                    report.removed_leftovers
+                )
+            });
+        }
+        VolumesCommand::Migrate { name: n, to } => {
+            let info = v
+                .call(MigrateVolume {
+                    name: name(&n)?,
+                    to,
+                })
+                .await?;
+            print(json, &info, || {
+                println!("{} now at {}", info.meta.name, info.data_dir.display())
+            });
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human_form: impl FnOnce()) {
+    if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("lucid-db: cannot render JSON: {e}"),
+        }
+    } else {
+        human_form();
+    }
+}
+
+/// 1024-based, one decimal: 9.8G, 512.0K, 37B.
+fn human(bytes: u64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["B", "K", "M", "G", "T"] {
+        if value < 1024.0 || unit == "T" {
+            return if unit == "B" {
+                format!("{bytes}B")
+            } else {
+                format!("{value:.1}{unit}")
+            };
+        }
+        value /= 1024.0;
+    }
+    format!("{bytes}B")
+}
+
+fn table(list: &[VolumeInfo]) {
+    println!(
+        "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  PATH",
+        "VOLUME", "QUOTA", "USED", "USE%", "FILES", "FS FREE"
+    );
+    for info in list {
+        let (used, pct, files, free) = match &info.usage {
+            Some(u) => (
+                human(u.tally.bytes),
+                format!("{:.1}", u.percent),
+                u.tally.files.to_string(),
+                human(u.fs.free_bytes),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {}",
+            info.meta.name.as_str(),
+            human(info.meta.quota_bytes),
+            used,
+            pct,
+            files,
+            free,
+            info.data_dir.display()
+        );
+    }
+}
+
+fn inspect(info: &VolumeInfo) {
+    println!("volume   {}", info.meta.name);
+    println!("kind     {}", info.meta.kind);
+    println!("path     {}", info.data_dir.display());
+    println!("created  {}", info.meta.created);
+    println!("quota    {}", human(info.meta.quota_bytes));
+    for (k, v) in &info.meta.labels {
+        println!("label    {k}={v}");
+    }
+    if let Some(u) = &info.usage {
+        println!(
+            "used     {} ({:.1} %), {} files, {} directories, {} symlinks",
+            human(u.tally.bytes),
+            u.percent,
+            u.tally.files,
+            u.tally.dirs,
+            u.tally.symlinks
+        );
+        println!(
+            "fs       {} free of {}, {} inodes free{}",
+            human(u.fs.free_bytes),
+            human(u.fs.total_bytes),
+            u.fs.free_inodes,
+            if u.fs.read_only { ", READ-ONLY" } else { "" }
+        );
+    }
+    if let Some(h) = &info.health {
+        if h.healthy() {
+            println!("health   ok (writable, metadata consistent)");
+        } else {
+            for p in &h.problems {
+                println!("health   {p}");
+            }
+        }
+    }
+}

@@ -436,6 +436,21 @@ fn main() {
         .unwrap_or(1.0);
     let duration = Duration::from_secs_f64(seconds);
 
+    let wants = |section: &str| {
+        filter
+            .as_deref()
+            .is_none_or(|f| section.contains(f) || f.contains(section))
+    };
+    let volume = if wants("volume") {
+        volume_bench(duration)
+    } else {
+        json!(null)
+    };
+    if !wants("redis") {
+        write_report(json!({ "volume": volume }));
+        return;
+    }
+
     let server = lucid_testkit::redis();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -549,14 +564,18 @@ fn main() {
     });
 
     println!("\nredis-benchmark -c 64 -t get,set (same server): {redis_bench}");
-    let report = json!({
+    write_report(json!({
         "seconds_per_run": seconds,
         "rounds": ROUNDS,
         "cpus": cpus,
         "pinned": pinned,
         "results": rows,
         "redis_benchmark_c64": redis_bench,
-    });
+        "volume": volume,
+    }));
+}
+
+fn write_report(report: serde_json::Value) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lucid-bench.json");
     match std::fs::write(
         &path,
@@ -614,4 +633,178 @@ fn print_row(r: &Row) {
             String::new()
         }
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volumes
+
+/// A tree like a Lucid volume's: a few hundred chunk files of half-compressible data and a few
+/// thousand small ones.
+fn plant_volume(dir: &std::path::Path) -> u64 {
+    let mut total = 0u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut chunk = vec![0u8; 512 * 1024];
+    for i in 0..200 {
+        // Half random bytes, half text: compresses roughly 2:1, like real chunks and logs.
+        for (j, b) in chunk.iter_mut().enumerate() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = if (j / 4096) % 2 == 0 {
+                state as u8
+            } else {
+                b"lucid block merkle chunk "[j % 25]
+            };
+        }
+        let sub = dir.join(format!("chunks/{:02}", i % 16));
+        std::fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("mkdir: {e}"));
+        std::fs::write(sub.join(format!("c{i:04}.bin")), &chunk)
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        total += chunk.len() as u64;
+    }
+    std::fs::create_dir_all(dir.join("meta")).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    for i in 0..2000 {
+        let body = format!(
+            "{{\"id\":{i},\"hash\":\"{:016x}\",\"size\":{}}}\n",
+            i * 7919,
+            i * 31
+        );
+        std::fs::write(dir.join(format!("meta/m{i:05}.json")), &body)
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        total += body.len() as u64;
+    }
+    total
+}
+
+/// Export through the actor, compressed with zstd -3 (multithreaded), against
+/// `tar -c | zstd -3 -T0` on the same tree; then the latency of the quick operations, and of
+/// usage and inspect on 100,000 files.
+fn volume_bench(duration: Duration) -> serde_json::Value {
+    use lucid_actors::volume::{
+        CheckHealth, CreateVolume, ExportVolume, InspectVolume, ListVolumes, MeasureUsage,
+        ResizeVolume, VolumeActor, VolumeName,
+    };
+    let _ = duration;
+    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+    cfg.volumes.root = root.path().to_path_buf();
+    let bytes = plant_volume(&root.path().join("chunks"));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let name = |n: &str| VolumeName::new(n).unwrap_or_else(|e| panic!("{e}"));
+
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let v = VolumeActor::start_with(&cfg.volumes, Duration::from_secs(30), 64);
+        v.call(ListVolumes).await.unwrap_or_else(|e| panic!("start: {e}"));
+
+        let actor_export = || async {
+            let started = Instant::now();
+            let (user0, sys0) = cpu_times();
+            let mut rx = v.call(ExportVolume { name: name("chunks") }).await.unwrap_or_else(|e| panic!("export: {e}"));
+            let mut encoder = zstd::stream::Encoder::new(std::io::sink(), 3).unwrap_or_else(|e| panic!("zstd: {e}"));
+            let _ = encoder.multithread(threads);
+            let mut tar_bytes = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                let chunk = chunk.unwrap_or_else(|e| panic!("export chunk: {e}"));
+                tar_bytes += chunk.len() as u64;
+                std::io::Write::write_all(&mut encoder, &chunk).unwrap_or_else(|e| panic!("zstd: {e}"));
+            }
+            encoder.finish().unwrap_or_else(|e| panic!("zstd: {e}"));
+            let (user1, sys1) = cpu_times();
+            (started.elapsed(), (user1 + sys1) - (user0 + sys0), tar_bytes)
+        };
+        let tar_zstd = || {
+            let started = Instant::now();
+            // SAFETY: getrusage of our waited-for children; a zeroed struct is valid.
+            let children = || unsafe {
+                let mut u: libc::rusage = std::mem::zeroed();
+                libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+                Duration::new(u.ru_utime.tv_sec as u64, u.ru_utime.tv_usec as u32 * 1000)
+                    + Duration::new(u.ru_stime.tv_sec as u64, u.ru_stime.tv_usec as u32 * 1000)
+            };
+            let before = children();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("tar -cf - -C '{}' . | zstd -3 -T0 -q -c > /dev/null", root.path().join("chunks").display()))
+                .status()
+                .unwrap_or_else(|e| panic!("sh: {e}"));
+            assert!(status.success(), "tar | zstd failed (apt-get install zstd)");
+            (started.elapsed(), children() - before)
+        };
+
+        let (mut actor_rates, mut direct_rates, mut actor_cpu, mut direct_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mb = bytes as f64 / (1 << 20) as f64;
+        let _ = actor_export().await; // warm the page cache for both
+        for round in 0..ROUNDS {
+            let one_actor = || async {
+                let (t, cpu, _) = actor_export().await;
+                (mb / t.as_secs_f64(), cpu.as_secs_f64())
+            };
+            let (a, d) = if round % 2 == 0 {
+                let a = one_actor().await;
+                (a, tar_zstd())
+            } else {
+                let d = tar_zstd();
+                (one_actor().await, d)
+            };
+            actor_rates.push(a.0);
+            actor_cpu.push(a.1);
+            direct_rates.push(mb / d.0.as_secs_f64());
+            direct_cpu.push(d.1.as_secs_f64());
+        }
+        let (a_rate, d_rate) = (median(actor_rates), median(direct_rates));
+        let (a_cpu, d_cpu) = (median(actor_cpu), median(direct_cpu));
+        println!("\nvolume export, {mb:.0} MiB tree, zstd -3 ({threads} threads) vs `tar -c | zstd -3 -T0`:");
+        println!("  actor {a_rate:.1} MiB/s ({a_cpu:.2} s CPU), tar|zstd {d_rate:.1} MiB/s ({d_cpu:.2} s CPU): throughput ratio {:.2}", a_rate / d_rate);
+
+        // Quick operations, each timed once after a warm-up; all should be well under 1 s.
+        let mut quick = serde_json::Map::new();
+        let time = |d: Duration| (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+        let t = Instant::now();
+        v.call(CreateVolume { name: name("bench"), quota: None, kind: None, labels: Default::default() }).await.unwrap_or_else(|e| panic!("{e}"));
+        quick.insert("create_ms".into(), json!(time(t.elapsed())));
+        let t = Instant::now();
+        v.call(ResizeVolume { name: name("bench"), quota: lucid_actors::config::ByteSize(20 << 30) }).await.unwrap_or_else(|e| panic!("{e}"));
+        quick.insert("resize_ms".into(), json!(time(t.elapsed())));
+        let t = Instant::now();
+        v.call(CheckHealth { name: name("bench") }).await.unwrap_or_else(|e| panic!("{e}"));
+        quick.insert("health_ms".into(), json!(time(t.elapsed())));
+        let t = Instant::now();
+        v.call(ListVolumes).await.unwrap_or_else(|e| panic!("{e}"));
+        quick.insert("list_ms".into(), json!(time(t.elapsed())));
+
+        // 100,000 files (in /dev/shm when there is one: creating them on this disk takes minutes).
+        let shm = std::path::Path::new("/dev/shm");
+        let many_root = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap_or_else(|e| panic!("{e}"));
+        let mut many_cfg = cfg.volumes.clone();
+        many_cfg.root = many_root.path().to_path_buf();
+        let many = VolumeActor::start_with(&many_cfg, Duration::from_secs(30), 64);
+        many.call(ListVolumes).await.unwrap_or_else(|e| panic!("{e}"));
+        for d in 0..100 {
+            let sub = many_root.path().join(format!("blocks/d{d:03}"));
+            std::fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("{e}"));
+            for f in 0..1000 {
+                std::fs::write(sub.join(format!("f{f:04}")), b"x").unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let t = Instant::now();
+        many.call(MeasureUsage { name: name("blocks") }).await.unwrap_or_else(|e| panic!("{e}"));
+        quick.insert("usage_100k_files_ms".into(), json!(time(t.elapsed())));
+        let t = Instant::now();
+        many.call(InspectVolume { name: name("blocks") }).await.unwrap_or_else(|e| panic!("{e}"));
+        quick.insert("inspect_100k_files_cached_ms".into(), json!(time(t.elapsed())));
+        println!("  quick operations (ms): {}", serde_json::Value::Object(quick.clone()));
+        json!({
+            "tree_mib": mb,
+            "zstd_threads": threads,
+            "actor_mib_per_s": a_rate,
+            "tar_zstd_mib_per_s": d_rate,
+            "throughput_ratio": a_rate / d_rate,
+            "actor_cpu_s": a_cpu,
+            "tar_zstd_cpu_s": d_cpu,
+            "quick_ms": quick,
+        })
+    })
 }

@@ -91,6 +91,13 @@ else
     apt_install systemd
 fi
 
+# zstd (the CLI) is what the volume benchmark compares against (`tar | zstd`).
+if command -v zstd >/dev/null 2>&1; then
+    say "zstd: present"
+else
+    apt_install zstd
+fi
+
 # 2. Project-local venv with the pinned stand-in servers.
 want="$(printf '%s\n' "${requirements[@]}")"
 have=""

@@ -725,10 +725,12 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         err("volumes.usage_max_age", "must be at least 1ms".to_owned());
     }
     for pattern in &v.cleanup_patterns {
-        if pattern.is_empty() || pattern.contains('/') || pattern == "*" {
+        if crate::glob::only_wildcards(pattern) || pattern.contains('/') {
             err(
                 "volumes.cleanup_patterns",
-                format!("{pattern:?} must be a file-name pattern, not empty, \"*\" or a path"),
+                format!(
+                    "{pattern:?} must be a file-name pattern with at least one literal character, not a path"
+                ),
             );
         }
     }

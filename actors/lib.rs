@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod events;
+mod glob;
 pub mod health;
 pub mod redact;
 pub mod redis;

@@ -7,11 +7,16 @@
 //! plain filesystem (nothing stops a database server from writing past one): they are
 //! measured, warned about, and enforced on the daemon's own writes (`WriteFile`, `Import`).
 //!
+//! The files on disk are the truth: every operation re-reads the volume's metadata under the
+//! volume's lock file (exclusive to replace or move data, shared to read it or add to it), so
+//! the CLI and the daemon never act on each other's stale view. A volume's directory must be
+//! a real directory, never a symlink, and a migration target never lies inside the data root
+//! or another volume.
+//!
 //! Every filesystem operation runs on a blocking thread, never on the actor's event loop, so a
 //! walk over 100,000 files does not hold up other messages. Usage is cached for
 //! `volumes.usage_max_age` and adjusted by the actor's own writes, so a large volume is not
-//! re-walked on every probe. Operations that must not overlap on one volume (migrate, import,
-//! delete, verify --update) take the volume's lock file, shared with the CLI.
+//! re-walked on every probe.
 //!
 //! Files: [`fsops`] (paths that cannot escape, atomic writes, statvfs, walks, the lock),
 //! [`integrity`] (manifests), [`archive`] (tar streams).
@@ -154,6 +159,10 @@ pub enum VolumeError {
     },
     #[error("interrupted: {what}")]
     Interrupted { what: String },
+    /// Data that does not check out: a copy that differs from its original, a manifest that
+    /// does not parse.
+    #[error("{what}")]
+    Corrupt { what: String },
     #[error("stream idle for {} ms: {what}", .after.as_millis())]
     StreamIdle { what: &'static str, after: Duration },
     #[error("the volume actor did not take the request: {reason}")]
@@ -176,6 +185,7 @@ impl VolumeError {
             VolumeError::Root { .. } => "root_unavailable",
             VolumeError::Io { .. } => "io",
             VolumeError::Interrupted { .. } => "interrupted",
+            VolumeError::Corrupt { .. } => "corrupt",
             VolumeError::StreamIdle { .. } => "stream_idle",
             VolumeError::NotDelivered { .. } => "not_delivered",
         }
@@ -349,17 +359,22 @@ pub struct ExportVolume {
 }
 
 /// Restores a tar stream into a volume (created if missing). A non-empty volume is refused
-/// unless `force`; its content is replaced only once the whole stream is unpacked.
+/// unless `force`; its content is replaced only once the whole stream is unpacked, flushed to
+/// disk and found to end properly. The old manifest goes (the content changed: verify seals
+/// a new one).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<ImportReport, VolumeError>")]
 pub struct ImportVolume {
     pub name: VolumeName,
-    pub source: mpsc::Receiver<Vec<u8>>,
+    /// Chunks of tar, as [`ExportVolume`] produces them; an `Err` item aborts the import.
+    pub source: archive::TarStream,
     pub force: bool,
 }
 
-/// Moves a volume's data to `to` (absolute, missing or empty): copy, verify, then switch the
-/// metadata. An interruption before the switch leaves the original as it was.
+/// Moves a volume's data to `to` (absolute, not existing yet, outside the data root and every
+/// volume): copy, verify, flush, then switch the metadata. An interruption before the switch
+/// leaves the original as it was (and the partial copy is removed). Stop the servers using the
+/// volume first: what they write during the copy would stay behind.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<VolumeInfo, VolumeError>")]
 pub struct MigrateVolume {
@@ -427,13 +442,25 @@ struct Settings {
     stream_idle: Duration,
 }
 
+/// A measured usage and what the actor's own writes have added since.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    usage: Usage,
+    /// When the volume was last walked (adjustments do not move this).
+    walked_at: Instant,
+}
+
 /// See the module doc.
 pub struct VolumeActor {
     settings: Arc<Settings>,
     /// Why the data root is unusable, if it is.
     root_error: Option<String>,
     volumes: BTreeMap<VolumeName, VolumeMeta>,
-    usage: HashMap<VolumeName, (Usage, Instant)>,
+    usage: HashMap<VolumeName, Measured>,
+    /// Bytes promised to writes in progress, so concurrent writes cannot all pass one quota.
+    reserved: HashMap<VolumeName, u64>,
+    /// Names being created, so two creates of one name cannot both succeed.
+    creating: BTreeSet<VolumeName>,
     /// Volumes above their warning threshold.
     above: BTreeSet<VolumeName>,
     mailbox_capacity: usize,
@@ -451,7 +478,7 @@ impl VolumeHandle {
     }
 
     /// Sends a message and waits for its answer (volume operations can be long: an export, a
-    /// migration; each keeps its own progress bound, the idle timeout).
+    /// migration; each bounds its own progress with the idle timeout).
     pub async fn call<M, T>(&self, msg: M) -> Result<T, VolumeError>
     where
         M: Message<Result = Result<T, VolumeError>> + Send + 'static,
@@ -478,14 +505,19 @@ pub fn check_root(root: &Path) -> Result<(), VolumeError> {
     if !meta.is_dir() {
         return Err(err("not a directory".to_owned()));
     }
-    let probe = root.join(format!(".lucid-probe-{:016x}", rand::random::<u64>()));
-    fsops::write_atomic(&probe, b"probe").map_err(|e| err(format!("not writable ({e})")))?;
+    let probe = root.join(format!(
+        "{}probe-{:016x}",
+        fsops::TRANSIENT_PREFIX,
+        rand::random::<u64>()
+    ));
+    fsops::write_atomic(&probe, b"probe", 0o600).map_err(|e| err(format!("not writable ({e})")))?;
     std::fs::remove_file(&probe).map_err(|e| err(format!("cannot remove a probe file: {e}")))
 }
 
 impl VolumeActor {
-    /// Starts the actor on the current arbiter. It loads the volumes found under the root and
-    /// creates missing default and extra ones before it takes any message.
+    /// Starts the actor on the current arbiter. It loads the volumes found under the root,
+    /// finishes or undoes operations a crash interrupted, and creates missing default and
+    /// extra volumes before it takes any message.
     pub fn start_with(
         cfg: &VolumesConfig,
         stream_idle: Duration,
@@ -512,6 +544,8 @@ impl VolumeActor {
             root_error: None,
             volumes: BTreeMap::new(),
             usage: HashMap::new(),
+            reserved: HashMap::new(),
+            creating: BTreeSet::new(),
             above: BTreeSet::new(),
             mailbox_capacity,
         };
@@ -524,44 +558,70 @@ impl VolumeActor {
         self.settings.clone()
     }
 
-    fn meta(&self, name: &VolumeName) -> Result<VolumeMeta, VolumeError> {
-        if let Some(reason) = &self.root_error {
-            return Err(VolumeError::Root {
+    fn root_ok(&self) -> Result<(), VolumeError> {
+        match &self.root_error {
+            Some(reason) => Err(VolumeError::Root {
                 path: self.settings.root.display().to_string(),
                 reason: reason.clone(),
-            });
+            }),
+            None => Ok(()),
         }
-        self.volumes
-            .get(name)
-            .cloned()
-            .ok_or_else(|| VolumeError::NotFound {
-                volume: name.to_string(),
-            })
     }
 
+    fn known(&self, name: &VolumeName) -> Result<(), VolumeError> {
+        self.root_ok()?;
+        if self.volumes.contains_key(name) {
+            Ok(())
+        } else {
+            Err(VolumeError::NotFound {
+                volume: name.to_string(),
+            })
+        }
+    }
+
+    fn check_quota(&self, quota: u64) -> Result<(), VolumeError> {
+        if quota == 0 || quota > self.settings.max_quota {
+            return Err(VolumeError::Invalid {
+                field: "quota",
+                reason: format!(
+                    "must be between 1 byte and volumes.max_quota ({})",
+                    ByteSize(self.settings.max_quota)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Usage measured within `volumes.usage_max_age` (with the actor's own writes since).
     fn fresh_usage(&self, name: &VolumeName) -> Option<Usage> {
-        let (usage, at) = self.usage.get(name)?;
-        let age = at.elapsed();
+        let m = self.usage.get(name)?;
+        let age = m.walked_at.elapsed();
         (age <= self.settings.usage_max_age).then_some(Usage {
             age_ms: age.as_millis() as u64,
-            ..*usage
+            ..m.usage
         })
     }
 
-    /// Records a measurement and emits the threshold events it implies.
-    fn record_usage(&mut self, name: &VolumeName, usage: Usage) {
+    /// Records a walk's result and emits the threshold events it implies.
+    fn record_walk(&mut self, name: &VolumeName, usage: Usage) {
+        self.usage.insert(
+            name.clone(),
+            Measured {
+                usage,
+                walked_at: Instant::now(),
+            },
+        );
+        self.check_threshold(name, usage.percent);
+    }
+
+    fn check_threshold(&mut self, name: &VolumeName, percent: f64) {
         let above = self.above.contains(name);
-        match threshold_step(
-            above,
-            usage.percent,
-            self.settings.warn,
-            self.settings.clear,
-        ) {
+        match threshold_step(above, percent, self.settings.warn, self.settings.clear) {
             Some(ThresholdChange::Crossed) => {
                 self.above.insert(name.clone());
                 events::emit(VolumeThresholdCrossed {
                     volume: name.to_string(),
-                    percent: usage.percent.round() as u64,
+                    percent: percent.round() as u64,
                     warn_percent: u64::from(self.settings.warn),
                 });
             }
@@ -569,12 +629,19 @@ impl VolumeActor {
                 self.above.remove(name);
                 events::emit(VolumeThresholdCleared {
                     volume: name.to_string(),
-                    percent: usage.percent.round() as u64,
+                    percent: percent.round() as u64,
                 });
             }
             None => {}
         }
-        self.usage.insert(name.clone(), (usage, Instant::now()));
+    }
+
+    /// Keeps the map in step with what an operation found on disk.
+    fn remember(&mut self, meta: &VolumeMeta) {
+        if self.volumes.get(&meta.name) != Some(meta) {
+            self.usage.remove(&meta.name);
+        }
+        self.volumes.insert(meta.name.clone(), meta.clone());
     }
 
     fn info(&self, meta: VolumeMeta) -> VolumeInfo {
@@ -594,22 +661,18 @@ impl Actor for VolumeActor {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         let settings = self.settings();
         // No message is handled before the volumes are loaded.
-        ctx.wait(
-            blocking(move || load(&settings))
-                .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok(volumes) => act.volumes = volumes,
-                    // The daemon checks the root before it starts (exit 78); an embedding
-                    // sibling gets `Root` errors from every call instead.
-                    Err(e) => {
-                        tracing::warn!(root = %act.settings.root.display(), error = %e, "volume root unusable");
-                        act.root_error = Some(match e {
-                            VolumeError::Root { reason, .. } => reason,
-                            other => other.to_string(),
-                        });
-                    }
-                }),
-        );
+        ctx.wait(blocking(move || load(&settings)).into_actor(self).map(|res, act, _| match res {
+            Ok(volumes) => act.volumes = volumes,
+            // The daemon checks the root before it starts (exit 78); an embedding sibling gets
+            // `Root` errors from every call instead.
+            Err(e) => {
+                tracing::warn!(root = %act.settings.root.display(), error = %e, "volume root unusable");
+                act.root_error = Some(match e {
+                    VolumeError::Root { reason, .. } => reason,
+                    other => other.to_string(),
+                });
+            }
+        }));
     }
 }
 
@@ -644,73 +707,177 @@ fn lock_path(root: &Path, name: &VolumeName) -> PathBuf {
     root.join(format!(".{name}.lock"))
 }
 
+/// Beside the data directory (same filesystem, so a rename swaps it): staging, replaced,
+/// migrated and deleted copies, named after the volume.
+fn beside(root: &Path, meta: &VolumeMeta, what: &str) -> PathBuf {
+    let dir = data_dir(root, meta);
+    let parent = dir.parent().unwrap_or(root).to_path_buf();
+    parent.join(format!(
+        ".{}.{what}-{:016x}",
+        meta.name,
+        rand::random::<u64>()
+    ))
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Loads every `*.volume.json` under the root and creates the default volumes that are missing.
+fn percent(bytes: u64, quota: u64) -> f64 {
+    if quota == 0 {
+        100.0
+    } else {
+        bytes as f64 * 100.0 / quota as f64
+    }
+}
+
+/// The volume's metadata as on disk now, checked: the CLI and the daemon share these files.
+fn fresh_meta(s: &Settings, name: &VolumeName) -> Result<VolumeMeta, VolumeError> {
+    let meta = read_meta(&meta_path(&s.root, name)).map_err(|e| match e {
+        VolumeError::Io { op: "read", .. } => VolumeError::NotFound {
+            volume: name.to_string(),
+        },
+        other => other,
+    })?;
+    if meta.name != *name {
+        return Err(VolumeError::Corrupt {
+            what: format!(
+                "{} names volume {}",
+                meta_path(&s.root, name).display(),
+                meta.name
+            ),
+        });
+    }
+    if let Some(path) = &meta.path
+        && (!path.is_absolute() || path.parent().is_none())
+    {
+        return Err(VolumeError::Corrupt {
+            what: format!(
+                "volume {name}: path {} in its metadata is not a directory lucid-db could own",
+                path.display()
+            ),
+        });
+    }
+    Ok(meta)
+}
+
+/// Loads every `*.volume.json` under the root, undoes or finishes what a crash interrupted,
+/// and creates the default volumes that are missing.
 fn load(s: &Settings) -> Result<BTreeMap<VolumeName, VolumeMeta>, VolumeError> {
     check_root(&s.root)?;
     let mut volumes = BTreeMap::new();
+    let mut unreadable = BTreeSet::new();
     let entries =
         std::fs::read_dir(&s.root).map_err(|e| VolumeError::io("read_dir", &s.root, &e))?;
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_suffix(".volume.json") else {
+        let Some(name) = file
+            .strip_suffix(".volume.json")
+            .and_then(|n| VolumeName::new(n).ok())
+        else {
             continue;
         };
-        let Ok(name) = VolumeName::new(name) else {
-            continue;
-        };
-        match read_meta(&entry.path()) {
-            Ok(meta) if meta.name == name => {
+        match fresh_meta(s, &name) {
+            Ok(meta) => {
+                recover(s, &meta);
                 volumes.insert(name, meta);
             }
-            Ok(_) | Err(_) => {
-                tracing::warn!(file = %entry.path().display(), "volume metadata unreadable or not matching its name; skipped")
+            // Never overwritten with a new default: its data may be elsewhere (a migration).
+            Err(e) => {
+                tracing::warn!(file = %entry.path().display(), error = %e, "volume metadata unreadable; volume skipped");
+                unreadable.insert(name);
             }
         }
     }
     for name in &s.defaults {
-        if !volumes.contains_key(name) {
-            let meta = create(s, name, s.default_quota, name.to_string(), BTreeMap::new())?;
+        if !volumes.contains_key(name) && !unreadable.contains(name) {
+            let meta = create(
+                s,
+                name,
+                s.default_quota,
+                name.to_string(),
+                BTreeMap::new(),
+                true,
+            )?;
+            events::emit(VolumeCreated {
+                volume: name.to_string(),
+                quota_bytes: meta.quota_bytes,
+            });
             volumes.insert(name.clone(), meta);
         }
     }
     Ok(volumes)
 }
 
+/// After a crash: an import that had moved the old data aside but not its replacement in gets
+/// the old data back; half-done staging, deleted and migrated copies go.
+fn recover(s: &Settings, meta: &VolumeMeta) {
+    let dir = data_dir(&s.root, meta);
+    let parent = dir.parent().unwrap_or(&s.root).to_path_buf();
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    let prefix = |what: &str| format!(".{}.{what}-", meta.name);
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with(&prefix("replaced")) && !dir.exists() {
+            match std::fs::rename(&path, &dir) {
+                Ok(()) => {
+                    tracing::warn!(volume = %meta.name, "an interrupted import was undone: the previous data is back")
+                }
+                Err(e) => {
+                    tracing::error!(volume = %meta.name, error = %e, "cannot restore the data an interrupted import moved aside")
+                }
+            }
+        } else if ["import", "deleted", "migrated", "replaced"]
+            .iter()
+            .any(|w| name.starts_with(&prefix(w)))
+        {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn read_meta(path: &Path) -> Result<VolumeMeta, VolumeError> {
     let bytes = std::fs::read(path).map_err(|e| VolumeError::io("read", path, &e))?;
-    serde_json::from_slice(&bytes).map_err(|e| VolumeError::Io {
-        op: "parse",
-        path: path.display().to_string(),
-        message: e.to_string(),
+    serde_json::from_slice(&bytes).map_err(|e| VolumeError::Corrupt {
+        what: format!("{}: {e}", path.display()),
     })
 }
 
 fn write_meta(root: &Path, meta: &VolumeMeta) -> Result<(), VolumeError> {
-    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| VolumeError::Io {
-        op: "encode",
-        path: meta_path(root, &meta.name).display().to_string(),
-        message: e.to_string(),
+    let bytes = serde_json::to_vec_pretty(meta).map_err(|e| VolumeError::Corrupt {
+        what: format!("cannot encode the metadata of {}: {e}", meta.name),
     })?;
-    fsops::write_atomic(&meta_path(root, &meta.name), &bytes)
+    fsops::write_atomic(&meta_path(root, &meta.name), &bytes, 0o640)
 }
 
+/// Creates a volume's directory and metadata. `adopt`: an existing real directory (data a
+/// server wrote before lucid-db managed it) is taken over; otherwise it must not exist.
 fn create(
     s: &Settings,
     name: &VolumeName,
     quota: u64,
     kind: String,
     labels: BTreeMap<String, String>,
+    adopt: bool,
 ) -> Result<VolumeMeta, VolumeError> {
     let dir = s.root.join(name.as_str());
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && adopt => {
+            fsops::check_data_dir(&dir)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(VolumeError::Exists {
+                volume: name.to_string(),
+            });
+        }
         Err(e) => return Err(VolumeError::io("mkdir", &dir, &e)),
     }
+    // A manifest left by an earlier volume of this name describes other data.
+    let _ = std::fs::remove_file(manifest_path(&s.root, name));
     let meta = VolumeMeta {
         name: name.clone(),
         kind,
@@ -725,14 +892,11 @@ fn create(
 
 fn measure(s: &Settings, meta: &VolumeMeta) -> Result<Usage, VolumeError> {
     let dir = data_dir(&s.root, meta);
+    fsops::check_data_dir(&dir)?;
     let tally = fsops::tally(&dir)?;
     let fs = fsops::statvfs(&dir)?;
     Ok(Usage {
-        percent: if meta.quota_bytes == 0 {
-            100.0
-        } else {
-            tally.bytes as f64 * 100.0 / meta.quota_bytes as f64
-        },
+        percent: percent(tally.bytes, meta.quota_bytes),
         quota_bytes: meta.quota_bytes,
         tally,
         fs,
@@ -742,14 +906,12 @@ fn measure(s: &Settings, meta: &VolumeMeta) -> Result<Usage, VolumeError> {
 
 fn health(s: &Settings, meta: &VolumeMeta) -> VolumeHealth {
     let dir = data_dir(&s.root, meta);
-    let mut h = VolumeHealth {
-        exists: dir.is_dir(),
-        ..VolumeHealth::default()
-    };
-    if !h.exists {
-        h.problems.push(format!("{} does not exist", dir.display()));
+    let mut h = VolumeHealth::default();
+    if let Err(e) = fsops::check_data_dir(&dir) {
+        h.problems.push(e.to_string());
         return h;
     }
+    h.exists = true;
     match fsops::statvfs(&dir) {
         Ok(fs) => {
             h.read_only_fs = fs.read_only;
@@ -765,19 +927,22 @@ fn health(s: &Settings, meta: &VolumeMeta) -> VolumeHealth {
         }
         Err(e) => h.problems.push(e.to_string()),
     }
-    let probe = dir.join(format!(".lucid-probe-{:016x}", rand::random::<u64>()));
-    match fsops::write_atomic(&probe, b"probe").and_then(|()| {
+    let probe = dir.join(format!(
+        "{}probe-{:016x}",
+        fsops::TRANSIENT_PREFIX,
+        rand::random::<u64>()
+    ));
+    match fsops::write_atomic(&probe, b"probe", 0o600).and_then(|()| {
         std::fs::remove_file(&probe).map_err(|e| VolumeError::io("remove", &probe, &e))
     }) {
         Ok(()) => h.writable = true,
         Err(e) => h.problems.push(format!("not writable: {e}")),
     }
-    match read_meta(&meta_path(&s.root, &meta.name)) {
-        Ok(stored) if stored == *meta && meta.quota_bytes <= s.max_quota => h.metadata_ok = true,
-        Ok(_) => h.problems.push(
-            "metadata on disk differs from the loaded one, or its quota is above volumes.max_quota"
-                .to_owned(),
-        ),
+    match fresh_meta(s, &meta.name) {
+        Ok(stored) if stored.quota_bytes <= s.max_quota => h.metadata_ok = true,
+        Ok(_) => h
+            .problems
+            .push("its quota is above volumes.max_quota".to_owned()),
         Err(e) => h.problems.push(format!("metadata: {e}")),
     }
     h
@@ -811,12 +976,7 @@ impl Handler<ListVolumes> for VolumeActor {
     type Result = Result<Vec<VolumeInfo>, VolumeError>;
 
     fn handle(&mut self, _: ListVolumes, _: &mut Context<Self>) -> Self::Result {
-        if let Some(reason) = &self.root_error {
-            return Err(VolumeError::Root {
-                path: self.settings.root.display().to_string(),
-                reason: reason.clone(),
-            });
-        }
+        self.root_ok()?;
         Ok(self
             .volumes
             .values()
@@ -830,24 +990,26 @@ impl Handler<InspectVolume> for VolumeActor {
     type Result = Reply<VolumeInfo>;
 
     fn handle(&mut self, msg: InspectVolume, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
         let s = self.settings();
         let cached = self.fresh_usage(&msg.name);
-        let work_meta = meta.clone();
+        let name = msg.name.clone();
         let work = blocking(move || {
+            let meta = fresh_meta(&s, &name)?;
             let usage = match cached {
                 Some(usage) => (usage, false),
-                None => (measure(&s, &work_meta)?, true),
+                None => (measure(&s, &meta)?, true),
             };
-            Ok((usage, health(&s, &work_meta)))
+            let health = health(&s, &meta);
+            Ok((meta, usage, health))
         });
         Box::pin(work.into_actor(self).map(move |res, act, _| {
-            let ((usage, measured), health) = res?;
-            if measured {
-                act.record_usage(&meta.name, usage);
+            let (meta, (usage, walked), health) = res?;
+            act.remember(&meta);
+            if walked {
+                act.record_walk(&meta.name, usage);
             }
             let mut info = act.info(meta);
             info.usage = Some(usage);
@@ -861,38 +1023,39 @@ impl Handler<CreateVolume> for VolumeActor {
     type Result = Reply<VolumeInfo>;
 
     fn handle(&mut self, msg: CreateVolume, _: &mut Context<Self>) -> Self::Result {
-        if let Some(reason) = &self.root_error {
-            return ready(Err(VolumeError::Root {
-                path: self.settings.root.display().to_string(),
-                reason: reason.clone(),
-            }));
+        if let Err(e) = self.root_ok() {
+            return ready(Err(e));
         }
-        if self.volumes.contains_key(&msg.name) {
+        if self.volumes.contains_key(&msg.name) || !self.creating.insert(msg.name.clone()) {
             return ready(Err(VolumeError::Exists {
                 volume: msg.name.to_string(),
             }));
         }
         let quota = msg.quota.map_or(self.settings.default_quota, |q| q.0);
-        if quota == 0 || quota > self.settings.max_quota {
-            return ready(Err(VolumeError::Invalid {
-                field: "quota",
-                reason: format!(
-                    "must be between 1 byte and volumes.max_quota ({})",
-                    ByteSize(self.settings.max_quota)
-                ),
-            }));
+        if let Err(e) = self.check_quota(quota) {
+            self.creating.remove(&msg.name);
+            return ready(Err(e));
         }
         let s = self.settings();
         let name = msg.name.clone();
         let kind = msg.kind.unwrap_or_else(|| "data".to_owned());
-        let work = blocking(move || create(&s, &name, quota, kind, msg.labels));
-        Box::pin(work.into_actor(self).map(|res, act, _| {
+        let work = blocking(move || {
+            if meta_path(&s.root, &name).exists() {
+                return Err(VolumeError::Exists {
+                    volume: name.to_string(),
+                });
+            }
+            create(&s, &name, quota, kind, msg.labels, false)
+        });
+        let name = msg.name;
+        Box::pin(work.into_actor(self).map(move |res, act, _| {
+            act.creating.remove(&name);
             let meta = res?;
             events::emit(VolumeCreated {
                 volume: meta.name.to_string(),
                 quota_bytes: meta.quota_bytes,
             });
-            act.volumes.insert(meta.name.clone(), meta.clone());
+            act.remember(&meta);
             Ok(act.info(meta))
         }))
     }
@@ -902,39 +1065,35 @@ impl Handler<DeleteVolume> for VolumeActor {
     type Result = Reply<()>;
 
     fn handle(&mut self, msg: DeleteVolume, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
         let s = self.settings();
+        let name = msg.name.clone();
         let work = blocking(move || {
-            let _lock = fsops::lock(
-                &lock_path(&s.root, &meta.name),
-                meta.name.as_str(),
-                "delete",
-            )?;
+            let _lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "delete", true)?;
+            let meta = fresh_meta(&s, &name)?;
             let dir = data_dir(&s.root, &meta);
+            fsops::check_data_dir(&dir)?;
             if !msg.force && !fsops::is_empty_dir(&dir)? {
                 return Err(VolumeError::NotEmpty {
-                    volume: meta.name.to_string(),
+                    volume: name.to_string(),
                 });
             }
-            // Metadata first: a crash half-way leaves data without metadata (found by cleanup),
-            // never metadata pointing at half-deleted data.
+            // The data goes out of the way in one step first; then the metadata; then the
+            // copy. Interrupted, what is left is a `.deleted-` directory, removed at start.
+            let doomed = beside(&s.root, &meta, "deleted");
+            std::fs::rename(&dir, &doomed).map_err(|e| VolumeError::io("rename", &dir, &e))?;
             let remove = |p: &Path| match std::fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(VolumeError::io("remove", p, &e))
                 }
                 _ => Ok(()),
             };
-            remove(&meta_path(&s.root, &meta.name))?;
-            remove(&manifest_path(&s.root, &meta.name))?;
-            match std::fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(VolumeError::io("remove", &dir, &e))
-                }
-                _ => Ok(()),
-            }
+            remove(&meta_path(&s.root, &name))?;
+            remove(&manifest_path(&s.root, &name))?;
+            fsops::sync_dir(&s.root)?;
+            std::fs::remove_dir_all(&doomed).map_err(|e| VolumeError::io("remove", &doomed, &e))
         });
         let name = msg.name;
         Box::pin(work.into_actor(self).map(move |res, act, _| {
@@ -954,27 +1113,20 @@ impl Handler<ResizeVolume> for VolumeActor {
     type Result = Reply<VolumeInfo>;
 
     fn handle(&mut self, msg: ResizeVolume, _: &mut Context<Self>) -> Self::Result {
-        let mut meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
         let quota = msg.quota.0;
-        if quota == 0 || quota > self.settings.max_quota {
-            return ready(Err(VolumeError::Invalid {
-                field: "quota",
-                reason: format!(
-                    "must be between 1 byte and volumes.max_quota ({})",
-                    ByteSize(self.settings.max_quota)
-                ),
-            }));
+        if let Err(e) = self.known(&msg.name).and_then(|()| self.check_quota(quota)) {
+            return ready(Err(e));
         }
         let s = self.settings();
+        let name = msg.name.clone();
         let work = blocking(move || {
+            let _lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "resize", true)?;
+            let mut meta = fresh_meta(&s, &name)?;
             // Always measured: a stale figure could let the quota drop below real use.
             let usage = measure(&s, &meta)?;
             if quota < usage.tally.bytes {
                 return Err(VolumeError::QuotaBelowUsage {
-                    volume: meta.name.to_string(),
+                    volume: name.to_string(),
                     quota,
                     used: usage.tally.bytes,
                 });
@@ -985,13 +1137,13 @@ impl Handler<ResizeVolume> for VolumeActor {
         });
         Box::pin(work.into_actor(self).map(|res, act, _| {
             let (meta, usage) = res?;
-            act.volumes.insert(meta.name.clone(), meta.clone());
+            act.remember(&meta);
             let usage = Usage {
                 quota_bytes: meta.quota_bytes,
-                percent: usage.tally.bytes as f64 * 100.0 / meta.quota_bytes as f64,
+                percent: percent(usage.tally.bytes, meta.quota_bytes),
                 ..usage
             };
-            act.record_usage(&meta.name, usage);
+            act.record_walk(&meta.name, usage);
             Ok(act.info(meta))
         }))
     }
@@ -1001,20 +1153,22 @@ impl Handler<MeasureUsage> for VolumeActor {
     type Result = Reply<Usage>;
 
     fn handle(&mut self, msg: MeasureUsage, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
         let s = self.settings();
-        Box::pin(
-            blocking(move || measure(&s, &meta))
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    let usage = res?;
-                    act.record_usage(&msg.name, usage);
-                    Ok(usage)
-                }),
-        )
+        let name = msg.name.clone();
+        let work = blocking(move || {
+            let meta = fresh_meta(&s, &name)?;
+            let usage = measure(&s, &meta)?;
+            Ok((meta, usage))
+        });
+        Box::pin(work.into_actor(self).map(move |res, act, _| {
+            let (meta, usage) = res?;
+            act.remember(&meta);
+            act.record_walk(&msg.name, usage);
+            Ok(usage)
+        }))
     }
 }
 
@@ -1022,23 +1176,33 @@ impl Handler<CheckThresholds> for VolumeActor {
     type Result = Reply<Vec<VolumeName>>;
 
     fn handle(&mut self, _: CheckThresholds, _: &mut Context<Self>) -> Self::Result {
-        let stale: Vec<VolumeMeta> = self
+        if let Err(e) = self.root_ok() {
+            return ready(Err(e));
+        }
+        let stale: Vec<VolumeName> = self
             .volumes
-            .values()
-            .filter(|m| self.fresh_usage(&m.name).is_none())
+            .keys()
+            .filter(|n| self.fresh_usage(n).is_none())
             .cloned()
             .collect();
         let s = self.settings();
         let work = blocking(move || {
             Ok(stale
                 .into_iter()
-                .map(|m| (m.name.clone(), measure(&s, &m)))
+                .map(|name| {
+                    let measured =
+                        fresh_meta(&s, &name).and_then(|meta| Ok((measure(&s, &meta)?, meta)));
+                    (name, measured)
+                })
                 .collect::<Vec<_>>())
         });
         Box::pin(work.into_actor(self).map(|res, act, _| {
-            for (name, usage) in res? {
-                match usage {
-                    Ok(usage) => act.record_usage(&name, usage),
+            for (name, measured) in res? {
+                match measured {
+                    Ok((usage, meta)) => {
+                        act.remember(&meta);
+                        act.record_walk(&name, usage);
+                    }
                     Err(e) => tracing::warn!(volume = %name, error = %e, "cannot measure volume"),
                 }
             }
@@ -1051,12 +1215,11 @@ impl Handler<CheckHealth> for VolumeActor {
     type Result = Reply<VolumeHealth>;
 
     fn handle(&mut self, msg: CheckHealth, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
         let s = self.settings();
-        Box::pin(blocking(move || Ok(health(&s, &meta))).into_actor(self))
+        Box::pin(blocking(move || Ok(health(&s, &fresh_meta(&s, &msg.name)?))).into_actor(self))
     }
 }
 
@@ -1064,52 +1227,11 @@ impl Handler<Verify> for VolumeActor {
     type Result = Reply<VerifyReport>;
 
     fn handle(&mut self, msg: Verify, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
         let s = self.settings();
-        let work = blocking(move || {
-            let manifest_file = manifest_path(&s.root, &meta.name);
-            let now = integrity::build(&data_dir(&s.root, &meta))?;
-            let seal = |m: &integrity::Manifest| -> Result<(), VolumeError> {
-                let _lock = fsops::lock(
-                    &lock_path(&s.root, &meta.name),
-                    meta.name.as_str(),
-                    "verify --update",
-                )?;
-                let bytes = serde_json::to_vec(m).map_err(|e| VolumeError::Io {
-                    op: "encode",
-                    path: manifest_file.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                fsops::write_atomic(&manifest_file, &bytes)
-            };
-            let sealed: Option<integrity::Manifest> = match std::fs::read(&manifest_file) {
-                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| VolumeError::Io {
-                    op: "parse",
-                    path: manifest_file.display().to_string(),
-                    message: e.to_string(),
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(VolumeError::io("read", &manifest_file, &e)),
-            };
-            let Some(sealed) = sealed else {
-                seal(&now)?;
-                return Ok(VerifyReport {
-                    volume: meta.name.to_string(),
-                    sealed: true,
-                    entries: now.entries.len() as u64,
-                    ..VerifyReport::default()
-                });
-            };
-            let mut report = integrity::compare(meta.name.as_str(), &sealed, &now);
-            if msg.update && !report.clean() {
-                seal(&now)?;
-                report.updated = true;
-            }
-            Ok(report)
-        });
+        let work = blocking(move || verify(&s, &msg.name, msg.update));
         Box::pin(work.into_actor(self).map(|res, _, _| {
             let report = res?;
             if !report.clean() {
@@ -1125,20 +1247,68 @@ impl Handler<Verify> for VolumeActor {
     }
 }
 
+fn verify(s: &Settings, name: &VolumeName, update: bool) -> Result<VerifyReport, VolumeError> {
+    // Exclusive when it may write the manifest; shared otherwise (the data must not be
+    // replaced or moved while it is read).
+    let sealing = update || !manifest_path(&s.root, name).exists();
+    let _lock = fsops::lock(&lock_path(&s.root, name), name.as_str(), "verify", sealing)?;
+    let meta = fresh_meta(s, name)?;
+    let dir = data_dir(&s.root, &meta);
+    fsops::check_data_dir(&dir)?;
+    let manifest_file = manifest_path(&s.root, name);
+    let now = integrity::build(&dir)?;
+    let seal = |m: &integrity::Manifest| -> Result<(), VolumeError> {
+        let bytes = serde_json::to_vec(m).map_err(|e| VolumeError::Corrupt {
+            what: format!("cannot encode the manifest of {name}: {e}"),
+        })?;
+        fsops::write_atomic(&manifest_file, &bytes, 0o640)
+    };
+    let sealed: integrity::Manifest = match std::fs::read(&manifest_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| VolumeError::Corrupt {
+            what: format!("{}: {e}", manifest_file.display()),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            seal(&now)?;
+            return Ok(VerifyReport {
+                volume: name.to_string(),
+                sealed: true,
+                entries: now.entries.len() as u64,
+                ..VerifyReport::default()
+            });
+        }
+        Err(e) => return Err(VolumeError::io("read", &manifest_file, &e)),
+    };
+    let mut report = integrity::compare(name.as_str(), &sealed, &now);
+    if update && !report.clean() {
+        seal(&now)?;
+        report.updated = true;
+    }
+    Ok(report)
+}
+
 impl Handler<ExportVolume> for VolumeActor {
-    type Result = Result<mpsc::Receiver<Result<Vec<u8>, VolumeError>>, VolumeError>;
+    type Result = Result<archive::TarStream, VolumeError>;
 
     fn handle(&mut self, msg: ExportVolume, _: &mut Context<Self>) -> Self::Result {
-        let meta = self.meta(&msg.name)?;
+        self.known(&msg.name)?;
         let s = self.settings();
         let (tx, rx) = mpsc::channel(16);
-        let runtime = tokio::runtime::Handle::current();
-        let dir = data_dir(&s.root, &meta);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = archive::export(&dir, tx.clone(), s.stream_idle, runtime.clone()) {
-                // The reader may be gone; then there is nobody to tell.
-                let _ = runtime
-                    .block_on(async { tokio::time::timeout(s.stream_idle, tx.send(Err(e))).await });
+            let exported = (|| {
+                // Shared: nothing replaces or moves the data while it is read.
+                let _lock = fsops::lock(
+                    &lock_path(&s.root, &msg.name),
+                    msg.name.as_str(),
+                    "export",
+                    false,
+                )?;
+                let meta = fresh_meta(&s, &msg.name)?;
+                let dir = data_dir(&s.root, &meta);
+                fsops::check_data_dir(&dir)?;
+                archive::export(&dir, tx.clone(), s.stream_idle)
+            })();
+            if let Err(e) = exported {
+                archive::send_error(&tx, e, s.stream_idle);
             }
         });
         Ok(rx)
@@ -1149,92 +1319,133 @@ impl Handler<ImportVolume> for VolumeActor {
     type Result = Reply<ImportReport>;
 
     fn handle(&mut self, msg: ImportVolume, _: &mut Context<Self>) -> Self::Result {
-        if let Some(reason) = &self.root_error {
-            return ready(Err(VolumeError::Root {
-                path: self.settings.root.display().to_string(),
-                reason: reason.clone(),
-            }));
+        if let Err(e) = self.root_ok() {
+            return ready(Err(e));
         }
-        let existing = self.volumes.get(&msg.name).cloned();
         let s = self.settings();
-        let runtime = tokio::runtime::Handle::current();
         let name = msg.name.clone();
-        let work = blocking(move || {
-            let _lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "import")?;
-            let meta = match existing {
-                Some(meta) => meta,
-                None => create(
-                    &s,
-                    &name,
-                    s.default_quota,
-                    name.to_string(),
-                    BTreeMap::new(),
-                )?,
-            };
-            let dir = data_dir(&s.root, &meta);
-            if !msg.force && !fsops::is_empty_dir(&dir)? {
-                return Err(VolumeError::NotEmpty {
-                    volume: name.to_string(),
+        let work = blocking(move || import(&s, &name, msg.source, msg.force));
+        Box::pin(work.into_actor(self).map(|res, act, _| {
+            let (meta, report, created) = res?;
+            if created {
+                events::emit(VolumeCreated {
+                    volume: meta.name.to_string(),
+                    quota_bytes: meta.quota_bytes,
                 });
             }
-            // Unpacked beside the volume (same filesystem), swapped in only when complete.
-            let parent = dir.parent().unwrap_or(&s.root).to_path_buf();
-            let staging = parent.join(format!(".{name}.import-{:016x}", rand::random::<u64>()));
-            std::fs::create_dir(&staging).map_err(|e| VolumeError::io("mkdir", &staging, &e))?;
-            let unpacked = archive::import(
-                &staging,
-                msg.source,
-                meta.quota_bytes,
-                s.stream_idle,
-                runtime,
-            )
-            .and_then(|bytes| Ok((bytes, fsops::tally(&staging)?)));
-            let (stream_bytes, usage) = match unpacked {
-                Ok(done) => done,
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    return Err(e);
-                }
-            };
-            let old = parent.join(format!(".{name}.replaced-{:016x}", rand::random::<u64>()));
-            if dir.exists() {
-                std::fs::rename(&dir, &old).map_err(|e| VolumeError::io("rename", &dir, &e))?;
-            }
-            std::fs::rename(&staging, &dir).map_err(|e| VolumeError::io("rename", &staging, &e))?;
-            let _ = std::fs::remove_dir_all(&old);
-            Ok((
-                meta,
-                ImportReport {
-                    stream_bytes,
-                    usage,
-                },
-            ))
-        });
-        Box::pin(work.into_actor(self).map(|res, act, _| {
-            let (meta, report) = res?;
             act.usage.remove(&meta.name);
-            act.volumes.insert(meta.name.clone(), meta);
+            act.remember(&meta);
             Ok(report)
         }))
     }
+}
+
+fn import(
+    s: &Settings,
+    name: &VolumeName,
+    source: archive::TarStream,
+    force: bool,
+) -> Result<(VolumeMeta, ImportReport, bool), VolumeError> {
+    let _lock = fsops::lock(&lock_path(&s.root, name), name.as_str(), "import", true)?;
+    let (meta, created) = match fresh_meta(s, name) {
+        Ok(meta) => (meta, false),
+        Err(VolumeError::NotFound { .. }) => (
+            create(
+                s,
+                name,
+                s.default_quota,
+                name.to_string(),
+                BTreeMap::new(),
+                false,
+            )?,
+            true,
+        ),
+        Err(e) => return Err(e),
+    };
+    let undo_create = || {
+        if created {
+            let _ = std::fs::remove_file(meta_path(&s.root, name));
+            let _ = std::fs::remove_dir_all(data_dir(&s.root, &meta));
+        }
+    };
+    let dir = data_dir(&s.root, &meta);
+    let checked = fsops::check_data_dir(&dir).and_then(|()| fsops::is_empty_dir(&dir));
+    match checked {
+        Ok(true) => {}
+        Ok(false) if force => {}
+        Ok(false) => {
+            return Err(VolumeError::NotEmpty {
+                volume: name.to_string(),
+            });
+        }
+        Err(e) => {
+            undo_create();
+            return Err(e);
+        }
+    }
+    // Unpacked beside the volume (same filesystem), flushed, and swapped in only when the
+    // whole stream is there.
+    let staging = beside(&s.root, &meta, "import");
+    let unpacked = std::fs::create_dir(&staging)
+        .map_err(|e| VolumeError::io("mkdir", &staging, &e))
+        .and_then(|()| {
+            archive::import(
+                &staging,
+                source,
+                name.as_str(),
+                meta.quota_bytes,
+                s.stream_idle,
+            )
+        })
+        .and_then(|bytes| {
+            fsops::sync_filesystem(&staging)?;
+            Ok((bytes, fsops::tally(&staging)?))
+        });
+    let (stream_bytes, usage) = match unpacked {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            undo_create();
+            return Err(e);
+        }
+    };
+    let old = beside(&s.root, &meta, "replaced");
+    std::fs::rename(&dir, &old).map_err(|e| VolumeError::io("rename", &dir, &e))?;
+    if let Err(e) = std::fs::rename(&staging, &dir) {
+        // Put the old data back; a crash right here is undone at the next start.
+        let _ = std::fs::rename(&old, &dir);
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(VolumeError::io("rename", &staging, &e));
+    }
+    fsops::sync_dir(dir.parent().unwrap_or(&s.root))?;
+    // The content changed: the old manifest no longer describes it.
+    let _ = std::fs::remove_file(manifest_path(&s.root, name));
+    let _ = std::fs::remove_dir_all(&old);
+    Ok((
+        meta,
+        ImportReport {
+            stream_bytes,
+            usage,
+        },
+        created,
+    ))
 }
 
 impl Handler<MigrateVolume> for VolumeActor {
     type Result = Reply<VolumeInfo>;
 
     fn handle(&mut self, msg: MigrateVolume, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
-        if !msg.to.is_absolute() {
-            return ready(Err(VolumeError::Invalid {
-                field: "to",
-                reason: "must be an absolute path".to_owned(),
-            }));
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
         }
         let s = self.settings();
-        let work = blocking(move || migrate(&s, meta, &msg.to));
+        let others: Vec<PathBuf> = self
+            .volumes
+            .values()
+            .filter(|m| m.name != msg.name)
+            .map(|m| data_dir(&s.root, m))
+            .collect();
+        let work = blocking(move || migrate(&s, &msg.name, &msg.to, &others));
         Box::pin(work.into_actor(self).map(|res, act, _| {
             let meta = res?;
             events::emit(VolumeMigrated {
@@ -1245,64 +1456,116 @@ impl Handler<MigrateVolume> for VolumeActor {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
             });
-            act.usage.remove(&meta.name);
-            act.volumes.insert(meta.name.clone(), meta.clone());
+            act.remember(&meta);
             Ok(act.info(meta))
         }))
     }
 }
 
-/// Copy, verify, switch: the original stays complete until the metadata names the copy.
-fn migrate(s: &Settings, mut meta: VolumeMeta, to: &Path) -> Result<VolumeMeta, VolumeError> {
-    let _lock = fsops::lock(
-        &lock_path(&s.root, &meta.name),
-        meta.name.as_str(),
-        "migrate",
-    )?;
+/// Where a migration may go: a new directory (not existing yet) whose real parent is outside
+/// the data root and outside every volume.
+fn check_target(s: &Settings, to: &Path, others: &[PathBuf]) -> Result<PathBuf, VolumeError> {
+    let bad = |reason: String| VolumeError::Invalid {
+        field: "to",
+        reason,
+    };
+    if !to.is_absolute() {
+        return Err(bad("must be an absolute path".to_owned()));
+    }
+    let (Some(parent), Some(leaf)) = (to.parent(), to.file_name()) else {
+        return Err(bad("must name a new directory".to_owned()));
+    };
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(bad(format!("{} exists; migrate creates it", to.display())));
+    }
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| bad(format!("its parent {}: {e}", parent.display())))?;
+    let target = parent.join(leaf);
+    let root = s
+        .root
+        .canonicalize()
+        .map_err(|e| bad(format!("the data root: {e}")))?;
+    if target.starts_with(&root) {
+        return Err(bad(format!("{} is inside the data root", target.display())));
+    }
+    for other in others {
+        if let Ok(other) = other.canonicalize()
+            && (target.starts_with(&other) || other.starts_with(&target))
+        {
+            return Err(bad(format!(
+                "{} overlaps volume data at {}",
+                target.display(),
+                other.display()
+            )));
+        }
+    }
+    Ok(target)
+}
+
+/// Copy, verify, flush, switch: the original stays complete until the metadata names the copy.
+fn migrate(
+    s: &Settings,
+    name: &VolumeName,
+    to: &Path,
+    others: &[PathBuf],
+) -> Result<VolumeMeta, VolumeError> {
+    let _lock = fsops::lock(&lock_path(&s.root, name), name.as_str(), "migrate", true)?;
+    let mut meta = fresh_meta(s, name)?;
     let from = data_dir(&s.root, &meta);
-    if to == from || to.starts_with(&from) {
+    fsops::check_data_dir(&from)?;
+    let target = check_target(s, to, others)?;
+    if let Ok(real) = from.canonicalize()
+        && (target.starts_with(&real) || real.starts_with(&target))
+    {
         return Err(VolumeError::Invalid {
             field: "to",
             reason: "must not be the volume itself or inside it".to_owned(),
         });
     }
-    if !fsops::is_empty_dir(to)? {
-        return Err(VolumeError::Invalid {
-            field: "to",
-            reason: format!("{} exists and is not empty", to.display()),
-        });
-    }
-    fsops::copy_tree(&from, to)?;
-    let (source, copy) = (integrity::build(&from)?, integrity::build(to)?);
-    let report = integrity::compare(meta.name.as_str(), &source, &copy);
-    if !report.clean() {
-        return Err(VolumeError::Interrupted {
-            what: format!(
-                "the copy differs from the original ({} added, {} missing, {} changed); the original is unchanged",
-                report.added.len(),
-                report.missing.len(),
-                report.changed.len()
-            ),
-        });
-    }
-    #[cfg(feature = "failpoints")]
-    fail::fail_point!("volume-migrate-before-switch", |_| Err(
-        VolumeError::Interrupted {
-            what: "fail point volume-migrate-before-switch".to_owned(),
+    let copied = (|| {
+        fsops::copy_tree(&from, &target)?;
+        let (source, copy) = (integrity::build(&from)?, integrity::build(&target)?);
+        let report = integrity::compare(name.as_str(), &source, &copy);
+        if !report.clean() {
+            return Err(VolumeError::Corrupt {
+                what: format!(
+                    "the copy differs from the original ({} added, {} missing, {} changed); the original is unchanged",
+                    report.added.len(),
+                    report.missing.len(),
+                    report.changed.len()
+                ),
+            });
         }
-    ));
-    meta.path = Some(to.to_path_buf());
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("volume-migrate-before-switch", |_| Err(
+            VolumeError::Interrupted {
+                what: "fail point volume-migrate-before-switch".to_owned(),
+            }
+        ));
+        Ok(())
+    })();
+    if let Err(e) = copied {
+        // The original was never touched; the partial copy goes.
+        let _ = std::fs::remove_dir_all(&target);
+        return Err(e);
+    }
+    meta.path = Some(target);
     write_meta(&s.root, &meta)?;
+    fsops::sync_dir(&s.root)?;
     // Switched. The old copy is renamed out of the way first (one step), then removed; if
-    // that is interrupted, cleanup removes the leftover.
-    let parent = from.parent().unwrap_or(&s.root).to_path_buf();
-    let old = parent.join(format!(
-        ".{}.migrated-{:016x}",
-        meta.name,
-        rand::random::<u64>()
-    ));
-    if std::fs::rename(&from, &old).is_ok() {
-        let _ = std::fs::remove_dir_all(&old);
+    // that is interrupted, the next start removes the leftover.
+    let old = from
+        .parent()
+        .unwrap_or(&s.root)
+        .join(format!(".{name}.migrated-{:016x}", rand::random::<u64>()));
+    match std::fs::rename(&from, &old) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Err(e) => {
+            tracing::warn!(volume = %name, path = %from.display(), error = %e, "migrated; the old copy is left in place")
+        }
     }
     Ok(meta)
 }
@@ -1311,20 +1574,19 @@ impl Handler<CleanupVolume> for VolumeActor {
     type Result = Reply<CleanupReport>;
 
     fn handle(&mut self, msg: CleanupVolume, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
         let s = self.settings();
         let name = msg.name.clone();
-        Box::pin(
-            blocking(move || cleanup(&s, &meta))
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    act.usage.remove(&name);
-                    res
-                }),
-        )
+        let work = blocking(move || {
+            let _lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "cleanup", true)?;
+            cleanup(&s, &fresh_meta(&s, &name)?)
+        });
+        Box::pin(work.into_actor(self).map(move |res, act, _| {
+            act.usage.remove(&msg.name);
+            res
+        }))
     }
 }
 
@@ -1335,17 +1597,18 @@ fn cleanup(s: &Settings, meta: &VolumeMeta) -> Result<CleanupReport, VolumeError
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let old_enough = |m: &std::fs::Metadata| m.modified().is_ok_and(|t| t <= cutoff);
     let dir = data_dir(&s.root, meta);
+    fsops::check_data_dir(&dir)?;
     for entry in walkdir::WalkDir::new(&dir).min_depth(1).follow_links(false) {
         let entry = entry.map_err(|e| fsops::walk_error(&dir, e))?;
         if !entry.file_type().is_file() {
             continue;
         }
         let name = entry.file_name().to_string_lossy();
-        if !s
-            .cleanup_patterns
-            .iter()
-            .any(|p| fsops::name_matches(p, &name))
-        {
+        let matches = fsops::is_transient(entry.file_name())
+            || s.cleanup_patterns
+                .iter()
+                .any(|p| fsops::name_matches(p, &name));
+        if !matches {
             continue;
         }
         let m = entry.metadata().map_err(|e| fsops::walk_error(&dir, e))?;
@@ -1356,17 +1619,18 @@ fn cleanup(s: &Settings, meta: &VolumeMeta) -> Result<CleanupReport, VolumeError
             report.removed_bytes += m.len();
         }
     }
-    // Leftovers of interrupted imports and migrations of this volume, beside it.
+    // Leftovers of interrupted operations on this volume, beside it. A `.replaced-` copy is
+    // the only copy while the volume's own directory is missing: never removed then.
     let parent = dir.parent().unwrap_or(&s.root).to_path_buf();
-    let prefixes = [
-        format!(".{}.import-", meta.name),
-        format!(".{}.replaced-", meta.name),
-        format!(".{}.migrated-", meta.name),
-    ];
+    let prefix = |what: &str| format!(".{}.{what}-", meta.name);
     if let Ok(entries) = std::fs::read_dir(&parent) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            let leftover = ["import", "deleted", "migrated"]
+                .iter()
+                .any(|w| name.starts_with(&prefix(w)))
+                || (name.starts_with(&prefix("replaced")) && dir.is_dir());
+            if leftover
                 && entry.metadata().is_ok_and(|m| old_enough(&m))
                 && std::fs::remove_dir_all(entry.path()).is_ok()
             {
@@ -1381,42 +1645,88 @@ impl Handler<WriteFile> for VolumeActor {
     type Result = Reply<()>;
 
     fn handle(&mut self, msg: WriteFile, _: &mut Context<Self>) -> Self::Result {
-        let meta = match self.meta(&msg.name) {
-            Ok(meta) => meta,
-            Err(e) => return ready(Err(e)),
-        };
+        if let Err(e) = self.known(&msg.name) {
+            return ready(Err(e));
+        }
+        let needed = msg.data.len() as u64;
+        // Reserve now: writes in flight together cannot all pass one quota.
+        let reserved = self.reserved.get(&msg.name).copied().unwrap_or(0);
+        *self.reserved.entry(msg.name.clone()).or_default() += needed;
         let s = self.settings();
         let cached = self.fresh_usage(&msg.name);
-        let needed = msg.data.len() as u64;
+        let name = msg.name.clone();
         let work = blocking(move || {
+            // Shared: a migrate, import or delete (exclusive) cannot move the data away
+            // under this write.
+            let _lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "write", false)?;
+            let meta = fresh_meta(&s, &name)?;
             let usage = match cached {
-                Some(u) => u,
-                None => measure(&s, &meta)?,
+                Some(u) if u.quota_bytes == meta.quota_bytes => (u, false),
+                _ => (measure(&s, &meta)?, true),
             };
-            if usage.tally.bytes + needed > meta.quota_bytes {
+            if usage.0.tally.bytes + reserved + needed > meta.quota_bytes {
                 return Err(VolumeError::OverQuota {
-                    volume: meta.name.to_string(),
-                    used: usage.tally.bytes,
+                    volume: name.to_string(),
+                    used: usage.0.tally.bytes + reserved,
                     quota: meta.quota_bytes,
                     needed,
                 });
             }
-            let path = fsops::safe_join(&data_dir(&s.root, &meta), &msg.path, true)?;
-            fsops::write_atomic(&path, &msg.data)?;
-            Ok(usage)
+            let dir = data_dir(&s.root, &meta);
+            fsops::check_data_dir(&dir)?;
+            let path = fsops::safe_join(&dir, &msg.path)?;
+            // Replacing a file keeps its mode, and only the difference counts.
+            let before = std::fs::symlink_metadata(&path).ok();
+            let mode = before.as_ref().map_or(0o640, |m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+            });
+            fsops::write_atomic(&path, &msg.data, mode)?;
+            let after =
+                std::fs::symlink_metadata(&path).map_err(|e| VolumeError::io("stat", &path, &e))?;
+            let old_blocks = before
+                .as_ref()
+                .map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(m) * 512);
+            let old_len = before.as_ref().map_or(0, std::fs::Metadata::len);
+            let delta = Delta {
+                bytes: (std::os::unix::fs::MetadataExt::blocks(&after) * 512) as i64
+                    - old_blocks as i64,
+                apparent: after.len() as i64 - old_len as i64,
+                files: i64::from(before.is_none()),
+            };
+            Ok((meta, usage, delta))
         });
         let name = msg.name;
         Box::pin(work.into_actor(self).map(move |res, act, _| {
-            let mut usage = res?;
-            // Incremental: the walk is not repeated for the daemon's own writes.
-            usage.tally.bytes += needed.div_ceil(4096) * 4096;
-            usage.tally.apparent_bytes += needed;
-            usage.tally.files += 1;
-            usage.percent = usage.tally.bytes as f64 * 100.0 / usage.quota_bytes.max(1) as f64;
-            act.record_usage(&name, usage);
+            if let Some(r) = act.reserved.get_mut(&name) {
+                *r = r.saturating_sub(needed);
+            }
+            let (meta, (usage, walked), delta) = res?;
+            act.remember(&meta);
+            if walked {
+                act.record_walk(&name, usage);
+            }
+            // Incremental: the walk is not repeated for the daemon's own writes, and the walk's
+            // time stays that of the walk, so outside changes are still picked up.
+            if let Some(m) = act.usage.get_mut(&name) {
+                let t = &mut m.usage.tally;
+                t.bytes = t.bytes.saturating_add_signed(delta.bytes);
+                t.apparent_bytes = t.apparent_bytes.saturating_add_signed(delta.apparent);
+                t.files = t.files.saturating_add_signed(delta.files);
+                m.usage.percent = percent(t.bytes, m.usage.quota_bytes);
+                let p = m.usage.percent;
+                act.check_threshold(&name, p);
+            }
             Ok(())
         }))
     }
+}
+
+/// What one write changed in a volume's usage.
+#[derive(Debug, Clone, Copy)]
+struct Delta {
+    bytes: i64,
+    apparent: i64,
+    files: i64,
 }
 
 #[cfg(test)]

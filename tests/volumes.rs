@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lucid_actors::config::ByteSize;
 use lucid_actors::events;
+use lucid_actors::volume::integrity;
 use lucid_actors::volume::{
     CheckHealth, CleanupVolume, CreateVolume, DeleteVolume, ExportVolume, ImportVolume,
     InspectVolume, ListVolumes, MeasureUsage, MigrateVolume, ResizeVolume, Verify, VolumeActor,
@@ -305,6 +306,39 @@ async fn verify_finds_a_flipped_byte_a_deleted_file_and_an_added_file() {
 }
 
 /// Fills `dir` with files of several modes, a past mtime, nested directories and symlinks.
+async fn export_bytes(v: &VolumeHandle, n: &str) -> Vec<u8> {
+    let mut stream = v
+        .call(ExportVolume { name: name(n) })
+        .await
+        .expect("export");
+    let mut all = Vec::new();
+    while let Some(chunk) = stream.recv().await {
+        all.extend(chunk.expect("chunk"));
+    }
+    all
+}
+
+/// Feeds `items` to an import of `n`, as a producer would.
+async fn import_items(
+    v: &VolumeHandle,
+    n: &str,
+    items: Vec<Result<Vec<u8>, VolumeError>>,
+    force: bool,
+) -> Result<(), VolumeError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(items.len().max(1));
+    for item in items {
+        tx.send(item).await.expect("send");
+    }
+    drop(tx);
+    v.call(ImportVolume {
+        name: name(n),
+        source: rx,
+        force,
+    })
+    .await
+    .map(|_| ())
+}
+
 fn plant_tree(dir: &Path) {
     let old = filetime::FileTime::from_unix_time(1_600_000_000, 123_000_000);
     std::fs::create_dir_all(dir.join("nested/deep")).expect("mkdir");
@@ -328,50 +362,25 @@ fn plant_tree(dir: &Path) {
     filetime::set_file_mtime(dir.join("nested"), old).expect("utimes");
 }
 
+/// Every entry's kind, size, mode, mtime (to the second: tar's resolution) and content hash
+/// (or link target): what a byte-identical restore must reproduce.
 fn manifest(dir: &Path) -> BTreeMap<String, String> {
-    // Everything but the sealing time, as text, for a readable diff.
-    let out = std::process::Command::new("find")
-        .arg(dir)
-        .args(["-mindepth", "1", "-printf", "%P %y %m %T@ %s %l\n"])
-        .output()
-        .expect("find");
-    let mut m = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let (path, rest) = line.split_once(' ').expect("line");
-        // type, mode, mtime to the second (tar's resolution), size (not for directories:
-        // filesystem noise), link target.
-        let f: Vec<&str> = rest.splitn(5, ' ').collect();
-        let whole_seconds = f[2].split('.').next().unwrap_or(f[2]);
-        let size = if f[0] == "d" { "-" } else { f[3] };
-        m.insert(
-            path.to_owned(),
-            format!(
-                "{} {} {} {} {}",
-                f[0],
-                f[1],
-                whole_seconds,
-                size,
-                f.get(4).unwrap_or(&"")
-            ),
-        );
-    }
-    for (path, _) in m.clone() {
-        let p = dir.join(&path);
-        if p.is_file() && !p.is_symlink() {
-            m.insert(
-                format!("{path} (content)"),
-                format!(
-                    "{:?}",
-                    std::fs::read(&p)
-                        .expect("read")
-                        .iter()
-                        .map(|b| *b as u64)
-                        .sum::<u64>()
-                ),
+    integrity::build(dir)
+        .expect("manifest")
+        .entries
+        .into_iter()
+        .map(|(path, e)| {
+            let line = format!(
+                "{} {} {:o} {} {}",
+                e.kind,
+                e.size,
+                e.mode,
+                e.mtime_ns / 1_000_000_000,
+                e.content
             );
-        }
-    }
-    m
+            (path, line)
+        })
+        .collect()
 }
 
 #[actix_rt::test]
@@ -382,70 +391,86 @@ async fn export_import_round_trip_keeps_bytes_modes_mtimes_and_symlinks() {
     plant_tree(&root.path().join("chunks"));
     let before = manifest(&root.path().join("chunks"));
 
-    let mut stream = v
-        .call(ExportVolume {
-            name: name("chunks"),
-        })
-        .await
-        .expect("export");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let forward = actix_rt::spawn(async move {
-        let mut bytes = 0;
-        while let Some(chunk) = stream.recv().await {
-            let chunk = chunk.expect("chunk");
-            bytes += chunk.len();
-            if tx.send(chunk).await.is_err() {
-                break;
-            }
-        }
-        bytes
-    });
-    let report = v
-        .call(ImportVolume {
-            name: name("restored"),
-            source: rx,
-            force: false,
-        })
+    let whole = export_bytes(&v, "chunks").await;
+    assert!(whole.len() > 60_000);
+    import_items(&v, "restored", vec![Ok(whole.clone())], false)
         .await
         .expect("import");
-    assert!(forward.await.expect("forward") > 60_000);
-    assert_eq!(report.usage.files, 4);
     let after = manifest(&root.path().join("restored"));
     assert_eq!(before, after, "the restored tree differs");
     // The outward link came back as a link, not as a copy of its target.
     assert!(root.path().join("restored/link-out").is_symlink());
 
     // A non-empty target is refused without force, and left as it was.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    drop(tx);
-    let err = v
-        .call(ImportVolume {
-            name: name("restored"),
-            source: rx,
-            force: false,
-        })
+    let err = import_items(&v, "restored", vec![], false)
         .await
         .expect_err("not empty");
     assert!(matches!(err, VolumeError::NotEmpty { .. }), "{err:?}");
     assert_eq!(manifest(&root.path().join("restored")), after);
-    // A broken stream with force: the volume keeps its content.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(b"this is not a tar stream at all".repeat(100))
+    // With force, nothing that is not a whole stream replaces the volume: garbage, an empty
+    // stream (a producer that died before sending), a truncated one (cut on a block boundary,
+    // so tar itself sees a clean end), one that reports an error.
+    let cut = whole.len() / 2 / 512 * 512;
+    let streams: Vec<Vec<Result<Vec<u8>, VolumeError>>> = vec![
+        vec![Ok(b"this is not a tar stream at all".repeat(100))],
+        vec![],
+        vec![Ok(whole[..cut].to_vec())],
+        vec![
+            Ok(whole[..cut].to_vec()),
+            Err(VolumeError::Interrupted {
+                what: "the backup store went away".into(),
+            }),
+        ],
+    ];
+    for items in streams {
+        import_items(&v, "restored", items, true)
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            manifest(&root.path().join("restored")),
+            after,
+            "a failed import changed the volume"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".restored.") && !n.ends_with(".lock")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+    // Over the quota: refused, and the target volume unchanged.
+    create(&v, "small", Some("64K")).await;
+    let err = import_items(&v, "small", vec![Ok(whole.clone())], false)
         .await
-        .expect("send");
-    drop(tx);
-    v.call(ImportVolume {
+        .expect_err("over quota");
+    assert!(matches!(err, VolumeError::OverQuota { .. }), "{err:?}");
+    assert!(
+        std::fs::read_dir(root.path().join("small"))
+            .expect("ls")
+            .next()
+            .is_none()
+    );
+    // The whole stream again, forced: replaced, and the old manifest goes with the old content.
+    v.call(ResizeVolume {
         name: name("restored"),
-        source: rx,
-        force: true,
+        quota: ByteSize(1 << 30),
     })
     .await
-    .expect_err("garbage");
-    assert_eq!(
-        manifest(&root.path().join("restored")),
-        after,
-        "a failed import changed the volume"
-    );
+    .expect("resize");
+    v.call(Verify {
+        name: name("restored"),
+        update: false,
+    })
+    .await
+    .expect("seal");
+    import_items(&v, "restored", vec![Ok(whole)], true)
+        .await
+        .expect("whole stream");
+    assert!(!root.path().join("restored.manifest.json").exists());
+    assert_eq!(manifest(&root.path().join("restored")), before);
 }
 
 #[actix_rt::test]
@@ -485,10 +510,10 @@ async fn migrate_interrupted_before_the_switch_leaves_the_original_complete() {
     )
     .expect("json");
     assert!(meta.get("path").is_none(), "{meta}");
+    assert!(!to.exists(), "the partial copy was left behind");
 
-    // Again, uninterrupted (the half copy is replaced): switched, identical, old place gone.
+    // Again, uninterrupted: switched, identical, old place gone.
     fail::remove("volume-migrate-before-switch");
-    std::fs::remove_dir_all(&to).expect("clear the half copy");
     let info = v
         .call(MigrateVolume {
             name: name("blocks"),
@@ -496,7 +521,7 @@ async fn migrate_interrupted_before_the_switch_leaves_the_original_complete() {
         })
         .await
         .expect("migrate");
-    assert_eq!(info.data_dir, to);
+    assert_eq!(info.data_dir, to.canonicalize().expect("real path"));
     assert_eq!(manifest(&to), original);
     assert!(!root.path().join("blocks").exists());
     write(&v, "blocks", "after.txt", 4)
@@ -559,17 +584,18 @@ async fn a_walk_over_100000_files_does_not_hold_up_other_messages() {
             std::fs::write(sub.join(format!("f{f:04}")), b"x").expect("write");
         }
     }
-    let walking = v.call(MeasureUsage { name: name("many") });
-    let list = v.call(ListVolumes);
+    // `Addr::send` puts each message in the mailbox at once, in this order: the walk is taken
+    // first, and the list must still be answered before the walk ends.
+    let walking = v.addr().send(MeasureUsage { name: name("many") });
+    let list = v.addr().send(ListVolumes);
     tokio::pin!(walking);
-    // The list is answered while the walk is still going.
     let answered = tokio::select! {
+        biased;
         usage = &mut walking => panic!("the walk finished first ({usage:?}): no overlap shown"),
-        list = list => list.expect("list"),
+        list = list => list.expect("delivered").expect("list"),
     };
     assert!(answered.len() >= 10);
-    let started = Instant::now();
-    let usage = walking.await.expect("usage");
+    let usage = walking.await.expect("delivered").expect("usage");
     assert_eq!(usage.tally.files, 100_000);
     assert_eq!(usage.tally.dirs, 100);
     // Measured once, then served from the cache within volumes.usage_max_age.
@@ -584,7 +610,6 @@ async fn a_walk_over_100000_files_does_not_hold_up_other_messages() {
         "inspect re-walked: {:?}",
         inspect_started.elapsed()
     );
-    let _ = started;
 }
 
 #[test]
@@ -666,4 +691,215 @@ fn the_cli_manages_volumes_and_exits_65_on_a_failed_verify() {
         .output()
         .expect("run");
     assert_eq!(missing.status.code(), Some(78));
+}
+
+#[actix_rt::test]
+async fn tar_entries_cannot_reach_outside_the_volume() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |_| {});
+    v.call(ListVolumes).await.expect("started");
+    let old = filetime::FileTime::from_last_modification_time(
+        &std::fs::metadata(outside.path()).expect("meta"),
+    );
+    // A hand-made archive: an absolute directory name, a `..` file, a link out and a file
+    // through that link.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_mtime(1);
+        if let Some(target) = link {
+            h.set_link_name(target).expect("link name");
+        }
+        // Names a well-behaved builder would refuse, written raw.
+        let name = h.as_old_mut().name.as_mut();
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).expect("append");
+    };
+    let outside_str = outside.path().display().to_string();
+    add(
+        &format!("{outside_str}/"),
+        tar::EntryType::Directory,
+        b"",
+        None,
+    );
+    add("../escaped.txt", tar::EntryType::Regular, b"escaped", None);
+    add("link", tar::EntryType::Symlink, b"", Some(&outside_str));
+    add(
+        "link/through.txt",
+        tar::EntryType::Regular,
+        b"through",
+        None,
+    );
+    let archive = b.into_inner().expect("archive");
+    let _ = import_items(&v, "uploads-test", vec![Ok(archive)], true).await;
+    assert!(
+        std::fs::read_dir(outside.path())
+            .expect("ls")
+            .next()
+            .is_none(),
+        "something was written outside"
+    );
+    assert!(!root.path().join("escaped.txt").exists());
+    let now = filetime::FileTime::from_last_modification_time(
+        &std::fs::metadata(outside.path()).expect("meta"),
+    );
+    assert_eq!(
+        old, now,
+        "a directory outside the volume had its mtime changed"
+    );
+}
+
+#[actix_rt::test]
+async fn migrate_targets_inside_the_root_another_volume_or_itself_are_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |_| {});
+    v.call(ListVolumes).await.expect("started");
+    std::fs::write(root.path().join("logs/keep.log"), b"keep").expect("write");
+    let r = root.path();
+    for to in [
+        r.join("elsewhere"),
+        r.join("chunks/nested"),
+        r.join("merkle"),
+        r.join("x/../logs/sub"),
+        PathBuf::from("relative/path"),
+    ] {
+        let err = v
+            .call(MigrateVolume {
+                name: name("logs"),
+                to: to.clone(),
+            })
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, VolumeError::Invalid { field: "to", .. }),
+            "{}: {err:?}",
+            to.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read(r.join("logs/keep.log")).expect("read"),
+        b"keep"
+    );
+    let stray: Vec<_> = std::fs::read_dir(r.join("logs")).expect("ls").collect();
+    assert_eq!(stray.len(), 1, "the volume was changed");
+}
+
+#[actix_rt::test]
+async fn a_volume_directory_replaced_by_a_symlink_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    std::fs::write(outside.path().join("old.tmp"), b"precious").expect("write");
+    filetime::set_file_mtime(outside.path().join("old.tmp"), old).expect("utimes");
+    let v = start(root.path(), |_| {});
+    v.call(ListVolumes).await.expect("started");
+    std::fs::remove_dir(root.path().join("redis")).expect("rmdir");
+    std::os::unix::fs::symlink(outside.path(), root.path().join("redis")).expect("symlink");
+    for res in [
+        v.call(CleanupVolume {
+            name: name("redis"),
+        })
+        .await
+        .map(|_| ()),
+        write(&v, "redis", "x.txt", 1).await,
+        v.call(Verify {
+            name: name("redis"),
+            update: false,
+        })
+        .await
+        .map(|_| ()),
+        v.call(MeasureUsage {
+            name: name("redis"),
+        })
+        .await
+        .map(|_| ()),
+        v.call(DeleteVolume {
+            name: name("redis"),
+            force: true,
+        })
+        .await,
+    ] {
+        assert!(
+            matches!(res, Err(VolumeError::PathEscape { .. })),
+            "{res:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(outside.path().join("old.tmp")).expect("still there"),
+        b"precious"
+    );
+    assert!(!outside.path().join("x.txt").exists());
+    let h = v
+        .call(CheckHealth {
+            name: name("redis"),
+        })
+        .await
+        .expect("health");
+    assert!(!h.healthy(), "{h:?}");
+}
+
+#[actix_rt::test]
+async fn concurrent_writes_cannot_all_pass_one_quota() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |_| {});
+    create(&v, "tight", Some("512K")).await;
+    // Ten writes of 100 KiB at once into 512 KiB: at most five fit.
+    let writes: Vec<_> = (0..10)
+        .map(|i| {
+            let v = v.clone();
+            async move { write(&v, "tight", &format!("f{i}"), 100 << 10).await }
+        })
+        .collect();
+    let results = futures_util::future::join_all(writes).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    // Never more than fits; possibly fewer (a write may count another's bytes both in its
+    // walk and in that write's reservation: conservative, never over the quota).
+    assert!((1..=5).contains(&ok), "{ok} writes passed: {results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(VolumeError::OverQuota { .. })))
+    );
+    let usage = v
+        .call(MeasureUsage {
+            name: name("tight"),
+        })
+        .await
+        .expect("usage");
+    assert!(usage.tally.bytes <= 512 << 10, "{usage:?}");
+}
+
+#[actix_rt::test]
+async fn a_crash_in_the_middle_of_an_import_swap_is_undone_at_start() {
+    let root = tempfile::tempdir().expect("tempdir");
+    {
+        let v = start(root.path(), |_| {});
+        v.call(ListVolumes).await.expect("started");
+    }
+    // What a crash between the two renames leaves: the data moved aside, no volume directory.
+    std::fs::write(root.path().join("sessions/s1"), b"session").expect("write");
+    std::fs::rename(
+        root.path().join("sessions"),
+        root.path().join(".sessions.replaced-00000000000000aa"),
+    )
+    .expect("rename");
+    std::fs::create_dir(root.path().join(".sessions.import-00000000000000bb"))
+        .expect("half staging");
+    let v = start(root.path(), |_| {});
+    v.call(ListVolumes).await.expect("started");
+    assert_eq!(
+        std::fs::read(root.path().join("sessions/s1")).expect("restored"),
+        b"session"
+    );
+    assert!(
+        !root
+            .path()
+            .join(".sessions.import-00000000000000bb")
+            .exists()
+    );
 }

@@ -17,9 +17,9 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::keys::glob_match;
 use super::locks::FENCE_PREFIX;
 use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once, with_deadline};
+use crate::glob::glob_match;
 use crate::redact;
 
 /// Keys read per SCAN step (a hint to Redis) and written per import pipeline: small enough

@@ -1,45 +1,54 @@
 //! Volumes as tar streams, for backups: export writes a volume into a tar stream sent in
 //! chunks through a bounded channel (modes, mtimes and symlinks kept; symlinks stored as links,
 //! never followed); import unpacks such a stream into a staging directory, which replaces the
-//! volume's content only once it is complete. Modification times keep whole seconds, tar's
-//! own resolution (as GNU tar's default format): sub-second parts are not carried. Both run on blocking threads; a channel that
-//! makes no progress for the idle timeout ends them.
+//! volume's content only once it is complete. Modification times keep whole seconds, tar's own
+//! resolution (as GNU tar's default format): sub-second parts are not carried.
+//!
+//! A stream is `Result` items: a producer that fails says so with an `Err` item; a stream that
+//! just stops without tar's end-of-archive block is truncated, and refused as such. Both sides
+//! run on blocking threads and wait on the channel with their own clock (not the runtime's
+//! timers, which stop when the runtime does), up to the idle timeout.
 
 use std::io::{Read, Write};
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use super::VolumeError;
-use super::fsops::walk_error;
+use super::fsops::{is_transient, walk_error};
 
 /// Size of the chunks an export sends.
 pub(crate) const CHUNK: usize = 64 * 1024;
+/// Tar blocks are 512 bytes; an archive ends with zero blocks.
+const BLOCK: usize = 512;
+
+/// A tar stream in chunks; an `Err` item ends it.
+pub type TarStream = mpsc::Receiver<Result<Vec<u8>, VolumeError>>;
 
 /// Writes the tree at `dir` as a tar stream into `tx`; answers the bytes sent.
 pub(crate) fn export(
     dir: &Path,
     tx: mpsc::Sender<Result<Vec<u8>, VolumeError>>,
     idle: Duration,
-    runtime: Handle,
 ) -> Result<u64, VolumeError> {
     let writer = ChannelWriter {
         tx,
         buf: Vec::with_capacity(CHUNK),
         sent: 0,
         idle,
-        runtime,
     };
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
-    for entry in walkdir::WalkDir::new(dir)
+    let walk = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .follow_links(false)
         .sort_by_file_name()
-    {
+        .into_iter()
+        .filter_entry(|e| !is_transient(e.file_name()));
+    for entry in walk {
         let entry = entry.map_err(|e| walk_error(dir, e))?;
         let ft = entry.file_type();
         // Sockets, FIFOs and devices are not data.
@@ -59,22 +68,23 @@ pub(crate) fn export(
 }
 
 /// Unpacks a tar stream from `rx` into `dst` (which must exist); answers the bytes read. More
-/// than `limit` bytes of stream is an error (the quota).
+/// than `limit` bytes of stream exceeds `volume`'s quota.
 pub(crate) fn import(
     dst: &Path,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: TarStream,
+    volume: &str,
     limit: u64,
     idle: Duration,
-    runtime: Handle,
 ) -> Result<u64, VolumeError> {
     let mut reader = ChannelReader {
         rx,
         chunk: Vec::new(),
         pos: 0,
         read: 0,
+        tail: Vec::with_capacity(BLOCK),
+        volume: volume.to_owned(),
         limit,
         idle,
-        runtime,
     };
     let mut archive = tar::Archive::new(&mut reader);
     archive.set_preserve_permissions(true);
@@ -83,32 +93,51 @@ pub(crate) fn import(
     archive.set_preserve_ownerships(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
-    // Directories get their mtimes last, deepest first: unpacking their entries changed them.
-    let mut dirs = Vec::new();
+    // Directories: owner-writable while their entries are unpacked (a 0555 directory in the
+    // archive must still be filled), their own mode and mtime set last, deepest first.
+    let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
     for entry in archive
         .entries()
         .map_err(|e| stream_error("untar", dst, e))?
     {
         let mut entry = entry.map_err(|e| stream_error("untar", dst, e))?;
-        let is_dir = entry.header().entry_type().is_dir();
-        let mtime = entry.header().mtime().ok();
+        let header = entry.header();
+        let is_dir = header.entry_type().is_dir();
+        let (mode, mtime) = (header.mode().unwrap_or(0o755), header.mtime().unwrap_or(0));
         let path = entry
             .path()
             .map_err(|e| stream_error("untar", dst, e))?
             .into_owned();
-        // `unpack_in` refuses entries that would land outside `dst` (absolute paths, `..`,
-        // or through a link); they are skipped (false), never written.
-        let unpacked = entry
+        // `unpack_in` strips a leading `/`, skips `..` (false) and refuses to write through a
+        // link; where it put the entry is `dst` + the plain components of its name.
+        if !entry
             .unpack_in(dst)
-            .map_err(|e| stream_error("untar", dst, e))?;
-        if unpacked
-            && is_dir
-            && let Some(mtime) = mtime
+            .map_err(|e| stream_error("untar", dst, e))?
         {
-            dirs.push((dst.join(path), mtime));
+            continue;
+        }
+        if is_dir {
+            let inside: PathBuf = path
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(part) => Some(part),
+                    _ => None,
+                })
+                .collect();
+            let full = dst.join(inside);
+            std::fs::set_permissions(&full, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| VolumeError::io("chmod", &full, &e))?;
+            dirs.push((full, mode & 0o7777, mtime));
         }
     }
-    for (dir, mtime) in dirs.into_iter().rev() {
+    if !reader.ended_properly() {
+        return Err(VolumeError::Interrupted {
+            what: "the tar stream ended before its end-of-archive block (truncated)".to_owned(),
+        });
+    }
+    for (dir, mode, mtime) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| VolumeError::io("chmod", &dir, &e))?;
         let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
         filetime::set_file_mtime(&dir, t).map_err(|e| VolumeError::io("utimes", &dir, &e))?;
     }
@@ -116,13 +145,34 @@ pub(crate) fn import(
 }
 
 fn stream_error(op: &'static str, path: &Path, e: std::io::Error) -> VolumeError {
-    // Our reader and writer report their own errors through io::Error; unwrap them.
-    match e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<VolumeError>())
-    {
-        Some(inner) => inner.clone(),
-        None => VolumeError::io(op, path, &e),
+    // Our reader and writer report their own errors through io::Error, which tar may wrap in
+    // its own error: find ours in the chain.
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|inner| inner as _);
+    while let Some(err) = cur {
+        if let Some(ours) = err.downcast_ref::<VolumeError>() {
+            return ours.clone();
+        }
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => err.source(),
+        };
+    }
+    VolumeError::io(op, path, &e)
+}
+
+/// Waits for `ready` with growing pauses (50 µs to 5 ms) until `idle` has passed.
+fn poll_until<T>(idle: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + idle;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if let Some(done) = attempt() {
+            return Some(done);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
     }
 }
 
@@ -131,7 +181,6 @@ struct ChannelWriter {
     buf: Vec<u8>,
     sent: u64,
     idle: Duration,
-    runtime: Handle,
 }
 
 impl ChannelWriter {
@@ -139,21 +188,37 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        let len = chunk.len() as u64;
-        let tx = self.tx.clone();
-        let sent = self
-            .runtime
-            .block_on(async { tokio::time::timeout(self.idle, tx.send(Ok(chunk))).await });
+        let mut item = Some(Ok(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK),
+        )));
+        let len = item
+            .as_ref()
+            .and_then(|c| c.as_ref().ok())
+            .map_or(0, |c| c.len() as u64);
+        let mut closed = false;
+        let sent = poll_until(self.idle, || match self.tx.try_send(item.take()?) {
+            Ok(()) => Some(()),
+            Err(TrySendError::Full(back)) => {
+                item = Some(back);
+                None
+            }
+            Err(TrySendError::Closed(_)) => {
+                closed = true;
+                Some(())
+            }
+        });
+        if closed {
+            return Err(std::io::Error::other(VolumeError::Interrupted {
+                what: "the export's reader went away".to_owned(),
+            }));
+        }
         match sent {
-            Ok(Ok(())) => {
+            Some(()) => {
                 self.sent += len;
                 Ok(())
             }
-            Ok(Err(_)) => Err(std::io::Error::other(VolumeError::Interrupted {
-                what: "the export's reader went away".to_owned(),
-            })),
-            Err(_) => Err(std::io::Error::other(VolumeError::StreamIdle {
+            None => Err(std::io::Error::other(VolumeError::StreamIdle {
                 what: "export consumer stopped reading",
                 after: self.idle,
             })),
@@ -177,29 +242,57 @@ impl Write for ChannelWriter {
     }
 }
 
+/// Sends the last word of a failed export (best effort: the reader may be gone).
+pub(crate) fn send_error(
+    tx: &mpsc::Sender<Result<Vec<u8>, VolumeError>>,
+    e: VolumeError,
+    idle: Duration,
+) {
+    let mut item = Some(Err(e));
+    let _ = poll_until(idle, || match tx.try_send(item.take()?) {
+        Ok(()) | Err(TrySendError::Closed(_)) => Some(()),
+        Err(TrySendError::Full(back)) => {
+            item = Some(back);
+            None
+        }
+    });
+}
+
 struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: TarStream,
     chunk: Vec<u8>,
     pos: usize,
     read: u64,
+    /// The last bytes read (up to a block): tar's end is a zero block.
+    tail: Vec<u8>,
+    volume: String,
     limit: u64,
     idle: Duration,
-    runtime: Handle,
+}
+
+impl ChannelReader {
+    /// Whether the stream ended with tar's end-of-archive (zero) block.
+    fn ended_properly(&self) -> bool {
+        self.tail.len() == BLOCK && self.tail.iter().all(|b| *b == 0)
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.chunk.len() {
-            let next = self
-                .runtime
-                .block_on(async { tokio::time::timeout(self.idle, self.rx.recv()).await });
+            let next = poll_until(self.idle, || match self.rx.try_recv() {
+                Ok(item) => Some(Some(item)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => Some(None),
+            });
             match next {
-                Ok(Some(chunk)) => {
+                Some(Some(Ok(chunk))) => {
                     self.chunk = chunk;
                     self.pos = 0;
                 }
-                Ok(None) => return Ok(0),
-                Err(_) => {
+                Some(Some(Err(e))) => return Err(std::io::Error::other(e)),
+                Some(None) => return Ok(0),
+                None => {
                     return Err(std::io::Error::other(VolumeError::StreamIdle {
                         what: "import source sent nothing",
                         after: self.idle,
@@ -208,16 +301,24 @@ impl Read for ChannelReader {
             }
         }
         let n = out.len().min(self.chunk.len() - self.pos);
-        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        let bytes = &self.chunk[self.pos..self.pos + n];
+        out[..n].copy_from_slice(bytes);
+        if n >= BLOCK {
+            self.tail.clear();
+            self.tail.extend_from_slice(&bytes[n - BLOCK..]);
+        } else {
+            self.tail.extend_from_slice(bytes);
+            let excess = self.tail.len().saturating_sub(BLOCK);
+            self.tail.drain(..excess);
+        }
         self.pos += n;
         self.read += n as u64;
         if self.read > self.limit {
-            return Err(std::io::Error::other(VolumeError::Invalid {
-                field: "import",
-                reason: format!(
-                    "the stream is larger than the volume's quota ({} bytes)",
-                    self.limit
-                ),
+            return Err(std::io::Error::other(VolumeError::OverQuota {
+                volume: self.volume.clone(),
+                used: 0,
+                quota: self.limit,
+                needed: self.read,
             }));
         }
         Ok(n)

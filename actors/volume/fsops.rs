@@ -1,35 +1,44 @@
 //! Filesystem work for the volume actor, all of it blocking (run with `spawn_blocking`):
-//! names and paths that cannot escape a volume, atomic writes, statvfs, usage walks, the
-//! cross-process lock, and copying a tree with its modes, mtimes and symlinks.
+//! names and paths that cannot escape a volume, atomic and durable writes, statvfs, usage
+//! walks, the cross-process lock, and copying a tree with its modes, mtimes and symlinks.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::VolumeError;
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory. A crash leaves the old file or the new one, never half of either.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VolumeError> {
+/// Names lucid-db gives its own short-lived files (atomic writes, health probes). Walks for
+/// verify and export skip them; cleanup removes old ones.
+pub(crate) const TRANSIENT_PREFIX: &str = ".lucid-tmp-";
+
+pub(crate) fn is_transient(name: &std::ffi::OsStr) -> bool {
+    name.as_bytes().starts_with(TRANSIENT_PREFIX.as_bytes())
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file beside it, fsync, rename,
+/// fsync of the directory. A crash leaves the old file or the new one, never half of either.
+/// The new file gets `mode`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), VolumeError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".lucid-tmp-{name}-{:016x}", rand::random::<u64>()));
+    // Short, so a long file name cannot make the temporary one exceed NAME_MAX.
+    let tmp = dir.join(format!("{TRANSIENT_PREFIX}{:016x}", rand::random::<u64>()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o640)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
@@ -40,10 +49,27 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VolumeError>
     })
 }
 
-/// `rel` joined onto `base`, refused when it could leave `base`: absolute paths, `..`, `.`,
-/// NUL, and any existing component that is a symlink (a link planted inside a volume must
-/// not lead out of it). Missing directories are created when `create_dirs` is set.
-pub(crate) fn safe_join(base: &Path, rel: &str, create_dirs: bool) -> Result<PathBuf, VolumeError> {
+/// The data directory itself must be a real directory: a volume whose directory was replaced
+/// by a symlink would lead every operation elsewhere.
+pub(crate) fn check_data_dir(dir: &Path) -> Result<(), VolumeError> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(VolumeError::PathEscape {
+            path: dir.display().to_string(),
+            reason: "the volume's directory is a symlink".to_owned(),
+        }),
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(VolumeError::PathEscape {
+            path: dir.display().to_string(),
+            reason: "the volume's directory is not a directory".to_owned(),
+        }),
+        Err(e) => Err(VolumeError::io("stat", dir, &e)),
+    }
+}
+
+/// `rel` joined onto `base` (which [`check_data_dir`] accepted), creating missing parent
+/// directories; refused when it could leave `base`: absolute paths, `..`, `.`, NUL, and any
+/// existing component that is a symlink (a link planted inside a volume must not lead out).
+pub(crate) fn safe_join(base: &Path, rel: &str) -> Result<PathBuf, VolumeError> {
     let escape = |reason: &str| VolumeError::PathEscape {
         path: rel.to_owned(),
         reason: reason.to_owned(),
@@ -54,9 +80,8 @@ pub(crate) fn safe_join(base: &Path, rel: &str, create_dirs: bool) -> Result<Pat
     if rel.contains('\0') {
         return Err(escape("contains NUL"));
     }
-    let rel_path = Path::new(rel);
+    let components: Vec<Component> = Path::new(rel).components().collect();
     let mut out = base.to_path_buf();
-    let components: Vec<Component> = rel_path.components().collect();
     for (i, c) in components.iter().enumerate() {
         let Component::Normal(part) = c else {
             return Err(escape(
@@ -75,9 +100,6 @@ pub(crate) fn safe_join(base: &Path, rel: &str, create_dirs: bool) -> Result<Pat
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !last {
-                    if !create_dirs {
-                        return Ok(out.join(components[i + 1..].iter().collect::<PathBuf>()));
-                    }
                     fs::create_dir(&out).map_err(|e| VolumeError::io("mkdir", &out, &e))?;
                 }
             }
@@ -128,10 +150,32 @@ pub(crate) fn statvfs(path: &Path) -> Result<FsStats, VolumeError> {
     })
 }
 
+/// Flushes everything written to the filesystem holding `dir` (syncfs): what is renamed into
+/// place next is on the disk, not only in the page cache.
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), VolumeError> {
+    let f = File::open(dir).map_err(|e| VolumeError::io("open", dir, &e))?;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(VolumeError::io(
+            "syncfs",
+            dir,
+            &std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// fsync of a directory: makes renames and removals inside it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), VolumeError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| VolumeError::io("fsync", dir, &e))
+}
+
 /// Bytes and entries under a directory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
-    /// Space allocated on disk (what `du` counts, and what the quota is about).
+    /// Space allocated on disk (what `du` counts, hard links once; what quotas are about).
     pub bytes: u64,
     /// Sum of file lengths.
     pub apparent_bytes: u64,
@@ -143,9 +187,13 @@ pub struct Tally {
 /// Walks `dir` (never following symlinks) and counts.
 pub(crate) fn tally(dir: &Path) -> Result<Tally, VolumeError> {
     let mut t = Tally::default();
+    let mut linked = HashSet::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         let entry = entry.map_err(|e| walk_error(dir, e))?;
         let meta = entry.metadata().map_err(|e| walk_error(dir, e))?;
+        if meta.nlink() > 1 && !meta.is_dir() && !linked.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
         t.bytes += meta.blocks() * 512;
         let ft = entry.file_type();
         if ft.is_dir() {
@@ -180,8 +228,9 @@ pub(crate) fn is_empty_dir(dir: &Path) -> Result<bool, VolumeError> {
     }
 }
 
-/// An exclusive lock on `path` held until dropped (flock): the CLI and the daemon never run
-/// two exclusive operations on one volume at once.
+/// A lock on a volume's lock file, held until dropped (flock, so the CLI and the daemon see
+/// each other's): exclusive for operations that replace or move data (delete, import, migrate,
+/// resize, verify --update), shared for those that only read or add to it (export, writes).
 pub(crate) struct LockFile {
     _file: File,
 }
@@ -190,6 +239,7 @@ pub(crate) fn lock(
     path: &Path,
     volume: &str,
     operation: &'static str,
+    exclusive: bool,
 ) -> Result<LockFile, VolumeError> {
     let file = OpenOptions::new()
         .create(true)
@@ -198,14 +248,13 @@ pub(crate) fn lock(
         .mode(0o640)
         .open(path)
         .map_err(|e| VolumeError::io("open lock", path, &e))?;
-    // SAFETY: flock on a descriptor we own.
-    let rc = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
+    let how = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
     };
-    if rc != 0 {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
         return Err(VolumeError::Busy {
             volume: volume.to_owned(),
             operation,
@@ -214,10 +263,12 @@ pub(crate) fn lock(
     Ok(LockFile { _file: file })
 }
 
-/// Copies the tree at `src` into `dst` (created): regular files, directories and symlinks
-/// (as links, never followed), with their modes and mtimes. Other file types are skipped.
+/// Copies the tree at `src` into `dst` (which must not exist; it is created): regular files,
+/// directories and symlinks (as links, never followed), with their modes and mtimes, then
+/// flushes the filesystem. Other file types are skipped. Owners are not copied (the daemon has
+/// no CAP_CHOWN).
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, VolumeError> {
-    fs::create_dir_all(dst).map_err(|e| VolumeError::io("mkdir", dst, &e))?;
+    fs::create_dir(dst).map_err(|e| VolumeError::io("mkdir", dst, &e))?;
     let mut dirs = Vec::new();
     let mut copied = 0u64;
     for entry in walkdir::WalkDir::new(src).min_depth(1).follow_links(false) {
@@ -232,40 +283,55 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, VolumeError> {
         let to = dst.join(rel);
         let meta = entry.metadata().map_err(|e| walk_error(src, e))?;
         let ft = entry.file_type();
+        let mtime = filetime::FileTime::from_last_modification_time(&meta);
         if ft.is_dir() {
+            // Owner-writable until the end, so a read-only directory can still be filled.
             fs::create_dir(&to).map_err(|e| VolumeError::io("mkdir", &to, &e))?;
-            dirs.push((to, meta));
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o700))
+                .map_err(|e| VolumeError::io("chmod", &to, &e))?;
+            dirs.push((to, meta.permissions(), mtime));
         } else if ft.is_symlink() {
             let target = fs::read_link(entry.path())
                 .map_err(|e| VolumeError::io("readlink", entry.path(), &e))?;
             std::os::unix::fs::symlink(&target, &to)
                 .map_err(|e| VolumeError::io("symlink", &to, &e))?;
-            let mtime = filetime::FileTime::from_last_modification_time(&meta);
             let _ = filetime::set_symlink_file_times(&to, mtime, mtime);
         } else if ft.is_file() {
-            copied += fs::copy(entry.path(), &to).map_err(|e| VolumeError::io("copy", &to, &e))?;
+            copied += copy_file(entry.path(), &to)?;
             fs::set_permissions(&to, meta.permissions())
                 .map_err(|e| VolumeError::io("chmod", &to, &e))?;
-            let mtime = filetime::FileTime::from_last_modification_time(&meta);
             filetime::set_file_mtime(&to, mtime).map_err(|e| VolumeError::io("utimes", &to, &e))?;
         }
     }
     // Directories last, deepest first: filling them changed their mtimes.
-    for (dir, meta) in dirs.into_iter().rev() {
-        fs::set_permissions(&dir, meta.permissions())
-            .map_err(|e| VolumeError::io("chmod", &dir, &e))?;
-        let mtime = filetime::FileTime::from_last_modification_time(&meta);
+    for (dir, perms, mtime) in dirs.into_iter().rev() {
+        fs::set_permissions(&dir, perms).map_err(|e| VolumeError::io("chmod", &dir, &e))?;
         filetime::set_file_mtime(&dir, mtime).map_err(|e| VolumeError::io("utimes", &dir, &e))?;
     }
-    File::open(dst)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| VolumeError::io("fsync", dst, &e))?;
+    sync_filesystem(dst)?;
     Ok(copied)
 }
 
-/// Redis-style glob on a file name (`*`, `?`).
+/// Copies one file without following a symlink swapped in for it.
+fn copy_file(from: &Path, to: &Path) -> Result<u64, VolumeError> {
+    let mut src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)
+        .map_err(|e| VolumeError::io("open", from, &e))?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(to)
+        .map_err(|e| VolumeError::io("create", to, &e))?;
+    std::io::copy(&mut src, &mut dst).map_err(|e| VolumeError::io("copy", to, &e))
+}
+
+/// File-name glob for cleanup patterns.
 pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
-    crate::redis::keys::glob_match(pattern, name)
+    crate::glob::glob_match(pattern, name)
 }
 
 #[cfg(test)]
@@ -291,25 +357,38 @@ mod tests {
             "a\0b",
         ] {
             assert!(
-                matches!(
-                    safe_join(&base, bad, true),
-                    Err(VolumeError::PathEscape { .. })
-                ),
+                matches!(safe_join(&base, bad), Err(VolumeError::PathEscape { .. })),
                 "{bad:?}"
             );
         }
-        let ok = safe_join(&base, "a/b/c.txt", true).expect("plain path");
+        let ok = safe_join(&base, "a/b/c.txt").expect("plain path");
         assert_eq!(ok, base.join("a/b/c.txt"));
         assert!(base.join("a/b").is_dir());
     }
 
     #[test]
-    fn atomic_write_replaces_whole() {
+    fn a_symlinked_volume_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("/tmp", dir.path().join("vol")).expect("symlink");
+        assert!(matches!(
+            check_data_dir(&dir.path().join("vol")),
+            Err(VolumeError::PathEscape { .. })
+        ));
+        fs::create_dir(dir.path().join("real")).expect("mkdir");
+        check_data_dir(&dir.path().join("real")).expect("a real directory");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_with_its_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("meta.json");
-        write_atomic(&p, b"one").expect("write");
-        write_atomic(&p, b"two").expect("write");
+        write_atomic(&p, b"one", 0o640).expect("write");
+        write_atomic(&p, b"two", 0o600).expect("write");
         assert_eq!(fs::read(&p).expect("read"), b"two");
+        assert_eq!(
+            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .expect("ls")
             .filter_map(Result::ok)
@@ -319,9 +398,10 @@ mod tests {
     }
 
     #[test]
-    fn statvfs_and_tally() {
+    fn statvfs_and_tally_count_hard_links_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("a"), vec![0u8; 10_000]).expect("write");
+        fs::hard_link(dir.path().join("a"), dir.path().join("a2")).expect("link");
         fs::create_dir(dir.path().join("d")).expect("mkdir");
         std::os::unix::fs::symlink("a", dir.path().join("l")).expect("symlink");
         let t = tally(dir.path()).expect("tally");
@@ -335,15 +415,25 @@ mod tests {
     }
 
     #[test]
-    fn a_held_lock_is_busy() {
+    fn an_exclusive_lock_excludes_and_shared_ones_share() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join(".v.lock");
-        let held = lock(&p, "v", "migrate").expect("first");
+        let held = lock(&p, "v", "migrate", true).expect("first");
         assert!(matches!(
-            lock(&p, "v", "import"),
+            lock(&p, "v", "import", true),
+            Err(VolumeError::Busy { .. })
+        ));
+        assert!(matches!(
+            lock(&p, "v", "write", false),
             Err(VolumeError::Busy { .. })
         ));
         drop(held);
-        lock(&p, "v", "import").expect("free again");
+        let reader = lock(&p, "v", "export", false).expect("shared");
+        let _writer = lock(&p, "v", "write", false).expect("shared too");
+        assert!(matches!(
+            lock(&p, "v", "migrate", true),
+            Err(VolumeError::Busy { .. })
+        ));
+        drop(reader);
     }
 }

@@ -5,15 +5,14 @@
 //! faster on a Pi's cores, and this is about detecting change, not signing.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::VolumeError;
-use super::fsops::walk_error;
+use super::fsops::{is_transient, walk_error};
 
 /// One entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,14 +69,17 @@ impl VerifyReport {
     }
 }
 
-/// Builds the manifest of the tree at `dir` (never following symlinks).
-pub(crate) fn build(dir: &Path) -> Result<Manifest, VolumeError> {
+/// Builds the manifest of the tree at `dir` (never following symlinks; lucid-db's own
+/// short-lived files are left out).
+pub fn build(dir: &Path) -> Result<Manifest, VolumeError> {
     let mut entries = BTreeMap::new();
-    for item in walkdir::WalkDir::new(dir)
+    let walk = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .follow_links(false)
         .sort_by_file_name()
-    {
+        .into_iter()
+        .filter_entry(|e| !is_transient(e.file_name()));
+    for item in walk {
         let item = item.map_err(|e| walk_error(dir, e))?;
         let path = item.path();
         let rel = path
@@ -117,7 +119,12 @@ pub(crate) fn build(dir: &Path) -> Result<Manifest, VolumeError> {
 }
 
 fn hash_file(path: &Path) -> Result<String, VolumeError> {
-    let mut file = File::open(path).map_err(|e| VolumeError::io("open", path, &e))?;
+    // Never through a symlink swapped in after the walk saw a file.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| VolumeError::io("open", path, &e))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {

@@ -19,19 +19,8 @@ use lucid_testkit::{Server, free_port, redis};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-const DEADLINE: Duration = Duration::from_millis(500);
-
-fn config(url: &str) -> Config {
-    let mut c = Config::defaults().expect("defaults");
-    c.redis.url = url.into();
-    c.mongodb.enabled = false;
-    c.elasticsearch.enabled = false;
-    c.supervisor.call_deadline = DEADLINE;
-    c.supervisor.probe_interval = Duration::from_millis(100);
-    c.supervisor.backoff_base = Duration::from_millis(50);
-    c.supervisor.backoff_cap = Duration::from_millis(400);
-    c
-}
+mod common;
+use common::{DEADLINE, fast_config as config};
 
 /// The actors on a fresh server, once Redis is up, and a plain connection for inspection.
 async fn start(

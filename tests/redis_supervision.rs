@@ -6,22 +6,11 @@ use std::time::{Duration, Instant};
 use lucid_actors::events;
 use lucid_actors::redis::RedisError;
 use lucid_actors::supervisor::{BackoffPolicy, StateLabel};
-use lucid_actors::{BackendStatus, CallError, Config, Handles, Roles};
+use lucid_actors::{BackendStatus, CallError, Handles, Roles};
 use lucid_testkit::redis;
 
-const DEADLINE: Duration = Duration::from_millis(500);
-
-fn config(url: &str) -> Config {
-    let mut c = Config::defaults().expect("defaults");
-    c.redis.url = url.into();
-    c.mongodb.enabled = false;
-    c.elasticsearch.enabled = false;
-    c.supervisor.call_deadline = DEADLINE;
-    c.supervisor.probe_interval = Duration::from_millis(100);
-    c.supervisor.backoff_base = Duration::from_millis(50);
-    c.supervisor.backoff_cap = Duration::from_millis(400);
-    c
-}
+mod common;
+use common::{DEADLINE, fast_config as config};
 
 fn redis_status(h: &Handles) -> BackendStatus {
     h.registry

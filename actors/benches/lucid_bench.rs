@@ -186,6 +186,23 @@ where
     Rc::new(move |w, n| Box::pin(f(w, n)))
 }
 
+/// GET/SET on a driver connection: alternately PSETEX and GET.
+fn direct_get_set(c: MultiplexedConnection) -> Op {
+    op(move |w, n| {
+        let mut c = c.clone();
+        async move {
+            let key = raw_kv_key(w, n);
+            if n % 2 == 0 {
+                c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
+                    .await
+                    .is_ok()
+            } else {
+                c.get::<_, Option<Vec<u8>>>(&key).await.is_ok()
+            }
+        }
+    })
+}
+
 /// The raw key the direct path uses: what a driver user would write, no validation.
 fn raw_kv_key(w: usize, n: u64) -> String {
     format!("lucid:bench:kv:{}", (w as u64 * 7919 + n) % KEYS)
@@ -224,19 +241,7 @@ fn redis_workloads(h: RedisHandle, conn: MultiplexedConnection) -> Vec<Workload>
                 }
             }
         }),
-        direct: op(move |w, n| {
-            let mut c = c.clone();
-            async move {
-                let key = raw_kv_key(w, n);
-                if n % 2 == 0 {
-                    c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
-                        .await
-                        .is_ok()
-                } else {
-                    c.get::<_, Option<Vec<u8>>>(&key).await.is_ok()
-                }
-            }
-        }),
+        direct: direct_get_set(c),
     });
 
     // The same GET/SET sent to the actor's mailbox (`Addr::send`), as a sibling sending
@@ -264,19 +269,7 @@ fn redis_workloads(h: RedisHandle, conn: MultiplexedConnection) -> Vec<Workload>
                 }
             }
         }),
-        direct: op(move |w, n| {
-            let mut c = c.clone();
-            async move {
-                let key = raw_kv_key(w, n);
-                if n % 2 == 0 {
-                    c.pset_ex::<_, _, ()>(&key, VALUE, TTL.as_millis() as u64)
-                        .await
-                        .is_ok()
-                } else {
-                    c.get::<_, Option<Vec<u8>>>(&key).await.is_ok()
-                }
-            }
-        }),
+        direct: direct_get_set(c),
     });
 
     // Rate-limit check: the same sliding-window script, many subjects.

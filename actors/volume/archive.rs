@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use super::VolumeError;
-use super::fsops::{is_transient, walk_error};
+use super::fsops::{walk_error, walk_volume};
 
 /// Size of the chunks an export sends.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -42,13 +42,7 @@ pub(crate) fn export(
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
-    let walk = walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !is_transient(e.file_name()));
-    for entry in walk {
+    for entry in walk_volume(dir) {
         let entry = entry.map_err(|e| walk_error(dir, e))?;
         let ft = entry.file_type();
         // Sockets, FIFOs and devices are not data.

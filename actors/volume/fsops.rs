@@ -208,6 +208,17 @@ pub(crate) fn tally(dir: &Path) -> Result<Tally, VolumeError> {
     Ok(t)
 }
 
+/// A volume's tree, for verify and export: sorted by name (stable manifests and archives),
+/// never following symlinks, without lucid-db's own short-lived files.
+pub(crate) fn walk_volume(dir: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !is_transient(e.file_name()))
+}
+
 pub(crate) fn walk_error(dir: &Path, e: walkdir::Error) -> VolumeError {
     let path = e
         .path()

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::VolumeError;
-use super::fsops::{is_transient, walk_error};
+use super::fsops::{walk_error, walk_volume};
 
 /// One entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,13 +73,7 @@ impl VerifyReport {
 /// short-lived files are left out).
 pub fn build(dir: &Path) -> Result<Manifest, VolumeError> {
     let mut entries = BTreeMap::new();
-    let walk = walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !is_transient(e.file_name()));
-    for item in walk {
+    for item in walk_volume(dir) {
         let item = item.map_err(|e| walk_error(dir, e))?;
         let path = item.path();
         let rel = path

@@ -1,0 +1,22 @@
+//! Helpers shared by the integration tests that run the actors in process.
+
+use std::time::Duration;
+
+use lucid_actors::Config;
+
+/// The call deadline of [`fast_config`].
+pub const DEADLINE: Duration = Duration::from_millis(500);
+
+/// The defaults with Redis at `redis_url`, MongoDB and Elasticsearch off, and supervision fast
+/// enough for tests: a 500 ms deadline, probes every 100 ms, backoff from 50 ms to 400 ms.
+pub fn fast_config(redis_url: &str) -> Config {
+    let mut c = Config::defaults().expect("defaults");
+    c.redis.url = redis_url.into();
+    c.mongodb.enabled = false;
+    c.elasticsearch.enabled = false;
+    c.supervisor.call_deadline = DEADLINE;
+    c.supervisor.probe_interval = Duration::from_millis(100);
+    c.supervisor.backoff_base = Duration::from_millis(50);
+    c.supervisor.backoff_cap = Duration::from_millis(400);
+    c
+}

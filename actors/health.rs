@@ -140,13 +140,20 @@ impl HealthRegistry {
     /// A backend enabled in config whose actor this version does not have yet: `disabled`,
     /// not required, with the reason.
     pub fn register_unbuilt(&self, backend: Backend) {
+        self.register_disabled(
+            backend,
+            "no actor in this version yet: its configuration is read, not acted on",
+        );
+    }
+
+    /// A backend that is enabled but cannot run (its actor could not start): shown disabled
+    /// with the reason, and not holding readiness back.
+    pub fn register_disabled(&self, backend: Backend, reason: &str) {
         self.register(backend, false);
         self.update(backend, true, |e| {
             e.status.state = StateLabel::Disabled;
             e.status.attempt = 0;
-            e.status.reason = Some(
-                "no actor in this version yet: its configuration is read, not acted on".to_owned(),
-            );
+            e.status.reason = Some(reason.to_owned());
         });
     }
 

@@ -51,7 +51,7 @@ use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp, RateLim
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::{
-    Backend, BackoffPolicy, CallError, ConnState, Connection, Heartbeat, Shutdown, call,
+    Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
 
 pub use cache::{CacheDelete, CacheExists, CacheGet, CacheSet};
@@ -197,13 +197,6 @@ impl RedisError {
             after,
         })
     }
-
-    fn unavailable(retry_in: Option<Duration>) -> Self {
-        RedisError::Call(CallError::Unavailable {
-            backend: BACKEND,
-            retry_in,
-        })
-    }
 }
 
 impl From<redis::RedisError> for RedisError {
@@ -326,25 +319,10 @@ pub trait RedisOp:
     }
 }
 
-/// What the actor publishes for calls that bypass its mailbox.
-enum Published {
-    Up {
-        conn: MultiplexedConnection,
-        generation: u64,
-    },
-    Connecting,
-    Backoff {
-        retry_at: Instant,
-    },
-    Disabled {
-        reason: String,
-    },
-}
-
 /// State shared by the actor (its only writer) and every handle.
 pub struct Shared {
     settings: Settings,
-    published: RwLock<Published>,
+    published: RwLock<Published<MultiplexedConnection>>,
     /// Whether `ratelimit.degraded` was emitted for the current outage.
     degraded_reported: AtomicBool,
     health: HealthEntry,
@@ -367,21 +345,11 @@ impl Shared {
 
     /// The connection for a call, or the answer to give instead — at once, without waiting.
     fn usable(&self) -> Result<(MultiplexedConnection, u64), RedisError> {
-        let published = self
+        Ok(self
             .published
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match &*published {
-            Published::Up { conn, generation } => Ok((conn.clone(), *generation)),
-            Published::Connecting => Err(RedisError::unavailable(None)),
-            Published::Backoff { retry_at } => Err(RedisError::unavailable(Some(
-                retry_at.saturating_duration_since(Instant::now()),
-            ))),
-            Published::Disabled { reason } => Err(RedisError::Call(CallError::Disabled {
-                backend: BACKEND,
-                reason: reason.clone(),
-            })),
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .usable(BACKEND)?)
     }
 
     /// `ratelimit.degraded`, once per outage.
@@ -560,17 +528,8 @@ impl RedisActor {
     /// Mirrors the state machine into the health registry and into what calls read.
     fn record(&self) {
         self.shared.health.record(&self.machine);
-        let published = match (self.machine.state(), &self.conn) {
-            (ConnState::Up { .. }, Some(conn)) => Published::Up {
-                conn: conn.clone(),
-                generation: self.generation,
-            },
-            (ConnState::Backoff { until, .. }, _) => Published::Backoff { retry_at: *until },
-            (ConnState::Disabled { reason }, _) => Published::Disabled {
-                reason: reason.clone(),
-            },
-            _ => Published::Connecting,
-        };
+        let published =
+            Published::from_state(self.machine.state(), self.conn.as_ref(), self.generation);
         *self
             .shared
             .published

@@ -368,6 +368,52 @@ pub fn not_delivered(backend: Backend, e: MailboxError) -> CallError {
     }
 }
 
+/// What a backend actor publishes for calls that bypass its mailbox: the live connection
+/// (any cheaply cloned driver handle) and its generation while up, otherwise the answer to
+/// give at once. The actor is the only writer; callers read it under an `RwLock`.
+pub enum Published<C> {
+    Up { conn: C, generation: u64 },
+    Connecting,
+    Backoff { retry_at: Instant },
+    Disabled { reason: String },
+}
+
+impl<C: Clone> Published<C> {
+    /// The state machine's state with the actor's connection, as callers should see it.
+    pub fn from_state(state: &ConnState, conn: Option<&C>, generation: u64) -> Self {
+        match (state, conn) {
+            (ConnState::Up { .. }, Some(conn)) => Published::Up {
+                conn: conn.clone(),
+                generation,
+            },
+            (ConnState::Backoff { until, .. }, _) => Published::Backoff { retry_at: *until },
+            (ConnState::Disabled { reason }, _) => Published::Disabled {
+                reason: reason.clone(),
+            },
+            _ => Published::Connecting,
+        }
+    }
+
+    /// The connection for a call and its generation, or the error to answer with at once.
+    pub fn usable(&self, backend: Backend) -> Result<(C, u64), CallError> {
+        match self {
+            Published::Up { conn, generation } => Ok((conn.clone(), *generation)),
+            Published::Connecting => Err(CallError::Unavailable {
+                backend,
+                retry_in: None,
+            }),
+            Published::Backoff { retry_at } => Err(CallError::Unavailable {
+                backend,
+                retry_in: Some(retry_at.saturating_duration_since(Instant::now())),
+            }),
+            Published::Disabled { reason } => Err(CallError::Disabled {
+                backend,
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
 /// Answers at once: the watchdog sends it to prove the actor's event loop is turning.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]

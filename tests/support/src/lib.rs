@@ -69,6 +69,35 @@ pub static REDIS: ServerKind = ServerKind {
     },
 };
 
+/// nx-27017 from the project's venv: a MongoDB wire-protocol server on SQLite, one file
+/// database per logical database under the server's directory (so it survives restarts).
+pub static MONGO: ServerKind = ServerKind {
+    name: "mongodb",
+    scheme: "mongodb",
+    program: "nx-27017",
+    install_hint: "run scripts/setup.sh (it installs nx-27017 into .venv with pip)",
+    args: |port, dir| {
+        vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string().into(),
+            "--data-dir".into(),
+            dir.join("data").into_os_string(),
+            "--pid-file".into(),
+            dir.join("nx.pid").into_os_string(),
+            "--log-file".into(),
+            dir.join("nx.log").into_os_string(),
+        ]
+    },
+    ready: |addr| mongo_ping(addr).unwrap_or(false),
+};
+
+/// Starts nx-27017; panics with an install hint when it is missing.
+pub fn mongo() -> Server {
+    Server::start(&MONGO)
+}
+
 /// A running (or stopped, between [`Server::stop`] and [`Server::start_again`]) test server.
 pub struct Server {
     kind: &'static ServerKind,
@@ -258,6 +287,50 @@ pub fn redis_ping(addr: SocketAddr) -> std::io::Result<String> {
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Sends `{ping: 1}` as an OP_MSG and reports whether the reply says `ok`.
+pub fn mongo_ping(addr: SocketAddr) -> std::io::Result<bool> {
+    // BSON {ping: 1 (int32), $db: "admin"}
+    let mut body = Vec::new();
+    body.push(0x10);
+    body.extend_from_slice(b"ping\0");
+    body.extend_from_slice(&1i32.to_le_bytes());
+    body.push(0x02);
+    body.extend_from_slice(b"$db\0");
+    body.extend_from_slice(&6i32.to_le_bytes());
+    body.extend_from_slice(b"admin\0");
+    body.push(0);
+    let mut doc = ((body.len() + 4) as i32).to_le_bytes().to_vec();
+    doc.extend_from_slice(&body);
+    // header: length, requestID, responseTo, opCode 2013; flags; section kind 0
+    let len = 16 + 4 + 1 + doc.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as i32).to_le_bytes());
+    msg.extend_from_slice(&1i32.to_le_bytes());
+    msg.extend_from_slice(&0i32.to_le_bytes());
+    msg.extend_from_slice(&2013i32.to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    msg.push(0);
+    msg.extend_from_slice(&doc);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(1000)))?;
+    s.write_all(&msg)?;
+    let mut header = [0u8; 16];
+    s.read_exact(&mut header)?;
+    let total = i32::from_le_bytes([header[0], header[1], header[2], header[3]]).max(16) as usize;
+    let mut rest = vec![0u8; total - 16];
+    s.read_exact(&mut rest)?;
+    // The reply document holds "ok" as 1: a double (mongod), an int32 (nx-27017) or an int64.
+    let ok_as = |kind: u8, value: &[u8]| {
+        let mut want = vec![kind];
+        want.extend_from_slice(b"ok\0");
+        want.extend_from_slice(value);
+        rest.windows(want.len()).any(|w| w == want.as_slice())
+    };
+    Ok(ok_as(0x01, &1.0f64.to_le_bytes())
+        || ok_as(0x10, &1i32.to_le_bytes())
+        || ok_as(0x12, &1i64.to_le_bytes()))
 }
 
 /// A loopback port nobody listens on right now.

@@ -144,6 +144,32 @@ pub struct MongoConfig {
     pub password_file: PathBuf,
     #[serde(skip)]
     pub password: Option<Secret>,
+    /// Where reads go on a replica set.
+    pub read_preference: ReadPreferenceMode,
+    /// `default` (the server's), `majority`, or a number of members.
+    pub write_concern: String,
+    /// Connections per server in the driver's pool.
+    pub max_pool_size: u32,
+    /// Run the bootstrap (collections, validators, indexes) each time MongoDB comes up.
+    pub bootstrap: bool,
+    /// Directory with the 15 `{collection}.json` files; empty: the ones built in.
+    pub schema_dir: PathBuf,
+    /// On a mongos: `enableSharding` and `shardCollection` for the collections whose file
+    /// names a shard key.
+    pub shard_collections: bool,
+    /// Documents per insert batch in an import.
+    pub import_batch: usize,
+}
+
+/// MongoDB read preference modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPreferenceMode {
+    Primary,
+    PrimaryPreferred,
+    Secondary,
+    SecondaryPreferred,
+    Nearest,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -685,6 +711,34 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     if let Err(reason) = check_database_name(&c.mongodb.database) {
         err("mongodb.database", reason);
     }
+    let wc = c.mongodb.write_concern.as_str();
+    if !(wc == "default" || wc == "majority" || wc.parse::<u32>().is_ok()) {
+        err(
+            "mongodb.write_concern",
+            "must be \"default\", \"majority\" or a number of members".to_owned(),
+        );
+    }
+    if c.mongodb.max_pool_size == 0 {
+        err("mongodb.max_pool_size", "must be at least 1".to_owned());
+    }
+    if !(1..=100_000).contains(&c.mongodb.import_batch) {
+        err(
+            "mongodb.import_batch",
+            "must be between 1 and 100000".to_owned(),
+        );
+    }
+    if !c.mongodb.schema_dir.as_os_str().is_empty() {
+        if !c.mongodb.schema_dir.is_absolute() {
+            err(
+                "mongodb.schema_dir",
+                "must be an absolute path (or empty for the built-in schemas)".to_owned(),
+            );
+        } else if c.mongodb.enabled
+            && let Err(e) = crate::mongo::Catalog::from_dir(&c.mongodb.schema_dir)
+        {
+            err("mongodb.schema_dir", e.to_string());
+        }
+    }
     if let Err(reason) = check_http_url(c.elasticsearch.url.expose()) {
         err("elasticsearch.url", reason);
     }
@@ -838,7 +892,7 @@ fn check_mongodb_url(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_database_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_database_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err("must be 1 to 63 characters".to_owned());
     }

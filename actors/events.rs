@@ -189,6 +189,31 @@ events! {
         missing: u64,
         changed: u64,
     }
+    /// The MongoDB bootstrap brought the database in line with `configs/mongodb/`
+    /// (emitted only when it changed something).
+    MongoBootstrapApplied = "mongo.bootstrap_applied", INFO {
+        database: String,
+        collections_created: u64,
+        indexes_created: u64,
+        validators_updated: u64,
+        collections_sharded: u64,
+        elapsed_ms: u64,
+    }
+    /// The database differs from `configs/mongodb/` in a way the bootstrap does not repair on
+    /// its own (an index with the same key but other options, an index nobody declared, a
+    /// validator the server cannot store); an operator decides.
+    MongoDrift = "mongo.drift", WARN, code = code {
+        /// `index_options`, `index_name_taken`, `index_unknown`, `text_index_differs`,
+        /// `validators_not_stored`.
+        code: &'static str,
+        collection: String,
+        detail: String,
+    }
+    /// The bootstrap could not finish (it runs again the next time MongoDB comes up).
+    MongoBootstrapFailed = "mongo.bootstrap_failed", WARN, code = code {
+        code: &'static str,
+        error: String,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,

@@ -10,6 +10,7 @@
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
 //! - [`redis`] — the Redis actor.
+//! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
 //! - [`volume`] — the volume actor: named volumes, quotas, usage, integrity, tar streams.
 //!
 //! # Use
@@ -22,6 +23,7 @@ pub mod config;
 pub mod events;
 mod glob;
 pub mod health;
+pub mod mongo;
 pub mod redact;
 pub mod redis;
 pub mod supervisor;
@@ -67,6 +69,8 @@ pub struct Handles {
     pub registry: HealthRegistry,
     /// `None` when `redis.enabled = false`.
     pub redis: Option<redis::RedisHandle>,
+    /// `None` when `mongodb.enabled = false` (or its schema files could not be read).
+    pub mongo: Option<mongo::MongoHandle>,
     pub volumes: volume::VolumeHandle,
 }
 
@@ -79,15 +83,30 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         let entry = registry.register(Backend::Redis, config.redis.required);
         redis::RedisActor::start_with(&config.redis, &config.supervisor, entry)
     });
+    let mongo = if config.mongodb.enabled {
+        match mongo::Catalog::load(&config.mongodb) {
+            Ok(catalog) => {
+                let entry = registry.register(Backend::Mongodb, config.mongodb.required);
+                Some(mongo::MongoActor::start_with(
+                    &config.mongodb,
+                    &config.supervisor,
+                    catalog,
+                    entry,
+                ))
+            }
+            Err(e) => {
+                // `config check` refuses this before the daemon starts; this is the fallback.
+                registry.register_disabled(Backend::Mongodb, &format!("schema files: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     // Enabled in config but not built yet: shown, so nobody mistakes silence for health, and
     // not required, so the daemon can become ready with what it has.
-    for (backend, enabled) in [
-        (Backend::Mongodb, config.mongodb.enabled),
-        (Backend::Elasticsearch, config.elasticsearch.enabled),
-    ] {
-        if enabled {
-            registry.register_unbuilt(backend);
-        }
+    if config.elasticsearch.enabled {
+        registry.register_unbuilt(Backend::Elasticsearch);
     }
     let volumes = volume::VolumeActor::start_with(
         &config.volumes,
@@ -98,6 +117,7 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         roles,
         registry,
         redis,
+        mongo,
         volumes,
     }
 }
@@ -111,6 +131,12 @@ impl Handles {
                 .heartbeat(deadline)
                 .await
                 .map_err(|_| Unresponsive { actor: "redis" })?;
+        }
+        if let Some(mongo) = &self.mongo {
+            mongo
+                .heartbeat(deadline)
+                .await
+                .map_err(|_| Unresponsive { actor: "mongodb" })?;
         }
         self.volumes
             .addr()
@@ -128,6 +154,11 @@ impl Handles {
             && redis.shutdown(deadline).await.is_err()
         {
             late.push(Unresponsive { actor: "redis" });
+        }
+        if let Some(mongo) = &self.mongo
+            && mongo.shutdown(deadline).await.is_err()
+        {
+            late.push(Unresponsive { actor: "mongodb" });
         }
         if self
             .volumes

@@ -36,6 +36,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// MongoDB: the Lucid collections, their validators and indexes.
+    Mongo {
+        #[command(subcommand)]
+        command: MongoCommand,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// The data volumes under `volumes.root`.
     Volumes {
         #[command(subcommand)]
@@ -87,6 +95,20 @@ pub enum VolumesCommand {
         name: String,
         to: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MongoCommand {
+    /// Create missing collections (with validators) and indexes, update changed validators,
+    /// shard configured collections on a mongos; report drift. Idempotent.
+    /// Exit 69 when MongoDB cannot be reached, 1 when a command fails.
+    Bootstrap {
+        /// Print the plan (the commands, exactly as they would be sent) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Topology, database and per-collection stats.
+    Stats,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@
 //! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
 //! - `http` — the HTTP API (`/health`, `/ready`).
 //! - `health_cmd` — `lucid-db health`.
+//! - `mongo_cmd` — `lucid-db mongo …`.
 //! - `volumes_cmd` — `lucid-db volumes …`.
 //! - `logging` — journald, JSON or text on stderr.
 //! - `exit` — exit codes.
@@ -19,6 +20,7 @@ mod exit;
 mod health_cmd;
 mod http;
 mod logging;
+mod mongo_cmd;
 mod volumes_cmd;
 
 use std::process::ExitCode;
@@ -70,6 +72,12 @@ fn main() -> ExitCode {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
             let code = system.block_on(volumes_cmd::run(&loaded.config, command, json));
+            exit_now(code)
+        }
+        Command::Mongo { command, json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            let system = actix_rt::System::new();
+            let code = system.block_on(mongo_cmd::run(&loaded.config, command, json));
             exit_now(code)
         }
         Command::Health { json } => {

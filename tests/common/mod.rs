@@ -20,3 +20,14 @@ pub fn fast_config(redis_url: &str) -> Config {
     c.supervisor.backoff_cap = Duration::from_millis(400);
     c
 }
+
+/// The defaults with MongoDB at `mongo_url` (Redis and Elasticsearch off) and the same fast
+/// supervision as [`fast_config`].
+#[allow(dead_code)]
+pub fn fast_mongo_config(mongo_url: &str) -> Config {
+    let mut c = fast_config("redis://127.0.0.1:1");
+    c.redis.enabled = false;
+    c.mongodb.enabled = true;
+    c.mongodb.url = mongo_url.into();
+    c
+}

@@ -1,0 +1,948 @@
+//! The MongoDB actor: owns lucid-db's connection to MongoDB and everything Lucid does with it.
+//!
+//! The official driver keeps a pool per server and finds servers on its own; the actor
+//! supervises it the way every backend actor does (DESIGN §2): a `ping` probe every
+//! `supervisor.probe_interval`, the shared [`Connection`] state machine and backoff, calls
+//! answered `Unavailable` at once while MongoDB is not up, and news of a lost connection from
+//! the calls themselves. The driver's server selection timeout is the call deadline, so no
+//! call waits longer than a caller was promised; the driver's retryable-writes rules apply
+//! (one retry on a replica set, for writes the server can de-duplicate) and lucid-db never
+//! retries a write on its own.
+//!
+//! Like Redis, every request/response operation is a message with a typed reply that
+//! implements [`MongoOp`] and runs the same way through the mailbox or through
+//! [`MongoHandle::call`], which skips the mailbox hop. The collections are a typed enum
+//! ([`Collection`]) with their validators and indexes as data (`configs/mongodb/`).
+//!
+//! One file each under `actors/mongo/`:
+//! - [`collections`] — the 15 collections and their specs (validators, indexes).
+//! - [`schema`] — `$jsonSchema` validation in the actor, naming the field.
+//! - [`bootstrap`] — the idempotent bootstrap: plan (a pure function) and apply.
+//! - [`crud`] — insert, find (streamed), update, replace, delete, count, distinct, aggregate.
+//! - [`records`] — typed documents for users, sessions, blocks and transactions.
+//! - [`transfer`] — streaming export and import of a collection, for backups.
+//! - [`stats`] — collection and database stats, `hello` topology.
+
+pub mod bootstrap;
+pub mod collections;
+pub mod crud;
+pub mod records;
+pub mod schema;
+pub mod stats;
+pub mod transfer;
+
+/// The driver's BSON crate, for callers building documents.
+pub use mongodb::bson;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::prelude::*;
+use mongodb::bson::{Document, doc};
+use mongodb::error::ErrorKind;
+use mongodb::options::{
+    ClientOptions, Credential, ReadPreference, ReadPreferenceOptions, SelectionCriteria,
+    WriteConcern,
+};
+use mongodb::{Client, Database};
+use tokio::time::Instant;
+
+use crate::config::{MongoConfig, ReadPreferenceMode, SupervisorConfig};
+use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp, MongoBootstrapFailed};
+use crate::health::HealthEntry;
+use crate::redact;
+use crate::supervisor::{
+    Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
+};
+
+pub use bootstrap::{Bootstrap, BootstrapReport, Capabilities, Plan, PlanStep};
+pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
+pub use crud::{
+    Aggregate, Count, DeleteMany, DeleteOne, Distinct, DocStream, Find, FindOne, InsertMany,
+    InsertOne, ReplaceOne, UpdateMany, UpdateOne, UpdateSummary,
+};
+pub use records::Record;
+pub use schema::{Schema, Violation};
+pub use stats::{CollectionStats, DatabaseStats, GetStats, Hello, MongoStats, Topology};
+pub use transfer::{Export, ExportMetadata, ImportOptions, ImportSummary};
+
+const BACKEND: Backend = Backend::Mongodb;
+
+/// The largest document MongoDB stores (`maxBsonObjectSize`).
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// One round trip to MongoDB (`ping`); answers how long it took.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Duration, MongoError>")]
+pub struct Ping;
+
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct Reconnect {
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct CallFailed {
+    generation: u64,
+    error: MongoError,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Everything a MongoDB call can answer instead of a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MongoError {
+    /// Not delivered, not up, or no answer in time (shared with every backend).
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The connection failed or was lost; the actor reconnects under backoff.
+    #[error("mongodb connection failed ({code}): {message}")]
+    Connection { code: &'static str, message: String },
+    /// A unique index refused the write: which index (the name in `configs/mongodb/`), and
+    /// the key as the server or the document gave it.
+    #[error("duplicate key for index {index}: {key}")]
+    Conflict { index: String, key: String },
+    /// Bad input, refused before anything was sent: the field (a dotted path) and why.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The target of an import holds documents and the import was not forced.
+    #[error(
+        "collection {collection} in database {database} is not empty ({documents} documents); import with force to replace it"
+    )]
+    NotEmpty {
+        database: String,
+        collection: String,
+        documents: u64,
+    },
+    /// MongoDB answered with an error (`code` where the server gave one).
+    #[error("mongodb replied with an error{}: {message}", .code.map(|c| format!(" {c}")).unwrap_or_default())]
+    Server { code: Option<i32>, message: String },
+    /// A document could not be encoded or decoded.
+    #[error("cannot (de)serialize a document: {message}")]
+    Codec { message: String },
+    /// A stream made no progress for `supervisor.stream_idle_timeout`.
+    #[error("stream idle for {} ms: {what}", .after.as_millis())]
+    StreamIdle { what: &'static str, after: Duration },
+}
+
+impl MongoError {
+    /// Low-cardinality code for logs, events and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MongoError::Call(e) => e.code(),
+            MongoError::Connection { code, .. } => code,
+            MongoError::Conflict { .. } => "conflict",
+            MongoError::Invalid { .. } => "invalid",
+            MongoError::NotEmpty { .. } => "not_empty",
+            MongoError::Server { .. } => "server_error",
+            MongoError::Codec { .. } => "codec",
+            MongoError::StreamIdle { .. } => "stream_idle",
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        MongoError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn connection_lost(&self) -> bool {
+        matches!(self, MongoError::Connection { .. })
+    }
+
+    fn is_deadline(&self) -> bool {
+        matches!(self, MongoError::Call(CallError::DeadlineExceeded { .. }))
+    }
+
+    pub(crate) fn deadline(after: Duration) -> Self {
+        MongoError::Call(CallError::DeadlineExceeded {
+            backend: BACKEND,
+            after,
+        })
+    }
+
+    /// The driver's error, classified. Duplicate keys become [`MongoError::Conflict`] with the
+    /// index named as the server names it; [`crud`] maps that to the catalog's name.
+    pub(crate) fn from_driver(e: &mongodb::error::Error) -> Self {
+        let message = redact::text(&e.to_string());
+        let connection = |code| MongoError::Connection {
+            code,
+            message: message.clone(),
+        };
+        match e.kind.as_ref() {
+            ErrorKind::Io(io) => match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => connection("connection_refused"),
+                std::io::ErrorKind::TimedOut => connection("timeout"),
+                _ => connection("connection_dropped"),
+            },
+            ErrorKind::ConnectionPoolCleared { .. } => connection("connection_dropped"),
+            ErrorKind::ServerSelection { message: m, .. } => {
+                if m.contains("refused") {
+                    connection("connection_refused")
+                } else {
+                    connection("timeout")
+                }
+            }
+            ErrorKind::DnsResolve { .. } => connection("io"),
+            ErrorKind::Authentication { .. } => connection("auth_failed"),
+            ErrorKind::InvalidTlsConfig { .. } => connection("invalid_config"),
+            ErrorKind::Shutdown => MongoError::Call(CallError::Disabled {
+                backend: BACKEND,
+                reason: "client shut down".to_owned(),
+            }),
+            ErrorKind::BsonSerialization(_) | ErrorKind::BsonDeserialization(_) => {
+                MongoError::Codec { message }
+            }
+            ErrorKind::InvalidArgument { message: m, .. } => MongoError::Invalid {
+                field: "request".to_owned(),
+                reason: redact::text(m),
+            },
+            ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
+                server_write_error(w.code, &w.message)
+            }
+            ErrorKind::InsertMany(im) => {
+                match im.write_errors.as_ref().and_then(|errs| errs.first()) {
+                    Some(w) => server_write_error(w.code, &w.message),
+                    None => MongoError::Server {
+                        code: None,
+                        message,
+                    },
+                }
+            }
+            ErrorKind::Command(c) => {
+                if c.code == 11000 {
+                    server_write_error(c.code, &c.message)
+                } else {
+                    MongoError::Server {
+                        code: Some(c.code),
+                        message: redact::text(&c.message),
+                    }
+                }
+            }
+            _ => MongoError::Server {
+                code: None,
+                message,
+            },
+        }
+    }
+}
+
+/// A write error: 11000 is a duplicate key, anything else is the server's answer.
+fn server_write_error(code: i32, message: &str) -> MongoError {
+    if code == 11000 {
+        let (index, key) = crud::parse_duplicate_key(message);
+        MongoError::Conflict { index, key }
+    } else {
+        MongoError::Server {
+            code: Some(code),
+            message: redact::text(message),
+        }
+    }
+}
+
+impl From<mongodb::error::Error> for MongoError {
+    fn from(e: mongodb::error::Error) -> Self {
+        MongoError::from_driver(&e)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings and handle
+
+/// What the operations need from `[mongodb]` and `[supervisor]`, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: String,
+    pub deadline: Duration,
+    pub probe_interval: Duration,
+    pub stream_idle: Duration,
+    pub mailbox_capacity: usize,
+    pub bootstrap: bool,
+    pub shard_collections: bool,
+    pub import_batch: usize,
+    /// Documents per cursor batch for streamed finds, aggregates and exports.
+    pub batch_size: u32,
+    /// Documents a stream buffers ahead of its reader.
+    pub stream_buffer: usize,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &MongoConfig, sup: &SupervisorConfig) -> Self {
+        Settings {
+            database: cfg.database.clone(),
+            deadline: sup.call_deadline,
+            probe_interval: sup.probe_interval,
+            stream_idle: sup.stream_idle_timeout,
+            mailbox_capacity: sup.mailbox_capacity,
+            bootstrap: cfg.bootstrap,
+            shard_collections: cfg.shard_collections,
+            import_batch: cfg.import_batch,
+            batch_size: 1000,
+            stream_buffer: 256,
+        }
+    }
+}
+
+/// The driver's client and the Lucid database, as published for calls.
+#[derive(Clone)]
+pub struct Conn {
+    pub client: Client,
+    pub db: Database,
+}
+
+mod sealed {
+    /// Only this crate's operations run through [`super::MongoOp`]: validation stays here.
+    pub trait Sealed {}
+}
+
+/// A request/response operation (see the module doc). Sealed.
+pub trait MongoOp:
+    sealed::Sealed + Message<Result = Result<<Self as MongoOp>::Output, MongoError>> + Send + 'static
+{
+    type Output: Send + 'static;
+
+    /// Checks the input (an error here means nothing was sent) and returns the driver calls.
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>;
+}
+
+/// State shared by the actor (its only writer) and every handle.
+pub struct Shared {
+    settings: Settings,
+    catalog: Catalog,
+    published: RwLock<Published<Conn>>,
+    health: HealthEntry,
+    addr: OnceLock<Addr<MongoActor>>,
+    /// The last bootstrap's report, for `/health` and the CLI.
+    last_bootstrap: Mutex<Option<BootstrapReport>>,
+}
+
+impl Shared {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn actor(&self) -> &Addr<MongoActor> {
+        self.addr
+            .get()
+            .unwrap_or_else(|| unreachable!("the address is set before the handle is returned"))
+    }
+
+    fn usable(&self) -> Result<(Conn, u64), MongoError> {
+        Ok(self
+            .published
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .usable(BACKEND)?)
+    }
+
+    /// Tells the actor that a call on connection `generation` failed in a way that says
+    /// something about the connection.
+    fn report(&self, generation: u64, e: &MongoError) {
+        if (e.connection_lost() || e.is_deadline())
+            && let Some(actor) = self.addr.get()
+        {
+            let _ = actor.try_send(CallFailed {
+                generation,
+                error: e.clone(),
+            });
+        }
+    }
+}
+
+/// Runs one operation: the published connection (or `Unavailable` at once), the input
+/// checks, the driver calls within the call deadline, and news of a lost connection back to
+/// the actor.
+async fn exec<M: MongoOp>(shared: &Arc<Shared>, msg: M) -> Result<M::Output, MongoError> {
+    let (conn, generation) = shared.usable()?;
+    let deadline = shared.settings.deadline;
+    let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
+        Ok(res) => res,
+        Err(_) => Err(MongoError::deadline(deadline)),
+    };
+    if let Err(e) = &res {
+        shared.report(generation, e);
+    }
+    res
+}
+
+/// What callers hold. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct MongoHandle {
+    shared: Arc<Shared>,
+}
+
+impl MongoHandle {
+    pub fn addr(&self) -> &Addr<MongoActor> {
+        self.shared.actor()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// The collections' specs (validators, indexes) the actor runs with.
+    pub fn catalog(&self) -> &Catalog {
+        &self.shared.catalog
+    }
+
+    /// The last bootstrap's report, once one has run.
+    pub fn last_bootstrap(&self) -> Option<BootstrapReport> {
+        self.shared
+            .last_bootstrap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `ping`, timed.
+    pub fn ping(&self) -> impl Future<Output = Result<Duration, MongoError>> + '_ {
+        self.call(Ping)
+    }
+
+    /// Runs an operation within the call deadline on the connection the actor published;
+    /// `Unavailable` at once while MongoDB is not up.
+    pub fn call<M: MongoOp>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
+        exec(&self.shared, msg)
+    }
+
+    /// Sends a message through the actor's mailbox, waiting at most the deadline plus a grace.
+    pub async fn send<M, T>(&self, msg: M) -> Result<T, MongoError>
+    where
+        M: Message<Result = Result<T, MongoError>> + Send + 'static,
+        T: Send + 'static,
+        MongoActor: Handler<M>,
+    {
+        call(
+            self.shared.actor(),
+            BACKEND,
+            msg,
+            self.shared.settings.deadline + DELIVERY_GRACE,
+        )
+        .await?
+    }
+
+    /// The connection for operations that manage their own deadlines (streams, import).
+    pub(crate) fn conn(&self) -> Result<(Conn, u64), MongoError> {
+        self.shared.usable()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
+        call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
+    }
+
+    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
+        call(self.shared.actor(), BACKEND, Shutdown, deadline).await
+    }
+}
+
+const DELIVERY_GRACE: Duration = Duration::from_millis(250);
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+/// See the module doc.
+pub struct MongoActor {
+    options: Option<MongoConfig>,
+    client: Option<Client>,
+    machine: Connection,
+    conn: Option<Conn>,
+    generation: u64,
+    probe_in_flight: bool,
+    bootstrap_in_flight: bool,
+    shared: Arc<Shared>,
+}
+
+impl MongoActor {
+    /// Starts the actor on the current arbiter and returns its handle.
+    pub fn start_with(
+        cfg: &MongoConfig,
+        sup: &SupervisorConfig,
+        catalog: Catalog,
+        health: HealthEntry,
+    ) -> MongoHandle {
+        let shared = Arc::new(Shared {
+            settings: Settings::from_config(cfg, sup),
+            catalog,
+            published: RwLock::new(Published::Connecting),
+            health,
+            addr: OnceLock::new(),
+            last_bootstrap: Mutex::new(None),
+        });
+        let actor = MongoActor {
+            options: Some(cfg.clone()),
+            client: None,
+            machine: Connection::new(BackoffPolicy::from_config(sup), Instant::now()),
+            conn: None,
+            generation: 0,
+            probe_in_flight: false,
+            bootstrap_in_flight: false,
+            shared: shared.clone(),
+        };
+        let _ = shared.addr.set(actor.start());
+        MongoHandle { shared }
+    }
+
+    fn record(&self) {
+        self.shared.health.record(&self.machine);
+        let published =
+            Published::from_state(self.machine.state(), self.conn.as_ref(), self.generation);
+        *self
+            .shared
+            .published
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
+    }
+
+    fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.record();
+        let deadline = self.shared.settings.deadline;
+        let client = self.client.clone();
+        let cfg = self.options.clone();
+        let probe = self.shared.settings.probe_interval;
+        ctx.spawn(
+            async move {
+                let client = match client {
+                    Some(c) => c,
+                    None => {
+                        let cfg = cfg.ok_or_else(|| MongoError::Connection {
+                            code: "invalid_config",
+                            message: "no configuration".to_owned(),
+                        })?;
+                        build_client(&cfg, deadline, probe).await?
+                    }
+                };
+                let latency = ping(&client.database("admin"), deadline).await?;
+                Ok::<_, MongoError>((client, latency))
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if act.generation != generation {
+                    return;
+                }
+                match res {
+                    Ok((client, latency)) => act.on_connected(client, latency, ctx),
+                    Err(MongoError::Connection {
+                        code: "invalid_config",
+                        message,
+                    }) => {
+                        act.machine
+                            .disable(format!("invalid mongodb settings: {message}"));
+                        act.record();
+                    }
+                    Err(e) => act.on_failure(generation, &e, ctx),
+                }
+            }),
+        );
+    }
+
+    fn on_connected(&mut self, client: Client, latency: Duration, ctx: &mut Context<Self>) {
+        match self.machine.connected(Instant::now()) {
+            Ok(recovery) => {
+                let db = client.database(&self.shared.settings.database);
+                self.client = Some(client.clone());
+                self.conn = Some(Conn { client, db });
+                self.record();
+                self.shared.health.latency(latency);
+                events::emit(BackendUp {
+                    backend: BACKEND,
+                    attempt: recovery.attempt,
+                    down_ms: recovery.down_for.as_millis() as u64,
+                });
+                if self.shared.settings.bootstrap {
+                    self.spawn_bootstrap(ctx);
+                }
+            }
+            Err(e) => {
+                tracing::error!(backend = %BACKEND, error = %e, "bug: unexpected connect result")
+            }
+        }
+    }
+
+    /// Brings the database in line with the catalog; failures are reported, not fatal (the
+    /// next time MongoDB comes up it runs again).
+    fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        if self.bootstrap_in_flight {
+            return;
+        }
+        self.bootstrap_in_flight = true;
+        let catalog = self.shared.catalog.clone();
+        let settings = self.shared.settings.clone();
+        ctx.spawn(
+            async move { Bootstrap::new(&conn, &catalog, &settings).run(false).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.bootstrap_in_flight = false;
+                    match res {
+                        Ok(report) => {
+                            *act.shared
+                                .last_bootstrap
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = Some(report);
+                        }
+                        Err(e) => events::emit(MongoBootstrapFailed {
+                            code: e.code(),
+                            error: e.to_string(),
+                        }),
+                    }
+                }),
+        );
+    }
+
+    fn on_failure(&mut self, generation: u64, err: &MongoError, ctx: &mut Context<Self>) {
+        if generation != self.generation {
+            return;
+        }
+        let Ok(failure) = self.machine.failed(Instant::now(), rand::random::<f64>()) else {
+            return;
+        };
+        self.conn = None;
+        self.generation += 1;
+        self.record();
+        let message = err.to_string();
+        self.shared.health.error(err.code(), &message);
+        if failure.outage_began {
+            events::emit(BackendDown {
+                backend: BACKEND,
+                code: err.code(),
+                error: redact::text(&message),
+                attempt: failure.attempt,
+            });
+        }
+        events::emit(BackendRetryScheduled {
+            backend: BACKEND,
+            code: err.code(),
+            attempt: failure.attempt + 1,
+            retry_in_ms: failure.retry_in.as_millis() as u64,
+        });
+        ctx.notify_later(
+            Reconnect {
+                generation: self.generation,
+            },
+            failure.retry_in,
+        );
+    }
+
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.probe_in_flight || !self.machine.is_up() {
+            return;
+        }
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        self.probe_in_flight = true;
+        let generation = self.generation;
+        let deadline = self.shared.settings.deadline;
+        ctx.spawn(
+            async move { ping(&conn.db, deadline).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.probe_in_flight = false;
+                    match res {
+                        Ok(latency) if act.generation == generation => {
+                            let _ = act.machine.healthy(Instant::now());
+                            act.shared.health.latency(latency);
+                        }
+                        Ok(_) => {}
+                        Err(e) => act.on_failure(generation, &e, ctx),
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for MongoActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
+        self.record();
+        self.spawn_connect(ctx);
+        ctx.run_interval(self.shared.settings.probe_interval, |act, ctx| {
+            act.probe(ctx)
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+impl sealed::Sealed for Ping {}
+
+impl MongoOp for Ping {
+    type Output = Duration;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<Duration, MongoError>> + Send + 'static, MongoError>
+    {
+        let deadline = shared.settings.deadline;
+        Ok(async move { ping(&conn.db, deadline).await })
+    }
+}
+
+impl<M: MongoOp> Handler<M> for MongoActor {
+    type Result = ResponseFuture<Result<M::Output, MongoError>>;
+
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { exec(&shared, msg).await })
+    }
+}
+
+impl Handler<CallFailed> for MongoActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallFailed, ctx: &mut Context<Self>) {
+        if msg.error.connection_lost() {
+            self.on_failure(msg.generation, &msg.error, ctx);
+        } else if msg.generation == self.generation {
+            self.probe(ctx);
+        }
+    }
+}
+
+impl Handler<Reconnect> for MongoActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconnect, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        let now = Instant::now();
+        match self.machine.retry(now) {
+            Ok(_) => self.spawn_connect(ctx),
+            Err(_) => {
+                if let Some(wait) = self.machine.retry_in(now) {
+                    ctx.notify_later(msg, wait);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Heartbeat> for MongoActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
+}
+
+impl Handler<Shutdown> for MongoActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Closes the driver's pool (ending server-side sessions) and stops.
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        self.machine.disable("shutting down");
+        self.generation += 1;
+        self.conn = None;
+        self.record();
+        let client = self.client.take();
+        Box::pin(
+            async move {
+                if let Some(client) = client {
+                    client.shutdown().immediate(true).await;
+                }
+            }
+            .into_actor(self)
+            .map(|(), _, ctx| ctx.stop()),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver calls (no actor state)
+
+/// The driver's options from `[mongodb]`: the call deadline as server selection and connect
+/// timeout, the password from its secret, read preference and write concern.
+pub async fn client_options(
+    cfg: &MongoConfig,
+    deadline: Duration,
+    heartbeat: Duration,
+) -> Result<ClientOptions, MongoError> {
+    let invalid = |e: mongodb::error::Error| MongoError::Connection {
+        code: "invalid_config",
+        message: redact::text(&e.to_string()),
+    };
+    let mut options = ClientOptions::parse(cfg.url.expose())
+        .await
+        .map_err(invalid)?;
+    options.app_name = Some("lucid-db".to_owned());
+    options.server_selection_timeout = Some(deadline);
+    options.connect_timeout = Some(deadline);
+    options.heartbeat_freq = Some(heartbeat.max(Duration::from_millis(500)));
+    options.max_pool_size = Some(cfg.max_pool_size);
+    if let Some(password) = &cfg.password {
+        let mut credential = options
+            .credential
+            .take()
+            .unwrap_or_else(Credential::default);
+        credential.password = Some(password.expose().to_owned());
+        options.credential = Some(credential);
+    }
+    options.selection_criteria = Some(SelectionCriteria::ReadPreference(read_preference(
+        cfg.read_preference,
+    )));
+    options.write_concern = write_concern(&cfg.write_concern);
+    Ok(options)
+}
+
+fn read_preference(mode: ReadPreferenceMode) -> ReadPreference {
+    let options = Some(ReadPreferenceOptions::default());
+    match mode {
+        ReadPreferenceMode::Primary => ReadPreference::Primary,
+        ReadPreferenceMode::PrimaryPreferred => ReadPreference::PrimaryPreferred { options },
+        ReadPreferenceMode::Secondary => ReadPreference::Secondary { options },
+        ReadPreferenceMode::SecondaryPreferred => ReadPreference::SecondaryPreferred { options },
+        ReadPreferenceMode::Nearest => ReadPreference::Nearest { options },
+    }
+}
+
+/// `default` leaves the server's default; config validation has refused anything else.
+fn write_concern(raw: &str) -> Option<WriteConcern> {
+    match raw {
+        "majority" => Some(WriteConcern::majority()),
+        n => n.parse::<u32>().ok().map(WriteConcern::nodes),
+    }
+}
+
+async fn build_client(
+    cfg: &MongoConfig,
+    deadline: Duration,
+    heartbeat: Duration,
+) -> Result<Client, MongoError> {
+    let options = client_options(cfg, deadline, heartbeat).await?;
+    Client::with_options(options).map_err(|e| MongoError::Connection {
+        code: "invalid_config",
+        message: redact::text(&e.to_string()),
+    })
+}
+
+/// A client for one-shot use (CLI): the same options as the actor's.
+pub async fn connect_direct(
+    cfg: &MongoConfig,
+    deadline: Duration,
+) -> Result<(Conn, Duration), MongoError> {
+    let client = build_client(cfg, deadline, deadline).await?;
+    let db = client.database(&cfg.database);
+    let latency = ping(&db, deadline).await?;
+    Ok((Conn { client, db }, latency))
+}
+
+async fn ping(db: &Database, deadline: Duration) -> Result<Duration, MongoError> {
+    let started = Instant::now();
+    with_deadline(deadline, async {
+        db.run_command(doc! {"ping": 1}).await?;
+        Ok(started.elapsed())
+    })
+    .await
+}
+
+/// `fut`, or `DeadlineExceeded` once `deadline` has passed.
+pub(crate) async fn with_deadline<T>(
+    deadline: Duration,
+    fut: impl Future<Output = Result<T, MongoError>>,
+) -> Result<T, MongoError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(res) => res,
+        Err(_) => Err(MongoError::deadline(deadline)),
+    }
+}
+
+/// A command's `ok` as the server gave it (nx-27017 answers unknown commands with `ok: 1`).
+pub(crate) fn ok_of(reply: &Document) -> bool {
+    match reply.get("ok") {
+        Some(mongodb::bson::Bson::Double(f)) => *f == 1.0,
+        Some(mongodb::bson::Bson::Int32(n)) => *n == 1,
+        Some(mongodb::bson::Bson::Int64(n)) => *n == 1,
+        Some(mongodb::bson::Bson::Boolean(b)) => *b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::Secret;
+
+    #[test]
+    fn codes_are_low_cardinality() {
+        let refused = mongodb::error::Error::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ));
+        assert_eq!(
+            MongoError::from_driver(&refused).code(),
+            "connection_refused"
+        );
+        let dropped =
+            mongodb::error::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(MongoError::from_driver(&dropped).connection_lost());
+        assert_eq!(
+            MongoError::deadline(Duration::from_secs(1)).code(),
+            "deadline_exceeded"
+        );
+    }
+
+    #[tokio::test]
+    async fn options_carry_deadline_password_and_preferences() {
+        let mut cfg = crate::Config::defaults().expect("defaults").mongodb;
+        cfg.url = "mongodb://lucid@127.0.0.1:27017,127.0.0.2:27017/?replicaSet=rs0".into();
+        cfg.password = Some(Secret::new("pw"));
+        cfg.read_preference = ReadPreferenceMode::SecondaryPreferred;
+        cfg.write_concern = "majority".into();
+        let o = client_options(&cfg, Duration::from_millis(700), Duration::from_secs(1))
+            .await
+            .expect("options");
+        assert_eq!(o.server_selection_timeout, Some(Duration::from_millis(700)));
+        assert_eq!(o.connect_timeout, Some(Duration::from_millis(700)));
+        assert_eq!(o.hosts.len(), 2);
+        assert_eq!(o.repl_set_name.as_deref(), Some("rs0"));
+        let cred = o.credential.expect("credential");
+        assert_eq!(cred.username.as_deref(), Some("lucid"));
+        assert_eq!(cred.password.as_deref(), Some("pw"));
+        assert!(matches!(
+            o.selection_criteria,
+            Some(SelectionCriteria::ReadPreference(
+                ReadPreference::SecondaryPreferred { .. }
+            ))
+        ));
+        assert_eq!(o.write_concern, Some(WriteConcern::majority()));
+        cfg.write_concern = "default".into();
+        cfg.password = None;
+        cfg.url = "mongodb://127.0.0.1:27017".into();
+        let o = client_options(&cfg, Duration::from_secs(1), Duration::from_secs(1))
+            .await
+            .expect("options");
+        assert_eq!(o.write_concern, None);
+        assert!(o.credential.is_none());
+    }
+}

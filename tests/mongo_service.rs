@@ -1,0 +1,1046 @@
+//! The MongoDB service through the actor, against a real nx-27017 (a MongoDB wire-protocol
+//! server on SQLite, file databases): bootstrap, validation, CRUD, streaming, export/import,
+//! stats, bad input and faults. The server is inspected with a plain driver client, never
+//! through the actor.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use lucid_actors::mongo::bootstrap::Bootstrap;
+use lucid_actors::mongo::bson::{
+    self, Binary, Bson, DateTime, Document, RawDocumentBuf, doc, oid::ObjectId, spec::BinarySubtype,
+};
+use lucid_actors::mongo::records::{User, UserRole, UserStatus};
+use lucid_actors::mongo::{
+    Aggregate, Collection, Count, DeleteMany, DeleteOne, Distinct, Find, FindOne, GetStats,
+    ImportOptions, InsertMany, InsertOne, MongoError, MongoHandle, ReplaceOne, Topology,
+    UpdateMany, UpdateOne,
+};
+use lucid_actors::supervisor::StateLabel;
+use lucid_actors::{CallError, Config, Handles, Roles, events};
+use lucid_testkit::{Server, mongo};
+
+mod common;
+use common::{DEADLINE, fast_mongo_config};
+
+async fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !pred() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+/// The actors on a fresh server once MongoDB is up and bootstrapped, and a plain client.
+async fn start(
+    server: &Server,
+    tweak: impl FnOnce(&mut Config),
+) -> (Handles, MongoHandle, mongodb::Database) {
+    let mut cfg = fast_mongo_config(&server.url());
+    tweak(&mut cfg);
+    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let m = handles.mongo.clone().expect("mongodb enabled");
+    let bootstrap = cfg.mongodb.bootstrap;
+    wait_until(
+        Duration::from_secs(20),
+        "mongodb up and bootstrapped",
+        || handles.registry.readiness().is_ok() && (!bootstrap || m.last_bootstrap().is_some()),
+    )
+    .await;
+    let raw = mongodb::Client::with_uri_str(server.url())
+        .await
+        .expect("inspection client")
+        .database(&cfg.mongodb.database);
+    (handles, m, raw)
+}
+
+async fn stop(handles: Handles) {
+    assert!(
+        handles.shutdown(Duration::from_secs(2)).await.is_empty(),
+        "actors must quit"
+    );
+}
+
+fn user(n: usize) -> Document {
+    doc! {
+        "user_id": format!("u{n}"),
+        "email": format!("user{n}@example.com"),
+        "role": "user",
+        "status": "active",
+        "created_at": DateTime::from_millis(1_700_000_000_000 + n as i64),
+    }
+}
+
+/// Every index key the server has on `coll`, fields only (nx-27017 reports every direction
+/// as 1) plus the text fields it lists separately.
+async fn server_index_fields(raw: &mongodb::Database, coll: &str) -> BTreeSet<Vec<String>> {
+    let mut out = BTreeSet::new();
+    for cmd in [doc! {"listIndexes": coll}, doc! {"listSearchIndexes": coll}] {
+        let mut cursor = raw.run_cursor_command(cmd).await.expect("list indexes");
+        while cursor.advance().await.expect("cursor") {
+            let d: Document = cursor.deserialize_current().expect("index doc");
+            let key = d.get_document("key").expect("key");
+            out.insert(key.keys().cloned().collect());
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bootstrap
+
+#[actix_rt::test]
+async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_nothing() {
+    let server = mongo();
+    let cap = events::capture();
+    let (handles, m, raw) = start(&server, |_| {}).await;
+
+    let report = m.last_bootstrap().expect("bootstrap ran at connect");
+    assert_eq!(report.topology, Topology::Standalone);
+    assert!(!report.dry_run);
+    assert_eq!(report.applied, report.plan.steps.len());
+    let applied = cap.named("mongo.bootstrap_applied");
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].field("collections_created"), Some("15"));
+    let catalog = m.catalog().clone();
+    assert_eq!(
+        applied[0].field("indexes_created"),
+        Some(catalog.index_count().to_string().as_str())
+    );
+
+    // Everything is on the server: every collection, every index by its fields.
+    let names: BTreeSet<String> = raw
+        .list_collection_names()
+        .await
+        .expect("names")
+        .into_iter()
+        .collect();
+    for c in Collection::ALL {
+        assert!(names.contains(c.name()), "{c} created");
+        let have = server_index_fields(&raw, c.name()).await;
+        for spec in &catalog.get(c).indexes {
+            let fields: Vec<String> = if spec.is_text() {
+                // nx-27017 lists a text index once per field
+                vec![spec.key.keys().next().cloned().expect("a field")]
+            } else {
+                spec.key.keys().cloned().collect()
+            };
+            assert!(
+                have.contains(&fields),
+                "{}: {fields:?} in {have:?}",
+                spec.name
+            );
+        }
+    }
+    assert!(
+        !names.contains("lucid_bootstrap_probe"),
+        "the probe is dropped"
+    );
+
+    // A second run, and a dry run, find nothing to do.
+    let (conn, _) =
+        lucid_actors::mongo::connect_direct(&fast_mongo_config(&server.url()).mongodb, DEADLINE)
+            .await
+            .expect("direct");
+    let settings = m.settings().clone();
+    let again = Bootstrap::new(&conn, &catalog, &settings)
+        .run(false)
+        .await
+        .expect("second run");
+    assert!(again.plan.steps.is_empty(), "{:?}", again.plan.steps);
+    assert_eq!(again.applied, 0);
+    // nx-27017 keeps no validators: reported as drift, every run, and nothing else
+    let codes: Vec<_> = again.plan.drift.iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["validators_not_stored"]);
+    assert_eq!(
+        cap.named("mongo.bootstrap_applied").len(),
+        1,
+        "no second apply"
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn dry_run_plans_without_changing_anything() {
+    let server = mongo();
+    let (handles, m, raw) = start(&server, |c| c.mongodb.bootstrap = false).await;
+    let (conn, _) =
+        lucid_actors::mongo::connect_direct(&fast_mongo_config(&server.url()).mongodb, DEADLINE)
+            .await
+            .expect("direct");
+    let report = Bootstrap::new(&conn, m.catalog(), m.settings())
+        .run(true)
+        .await
+        .expect("dry run");
+    assert!(report.dry_run);
+    assert_eq!(report.applied, 0);
+    let creates = report
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.action == "create_collection")
+        .count();
+    assert_eq!(creates, 15);
+    let names = raw.list_collection_names().await.expect("names");
+    assert!(
+        names.iter().all(|n| n != "users"),
+        "a dry run creates nothing: {names:?}"
+    );
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation, conflicts, CRUD
+
+#[actix_rt::test]
+async fn invalid_documents_are_refused_with_the_field_named_and_nothing_is_written() {
+    let server = mongo();
+    let (handles, m, raw) = start(&server, |_| {}).await;
+    let cases = [
+        (doc! {"role": "king"}, "role"),
+        (doc! {"email": "not-an-email"}, "email"),
+        (doc! {"created_at": "2026-01-01"}, "created_at"),
+    ];
+    for (change, field) in cases {
+        let mut d = user(1);
+        d.extend(change);
+        let e = m
+            .call(InsertOne {
+                collection: Collection::Users,
+                document: d,
+            })
+            .await
+            .expect_err("invalid");
+        assert!(
+            matches!(&e, MongoError::Invalid { field: f, .. } if f == field),
+            "{field}: {e}"
+        );
+    }
+    let mut missing = user(2);
+    missing.remove("status");
+    let e = m
+        .call(InsertOne {
+            collection: Collection::Users,
+            document: missing,
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(e.to_string(), "invalid status: is required");
+    // many: the bad one is named by its position, and none is written
+    let e = m
+        .call(InsertMany {
+            collection: Collection::Users,
+            documents: vec![user(3), doc! {"user_id": "x"}],
+            ordered: true,
+        })
+        .await
+        .expect_err("bad second");
+    assert!(
+        matches!(&e, MongoError::Invalid { field, .. } if field == "documents.1.email"),
+        "{e}"
+    );
+    // an update that sets a bad value, or removes a required field
+    let e = m
+        .call(UpdateOne {
+            collection: Collection::Users,
+            filter: doc! {"user_id": "u1"},
+            update: doc! {"$set": {"status": "gone"}},
+            upsert: false,
+        })
+        .await
+        .expect_err("bad set");
+    assert!(matches!(&e, MongoError::Invalid { field, .. } if field == "status"));
+    assert_eq!(
+        raw.collection::<Document>("users")
+            .count_documents(doc! {})
+            .await
+            .expect("count"),
+        0
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn duplicate_email_is_a_conflict_naming_the_index() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    m.call(InsertOne {
+        collection: Collection::Users,
+        document: user(1),
+    })
+    .await
+    .expect("first");
+    let mut twin = user(2);
+    twin.insert("email", "user1@example.com");
+    let e = m
+        .call(InsertOne {
+            collection: Collection::Users,
+            document: twin.clone(),
+        })
+        .await
+        .expect_err("duplicate");
+    match e {
+        MongoError::Conflict { index, key } => {
+            assert_eq!(index, "users_email_unique");
+            assert!(key.contains("user1@example.com"), "{key}");
+        }
+        other => panic!("expected Conflict, got {other}"),
+    }
+    // in a batch too, and through an update
+    let e = m
+        .call(InsertMany {
+            collection: Collection::Users,
+            documents: vec![user(5), twin],
+            ordered: true,
+        })
+        .await
+        .expect_err("batch duplicate");
+    assert!(
+        matches!(e, MongoError::Conflict { ref index, .. } if index == "users_email_unique"),
+        "{e}"
+    );
+    let e = m
+        .call(UpdateOne {
+            collection: Collection::Users,
+            filter: doc! {"user_id": "u5"},
+            update: doc! {"$set": {"email": "user1@example.com"}},
+            upsert: false,
+        })
+        .await
+        .expect_err("update duplicate");
+    assert!(
+        matches!(e, MongoError::Conflict { ref index, .. } if index == "users_email_unique"),
+        "{e}"
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn crud_round_trip() {
+    let server = mongo();
+    let (handles, m, raw) = start(&server, |_| {}).await;
+    let ids = m
+        .call(InsertMany {
+            collection: Collection::Users,
+            documents: (0..10).map(user).collect(),
+            ordered: true,
+        })
+        .await
+        .expect("insert many");
+    assert_eq!(ids.len(), 10);
+    let found = m
+        .call(FindOne {
+            collection: Collection::Users,
+            filter: doc! {"email": "user3@example.com"},
+            projection: Some(doc! {"_id": 0, "user_id": 1}),
+        })
+        .await
+        .expect("find one");
+    assert_eq!(found, Some(doc! {"user_id": "u3"}));
+
+    let mut stream = m
+        .call(
+            Find::new(Collection::Users, doc! {"status": "active"})
+                .sort(doc! {"created_at": -1})
+                .skip(2)
+                .limit(3)
+                .projection(doc! {"_id": 0, "user_id": 1}),
+        )
+        .await
+        .expect("find");
+    let mut got = Vec::new();
+    while let Some(d) = stream.next().await {
+        got.push(d.expect("doc").get_str("user_id").expect("id").to_owned());
+    }
+    assert_eq!(got, ["u7", "u6", "u5"]);
+
+    let s = m
+        .call(UpdateMany {
+            collection: Collection::Users,
+            filter: doc! {"user_id": {"$in": ["u1", "u2"]}},
+            update: doc! {"$set": {"display_name": "Two"}},
+            upsert: false,
+        })
+        .await
+        .expect("update many");
+    assert_eq!((s.matched, s.modified), (2, 2));
+    let s = m
+        .call(UpdateOne {
+            collection: Collection::Users,
+            filter: doc! {"user_id": "u99"},
+            update: doc! {"$setOnInsert": {"email": "u99@example.com", "role": "node", "status": "active", "created_at": DateTime::now()}},
+            upsert: true,
+        })
+        .await
+        .expect("upsert");
+    assert!(s.upserted_id.is_some());
+    let mut replacement = user(4);
+    replacement.insert("display_name", "Four");
+    let s = m
+        .call(ReplaceOne {
+            collection: Collection::Users,
+            filter: doc! {"user_id": "u4"},
+            replacement,
+            upsert: false,
+        })
+        .await
+        .expect("replace");
+    assert_eq!(s.matched, 1);
+    let count = |filter: Document| {
+        m.call(Count {
+            collection: Collection::Users,
+            filter,
+        })
+    };
+    assert_eq!(count(doc! {}).await.expect("count"), 11);
+    assert_eq!(count(doc! {"display_name": "Two"}).await.expect("count"), 2);
+    let roles = m
+        .call(Distinct {
+            collection: Collection::Users,
+            field: "role".into(),
+            filter: doc! {},
+        })
+        .await
+        .expect("distinct");
+    let roles: BTreeSet<_> = roles.iter().filter_map(Bson::as_str).collect();
+    assert_eq!(roles, BTreeSet::from(["node", "user"]));
+    let mut agg = m
+        .call(Aggregate {
+            collection: Collection::Users,
+            pipeline: vec![
+                doc! {"$group": {"_id": "$role", "n": {"$sum": 1}}},
+                doc! {"$sort": {"_id": 1}},
+            ],
+        })
+        .await
+        .expect("aggregate");
+    let mut groups = Vec::new();
+    while let Some(d) = agg.next().await {
+        let d = d.expect("group");
+        groups.push((
+            d.get_str("_id").expect("role").to_owned(),
+            d.get_i32("n").expect("n"),
+        ));
+    }
+    assert_eq!(groups, [("node".to_owned(), 1), ("user".to_owned(), 10)]);
+    assert_eq!(
+        m.call(DeleteOne {
+            collection: Collection::Users,
+            filter: doc! {"user_id": "u0"},
+        })
+        .await
+        .expect("delete one"),
+        1
+    );
+    assert_eq!(
+        m.call(DeleteMany {
+            collection: Collection::Users,
+            filter: doc! {"display_name": "Two"},
+        })
+        .await
+        .expect("delete many"),
+        2
+    );
+    assert_eq!(
+        raw.collection::<Document>("users")
+            .count_documents(doc! {})
+            .await
+            .expect("count"),
+        8
+    );
+
+    // typed records
+    let ann = User {
+        user_id: "ann".into(),
+        email: "ann@example.com".into(),
+        wallet_address: Some(format!("0x{}", "ab".repeat(20))),
+        display_name: Some("Ann".into()),
+        role: UserRole::Admin,
+        status: UserStatus::Active,
+        created_at: DateTime::from_millis(1_750_000_000_000),
+        updated_at: None,
+    };
+    m.insert_record(&ann).await.expect("insert record");
+    assert_eq!(
+        m.get_record::<User>("ann").await.expect("get"),
+        Some(ann.clone())
+    );
+    let mut suspended = ann.clone();
+    suspended.status = UserStatus::Suspended;
+    m.save_record(&suspended).await.expect("save");
+    assert_eq!(
+        m.find_record::<User>(doc! {"email": "ann@example.com"})
+            .await
+            .expect("find"),
+        Some(suspended)
+    );
+    let mut bad = ann;
+    bad.user_id = "bob".into();
+    bad.email = "bob".into();
+    assert!(matches!(
+        m.insert_record(&bad).await,
+        Err(MongoError::Invalid { ref field, .. }) if field == "email"
+    ));
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn bson_types_the_stand_in_stores_round_trip() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    let oid = ObjectId::new();
+    let values: Vec<(&str, Bson)> = vec![
+        ("double", Bson::Double(1.5)),
+        ("string", Bson::String("héllo ✓".into())),
+        ("object", Bson::Document(doc! {"a": 1, "b": {"c": [1, 2]}})),
+        (
+            "array",
+            Bson::Array(vec![Bson::Int32(1), "two".into(), Bson::Null]),
+        ),
+        ("object_id", Bson::ObjectId(oid)),
+        ("bool", Bson::Boolean(true)),
+        (
+            "date",
+            Bson::DateTime(DateTime::from_millis(1_234_567_890_123)),
+        ),
+        (
+            "date_before_1970",
+            Bson::DateTime(DateTime::from_millis(-86_400_000)),
+        ),
+        ("null", Bson::Null),
+        ("int32", Bson::Int32(-42)),
+        ("int64", Bson::Int64(1 << 40)),
+        (
+            "binary",
+            Bson::Binary(Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: vec![0, 1, 2, 255],
+            }),
+        ),
+        ("empty_object", Bson::Document(doc! {})),
+        ("empty_array", Bson::Array(vec![])),
+    ];
+    for (name, value) in &values {
+        m.call(InsertOne {
+            collection: Collection::SystemConfig,
+            document: doc! {"key": format!("t.{name}"), "value": value.clone(), "updated_at": DateTime::now()},
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let back = m
+            .call(FindOne {
+                collection: Collection::SystemConfig,
+                filter: doc! {"key": format!("t.{name}")},
+                projection: None,
+            })
+            .await
+            .expect("find")
+            .expect("stored");
+        assert_eq!(back.get("value"), Some(value), "{name}");
+    }
+    // Types nx-27017 refuses (Decimal128, Timestamp, Regex): the refusal is an error, never a
+    // write reported as done. (A real MongoDB stores them.)
+    let refused = m
+        .call(InsertOne {
+            collection: Collection::SystemConfig,
+            document: doc! {"key": "t.timestamp", "value": Bson::Timestamp(bson::Timestamp { time: 1, increment: 1 }), "updated_at": DateTime::now()},
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(MongoError::Server { .. })),
+        "{refused:?}"
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn bad_input_is_refused_before_sending() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    for filter in [
+        doc! {"$where": "this.email.length > 3"},
+        doc! {"$expr": {"$function": {"body": "function() { return true }", "args": [], "lang": "js"}}},
+    ] {
+        let e = m
+            .call(Find::new(Collection::Users, filter))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(e, MongoError::Invalid { .. }), "{e}");
+    }
+    let e = m
+        .call(Aggregate {
+            collection: Collection::Users,
+            pipeline: vec![
+                doc! {"$group": {"_id": null, "x": {"$accumulator": {"init": "function() {}"}}}},
+            ],
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, MongoError::Invalid { .. }), "{e}");
+    let mut big = user(1);
+    big.insert("display_name", "x".repeat(17 * 1024 * 1024));
+    let e = m
+        .call(InsertOne {
+            collection: Collection::SystemConfig,
+            document: doc! {"key": "big", "value": "x".repeat(17 * 1024 * 1024), "updated_at": DateTime::now()},
+        })
+        .await
+        .expect_err("too big");
+    assert!(
+        matches!(&e, MongoError::Invalid { field, reason } if field == "document" && reason.contains("16777216")),
+        "{e}"
+    );
+    assert!(Collection::parse("user").is_err());
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// Peak RSS (VmHWM) of this process in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Resets the peak to the current RSS (Linux `clear_refs` 5).
+fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+}
+
+async fn fill(raw: &mongodb::Database, from: usize, to: usize) {
+    // Recent timestamps: analytics has a one-year TTL index, which nx-27017 enforces at read
+    // time, so older points would vanish from every query.
+    let now = DateTime::now().timestamp_millis();
+    let coll = raw.collection::<Document>("analytics");
+    let mut n = from;
+    while n < to {
+        let end = (n + 2000).min(to);
+        let docs: Vec<Document> = (n..end)
+            .map(|i| {
+                doc! {
+                    "metric": "bench.stream",
+                    "timestamp": DateTime::from_millis(now - i as i64),
+                    "value": i as i64,
+                    "dimensions": {"pad": "p".repeat(400), "i": i as i64},
+                }
+            })
+            .collect();
+        coll.insert_many(docs).await.expect("fill");
+        n = end;
+    }
+}
+
+async fn stream_all(m: &MongoHandle) -> u64 {
+    let mut stream = m
+        .call(Find::new(
+            Collection::Analytics,
+            doc! {"metric": "bench.stream"},
+        ))
+        .await
+        .expect("find");
+    let mut n = 0;
+    while let Some(d) = stream.next().await {
+        let d = d.expect("doc");
+        assert!(d.contains_key("value"));
+        n += 1;
+    }
+    n
+}
+
+#[actix_rt::test]
+async fn a_100k_document_find_streams_in_bounded_memory() {
+    let server = mongo();
+    let (handles, m, raw) = start(&server, |c| {
+        c.supervisor.call_deadline = Duration::from_secs(10);
+    })
+    .await;
+    fill(&raw, 0, 10_000).await;
+    reset_peak_rss();
+    let base = peak_rss_kib();
+    assert_eq!(stream_all(&m).await, 10_000);
+    let small = peak_rss_kib().saturating_sub(base);
+
+    fill(&raw, 10_000, 100_000).await;
+    reset_peak_rss();
+    let base = peak_rss_kib();
+    assert_eq!(stream_all(&m).await, 100_000);
+    let large = peak_rss_kib().saturating_sub(base);
+    // 90,000 more documents of ~0.5 KiB would be ~45 MiB held whole; streamed, the peak
+    // stays at a batch or two.
+    assert!(
+        large < small + 12 * 1024,
+        "peak RSS grew with the result: {small} KiB at 10k, {large} KiB at 100k"
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn a_stream_the_reader_abandons_ends_with_an_error_not_silently() {
+    let server = mongo();
+    let (handles, m, raw) = start(&server, |c| {
+        c.supervisor.stream_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    fill(&raw, 0, 3000).await;
+    let mut stream = m
+        .call(Find::new(Collection::Analytics, doc! {}))
+        .await
+        .expect("find");
+    // Read one, then stall well past the idle timeout with the channel full.
+    assert!(stream.next().await.is_some());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut n = 1;
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(_) => n += 1,
+            Err(e) => last = Some(e),
+        }
+    }
+    assert!(n < 3000, "the pump stopped early ({n} read)");
+    assert!(
+        matches!(last, Some(MongoError::StreamIdle { .. })),
+        "{last:?}"
+    );
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export / import
+
+async fn collect_export(
+    m: &MongoHandle,
+    c: Collection,
+) -> (lucid_actors::mongo::ExportMetadata, Vec<RawDocumentBuf>) {
+    let (meta, mut stream) = m.export(c).await.expect("export");
+    let mut docs = Vec::new();
+    while let Some(d) = stream.next().await {
+        docs.push(d.expect("raw doc"));
+    }
+    (meta, docs)
+}
+
+fn ok_stream(
+    docs: Vec<RawDocumentBuf>,
+) -> impl futures_util::Stream<Item = Result<RawDocumentBuf, String>> + Unpin {
+    futures_util::stream::iter(docs.into_iter().map(Ok))
+}
+
+#[actix_rt::test]
+async fn export_drop_import_restores_documents_and_indexes() {
+    let server = mongo();
+    // nx-27017 stores ~1,000 documents a second: 2,500 in one call need more than 500 ms.
+    let (handles, m, raw) = start(&server, |c| {
+        c.supervisor.call_deadline = Duration::from_secs(10);
+    })
+    .await;
+    m.call(InsertMany {
+        collection: Collection::Users,
+        documents: (0..2500).map(user).collect(),
+        ordered: true,
+    })
+    .await
+    .expect("insert");
+    let before = server_index_fields(&raw, "users").await;
+    let (meta, docs) = collect_export(&m, Collection::Users).await;
+    assert_eq!(meta.documents, 2500);
+    assert_eq!(docs.len(), 2500);
+    assert_eq!(
+        meta.indexes.len(),
+        m.catalog().get(Collection::Users).indexes.len()
+    );
+    // nx-27017 keeps no validator: the export carries the one from configs/
+    assert_eq!(meta.validator, m.catalog().get(Collection::Users).validator);
+    let meta_doc = meta.to_document().expect("metadata encodes");
+
+    raw.collection::<Document>("users")
+        .drop()
+        .await
+        .expect("drop");
+    let meta = lucid_actors::mongo::ExportMetadata::from_document(meta_doc).expect("decodes");
+    let summary = m
+        .import(
+            ImportOptions {
+                collection: Collection::Users,
+                database: None,
+                force: false,
+                metadata: meta.clone(),
+            },
+            ok_stream(docs.clone()),
+        )
+        .await
+        .expect("import");
+    assert_eq!(summary.documents, 2500);
+    assert_eq!(summary.batches, 3, "import_batch = 1000");
+    let restored: Vec<Document> = {
+        let mut c = raw
+            .collection::<Document>("users")
+            .find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .expect("find");
+        let mut v = Vec::new();
+        while c.advance().await.expect("cursor") {
+            v.push(c.deserialize_current().expect("doc"));
+        }
+        v
+    };
+    let mut original: Vec<Document> = docs
+        .iter()
+        .map(|r| Document::try_from(r.as_ref()).expect("doc"))
+        .collect();
+    original.sort_by_key(|d| d.get_object_id("_id").expect("oid"));
+    assert_eq!(restored, original, "every document, _id and value, is back");
+    assert_eq!(
+        server_index_fields(&raw, "users").await,
+        before,
+        "indexes back"
+    );
+    // the unique index works again
+    let e = m
+        .call(InsertOne {
+            collection: Collection::Users,
+            document: {
+                let mut d = user(9000);
+                d.insert("email", "user7@example.com");
+                d
+            },
+        })
+        .await
+        .expect_err("unique again");
+    assert!(matches!(e, MongoError::Conflict { .. }), "{e}");
+
+    // a non-empty target is refused unless forced
+    let e = m
+        .import(
+            ImportOptions {
+                collection: Collection::Users,
+                database: None,
+                force: false,
+                metadata: meta.clone(),
+            },
+            ok_stream(docs.clone()),
+        )
+        .await
+        .expect_err("not empty");
+    assert!(
+        matches!(
+            e,
+            MongoError::NotEmpty {
+                documents: 2500,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let summary = m
+        .import(
+            ImportOptions {
+                collection: Collection::Users,
+                database: None,
+                force: true,
+                metadata: meta.clone(),
+            },
+            ok_stream(docs[..10].to_vec()),
+        )
+        .await
+        .expect("forced");
+    assert_eq!(summary.documents, 10);
+    assert_eq!(
+        raw.collection::<Document>("users")
+            .count_documents(doc! {})
+            .await
+            .expect("count"),
+        10
+    );
+
+    // into another database
+    let summary = m
+        .import(
+            ImportOptions {
+                collection: Collection::Users,
+                database: Some("lucid_restore".into()),
+                force: false,
+                metadata: meta.clone(),
+            },
+            ok_stream(docs.clone()),
+        )
+        .await
+        .expect("other db");
+    assert_eq!(summary.database, "lucid_restore");
+    let other = raw.client().database("lucid_restore");
+    assert_eq!(
+        other
+            .collection::<Document>("users")
+            .count_documents(doc! {})
+            .await
+            .expect("count"),
+        2500
+    );
+    assert_eq!(server_index_fields(&other, "users").await, before);
+
+    // a bad document fails the import and leaves the target empty, not half restored
+    let mut bad = docs[..1500].to_vec();
+    bad.push(RawDocumentBuf::from_document(&doc! {"user_id": "broken"}).expect("raw"));
+    let e = m
+        .import(
+            ImportOptions {
+                collection: Collection::Users,
+                database: Some("lucid_restore2".into()),
+                force: false,
+                metadata: meta,
+            },
+            ok_stream(bad),
+        )
+        .await
+        .expect_err("invalid document");
+    assert!(
+        matches!(&e, MongoError::Invalid { field, .. } if field == "documents.1500.email"),
+        "{e}"
+    );
+    assert_eq!(
+        raw.client()
+            .database("lucid_restore2")
+            .collection::<Document>("users")
+            .count_documents(doc! {})
+            .await
+            .expect("count"),
+        0
+    );
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats, health
+
+#[actix_rt::test]
+async fn stats_and_health_report_real_numbers() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    m.call(InsertMany {
+        collection: Collection::Users,
+        documents: (0..3).map(user).collect(),
+        ordered: true,
+    })
+    .await
+    .expect("insert");
+    let stats = m.call(GetStats).await.expect("stats");
+    assert_eq!(stats.hello.topology, Topology::Standalone);
+    assert_eq!(stats.hello.max_bson_object_size, 16 * 1024 * 1024);
+    assert_eq!(stats.db.collections, 15);
+    assert!(
+        stats.db.objects >= 3 && stats.db.data_size > 0,
+        "{:?}",
+        stats.db
+    );
+    assert_eq!(stats.collections.len(), 15);
+    let users = &stats.collections[0];
+    assert_eq!(users.collection, Collection::Users);
+    assert!(
+        users.exists && users.count == 3 && users.size > 0,
+        "{users:?}"
+    );
+    let snap = handles.registry.snapshot();
+    let entry = snap
+        .iter()
+        .find(|s| s.backend == lucid_actors::Backend::Mongodb)
+        .expect("registered");
+    assert_eq!(entry.state, StateLabel::Up);
+    assert!(entry.latency_ms.is_some_and(|ms| ms > 0.0));
+    assert!(m.ping().await.expect("ping") < DEADLINE);
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults
+
+#[actix_rt::test]
+async fn kill_sigstop_and_restart_never_hang_a_call_and_recover_within_the_bound() {
+    let mut server = mongo();
+    let cap = events::capture();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    let is_up = |h: &Handles| {
+        h.registry
+            .snapshot()
+            .iter()
+            .any(|s| s.backend == lucid_actors::Backend::Mongodb && s.is_up())
+    };
+
+    // Killed: calls fail within the deadline, then at once once the actor knows.
+    server.stop();
+    let started = Instant::now();
+    let e = m.ping().await.expect_err("down");
+    assert!(
+        started.elapsed() < DEADLINE + Duration::from_millis(300),
+        "{e}"
+    );
+    wait_until(Duration::from_secs(3), "marked down", || !is_up(&handles)).await;
+    let started = Instant::now();
+    let e = m
+        .call(Count {
+            collection: Collection::Users,
+            filter: doc! {},
+        })
+        .await
+        .expect_err("unavailable");
+    assert!(
+        matches!(e, MongoError::Call(CallError::Unavailable { .. })),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(cap.named("backend.down").len(), 1);
+
+    // Restarted on the same port and data: back within the backoff cap plus a connect.
+    server.start_again();
+    let back = wait_until(Duration::from_secs(10), "back up", || is_up(&handles)).await;
+    assert!(back < Duration::from_secs(3), "recovered in {back:?}");
+    assert_eq!(
+        m.call(Count {
+            collection: Collection::Users,
+            filter: doc! {},
+        })
+        .await
+        .expect("count after restart"),
+        0
+    );
+
+    // Frozen (SIGSTOP): every call answers within the deadline; the actor goes down; after
+    // SIGCONT it recovers.
+    server.pause();
+    let started = Instant::now();
+    let calls = futures_util::future::join_all((0..8).map(|_| {
+        m.call(Count {
+            collection: Collection::Users,
+            filter: doc! {},
+        })
+    }))
+    .await;
+    assert!(calls.iter().all(Result::is_err));
+    assert!(
+        started.elapsed() < DEADLINE + Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until(Duration::from_secs(3), "down while frozen", || {
+        !is_up(&handles)
+    })
+    .await;
+    server.resume();
+    wait_until(Duration::from_secs(10), "up after SIGCONT", || {
+        is_up(&handles)
+    })
+    .await;
+    m.ping().await.expect("ping after resume");
+    stop(handles).await;
+}

@@ -11,13 +11,17 @@
 //! the bottleneck here, so the CPU ratio is the number that shows the actors' own cost.
 //!
 //! Both paths run on one thread (an actix System), as they would in a sibling that embeds
-//! the actors. Later backends add their workloads to [`workloads`].
+//! the actors. Each backend has its workloads (`redis_workloads`, `mongo_workloads`) and a
+//! section that starts its server; `cargo bench --bench lucid_bench -- mongo` runs one.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use lucid_actors::mongo::bson::{DateTime, Document, doc};
+use lucid_actors::mongo::{Aggregate, Collection, FindOne, InsertOne, MongoHandle, UpdateOne};
 use lucid_actors::redis::{CacheGet, CacheSet, Key, RateSubject, RedisHandle, locks, ratelimit};
 use lucid_actors::{Config, Roles};
 use redis::AsyncCommands;
@@ -434,20 +438,43 @@ fn main() {
             .as_deref()
             .is_none_or(|f| section.contains(f) || f.contains(section))
     };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let volume = if wants("volume") {
         volume_bench(duration)
     } else {
         json!(null)
     };
-    if !wants("redis") {
-        write_report(json!({ "volume": volume }));
-        return;
+    let mut pinned = false;
+    let mut rows = Vec::new();
+    let mut redis_bench = json!(null);
+    if wants("redis") {
+        let server = lucid_testkit::redis();
+        pinned = pin_pair(cpus, &server);
+        let (r, bench) = redis_section(&server, filter.as_deref(), duration);
+        rows.extend(r);
+        redis_bench = bench;
+        println!("\nredis-benchmark -c 64 -t get,set (same server): {redis_bench}");
     }
+    if wants("mongo") {
+        let server = lucid_testkit::mongo();
+        pinned = pin_pair(cpus, &server);
+        rows.extend(mongo_section(&server, filter.as_deref(), duration));
+    }
+    write_report(json!({
+        "seconds_per_run": seconds,
+        "rounds": ROUNDS,
+        "cpus": cpus,
+        "pinned": pinned,
+        "results": rows,
+        "redis_benchmark_c64": redis_bench,
+        "volume": volume,
+    }));
+}
 
-    let server = lucid_testkit::redis();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+/// Pins the benchmark to CPU 0 and `server` to CPU 1 when there are two CPUs (see [`pin`]).
+fn pin_pair(cpus: usize, server: &lucid_testkit::Server) -> bool {
     let pinned = cpus >= 2 && pin(0, 0) && server.pid().is_some_and(|pid| pin(pid, 1));
     println!(
         "{cpus} CPUs; {}",
@@ -457,8 +484,44 @@ fn main() {
             "not pinned"
         }
     );
+    pinned
+}
+
+fn wanted(workloads: Vec<Workload>, filter: Option<&str>) -> Vec<Workload> {
+    workloads
+        .into_iter()
+        .filter(|w| filter.is_none_or(|f| matches_filter(&format!("{}/{}", w.backend, w.name), f)))
+        .collect()
+}
+
+/// LUCID_BENCH_ONLY=actor|direct: runs one path alone, once, at 64 in flight — for counting
+/// its instructions under `valgrind --tool=callgrind` (repeatable, unlike time). Answers
+/// whether it was set.
+async fn only_one_path(workloads: &[Workload], duration: Duration) -> bool {
+    let Ok(only) = std::env::var("LUCID_BENCH_ONLY") else {
+        return false;
+    };
+    for w in workloads {
+        let path = match only.as_str() {
+            "actor" => &w.actor,
+            "direct" => &w.direct,
+            other => panic!("LUCID_BENCH_ONLY={other:?}: say actor or direct"),
+        };
+        // Warm up (scripts loaded) so the count is of the steady state.
+        measure(path, 16, Duration::from_millis(100)).await;
+        let run = measure(path, 64, duration).await;
+        println!("{}/{} {only}: {} ops", w.backend, w.name, run.ops);
+    }
+    true
+}
+
+fn redis_section(
+    server: &lucid_testkit::Server,
+    filter: Option<&str>,
+    duration: Duration,
+) -> (Vec<Row>, serde_json::Value) {
     let system = actix_rt::System::new();
-    let (rows, redis_bench) = system.block_on(async {
+    system.block_on(async {
         let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
         cfg.redis.url = server.url().into();
         cfg.mongodb.enabled = false;
@@ -479,93 +542,66 @@ fn main() {
             .await
             .unwrap_or_else(|e| panic!("direct connection: {e}"));
 
-        let workloads: Vec<Workload> = redis_workloads(h, conn)
-            .into_iter()
-            .filter(|w| {
-                filter
-                    .as_deref()
-                    .is_none_or(|f| matches_filter(&format!("{}/{}", w.backend, w.name), f))
-            })
-            .collect();
-        // LUCID_BENCH_ONLY=actor|direct: run one path alone, once, at 64 in flight — for
-        // counting its instructions under `valgrind --tool=callgrind` (repeatable, unlike time).
-        if let Ok(only) = std::env::var("LUCID_BENCH_ONLY") {
-            for w in &workloads {
-                let path = match only.as_str() {
-                    "actor" => &w.actor,
-                    "direct" => &w.direct,
-                    other => panic!("LUCID_BENCH_ONLY={other:?}: say actor or direct"),
-                };
-                // Warm up (scripts loaded) so the count is of the steady state.
-                measure(path, 16, Duration::from_millis(100)).await;
-                let run = measure(path, 64, duration).await;
-                println!("{}/{} {only}: {} ops", w.backend, w.name, run.ops);
-            }
+        let workloads = wanted(redis_workloads(h, conn), filter);
+        if only_one_path(&workloads, duration).await {
             handles.shutdown(Duration::from_secs(1)).await;
             return (Vec::new(), json!(null));
         }
-        let mut rows = Vec::new();
-        for w in &workloads {
-            // Warm up both paths (scripts loaded, pools filled).
-            measure(&w.actor, 16, Duration::from_millis(200)).await;
-            measure(&w.direct, 16, Duration::from_millis(200)).await;
-            for in_flight in IN_FLIGHT {
-                let (mut actor, mut direct) = (Vec::new(), Vec::new());
-                for round in 0..ROUNDS {
-                    // Each round is two half-slices per path in ABBA order (BAAB on odd
-                    // rounds), so drift in the machine's speed falls on both paths alike.
-                    let half = duration / 2;
-                    let (first, second) = if round % 2 == 0 {
-                        (&w.actor, &w.direct)
-                    } else {
-                        (&w.direct, &w.actor)
-                    };
-                    let mut a = measure(first, in_flight, half).await;
-                    let b1 = measure(second, in_flight, half).await;
-                    let b2 = measure(second, in_flight, half).await;
-                    a.absorb(measure(first, in_flight, half).await);
-                    let mut b = b1;
-                    b.absorb(b2);
-                    let (a, b) = if round % 2 == 0 { (a, b) } else { (b, a) };
-                    actor.push(a);
-                    direct.push(b);
-                }
-                let (a, d) = (Summary::of(&actor), Summary::of(&direct));
-                let row = Row {
-                    backend: w.backend,
-                    workload: w.name,
-                    in_flight,
-                    throughput_ratio: a.ops_per_sec / d.ops_per_sec,
-                    cpu_ratio: a.cpu_us_per_op / d.cpu_us_per_op,
-                    actor: a,
-                    direct: d,
-                };
-                print_row(&row);
-                rows.push(row);
-            }
-        }
+        let rows = compare(&workloads, duration).await;
         handles.shutdown(Duration::from_secs(1)).await;
-        let bench = if filter
-            .as_deref()
-            .is_none_or(|f| matches_filter("redis/redis-benchmark", f))
-        {
+        let bench = if filter.is_none_or(|f| matches_filter("redis/redis-benchmark", f)) {
             redis_benchmark(server.port())
         } else {
             json!(null)
         };
         (rows, bench)
-    });
+    })
+}
 
-    println!("\nredis-benchmark -c 64 -t get,set (same server): {redis_bench}");
-    write_report(json!({
-        "seconds_per_run": seconds,
-        "rounds": ROUNDS,
-        "cpus": cpus,
-        "pinned": pinned,
-        "results": rows,
-        "redis_benchmark_c64": redis_bench,
-        "volume": volume,
-    }));
+/// Runs every workload at each number in flight, the actor and direct paths interleaved, and
+/// prints and answers one row per (workload, in flight).
+async fn compare(workloads: &[Workload], duration: Duration) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for w in workloads {
+        // Warm up both paths (scripts loaded, pools filled).
+        measure(&w.actor, 16, Duration::from_millis(200)).await;
+        measure(&w.direct, 16, Duration::from_millis(200)).await;
+        for in_flight in IN_FLIGHT {
+            let (mut actor, mut direct) = (Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                // Each round is two half-slices per path in ABBA order (BAAB on odd
+                // rounds), so drift in the machine's speed falls on both paths alike.
+                let half = duration / 2;
+                let (first, second) = if round % 2 == 0 {
+                    (&w.actor, &w.direct)
+                } else {
+                    (&w.direct, &w.actor)
+                };
+                let mut a = measure(first, in_flight, half).await;
+                let b1 = measure(second, in_flight, half).await;
+                let b2 = measure(second, in_flight, half).await;
+                a.absorb(measure(first, in_flight, half).await);
+                let mut b = b1;
+                b.absorb(b2);
+                let (a, b) = if round % 2 == 0 { (a, b) } else { (b, a) };
+                actor.push(a);
+                direct.push(b);
+            }
+            let (a, d) = (Summary::of(&actor), Summary::of(&direct));
+            let row = Row {
+                backend: w.backend,
+                workload: w.name,
+                in_flight,
+                throughput_ratio: a.ops_per_sec / d.ops_per_sec,
+                cpu_ratio: a.cpu_us_per_op / d.cpu_us_per_op,
+                actor: a,
+                direct: d,
+            };
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 fn write_report(report: serde_json::Value) {
@@ -799,5 +835,230 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
             "tar_zstd_cpu_s": d_cpu,
             "quick_ms": quick,
         })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// MongoDB
+
+/// Users seeded for the find and update workloads.
+const MONGO_USERS: u64 = 1000;
+
+fn mongo_user(i: u64) -> Document {
+    doc! {
+        "user_id": format!("bench{i}"),
+        "email": format!("bench{i}@example.com"),
+        "role": "user",
+        "status": "active",
+        "created_at": DateTime::now(),
+    }
+}
+
+/// A user id spread over the seeded users, different per worker.
+fn mongo_pick(w: usize, n: u64) -> u64 {
+    (w as u64 * 7919 + n * 31) % MONGO_USERS
+}
+
+/// One analytics point (a collection without unique indexes, so inserts never conflict).
+fn mongo_point(w: usize, n: u64) -> Document {
+    doc! {
+        "metric": "bench.insert",
+        "timestamp": DateTime::now(),
+        "value": ((w as i64) << 32) | n as i64,
+        "dimensions": {"worker": w as i64},
+    }
+}
+
+/// A small per-request aggregation: three users by id, counted per role.
+fn mongo_pipeline(w: usize, n: u64) -> Vec<Document> {
+    let ids: Vec<String> = (0..3)
+        .map(|k| format!("bench{}", mongo_pick(w, n + k)))
+        .collect();
+    vec![
+        doc! {"$match": {"user_id": {"$in": ids}}},
+        doc! {"$group": {"_id": "$role", "n": {"$sum": 1}}},
+    ]
+}
+
+fn mongo_workloads(h: MongoHandle, db: mongodb::Database) -> Vec<Workload> {
+    let users = db.collection::<Document>("users");
+    let analytics = db.collection::<Document>("analytics");
+    let mut out = Vec::new();
+
+    // Insert: the actor checks each document against the collection's schema first.
+    let (ha, c) = (h.clone(), analytics.clone());
+    out.push(Workload {
+        backend: "mongo",
+        name: "insert",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                h.call(InsertOne {
+                    collection: Collection::Analytics,
+                    document: mongo_point(w, n),
+                })
+                .await
+                .is_ok()
+            }
+        }),
+        direct: op(move |w, n| {
+            let c = c.clone();
+            async move { c.insert_one(mongo_point(w, n)).await.is_ok() }
+        }),
+    });
+
+    // Find one user by a unique key (users_email_unique).
+    let (ha, c) = (h.clone(), users.clone());
+    out.push(Workload {
+        backend: "mongo",
+        name: "find by unique key",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                h.call(FindOne {
+                    collection: Collection::Users,
+                    filter: doc! {"email": format!("bench{}@example.com", mongo_pick(w, n))},
+                    projection: None,
+                })
+                .await
+                .is_ok_and(|d| d.is_some())
+            }
+        }),
+        direct: op(move |w, n| {
+            let c = c.clone();
+            async move {
+                c.find_one(doc! {"email": format!("bench{}@example.com", mongo_pick(w, n))})
+                    .await
+                    .is_ok_and(|d| d.is_some())
+            }
+        }),
+    });
+
+    // Update one user by id with $set (the actor checks the $set values against the schema).
+    let (ha, c) = (h.clone(), users.clone());
+    out.push(Workload {
+        backend: "mongo",
+        name: "update",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                h.call(UpdateOne {
+                    collection: Collection::Users,
+                    filter: doc! {"user_id": format!("bench{}", mongo_pick(w, n))},
+                    update: doc! {"$set": {"display_name": format!("w{w} n{n}")}},
+                    upsert: false,
+                })
+                .await
+                .is_ok_and(|s| s.matched == 1)
+            }
+        }),
+        direct: op(move |w, n| {
+            let c = c.clone();
+            async move {
+                c.update_one(
+                    doc! {"user_id": format!("bench{}", mongo_pick(w, n))},
+                    doc! {"$set": {"display_name": format!("w{w} n{n}")}},
+                )
+                .await
+                .is_ok_and(|r| r.matched_count == 1)
+            }
+        }),
+    });
+
+    // Aggregate, every result read (the actor's answer is a stream fed by a task).
+    let (ha, c) = (h, users);
+    out.push(Workload {
+        backend: "mongo",
+        name: "aggregate",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                let Ok(mut stream) = h
+                    .call(Aggregate {
+                        collection: Collection::Users,
+                        pipeline: mongo_pipeline(w, n),
+                    })
+                    .await
+                else {
+                    return false;
+                };
+                let mut seen = 0;
+                while let Some(d) = stream.next().await {
+                    if d.is_err() {
+                        return false;
+                    }
+                    seen += 1;
+                }
+                seen == 1
+            }
+        }),
+        direct: op(move |w, n| {
+            let c = c.clone();
+            async move {
+                let Ok(mut cursor) = c.aggregate(mongo_pipeline(w, n)).await else {
+                    return false;
+                };
+                let mut seen = 0;
+                while let Some(d) = cursor.next().await {
+                    if d.is_err() {
+                        return false;
+                    }
+                    seen += 1;
+                }
+                seen == 1
+            }
+        }),
+    });
+    out
+}
+
+fn mongo_section(
+    server: &lucid_testkit::Server,
+    filter: Option<&str>,
+    duration: Duration,
+) -> Vec<Row> {
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+        cfg.mongodb.url = server.url().into();
+        cfg.redis.enabled = false;
+        cfg.elasticsearch.enabled = false;
+        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let h = handles
+            .mongo
+            .clone()
+            .unwrap_or_else(|| panic!("mongodb enabled"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while handles.registry.readiness().is_err() || h.last_bootstrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "mongo actor never came up and bootstrapped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The direct path gets the same pool size as the actor's client.
+        let mut options = mongodb::options::ClientOptions::parse(server.url())
+            .await
+            .unwrap_or_else(|e| panic!("url: {e}"));
+        options.max_pool_size = Some(cfg.mongodb.max_pool_size);
+        let db = mongodb::Client::with_options(options)
+            .unwrap_or_else(|e| panic!("direct client: {e}"))
+            .database(&cfg.mongodb.database);
+        let seeded = db
+            .collection::<Document>("users")
+            .insert_many((0..MONGO_USERS).map(mongo_user))
+            .await;
+        if let Err(e) = seeded {
+            panic!("seeding users: {e}");
+        }
+
+        let workloads = wanted(mongo_workloads(h, db), filter);
+        let rows = if only_one_path(&workloads, duration).await {
+            Vec::new()
+        } else {
+            compare(&workloads, duration).await
+        };
+        handles.shutdown(Duration::from_secs(1)).await;
+        rows
     })
 }

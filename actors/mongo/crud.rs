@@ -13,6 +13,7 @@
 //! A duplicate key is `Conflict { index, key }` with the index named as in `configs/mongodb/`
 //! (servers name them differently: nx-27017 renames every index).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -36,45 +37,49 @@ const JAVASCRIPT: &[&str] = &["$where", "$function", "$accumulator"];
 
 /// Refuses `$where`, `$function` and `$accumulator` anywhere in `doc` (at any depth).
 pub(crate) fn check_no_javascript(what: &str, doc: &Document) -> Result<(), MongoError> {
-    fn walk(value: &Bson, path: &mut String) -> Option<String> {
+    match javascript_at(doc) {
+        Some(at) => Err(javascript_refused(what, at)),
+        None => Ok(()),
+    }
+}
+
+/// Where `doc` uses server-side JavaScript, innermost path segment first. On every filter and
+/// pipeline, so it walks by reference and builds a path only for a refusal.
+fn javascript_at(doc: &Document) -> Option<Vec<String>> {
+    fn in_value(value: &Bson) -> Option<Vec<String>> {
         match value {
-            Bson::Document(d) => {
-                for (k, v) in d {
-                    if JAVASCRIPT.contains(&k.as_str()) {
-                        return Some(format!("{path}.{k}"));
-                    }
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    let found = walk(v, path);
-                    path.truncate(len);
-                    if found.is_some() {
-                        return found;
-                    }
-                }
-                None
-            }
+            Bson::Document(d) => javascript_at(d),
             Bson::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
-                let len = path.len();
-                path.push('.');
-                path.push_str(&i.to_string());
-                let found = walk(v, path);
-                path.truncate(len);
-                found
+                in_value(v).map(|mut at| {
+                    at.push(i.to_string());
+                    at
+                })
             }),
             // `{"$where": "..."}` is caught as a key; JavaScript code values are refused too.
-            Bson::JavaScriptCode(_) | Bson::JavaScriptCodeWithScope(_) => Some(path.clone()),
+            Bson::JavaScriptCode(_) | Bson::JavaScriptCodeWithScope(_) => Some(Vec::new()),
             _ => None,
         }
     }
-    let mut path = what.to_owned();
-    match walk(&Bson::Document(doc.clone()), &mut path) {
-        Some(at) => Err(MongoError::invalid(
-            at,
-            "server-side JavaScript ($where, $function, $accumulator) is not allowed",
-        )),
-        None => Ok(()),
-    }
+    doc.iter().find_map(|(k, v)| {
+        if JAVASCRIPT.contains(&k.as_str()) {
+            return Some(vec![k.clone()]);
+        }
+        in_value(v).map(|mut at| {
+            at.push(k.clone());
+            at
+        })
+    })
+}
+
+fn javascript_refused(what: &str, at: Vec<String>) -> MongoError {
+    let path = std::iter::once(what)
+        .chain(at.iter().rev().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(".");
+    MongoError::invalid(
+        path,
+        "server-side JavaScript ($where, $function, $accumulator) is not allowed",
+    )
 }
 
 /// The document as raw BSON, refused over 16 MB (`maxBsonObjectSize`).
@@ -220,7 +225,9 @@ fn check_pipeline(pipeline: &[Document]) -> Result<(), MongoError> {
                 "writing stages ($out, $merge) are not allowed",
             ));
         }
-        check_no_javascript(&format!("pipeline.{i}"), stage)?;
+        if let Some(at) = javascript_at(stage) {
+            return Err(javascript_refused(&format!("pipeline.{i}"), at));
+        }
     }
     Ok(())
 }
@@ -292,14 +299,24 @@ fn server_style_name(c: Collection, ix: &super::collections::IndexSpec) -> Strin
 // ---------------------------------------------------------------------------------------------
 // Streams
 
-/// Documents of a find, aggregate or export, as they arrive: a bounded channel fed by a task
-/// that pulls the server's cursor one batch at a time, so memory stays at most one batch
-/// plus the channel, whatever the result size. Dropping the stream closes the cursor.
+/// Documents of a find, aggregate or export, as they arrive. The first batch is read by the
+/// call itself: a result that fits in one batch (`Settings::batch_size`, nearly every query)
+/// is complete when the call answers, with no task and no channel. A larger one continues
+/// through a bounded channel fed by a task that pulls the server's cursor one batch at a
+/// time, so memory stays at most a batch plus the channel, whatever the result size.
+/// Dropping the stream closes the cursor.
 ///
 /// Ends with `None` after the last document; a failure (connection lost, a batch not in
 /// time, the reader not reading for `supervisor.stream_idle_timeout`) is the last item,
 /// never a silent end.
 pub struct DocStream<T = Document> {
+    /// The first batch, read by the call.
+    ready: VecDeque<Result<T, MongoError>>,
+    /// The rest, when there is more.
+    rest: Option<Rest<T>>,
+}
+
+struct Rest<T> {
     rx: mpsc::Receiver<Result<T, MongoError>>,
     /// Set by the pump when it had to stop without being able to queue the error.
     failed: Arc<OnceLock<MongoError>>,
@@ -313,10 +330,16 @@ impl<T> DocStream<T> {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, MongoError>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(None) if !self.reported => {
-                self.reported = true;
-                Poll::Ready(self.failed.get().cloned().map(Err))
+        if let Some(item) = self.ready.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        let Some(rest) = &mut self.rest else {
+            return Poll::Ready(None);
+        };
+        match rest.rx.poll_recv(cx) {
+            Poll::Ready(None) if !rest.reported => {
+                rest.reported = true;
+                Poll::Ready(rest.failed.get().cloned().map(Err))
             }
             other => other,
         }
@@ -333,11 +356,44 @@ impl<T> futures_util::Stream for DocStream<T> {
 
 impl<T> Unpin for DocStream<T> {}
 
-/// Feeds a stream from `cursor` (see [`DocStream`]).
-pub(crate) fn pump<T>(mut cursor: Cursor<T>, shared: &Arc<Shared>, generation: u64) -> DocStream<T>
+/// One document from the cursor: `None` at the end.
+fn next_item<T: DeserializeOwned>(
+    advanced: Result<bool, mongodb::error::Error>,
+    cursor: &Cursor<T>,
+) -> Option<Result<T, MongoError>> {
+    match advanced {
+        Err(e) => Some(Err(MongoError::from_driver(&e))),
+        Ok(false) => None,
+        Ok(true) => Some(cursor.deserialize_current().map_err(|e| MongoError::Codec {
+            message: e.to_string(),
+        })),
+    }
+}
+
+/// Makes a [`DocStream`] of `cursor`: reads the first batch within the call (its deadline
+/// applies), then, if there is more, hands the cursor to a task.
+pub(crate) async fn pump<T>(
+    mut cursor: Cursor<T>,
+    shared: &Arc<Shared>,
+    generation: u64,
+) -> DocStream<T>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
+    let batch = usize::try_from(shared.settings.batch_size).unwrap_or(usize::MAX);
+    let mut ready = VecDeque::new();
+    while ready.len() < batch {
+        match next_item(cursor.advance().await, &cursor) {
+            None => return DocStream { ready, rest: None },
+            Some(Err(e)) => {
+                shared.report(generation, &e);
+                ready.push_back(Err(e));
+                return DocStream { ready, rest: None };
+            }
+            Some(Ok(doc)) => ready.push_back(Ok(doc)),
+        }
+    }
+
     let (tx, rx) = mpsc::channel(shared.settings.stream_buffer);
     let failed = Arc::new(OnceLock::new());
     let fail = failed.clone();
@@ -348,11 +404,10 @@ where
         loop {
             let item = match tokio::time::timeout(deadline, cursor.advance()).await {
                 Err(_) => Err(MongoError::deadline(deadline)),
-                Ok(Err(e)) => Err(MongoError::from_driver(&e)),
-                Ok(Ok(false)) => return,
-                Ok(Ok(true)) => cursor.deserialize_current().map_err(|e| MongoError::Codec {
-                    message: e.to_string(),
-                }),
+                Ok(advanced) => match next_item(advanced, &cursor) {
+                    None => return,
+                    Some(item) => item,
+                },
             };
             let last = item.is_err();
             if let Err(e) = &item {
@@ -375,9 +430,12 @@ where
         }
     });
     DocStream {
-        rx,
-        failed,
-        reported: false,
+        ready,
+        rest: Some(Rest {
+            rx,
+            failed,
+            reported: false,
+        }),
     }
 }
 
@@ -562,7 +620,7 @@ impl MongoOp for Find {
                 .find(self.filter)
                 .with_options(options)
                 .await?;
-            Ok(pump(cursor, &shared, generation))
+            Ok(pump(cursor, &shared, generation).await)
         })
     }
 }
@@ -825,7 +883,7 @@ impl MongoOp for Aggregate {
                 .aggregate(self.pipeline)
                 .batch_size(batch)
                 .await?;
-            Ok(pump(cursor, &shared, generation))
+            Ok(pump(cursor, &shared, generation).await)
         })
     }
 }

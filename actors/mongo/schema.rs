@@ -17,9 +17,11 @@
 //! than silently not checking anything.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use mongodb::bson::spec::ElementType;
 use mongodb::bson::{Bson, Document};
+use regex_automata::dfa::{Automaton, dense};
 
 /// A compiled `$jsonSchema`.
 #[derive(Debug, Clone)]
@@ -53,6 +55,56 @@ pub struct SchemaError {
     pub reason: String,
 }
 
+/// A `pattern`. regex-lite is the reference: its `\s`, `\d`, `\w` and `(?i)` are ASCII, like
+/// MongoDB's PCRE without UCP. An ASCII string — nearly every id, hash and address — is matched
+/// by a dense DFA built from the same pattern at load time instead, several times cheaper per
+/// check than regex-lite's PikeVM (the schema check is on every write; see
+/// `scripts/bench-instructions.sh`). On ASCII input the two agree (tested); a pattern the DFA
+/// cannot take within its size limit is matched by regex-lite alone.
+#[derive(Debug, Clone)]
+struct Pattern {
+    source: String,
+    reference: regex_lite::Regex,
+    ascii: Option<Arc<dense::DFA<Vec<u32>>>>,
+}
+
+impl Pattern {
+    fn new(source: &str) -> Result<Pattern, regex_lite::Error> {
+        let reference = regex_lite::Regex::new(source)?;
+        // Bytes, not Unicode: only ASCII haystacks reach the DFA, where the two are the same.
+        let ascii = dense::Builder::new()
+            .syntax(
+                regex_automata::util::syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false),
+            )
+            .thompson(regex_automata::nfa::thompson::Config::new().utf8(false))
+            .configure(
+                dense::DFA::config()
+                    .dfa_size_limit(Some(1 << 20))
+                    .determinize_size_limit(Some(1 << 20)),
+            )
+            .build(source)
+            .ok()
+            .map(Arc::new);
+        Ok(Pattern {
+            source: source.to_owned(),
+            reference,
+            ascii,
+        })
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        if s.is_ascii()
+            && let Some(dfa) = &self.ascii
+            && let Ok(found) = dfa.try_search_fwd(&regex_automata::Input::new(s).earliest(true))
+        {
+            return found.is_some();
+        }
+        self.reference.is_match(s)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Node {
     types: Option<Vec<Kind>>,
@@ -60,7 +112,7 @@ struct Node {
     properties: Vec<(String, Node)>,
     additional: Additional,
     one_of_values: Option<Vec<Bson>>,
-    pattern: Option<(String, regex_lite::Regex)>,
+    pattern: Option<Pattern>,
     minimum: Option<(f64, bool)>,
     maximum: Option<(f64, bool)>,
     min_length: Option<u64>,
@@ -346,10 +398,10 @@ impl Node {
                     let Bson::String(p) = value else {
                         return Err(err(&here(), "must be a string"));
                     };
-                    let re = regex_lite::Regex::new(p).map_err(|e| {
+                    let re = Pattern::new(p).map_err(|e| {
                         err(&here(), format!("not a valid regular expression: {e}"))
                     })?;
-                    node.pattern = Some((p.clone(), re));
+                    node.pattern = Some(re);
                 }
                 "minimum" | "maximum" => {
                     let n = number(value).ok_or_else(|| err(&here(), "must be a number"))?;
@@ -481,10 +533,14 @@ impl Node {
         {
             return Self::fail(out, path, format!("is {len} characters, more than {max}"));
         }
-        if let Some((source, re)) = &self.pattern
+        if let Some(re) = &self.pattern
             && !re.is_match(s)
         {
-            Self::fail(out, path, format!("does not match the pattern {source}"));
+            Self::fail(
+                out,
+                path,
+                format!("does not match the pattern {}", re.source),
+            );
         }
     }
 
@@ -819,5 +875,101 @@ mod tests {
         let s = schema(doc! {"required": ["a", "b", "c"]});
         assert_eq!(s.violations(&doc! {}, 2).len(), 2);
         assert_eq!(s.violations(&doc! {}, 10).len(), 3);
+    }
+
+    /// The DFA that matches ASCII strings answers exactly as regex-lite, for every pattern in
+    /// configs/mongodb/ and for the constructs whose meaning could differ (classes, case,
+    /// word boundaries, anchors, alternation, repetition).
+    #[test]
+    fn the_ascii_dfa_agrees_with_regex_lite() {
+        use crate::mongo::collections::{Catalog, Collection};
+        let catalog = Catalog::builtin().expect("catalog");
+        let mut patterns = Vec::new();
+        for c in Collection::ALL {
+            collect_patterns(
+                &Bson::Document(catalog.get(c).validator.clone()),
+                &mut patterns,
+            );
+        }
+        assert!(patterns.len() >= 7, "{patterns:?}");
+        patterns.extend(
+            [
+                r"@mongodb\.com$",
+                r"(?i)^ab+c$",
+                r"\bword\b",
+                r"^\d{3}-\w+\s?$",
+                r"^(foo|bar)*baz",
+                r"[^@\s]+",
+                r"^.{2,4}$",
+                r"x?y{0,1}z",
+            ]
+            .map(String::from),
+        );
+        let samples = [
+            "",
+            "a",
+            "abc",
+            "ABBC",
+            "abbbc",
+            "x@mongodb.com",
+            "x@mongodb.comx",
+            "word",
+            "a word.",
+            "swordfish",
+            "123-abc",
+            "123-abc ",
+            "123-",
+            "foobarbaz",
+            "fooba",
+            "baz",
+            "a b",
+            "0x0123456789abcdef0123456789ABCDEF01234567",
+            "0x0123",
+            "user@example.com",
+            "us er@example.com",
+            "bench.insert",
+            "Bench",
+            "read:admin",
+            "auth_x:write",
+            "a.b",
+            "a.b.c",
+            "\n",
+            "ab\ncd",
+            "ab\n",
+            "z",
+            "xyz",
+            "yz",
+            "tab\tsep",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ];
+        for p in &patterns {
+            let pattern = Pattern::new(p).expect("valid");
+            assert!(pattern.ascii.is_some(), "{p}: the DFA could not be built");
+            for s in samples {
+                assert_eq!(
+                    pattern.is_match(s),
+                    pattern.reference.is_match(s),
+                    "{p} on {s:?}"
+                );
+            }
+        }
+        // Non-ASCII goes to regex-lite: `\s` is ASCII there, so NBSP is not whitespace.
+        let p = Pattern::new(r"^[^@\s]+$").expect("valid");
+        assert!(p.is_match("caf\u{e9}\u{a0}x"));
+    }
+
+    fn collect_patterns(b: &Bson, out: &mut Vec<String>) {
+        match b {
+            Bson::Document(d) => {
+                for (k, v) in d {
+                    match (k.as_str(), v) {
+                        ("pattern", Bson::String(p)) => out.push(p.clone()),
+                        _ => collect_patterns(v, out),
+                    }
+                }
+            }
+            Bson::Array(a) => a.iter().for_each(|v| collect_patterns(v, out)),
+            _ => {}
+        }
     }
 }

@@ -139,7 +139,7 @@ impl MongoOp for Export {
                 .find(doc! {})
                 .batch_size(shared.settings.batch_size)
                 .await?;
-            Ok((metadata, pump(cursor, &shared, generation)))
+            Ok((metadata, pump(cursor, &shared, generation).await))
         })
     }
 }

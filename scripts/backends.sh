@@ -185,7 +185,7 @@ server_command() {
             # osmem-server's default port is random (127.0.0.1:0), and it exits
             # when stdin closes unless -no-stdin-watch. It keeps everything in
             # memory: there is no data dir.
-            cmd=("$(osmem_binary)" -addr "$host:$p" -no-stdin-watch)
+            cmd=("$(osmem_binary)" -addr "$host:$p" -no-stdin-watch -no-ja)
             ;;
     esac
 }

@@ -98,6 +98,34 @@ pub fn mongo() -> Server {
     Server::start(&MONGO)
 }
 
+/// osmem-server from the project's venv: an in-memory, OpenSearch-compatible server (one Go
+/// binary, inside the Python package rather than in `.venv/bin`). It starts in milliseconds,
+/// so every test gets its own. It watches `-parent-pid` as well as our death signal; stdin is
+/// not ours to keep open, hence `-no-stdin-watch`. `-no-ja`: without it the first index
+/// created loads the Japanese analyzers and takes over a second.
+pub static OSMEM: ServerKind = ServerKind {
+    name: "elasticsearch",
+    scheme: "http",
+    program: "osmem-server",
+    install_hint: "run scripts/setup.sh (it installs osmem-server into .venv with pip)",
+    args: |port, _dir| {
+        vec![
+            "-addr".into(),
+            format!("127.0.0.1:{port}").into(),
+            "-no-stdin-watch".into(),
+            "-no-ja".into(),
+            "-parent-pid".into(),
+            std::process::id().to_string().into(),
+        ]
+    },
+    ready: |addr| http_status(addr, "GET", "/").is_ok_and(|status| status == 200),
+};
+
+/// Starts osmem-server; panics with an install hint when it is missing.
+pub fn elasticsearch() -> Server {
+    Server::start(&OSMEM)
+}
+
 /// A running (or stopped, between [`Server::stop`] and [`Server::start_again`]) test server.
 pub struct Server {
     kind: &'static ServerKind,
@@ -333,6 +361,24 @@ pub fn mongo_ping(addr: SocketAddr) -> std::io::Result<bool> {
         || ok_as(0x12, &1i64.to_le_bytes()))
 }
 
+/// Sends an HTTP/1.1 request without a body and returns the status code.
+pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(1000)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    // "HTTP/1.1 200 OK"
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -360,12 +406,25 @@ pub fn workspace_root() -> PathBuf {
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
-    let venv = workspace_root().join(".venv/bin");
+    let venv = workspace_root().join(".venv");
+    // Binaries that Python packages ship inside themselves (osmem-server).
+    let packaged = std::fs::read_dir(venv.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| {
+            python
+                .path()
+                .join("site-packages")
+                .join(name.replace('-', "_"))
+                .join("bin")
+        });
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
-        .chain(std::iter::once(venv))
+        .chain(std::iter::once(venv.join("bin")))
+        .chain(packaged)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }

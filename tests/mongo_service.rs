@@ -1044,3 +1044,59 @@ async fn kill_sigstop_and_restart_never_hang_a_call_and_recover_within_the_bound
     m.ping().await.expect("ping after resume");
     stop(handles).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+#[test]
+fn the_cli_prints_the_bootstrap_plan_applies_it_once_and_reports_stats() {
+    const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+    let server = mongo();
+    let root = tempfile::tempdir().expect("tempdir");
+    let run = |url: &str, args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("mongo")
+            .args(args)
+            .env_clear()
+            .env("LUCID_DB__VOLUMES__ROOT", root.path())
+            .env("LUCID_DB__MONGODB__URL", url)
+            .output()
+            .expect("run lucid-db");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = server.url();
+    let (code, out, err) = run(&url, &["bootstrap", "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("would run"), "{out}");
+    assert!(out.contains("createIndexes"), "{out}");
+    let (code, out, _) = run(&url, &["bootstrap", "--dry-run"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("would run"),
+        "a dry run changed the database:\n{out}"
+    );
+
+    let (code, out, err) = run(&url, &["bootstrap"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ran "), "{out}");
+    let (code, out, _) = run(&url, &["bootstrap"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("nothing to do"), "{out}");
+
+    let (code, out, err) = run(&url, &["stats", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        stats["collections"].as_array().map(Vec::len),
+        Some(15),
+        "{out}"
+    );
+
+    let nobody = format!("mongodb://127.0.0.1:{}", lucid_testkit::free_port());
+    let (code, _, err) = run(&nobody, &["stats"]);
+    assert_eq!(code, Some(69), "{err}");
+}

@@ -182,6 +182,49 @@ pub struct ElasticsearchConfig {
     pub password_file: PathBuf,
     #[serde(skip)]
     pub password: Option<Secret>,
+    /// Primary shards of each new monthly index (its template).
+    pub shards: u32,
+    /// Replicas of each new monthly index (0 on a single node, else the cluster is yellow).
+    pub replicas: u32,
+    /// Put templates, the current month's indices and the aliases in place on connect.
+    pub bootstrap: bool,
+    /// A bulk request holds at most this many documents…
+    pub bulk_max_docs: usize,
+    /// …and this many bytes of NDJSON; a single document larger than this is refused.
+    pub bulk_max_bytes: ByteSize,
+    /// Bulk requests of one bulk call sent at once; the rest wait (backpressure).
+    pub bulk_in_flight: usize,
+    /// Retries of items the server refused with 429 or 503, with backoff.
+    pub bulk_retries: u32,
+    /// Lifecycle: ages since the end of an index's month.
+    #[serde(with = "humantime_serde")]
+    pub warm_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cold_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub delete_after: Duration,
+    /// Lifecycle deletion at all (and then only of indices a verified backup holds).
+    pub lifecycle_delete: bool,
+    /// The next month's index and the write alias are in place this long before it starts.
+    #[serde(with = "humantime_serde")]
+    pub prepare_ahead: Duration,
+    pub cold_replicas: u32,
+    pub cold_priority: i64,
+}
+
+impl ElasticsearchConfig {
+    /// The lifecycle policy these keys describe.
+    pub fn policy(&self) -> crate::search::Policy {
+        crate::search::Policy {
+            warm_after: self.warm_after,
+            cold_after: self.cold_after,
+            delete_after: self.delete_after,
+            delete: self.lifecycle_delete,
+            prepare_ahead: self.prepare_ahead,
+            cold_replicas: self.cold_replicas,
+            cold_priority: self.cold_priority,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -739,8 +782,41 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             err("mongodb.schema_dir", e.to_string());
         }
     }
-    if let Err(reason) = check_http_url(c.elasticsearch.url.expose()) {
+    let es = &c.elasticsearch;
+    if let Err(reason) = check_http_url(es.url.expose()) {
         err("elasticsearch.url", reason);
+    }
+    if !(1..=1024).contains(&es.shards) {
+        err("elasticsearch.shards", "must be 1 to 1024".into());
+    }
+    if es.replicas > 16 {
+        err("elasticsearch.replicas", "must be at most 16".into());
+    }
+    if !(1..=100_000).contains(&es.bulk_max_docs) {
+        err("elasticsearch.bulk_max_docs", "must be 1 to 100000".into());
+    }
+    if !(1024..=100 * 1024 * 1024).contains(&es.bulk_max_bytes.0) {
+        err("elasticsearch.bulk_max_bytes", "must be 1K to 100M".into());
+    }
+    if !(1..=64).contains(&es.bulk_in_flight) {
+        err("elasticsearch.bulk_in_flight", "must be 1 to 64".into());
+    }
+    if es.bulk_retries > 10 {
+        err("elasticsearch.bulk_retries", "must be at most 10".into());
+    }
+    if es.cold_replicas > 16 {
+        err("elasticsearch.cold_replicas", "must be at most 16".into());
+    }
+    if es.cold_priority < 0 {
+        err("elasticsearch.cold_priority", "must not be negative".into());
+    }
+    if let Err(reason) = es.policy().check() {
+        let key = if es.prepare_ahead >= Duration::from_secs(28 * 24 * 3600) {
+            "elasticsearch.prepare_ahead"
+        } else {
+            "elasticsearch.cold_after"
+        };
+        err(key, reason);
     }
     let v = &c.volumes;
     for name in &v.extra {

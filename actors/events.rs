@@ -214,6 +214,47 @@ events! {
         code: &'static str,
         error: String,
     }
+    /// The Elasticsearch bootstrap put templates, indices or aliases in place (emitted only
+    /// when it changed something).
+    SearchBootstrapApplied = "search.bootstrap_applied", INFO {
+        templates_put: u64,
+        indices_created: u64,
+        aliases_moved: u64,
+        elapsed_ms: u64,
+    }
+    /// The Elasticsearch bootstrap could not finish (it runs again at the next reconnect).
+    SearchBootstrapFailed = "search.bootstrap_failed", WARN, code = code {
+        code: &'static str,
+        error: String,
+    }
+    /// The lifecycle executor applied one action to an index.
+    IlmTransition = "ilm.transition", INFO {
+        index: String,
+        /// `create`, `move_write_alias`, `warm`, `cold`, `delete`.
+        action: &'static str,
+    }
+    /// A lifecycle action failed; the run goes on with the next one.
+    IlmTransitionFailed = "ilm.transition_failed", WARN, code = code {
+        index: String,
+        action: &'static str,
+        code: &'static str,
+        error: String,
+    }
+    /// An index matching `lucid-*` whose name the lifecycle does not understand: reported,
+    /// never touched.
+    IlmUnparseable = "ilm.unparseable", WARN {
+        index: String,
+        reason: String,
+    }
+    /// A lifecycle run finished.
+    IlmCompleted = "ilm.completed", INFO {
+        applied: u64,
+        failed: u64,
+        /// Indices old enough to delete but kept (deletion off, or no verified backup).
+        kept: u64,
+        unparseable: u64,
+        elapsed_ms: u64,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,

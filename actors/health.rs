@@ -137,15 +137,6 @@ impl HealthRegistry {
         }
     }
 
-    /// A backend enabled in config whose actor this version does not have yet: `disabled`,
-    /// not required, with the reason.
-    pub fn register_unbuilt(&self, backend: Backend) {
-        self.register_disabled(
-            backend,
-            "no actor in this version yet: its configuration is read, not acted on",
-        );
-    }
-
     /// A backend that is enabled but cannot run (its actor could not start): shown disabled
     /// with the reason, and not holding readiness back.
     pub fn register_disabled(&self, backend: Backend, reason: &str) {
@@ -328,9 +319,9 @@ mod tests {
             "{reasons:?}"
         );
 
-        // optional backends, and those without an actor yet, do not hold readiness back
+        // optional backends, and those that cannot run, do not hold readiness back
         let _mongo = reg.register(Backend::Mongodb, false);
-        reg.register_unbuilt(Backend::Elasticsearch);
+        reg.register_disabled(Backend::Elasticsearch, "templates: broken file");
         assert_eq!(reg.readiness().expect_err("redis still down").len(), 1);
         let es = reg
             .snapshot()
@@ -343,7 +334,7 @@ mod tests {
                 && es
                     .reason
                     .as_deref()
-                    .is_some_and(|r| r.starts_with("no actor"))
+                    .is_some_and(|r| r.starts_with("templates"))
         );
 
         // a latency update alone does not wake STATUS= writers

@@ -26,6 +26,7 @@ pub mod health;
 pub mod mongo;
 pub mod redact;
 pub mod redis;
+pub mod search;
 pub mod supervisor;
 pub mod volume;
 
@@ -71,6 +72,8 @@ pub struct Handles {
     pub redis: Option<redis::RedisHandle>,
     /// `None` when `mongodb.enabled = false` (or its schema files could not be read).
     pub mongo: Option<mongo::MongoHandle>,
+    /// `None` when `elasticsearch.enabled = false`.
+    pub search: Option<search::SearchHandle>,
     pub volumes: volume::VolumeHandle,
 }
 
@@ -103,11 +106,27 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
     } else {
         None
     };
-    // Enabled in config but not built yet: shown, so nobody mistakes silence for health, and
-    // not required, so the daemon can become ready with what it has.
-    if config.elasticsearch.enabled {
-        registry.register_unbuilt(Backend::Elasticsearch);
-    }
+    let search = if config.elasticsearch.enabled {
+        match search::Templates::builtin() {
+            Ok(templates) => {
+                let entry =
+                    registry.register(Backend::Elasticsearch, config.elasticsearch.required);
+                Some(search::SearchActor::start_with(
+                    &config.elasticsearch,
+                    &config.supervisor,
+                    templates,
+                    std::sync::Arc::new(search::SystemClock),
+                    entry,
+                ))
+            }
+            Err(e) => {
+                registry.register_disabled(Backend::Elasticsearch, &format!("templates: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let volumes = volume::VolumeActor::start_with(
         &config.volumes,
         config.supervisor.stream_idle_timeout,
@@ -118,6 +137,7 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         registry,
         redis,
         mongo,
+        search,
         volumes,
     }
 }
@@ -137,6 +157,11 @@ impl Handles {
                 .heartbeat(deadline)
                 .await
                 .map_err(|_| Unresponsive { actor: "mongodb" })?;
+        }
+        if let Some(search) = &self.search {
+            search.heartbeat(deadline).await.map_err(|_| Unresponsive {
+                actor: "elasticsearch",
+            })?;
         }
         self.volumes
             .addr()
@@ -159,6 +184,13 @@ impl Handles {
             && mongo.shutdown(deadline).await.is_err()
         {
             late.push(Unresponsive { actor: "mongodb" });
+        }
+        if let Some(search) = &self.search
+            && search.shutdown(deadline).await.is_err()
+        {
+            late.push(Unresponsive {
+                actor: "elasticsearch",
+            });
         }
         if self
             .volumes

@@ -44,6 +44,14 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Elasticsearch: templates, monthly indices and their lifecycle.
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// The data volumes under `volumes.root`.
     Volumes {
         #[command(subcommand)]
@@ -108,6 +116,32 @@ pub enum MongoCommand {
         dry_run: bool,
     },
     /// Topology, database and per-collection stats.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SearchCommand {
+    /// Put the index templates, this month's indices and the aliases in place. Idempotent.
+    /// Exit 69 when Elasticsearch cannot be reached, 1 when a request fails.
+    Bootstrap,
+    /// The lifecycle plan (warm, cold, delete, next month's index and write alias) at this
+    /// time: printed, and applied only with --apply. Exit 1 when an action failed.
+    Lifecycle {
+        /// Print the plan and change nothing (the default).
+        #[arg(long, conflicts_with = "apply")]
+        dry_run: bool,
+        /// Apply the plan, one action at a time.
+        #[arg(long)]
+        apply: bool,
+        /// An index a verified backup holds (repeatable). Deletion needs this and
+        /// elasticsearch.lifecycle_delete = true.
+        #[arg(long = "backed-up", value_name = "INDEX")]
+        backed_up: Vec<String>,
+        /// Plan as of this time (RFC 3339, e.g. 2027-03-01T00:00:00Z) instead of now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
+    /// Cluster health and every lucid-* index: documents, bytes, phase.
     Stats,
 }
 

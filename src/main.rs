@@ -21,6 +21,7 @@ mod health_cmd;
 mod http;
 mod logging;
 mod mongo_cmd;
+mod search_cmd;
 mod volumes_cmd;
 
 use std::process::ExitCode;
@@ -78,6 +79,12 @@ fn main() -> ExitCode {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
             let code = system.block_on(mongo_cmd::run(&loaded.config, command, json));
+            exit_now(code)
+        }
+        Command::Search { command, json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            let system = actix_rt::System::new();
+            let code = system.block_on(search_cmd::run(&loaded.config, command, json));
             exit_now(code)
         }
         Command::Health { json } => {

@@ -1,0 +1,969 @@
+//! Elasticsearch: Lucid's monthly indices, routed writes, search, and a lifecycle lucid-db
+//! decides itself.
+//!
+//! Like the other backends, the actor owns the connection's state (a client built once, a
+//! probe on an interval, reconnects under the shared backoff) and publishes it; the handle
+//! runs request/response operations directly on the published client within the call
+//! deadline, and answers `unavailable` at once while the cluster is not up.
+//!
+//! - [`names`]: entities, months, `lucid-{entity}-{YYYY.MM}`, the read and write aliases.
+//! - [`lifecycle`]: the pure planner (hot → warm → cold → delete, next month prepared).
+//! - [`indices`]: what the cluster has (index settings and aliases), the templates from
+//!   `configs/elasticsearch/`, the bootstrap, and the executor that applies a plan.
+//! - [`documents`]: routed writes, by-id reads and updates, bulk.
+//! - [`query`]: searches, counts, aggregations.
+
+pub mod documents;
+pub mod indices;
+pub mod lifecycle;
+pub mod names;
+pub mod query;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::prelude::*;
+use elasticsearch::Elasticsearch;
+use elasticsearch::auth::Credentials;
+use elasticsearch::http::Method;
+use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::config::{ElasticsearchConfig, SupervisorConfig};
+use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp, SearchBootstrapFailed};
+use crate::health::HealthEntry;
+use crate::redact;
+use crate::supervisor::{
+    Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
+};
+
+pub use documents::{
+    Bulk, BulkDoc, BulkItem, BulkReply, DeleteDoc, GetDoc, Hit, IndexDoc, IndexReply, UpdateDoc,
+};
+pub use indices::{
+    ApplyLifecycle, BootstrapReport, GetStats, IndexStats, LifecycleReport, PlanLifecycle,
+    RunBootstrap, SearchStats, Templates,
+};
+pub use lifecycle::{Action, Clock, FixedClock, IndexInfo, KeepReason, Phase, Policy, SystemClock};
+pub use names::{Entity, IndexName, Month};
+pub use query::{Agg, Count, Filter, Order, Search, SearchReply, TextQuery};
+
+const BACKEND: Backend = Backend::Elasticsearch;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// One round trip to the cluster (`GET /`); answers how long it took.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Duration, SearchError>")]
+pub struct Ping;
+
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct Reconnect {
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+struct CallFailed {
+    generation: u64,
+    error: SearchError,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Everything an Elasticsearch call can answer instead of a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    /// Not delivered, not up, or no answer in time (shared with every backend).
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The connection failed; the actor reconnects under backoff.
+    #[error("elasticsearch connection failed ({code}): {message}")]
+    Connection { code: &'static str, message: String },
+    /// Bad input, refused before anything was sent: the field and why.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The server refused the request: its status, error type and reason.
+    #[error("elasticsearch answered {status} {kind}: {reason}")]
+    Server {
+        status: u16,
+        kind: String,
+        reason: String,
+    },
+    /// No document with that id.
+    #[error("no {entity} document with id {id}")]
+    NotFound { entity: &'static str, id: String },
+    /// The id is in more than one monthly index; give a time hint.
+    #[error("{entity} id {id} is in several indices ({indices}); give a time hint")]
+    Ambiguous {
+        entity: &'static str,
+        id: String,
+        indices: String,
+    },
+    /// An answer that could not be read.
+    #[error("cannot read elasticsearch's answer: {message}")]
+    Codec { message: String },
+}
+
+impl SearchError {
+    /// Low-cardinality code for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SearchError::Call(e) => e.code(),
+            SearchError::Connection { code, .. } => code,
+            SearchError::Invalid { .. } => "invalid",
+            SearchError::Server { .. } => "server_error",
+            SearchError::NotFound { .. } => "not_found",
+            SearchError::Ambiguous { .. } => "conflict",
+            SearchError::Codec { .. } => "codec",
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        SearchError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn connection_lost(&self) -> bool {
+        matches!(self, SearchError::Connection { .. })
+    }
+
+    fn is_deadline(&self) -> bool {
+        matches!(self, SearchError::Call(CallError::DeadlineExceeded { .. }))
+    }
+
+    pub(crate) fn deadline(after: Duration) -> Self {
+        SearchError::Call(CallError::DeadlineExceeded {
+            backend: BACKEND,
+            after,
+        })
+    }
+
+    /// The server's HTTP status, for a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SearchError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A transport failure: refused, timed out, or dropped.
+    fn from_client(e: &elasticsearch::Error) -> Self {
+        let message = redact::text(&e.to_string());
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut code = if e.is_timeout() {
+            "timeout"
+        } else {
+            "connection_dropped"
+        };
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                code = match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection_refused",
+                    std::io::ErrorKind::TimedOut => "timeout",
+                    _ => code,
+                };
+            }
+            source = s.source();
+        }
+        SearchError::Connection { code, message }
+    }
+
+    /// An error answer: `{"error": {"type", "reason"}, "status"}` or `{"error": "text"}`.
+    pub(crate) fn from_answer(status: u16, body: &Value) -> Self {
+        let error = body.get("error");
+        let kind = error
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("http_{status}"));
+        let reason = error
+            .and_then(|e| {
+                e.get("reason")
+                    .and_then(Value::as_str)
+                    .or_else(|| e.as_str())
+            })
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                let text = body.to_string();
+                text.chars().take(300).collect()
+            });
+        SearchError::Server {
+            status,
+            kind,
+            reason: redact::text(&reason),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings and handle
+
+/// What the operations need from `[elasticsearch]` and `[supervisor]`, fixed at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub deadline: Duration,
+    pub probe_interval: Duration,
+    pub stream_idle: Duration,
+    pub mailbox_capacity: usize,
+    pub shards: u32,
+    pub replicas: u32,
+    pub bootstrap: bool,
+    pub bulk_max_docs: usize,
+    pub bulk_max_bytes: usize,
+    pub bulk_in_flight: usize,
+    pub bulk_retries: u32,
+    pub policy: Policy,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &ElasticsearchConfig, sup: &SupervisorConfig) -> Self {
+        Settings {
+            deadline: sup.call_deadline,
+            probe_interval: sup.probe_interval,
+            stream_idle: sup.stream_idle_timeout,
+            mailbox_capacity: sup.mailbox_capacity,
+            shards: cfg.shards,
+            replicas: cfg.replicas,
+            bootstrap: cfg.bootstrap,
+            bulk_max_docs: cfg.bulk_max_docs,
+            bulk_max_bytes: usize::try_from(cfg.bulk_max_bytes.0).unwrap_or(usize::MAX),
+            bulk_in_flight: cfg.bulk_in_flight,
+            bulk_retries: cfg.bulk_retries,
+            policy: cfg.policy(),
+        }
+    }
+}
+
+/// The client, as published for calls.
+#[derive(Clone)]
+pub struct Conn {
+    pub client: Elasticsearch,
+}
+
+/// One HTTP request to the cluster.
+pub(crate) struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Vec<u8>>,
+    pub ndjson: bool,
+    /// Instead of the client's (the call deadline), for requests that answer when done.
+    pub timeout: Option<Duration>,
+}
+
+impl Request {
+    pub fn new(method: Method, path: impl Into<String>) -> Self {
+        Request {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            ndjson: false,
+            timeout: None,
+        }
+    }
+
+    pub fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((key, value.into()));
+        self
+    }
+
+    pub fn json(mut self, body: &Value) -> Self {
+        self.body = Some(body.to_string().into_bytes());
+        self
+    }
+
+    pub fn ndjson(mut self, body: Vec<u8>) -> Self {
+        self.body = Some(body);
+        self.ndjson = true;
+        self
+    }
+}
+
+/// A 2xx answer's JSON body (`Null` when empty).
+pub(crate) struct Answer {
+    pub body: Value,
+}
+
+impl Conn {
+    /// Sends `req`; a non-2xx answer is `SearchError::Server` (a 404 too: callers that
+    /// expect one match on its status).
+    pub(crate) async fn send(&self, req: Request) -> Result<Answer, SearchError> {
+        let mut headers = HeaderMap::new();
+        let content_type = if req.ndjson {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let response = self
+            .client
+            .send(
+                req.method,
+                &req.path,
+                headers,
+                Some(&req.query),
+                req.body,
+                req.timeout,
+            )
+            .await
+            .map_err(|e| SearchError::from_client(&e))?;
+        let status = response.status_code().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| SearchError::from_client(&e))?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| SearchError::Codec {
+                message: format!(
+                    "{} {}: {e}",
+                    status,
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ),
+            })?
+        };
+        if (200..300).contains(&status) {
+            Ok(Answer { body })
+        } else {
+            Err(SearchError::from_answer(status, &body))
+        }
+    }
+}
+
+mod sealed {
+    /// Only this crate's operations run through [`super::SearchOp`]: validation stays here.
+    pub trait Sealed {}
+}
+
+/// A request/response operation (see the module doc). Sealed.
+pub trait SearchOp:
+    sealed::Sealed + Message<Result = Result<<Self as SearchOp>::Output, SearchError>> + Send + 'static
+{
+    type Output: Send + 'static;
+
+    /// Checks the input (an error here means nothing was sent) and returns the requests.
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<Self::Output, SearchError>> + Send + 'static, SearchError>;
+}
+
+/// State shared by the actor (its only writer) and every handle.
+pub struct Shared {
+    settings: Settings,
+    templates: Templates,
+    clock: Arc<dyn Clock>,
+    published: RwLock<Published<Conn>>,
+    health: HealthEntry,
+    addr: OnceLock<Addr<SearchActor>>,
+    last_bootstrap: Mutex<Option<BootstrapReport>>,
+    /// Documents whose month was no longer writable, sent to the write index instead.
+    late_documents: AtomicU64,
+}
+
+impl Shared {
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    pub(crate) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    pub(crate) fn count_late(&self, n: u64) {
+        self.late_documents.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn actor(&self) -> &Addr<SearchActor> {
+        self.addr
+            .get()
+            .unwrap_or_else(|| unreachable!("the address is set before the handle is returned"))
+    }
+
+    fn usable(&self) -> Result<(Conn, u64), SearchError> {
+        Ok(self
+            .published
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .usable(BACKEND)?)
+    }
+
+    /// Tells the actor that a call on connection `generation` failed in a way that says
+    /// something about the connection.
+    fn report(&self, generation: u64, e: &SearchError) {
+        if (e.connection_lost() || e.is_deadline())
+            && let Some(actor) = self.addr.get()
+        {
+            let _ = actor.try_send(CallFailed {
+                generation,
+                error: e.clone(),
+            });
+        }
+    }
+}
+
+/// Runs one operation: the published client (or `Unavailable` at once), the input checks,
+/// the requests within the call deadline, and news of a lost connection back to the actor.
+async fn exec<M: SearchOp>(shared: &Arc<Shared>, msg: M) -> Result<M::Output, SearchError> {
+    exec_within(shared, msg, shared.settings.deadline).await
+}
+
+/// As [`exec`] with another deadline (bulk and lifecycle runs take longer than one call).
+async fn exec_within<M: SearchOp>(
+    shared: &Arc<Shared>,
+    msg: M,
+    deadline: Duration,
+) -> Result<M::Output, SearchError> {
+    let (conn, generation) = shared.usable()?;
+    let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
+        Ok(res) => res,
+        Err(_) => Err(SearchError::deadline(deadline)),
+    };
+    if let Err(e) = &res {
+        shared.report(generation, e);
+    }
+    res
+}
+
+/// What callers hold. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct SearchHandle {
+    shared: Arc<Shared>,
+}
+
+impl SearchHandle {
+    pub fn addr(&self) -> &Addr<SearchActor> {
+        self.shared.actor()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// The last bootstrap's report, once one has run.
+    pub fn last_bootstrap(&self) -> Option<BootstrapReport> {
+        self.shared
+            .last_bootstrap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Documents sent to the write index because their own month was no longer writable.
+    pub fn late_documents(&self) -> u64 {
+        self.shared.late_documents.load(Ordering::Relaxed)
+    }
+
+    /// `GET /`, timed.
+    pub fn ping(&self) -> impl Future<Output = Result<Duration, SearchError>> + '_ {
+        self.call(Ping)
+    }
+
+    /// Runs an operation within the call deadline on the client the actor published;
+    /// `Unavailable` at once while the cluster is not up.
+    pub fn call<M: SearchOp>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Output, SearchError>> + '_ {
+        exec(&self.shared, msg)
+    }
+
+    /// As [`SearchHandle::call`] with a deadline of its own, for long work (a large bulk, a
+    /// lifecycle run with force-merges).
+    pub fn call_within<M: SearchOp>(
+        &self,
+        msg: M,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<M::Output, SearchError>> + '_ {
+        exec_within(&self.shared, msg, deadline)
+    }
+
+    /// Sends a message through the actor's mailbox, waiting at most the deadline plus a grace.
+    pub async fn send<M, T>(&self, msg: M) -> Result<T, SearchError>
+    where
+        M: Message<Result = Result<T, SearchError>> + Send + 'static,
+        T: Send + 'static,
+        SearchActor: Handler<M>,
+    {
+        call(
+            self.shared.actor(),
+            BACKEND,
+            msg,
+            self.shared.settings.deadline + DELIVERY_GRACE,
+        )
+        .await?
+    }
+
+    /// Sessions of one user, newest first, with more filters.
+    pub async fn search_sessions(
+        &self,
+        user_id: &str,
+        filters: Vec<Filter>,
+        size: u32,
+    ) -> Result<SearchReply, SearchError> {
+        let mut search = Search::new(Entity::Sessions)
+            .filter(Filter::term("user_id", user_id))
+            .sort("started_at", Order::Desc)
+            .sort("session_id", Order::Asc)
+            .size(size);
+        for f in filters {
+            search = search.filter(f);
+        }
+        self.call(search).await
+    }
+
+    /// Blocks by height range (inclusive) and/or time range, with more filters, by height.
+    pub async fn search_blocks(
+        &self,
+        heights: Option<(i64, i64)>,
+        time: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+        filters: Vec<Filter>,
+        size: u32,
+    ) -> Result<SearchReply, SearchError> {
+        let mut search = Search::new(Entity::Blocks)
+            .sort("height", Order::Asc)
+            .size(size);
+        if let Some((from, to)) = heights {
+            search = search.filter(Filter::range("height", Some(from.into()), Some(to.into())));
+        }
+        if let Some((from, to)) = time {
+            search = search.filter(Filter::range(
+                "timestamp",
+                Some(from.to_rfc3339().into()),
+                Some(to.to_rfc3339().into()),
+            ));
+        }
+        for f in filters {
+            search = search.filter(f);
+        }
+        self.call(search).await
+    }
+
+    pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
+        call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
+    }
+
+    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
+        call(self.shared.actor(), BACKEND, Shutdown, deadline).await
+    }
+}
+
+const DELIVERY_GRACE: Duration = Duration::from_millis(250);
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+/// See the module doc.
+pub struct SearchActor {
+    options: Option<ElasticsearchConfig>,
+    client: Option<Elasticsearch>,
+    machine: Connection,
+    conn: Option<Conn>,
+    generation: u64,
+    probe_in_flight: bool,
+    bootstrap_in_flight: bool,
+    shared: Arc<Shared>,
+}
+
+impl SearchActor {
+    /// Starts the actor on the current arbiter and returns its handle.
+    pub fn start_with(
+        cfg: &ElasticsearchConfig,
+        sup: &SupervisorConfig,
+        templates: Templates,
+        clock: Arc<dyn Clock>,
+        health: HealthEntry,
+    ) -> SearchHandle {
+        let shared = Arc::new(Shared {
+            settings: Settings::from_config(cfg, sup),
+            templates,
+            clock,
+            published: RwLock::new(Published::Connecting),
+            health,
+            addr: OnceLock::new(),
+            last_bootstrap: Mutex::new(None),
+            late_documents: AtomicU64::new(0),
+        });
+        let actor = SearchActor {
+            options: Some(cfg.clone()),
+            client: None,
+            machine: Connection::new(BackoffPolicy::from_config(sup), Instant::now()),
+            conn: None,
+            generation: 0,
+            probe_in_flight: false,
+            bootstrap_in_flight: false,
+            shared: shared.clone(),
+        };
+        let _ = shared.addr.set(actor.start());
+        SearchHandle { shared }
+    }
+
+    fn record(&self) {
+        self.shared.health.record(&self.machine);
+        let published =
+            Published::from_state(self.machine.state(), self.conn.as_ref(), self.generation);
+        *self
+            .shared
+            .published
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
+    }
+
+    fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.record();
+        let deadline = self.shared.settings.deadline;
+        let client = match self.client.clone() {
+            Some(c) => c,
+            None => {
+                let built = self
+                    .options
+                    .as_ref()
+                    .ok_or_else(|| "no configuration".to_owned())
+                    .and_then(|cfg| build_client(cfg, deadline));
+                match built {
+                    Ok(c) => {
+                        self.client = Some(c.clone());
+                        c
+                    }
+                    Err(message) => {
+                        self.machine
+                            .disable(format!("invalid elasticsearch settings: {message}"));
+                        self.record();
+                        return;
+                    }
+                }
+            }
+        };
+        ctx.spawn(
+            async move {
+                let conn = Conn { client };
+                let latency = ping(&conn, deadline).await?;
+                Ok::<_, SearchError>((conn, latency))
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if act.generation != generation {
+                    return;
+                }
+                match res {
+                    Ok((conn, latency)) => act.on_connected(conn, latency, ctx),
+                    Err(e) => act.on_failure(generation, &e, ctx),
+                }
+            }),
+        );
+    }
+
+    fn on_connected(&mut self, conn: Conn, latency: Duration, ctx: &mut Context<Self>) {
+        match self.machine.connected(Instant::now()) {
+            Ok(recovery) => {
+                self.conn = Some(conn);
+                self.record();
+                self.shared.health.latency(latency);
+                events::emit(BackendUp {
+                    backend: BACKEND,
+                    attempt: recovery.attempt,
+                    down_ms: recovery.down_for.as_millis() as u64,
+                });
+                if self.shared.settings.bootstrap {
+                    self.spawn_bootstrap(ctx);
+                }
+            }
+            Err(e) => {
+                tracing::error!(backend = %BACKEND, error = %e, "bug: unexpected connect result")
+            }
+        }
+    }
+
+    /// Templates, this month's indices and the aliases; failures are reported, not fatal
+    /// (the next time the cluster comes up it runs again).
+    fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        if self.bootstrap_in_flight {
+            return;
+        }
+        self.bootstrap_in_flight = true;
+        let shared = self.shared.clone();
+        ctx.spawn(
+            async move { indices::bootstrap(&conn, &shared).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    act.bootstrap_in_flight = false;
+                    match res {
+                        Ok(report) => {
+                            *act.shared
+                                .last_bootstrap
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = Some(report);
+                        }
+                        Err(e) => events::emit(SearchBootstrapFailed {
+                            code: e.code(),
+                            error: e.to_string(),
+                        }),
+                    }
+                }),
+        );
+    }
+
+    fn on_failure(&mut self, generation: u64, err: &SearchError, ctx: &mut Context<Self>) {
+        if generation != self.generation {
+            return;
+        }
+        let Ok(failure) = self.machine.failed(Instant::now(), rand::random::<f64>()) else {
+            return;
+        };
+        self.conn = None;
+        self.generation += 1;
+        self.record();
+        let message = err.to_string();
+        self.shared.health.error(err.code(), &message);
+        if failure.outage_began {
+            events::emit(BackendDown {
+                backend: BACKEND,
+                code: err.code(),
+                error: redact::text(&message),
+                attempt: failure.attempt,
+            });
+        }
+        events::emit(BackendRetryScheduled {
+            backend: BACKEND,
+            code: err.code(),
+            attempt: failure.attempt + 1,
+            retry_in_ms: failure.retry_in.as_millis() as u64,
+        });
+        ctx.notify_later(
+            Reconnect {
+                generation: self.generation,
+            },
+            failure.retry_in,
+        );
+    }
+
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.probe_in_flight || !self.machine.is_up() {
+            return;
+        }
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        self.probe_in_flight = true;
+        let generation = self.generation;
+        let deadline = self.shared.settings.deadline;
+        ctx.spawn(
+            async move { ping(&conn, deadline).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    act.probe_in_flight = false;
+                    match res {
+                        Ok(latency) if act.generation == generation => {
+                            let _ = act.machine.healthy(Instant::now());
+                            act.shared.health.latency(latency);
+                        }
+                        Ok(_) => {}
+                        Err(e) => act.on_failure(generation, &e, ctx),
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for SearchActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
+        self.record();
+        self.spawn_connect(ctx);
+        ctx.run_interval(self.shared.settings.probe_interval, |act, ctx| {
+            act.probe(ctx)
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+impl sealed::Sealed for Ping {}
+
+impl SearchOp for Ping {
+    type Output = Duration;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<Duration, SearchError>> + Send + 'static, SearchError>
+    {
+        let deadline = shared.settings.deadline;
+        Ok(async move { ping(&conn, deadline).await })
+    }
+}
+
+impl<M: SearchOp> Handler<M> for SearchActor {
+    type Result = ResponseFuture<Result<M::Output, SearchError>>;
+
+    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { exec(&shared, msg).await })
+    }
+}
+
+impl Handler<CallFailed> for SearchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallFailed, ctx: &mut Context<Self>) {
+        if msg.error.connection_lost() {
+            self.on_failure(msg.generation, &msg.error, ctx);
+        } else if msg.generation == self.generation {
+            self.probe(ctx);
+        }
+    }
+}
+
+impl Handler<Reconnect> for SearchActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconnect, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        let now = Instant::now();
+        match self.machine.retry(now) {
+            Ok(_) => self.spawn_connect(ctx),
+            Err(_) => {
+                if let Some(wait) = self.machine.retry_in(now) {
+                    ctx.notify_later(msg, wait);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Heartbeat> for SearchActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
+}
+
+impl Handler<Shutdown> for SearchActor {
+    type Result = ();
+
+    /// HTTP holds nothing server-side: drop the client and stop.
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.machine.disable("shutting down");
+        self.generation += 1;
+        self.conn = None;
+        self.client = None;
+        self.record();
+        ctx.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+/// The client from `[elasticsearch]`: one node, the call deadline as request timeout, basic
+/// auth when a user is set, no proxy from the environment.
+pub fn build_client(
+    cfg: &ElasticsearchConfig,
+    deadline: Duration,
+) -> Result<Elasticsearch, String> {
+    let url = elasticsearch::http::Url::parse(cfg.url.expose())
+        .map_err(|e| format!("elasticsearch.url: {e}"))?;
+    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+        .timeout(deadline)
+        .disable_proxy();
+    if !cfg.username.is_empty() {
+        let password = cfg
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
+        builder = builder.auth(Credentials::Basic(cfg.username.clone(), password));
+    }
+    let transport = builder.build().map_err(|e| redact::text(&e.to_string()))?;
+    Ok(Elasticsearch::new(transport))
+}
+
+/// `GET /` within `deadline`, timed.
+pub(crate) async fn ping(conn: &Conn, deadline: Duration) -> Result<Duration, SearchError> {
+    let started = Instant::now();
+    match tokio::time::timeout(deadline, conn.send(Request::new(Method::Get, "/"))).await {
+        Ok(Ok(_)) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(SearchError::deadline(deadline)),
+    }
+}
+
+/// Connects directly (for the CLI): the client and one ping.
+pub async fn connect_direct(
+    cfg: &ElasticsearchConfig,
+    deadline: Duration,
+) -> Result<Conn, SearchError> {
+    let client = build_client(cfg, deadline).map_err(|message| SearchError::Connection {
+        code: "invalid_config",
+        message,
+    })?;
+    let conn = Conn { client };
+    ping(&conn, deadline).await?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_errors_carry_the_type_and_reason_in_both_shapes() {
+        let e = SearchError::from_answer(
+            400,
+            &json!({"error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [started_at]"}, "status": 400}),
+        );
+        assert_eq!(
+            e,
+            SearchError::Server {
+                status: 400,
+                kind: "mapper_parsing_exception".into(),
+                reason: "failed to parse field [started_at]".into()
+            }
+        );
+        let e = SearchError::from_answer(400, &json!({"error": "no handler found for uri [/x]"}));
+        assert!(
+            matches!(&e, SearchError::Server { kind, reason, .. } if kind == "http_400" && reason.contains("no handler")),
+            "{e:?}"
+        );
+        let e = SearchError::from_answer(502, &Value::Null);
+        assert_eq!(e.status(), Some(502));
+        assert_eq!(e.code(), "server_error");
+    }
+
+    #[test]
+    fn the_client_takes_the_deadline_and_refuses_a_bad_url() {
+        let mut cfg = crate::Config::defaults().expect("defaults").elasticsearch;
+        assert!(build_client(&cfg, Duration::from_secs(1)).is_ok());
+        cfg.url = "not a url".into();
+        assert!(build_client(&cfg, Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,843 @@
+//! Documents: routed writes, by-id reads, updates and deletes, and bulk.
+//!
+//! **Routing.** A document's month is the UTC month of its entity's time field
+//! ([`Entity::time_field`]: RFC 3339 text or epoch milliseconds). While that month's index is
+//! hot (the month, and `warm_after` after it) the document goes to it by its concrete name;
+//! after that the month is read-only, so the document goes to the entity's write alias (one
+//! index: the current month's) and is counted as late — searches through the read alias
+//! still find it. A document more than a month in the future is refused: the sender's clock
+//! is wrong. A write that finds its own index already blocked (the lifecycle ran first) is
+//! sent again as late.
+//!
+//! **By id.** The concrete index is resolved first — from the caller's time hint, else with
+//! an `ids` query on the read alias — and the request goes to that index: never a write
+//! through a multi-index alias. An id found in two months is ambiguous (give a hint).
+//!
+//! **Bulk** splits the documents into requests of at most `bulk_max_docs` documents and
+//! `bulk_max_bytes` bytes, sends at most `bulk_in_flight` at once, retries the items the
+//! server refused with 429 or 503 (`bulk_retries`, with backoff), and answers one result per
+//! document, in order: where it went, or exactly why it was refused.
+//!
+//! Ids are 1–512 bytes of `A-Z a-z 0-9 . _ - : @`, starting with a letter or digit (they go
+//! into URL paths as they are).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Message;
+use chrono::{DateTime, TimeZone, Utc};
+use elasticsearch::http::Method;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::lifecycle::{self, Policy};
+use super::names::{Entity, Month};
+use super::{Conn, Request, SearchError, SearchOp, Shared, sealed};
+
+// ---------------------------------------------------------------------------------------------
+// Checks and routing
+
+pub(crate) fn check_id(id: &str) -> Result<(), SearchError> {
+    let ok = (1..=512).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SearchError::invalid(
+            "id",
+            "must be 1-512 bytes of A-Z a-z 0-9 . _ - : @, starting with a letter or digit",
+        ))
+    }
+}
+
+/// The time that decides a document's month.
+pub(crate) fn document_time(entity: Entity, source: &Value) -> Result<DateTime<Utc>, SearchError> {
+    let field = entity.time_field();
+    let object = source
+        .as_object()
+        .ok_or_else(|| SearchError::invalid("document", "must be a JSON object"))?;
+    let bad = |why: &str| SearchError::invalid(field, why.to_owned());
+    match object.get(field) {
+        None | Some(Value::Null) => Err(bad("is required: it decides the monthly index")),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| bad(&format!("{s:?} is not an RFC 3339 time: {e}"))),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            .ok_or_else(|| bad("is not a time in epoch milliseconds")),
+        Some(_) => Err(bad("must be an RFC 3339 string or epoch milliseconds")),
+    }
+}
+
+/// Where a document goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Its own month's index.
+    Own(String),
+    /// The write alias: its month is no longer writable.
+    Late(String),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Own(n) | Target::Late(n) => n,
+        }
+    }
+
+    fn late(&self) -> bool {
+        matches!(self, Target::Late(_))
+    }
+}
+
+pub(crate) fn route(
+    entity: Entity,
+    time: DateTime<Utc>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+) -> Result<Target, SearchError> {
+    let month = Month::of(time);
+    let newest = Month::of(now).next();
+    if month > newest {
+        return Err(SearchError::invalid(
+            entity.time_field(),
+            format!("is in {month}, after {newest}: check the sender's clock"),
+        ));
+    }
+    if lifecycle::writable(month, now, policy) {
+        Ok(Target::Own(entity.index(month).to_string()))
+    } else {
+        Ok(Target::Late(entity.write_alias()))
+    }
+}
+
+fn encode(source: &Value, max_bytes: usize) -> Result<Vec<u8>, SearchError> {
+    let bytes = serde_json::to_vec(source).map_err(|e| SearchError::Codec {
+        message: e.to_string(),
+    })?;
+    if bytes.len() > max_bytes {
+        return Err(SearchError::invalid(
+            "document",
+            format!(
+                "{} bytes, more than elasticsearch.bulk_max_bytes ({max_bytes})",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn is_write_block(e: &SearchError) -> bool {
+    matches!(e, SearchError::Server { status: 403, kind, .. } if kind == "cluster_block_exception")
+}
+
+// ---------------------------------------------------------------------------------------------
+// One document
+
+/// Where a document was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexReply {
+    /// The concrete index.
+    pub index: String,
+    pub id: String,
+    /// Its month was no longer writable: it went to the write index.
+    pub late: bool,
+    /// New (`false`: an existing document with that id was replaced).
+    pub created: bool,
+}
+
+/// Indexes one document into its month (see the module doc); replaces a document with the
+/// same id in that index.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<IndexReply, SearchError>")]
+pub struct IndexDoc {
+    pub entity: Entity,
+    /// `None`: the server picks one.
+    pub id: Option<String>,
+    pub source: Value,
+    /// Wait until the document is searchable.
+    pub refresh: bool,
+}
+
+impl sealed::Sealed for IndexDoc {}
+
+impl SearchOp for IndexDoc {
+    type Output = IndexReply;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<IndexReply, SearchError>> + Send + 'static, SearchError>
+    {
+        if let Some(id) = &self.id {
+            check_id(id)?;
+        }
+        let time = document_time(self.entity, &self.source)?;
+        let body = encode(&self.source, shared.settings.bulk_max_bytes)?;
+        let target = route(self.entity, time, shared.now(), &shared.settings.policy)?;
+        let shared = shared.clone();
+        Ok(async move {
+            let write = |target: Target| {
+                let path = match &self.id {
+                    Some(id) => format!("/{}/_doc/{id}", target.name()),
+                    None => format!("/{}/_doc", target.name()),
+                };
+                let method = if self.id.is_some() {
+                    Method::Put
+                } else {
+                    Method::Post
+                };
+                let mut req = Request::new(method, path);
+                req.body = Some(body.clone());
+                if self.refresh {
+                    req = req.query("refresh", "wait_for");
+                }
+                if target.late() {
+                    // A missing alias must be an error, never a new index of that name.
+                    req = req.query("require_alias", "true");
+                }
+                let conn = &conn;
+                async move { (conn.send(req).await, target) }
+            };
+            let (res, target) = match write(target).await {
+                (Err(e), Target::Own(_)) if is_write_block(&e) => {
+                    write(Target::Late(self.entity.write_alias())).await
+                }
+                other => other,
+            };
+            let body = res?.body;
+            if target.late() {
+                shared.count_late(1);
+            }
+            Ok(IndexReply {
+                index: body["_index"].as_str().unwrap_or(target.name()).to_owned(),
+                id: body["_id"].as_str().unwrap_or_default().to_owned(),
+                late: target.late(),
+                created: body["result"] == "created",
+            })
+        })
+    }
+}
+
+/// A document found by id or by a search.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub index: String,
+    pub id: String,
+    pub source: Value,
+    /// The sort values (for `search_after`).
+    pub sort: Vec<Value>,
+}
+
+impl Hit {
+    pub(crate) fn from_json(hit: &Value) -> Hit {
+        Hit {
+            index: hit["_index"].as_str().unwrap_or_default().to_owned(),
+            id: hit["_id"].as_str().unwrap_or_default().to_owned(),
+            source: hit.get("_source").cloned().unwrap_or(Value::Null),
+            sort: hit["sort"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// The concrete index holding `id` (and the document): the hint's month first, else an `ids`
+/// query on the read alias.
+async fn resolve(
+    conn: &Conn,
+    entity: Entity,
+    id: &str,
+    hint: Option<DateTime<Utc>>,
+) -> Result<Option<Hit>, SearchError> {
+    if let Some(hint) = hint {
+        let index = entity.index(Month::of(hint)).to_string();
+        match conn
+            .send(Request::new(Method::Get, format!("/{index}/_doc/{id}")))
+            .await
+        {
+            Ok(answer) if answer.body["found"] == true => {
+                return Ok(Some(Hit::from_json(&answer.body)));
+            }
+            Ok(_) => {}
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let answer = conn
+        .send(
+            Request::new(Method::Post, format!("/{}/_search", entity.read_alias()))
+                .query("ignore_unavailable", "true")
+                .query("allow_no_indices", "true")
+                .json(&json!({"query": {"ids": {"values": [id]}}, "size": 2})),
+        )
+        .await?;
+    let hits = answer.body["hits"]["hits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    match hits.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(Hit::from_json(one))),
+        many => Err(SearchError::Ambiguous {
+            entity: entity.name(),
+            id: id.to_owned(),
+            indices: many
+                .iter()
+                .filter_map(|h| h["_index"].as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// One document by id; `None` when there is none.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Option<Hit>, SearchError>")]
+pub struct GetDoc {
+    pub entity: Entity,
+    pub id: String,
+    /// The document's time, if the caller knows it: finds the index without a search.
+    pub hint: Option<DateTime<Utc>>,
+}
+
+impl sealed::Sealed for GetDoc {}
+
+impl SearchOp for GetDoc {
+    type Output = Option<Hit>;
+
+    fn start(
+        self,
+        conn: Conn,
+        _: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<Option<Hit>, SearchError>> + Send + 'static, SearchError>
+    {
+        check_id(&self.id)?;
+        Ok(async move { resolve(&conn, self.entity, &self.id, self.hint).await })
+    }
+}
+
+/// Merges `doc` into the document with that id, in the index that holds it. The time field
+/// cannot change (it decides the index): delete and index again to move a document.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<IndexReply, SearchError>")]
+pub struct UpdateDoc {
+    pub entity: Entity,
+    pub id: String,
+    pub hint: Option<DateTime<Utc>>,
+    /// The fields to set (a partial document).
+    pub doc: Value,
+    pub refresh: bool,
+}
+
+impl sealed::Sealed for UpdateDoc {}
+
+impl SearchOp for UpdateDoc {
+    type Output = IndexReply;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<IndexReply, SearchError>> + Send + 'static, SearchError>
+    {
+        check_id(&self.id)?;
+        let fields = self
+            .doc
+            .as_object()
+            .ok_or_else(|| SearchError::invalid("doc", "must be a JSON object"))?;
+        if fields.contains_key(self.entity.time_field()) {
+            return Err(SearchError::invalid(
+                self.entity.time_field(),
+                "decides the document's monthly index and cannot be updated; delete the document and index it again",
+            ));
+        }
+        encode(&self.doc, shared.settings.bulk_max_bytes)?;
+        Ok(async move {
+            let hit = resolve(&conn, self.entity, &self.id, self.hint)
+                .await?
+                .ok_or_else(|| SearchError::NotFound {
+                    entity: self.entity.name(),
+                    id: self.id.clone(),
+                })?;
+            let mut req = Request::new(Method::Post, format!("/{}/_update/{}", hit.index, self.id))
+                .json(&json!({"doc": self.doc}));
+            if self.refresh {
+                req = req.query("refresh", "wait_for");
+            }
+            let body = conn.send(req).await?.body;
+            Ok(IndexReply {
+                index: hit.index,
+                id: self.id,
+                late: false,
+                created: body["result"] == "created",
+            })
+        })
+    }
+}
+
+/// Deletes the document with that id from the index that holds it; answers whether there
+/// was one.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<bool, SearchError>")]
+pub struct DeleteDoc {
+    pub entity: Entity,
+    pub id: String,
+    pub hint: Option<DateTime<Utc>>,
+    pub refresh: bool,
+}
+
+impl sealed::Sealed for DeleteDoc {}
+
+impl SearchOp for DeleteDoc {
+    type Output = bool;
+
+    fn start(
+        self,
+        conn: Conn,
+        _: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<bool, SearchError>> + Send + 'static, SearchError> {
+        check_id(&self.id)?;
+        Ok(async move {
+            let Some(hit) = resolve(&conn, self.entity, &self.id, self.hint).await? else {
+                return Ok(false);
+            };
+            let mut req = Request::new(Method::Delete, format!("/{}/_doc/{}", hit.index, self.id));
+            if self.refresh {
+                req = req.query("refresh", "wait_for");
+            }
+            match conn.send(req).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.status() == Some(404) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk
+
+/// One document of a bulk.
+#[derive(Debug, Clone)]
+pub struct BulkDoc {
+    pub id: Option<String>,
+    pub source: Value,
+}
+
+/// One document's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum BulkItem {
+    Indexed(IndexReply),
+    /// `status` 0: refused by lucid-db before sending (`kind` "invalid").
+    Failed {
+        status: u16,
+        kind: String,
+        reason: String,
+    },
+}
+
+impl BulkItem {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, BulkItem::Indexed(_))
+    }
+}
+
+/// What a bulk did, one item per document in order.
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkReply {
+    pub items: Vec<BulkItem>,
+    pub indexed: u64,
+    pub failed: u64,
+    pub late: u64,
+    /// Bulk requests sent (retries included).
+    pub requests: u64,
+}
+
+/// Indexes many documents of one entity (see the module doc). A large bulk takes longer than
+/// one call's deadline: send it with [`super::SearchHandle::call_within`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<BulkReply, SearchError>")]
+pub struct Bulk {
+    pub entity: Entity,
+    pub docs: Vec<BulkDoc>,
+    /// Wait until the documents are searchable.
+    pub refresh: bool,
+}
+
+/// A document ready to send: its position, target and NDJSON source.
+struct Prepared {
+    pos: usize,
+    id: Option<String>,
+    target: Target,
+    source: Vec<u8>,
+}
+
+impl Prepared {
+    fn lines(&self, out: &mut Vec<u8>) {
+        let mut action = json!({"_index": self.target.name()});
+        if let Some(id) = &self.id {
+            action["_id"] = json!(id);
+        }
+        if self.target.late() {
+            action["require_alias"] = json!(true);
+        }
+        out.extend_from_slice(json!({"index": action}).to_string().as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&self.source);
+        out.push(b'\n');
+    }
+}
+
+/// Splits into requests by count and bytes.
+fn batches(docs: Vec<Prepared>, max_docs: usize, max_bytes: usize) -> Vec<Vec<Prepared>> {
+    let mut out = Vec::new();
+    let mut current: Vec<Prepared> = Vec::new();
+    let mut bytes = 0;
+    for d in docs {
+        let size = d.source.len() + 128;
+        if !current.is_empty() && (current.len() >= max_docs || bytes + size > max_bytes) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(d);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Sends one request's documents, retrying 429/503 items (and the whole request on a 429
+/// or 503 answer); re-routes items whose own index turned read-only. Answers (position,
+/// outcome, requests sent).
+async fn send_batch(
+    conn: &Conn,
+    entity: Entity,
+    mut pending: Vec<Prepared>,
+    refresh: bool,
+    retries: u32,
+    timeout: Duration,
+) -> (Vec<(usize, BulkItem)>, u64) {
+    let mut done = Vec::new();
+    let mut requests = 0;
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        let mut body = Vec::new();
+        for d in &pending {
+            d.lines(&mut body);
+        }
+        let mut req = Request::new(Method::Post, "/_bulk").ndjson(body);
+        // A full request takes longer than one call; the bulk as a whole has its own deadline.
+        req.timeout = Some(timeout);
+        if refresh {
+            req = req.query("refresh", "wait_for");
+        }
+        requests += 1;
+        let answer = conn.send(req).await;
+        let mut again = Vec::new();
+        match answer {
+            Ok(answer) => {
+                let items = answer.body["items"].as_array().cloned().unwrap_or_default();
+                for (d, item) in pending
+                    .into_iter()
+                    .zip(items.iter().chain(std::iter::repeat(&Value::Null)))
+                {
+                    let result = item
+                        .as_object()
+                        .and_then(|o| o.values().next())
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let status = result["status"].as_u64().unwrap_or(0) as u16;
+                    if (200..300).contains(&status) {
+                        done.push((
+                            d.pos,
+                            BulkItem::Indexed(IndexReply {
+                                index: result["_index"]
+                                    .as_str()
+                                    .unwrap_or(d.target.name())
+                                    .to_owned(),
+                                id: result["_id"].as_str().unwrap_or_default().to_owned(),
+                                late: d.target.late(),
+                                created: result["result"] == "created",
+                            }),
+                        ));
+                        continue;
+                    }
+                    let error =
+                        SearchError::from_answer(status, &json!({"error": result["error"]}));
+                    if (status == 429 || status == 503) && attempt < retries {
+                        again.push(d);
+                    } else if is_write_block(&error) && !d.target.late() {
+                        again.push(Prepared {
+                            target: Target::Late(entity.write_alias()),
+                            ..d
+                        });
+                    } else {
+                        done.push((d.pos, failed(error)));
+                    }
+                }
+            }
+            Err(e) if matches!(e.status(), Some(429) | Some(503)) && attempt < retries => {
+                again = pending;
+            }
+            Err(e) => {
+                for d in pending {
+                    done.push((d.pos, failed(e.clone())));
+                }
+            }
+        }
+        if !again.is_empty() {
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+        }
+        pending = again;
+    }
+    (done, requests)
+}
+
+fn failed(e: SearchError) -> BulkItem {
+    match e {
+        SearchError::Server {
+            status,
+            kind,
+            reason,
+        } => BulkItem::Failed {
+            status,
+            kind,
+            reason,
+        },
+        SearchError::Invalid { field, reason } => BulkItem::Failed {
+            status: 0,
+            kind: "invalid".to_owned(),
+            reason: format!("{field}: {reason}"),
+        },
+        other => BulkItem::Failed {
+            status: 0,
+            kind: other.code().to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl sealed::Sealed for Bulk {}
+
+impl SearchOp for Bulk {
+    type Output = BulkReply;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<BulkReply, SearchError>> + Send + 'static, SearchError>
+    {
+        if self.docs.is_empty() {
+            return Err(SearchError::invalid("docs", "is empty"));
+        }
+        let settings = shared.settings.clone();
+        let now = shared.now();
+        let entity = self.entity;
+        let mut items: Vec<Option<BulkItem>> = vec![None; self.docs.len()];
+        let mut ready = Vec::new();
+        for (pos, doc) in self.docs.into_iter().enumerate() {
+            let prepared = (|| {
+                if let Some(id) = &doc.id {
+                    check_id(id)?;
+                }
+                let time = document_time(entity, &doc.source)?;
+                let target = route(entity, time, now, &settings.policy)?;
+                let source = encode(&doc.source, settings.bulk_max_bytes)?;
+                Ok::<_, SearchError>(Prepared {
+                    pos,
+                    id: doc.id,
+                    target,
+                    source,
+                })
+            })();
+            match prepared {
+                Ok(p) => ready.push(p),
+                Err(e) => items[pos] = Some(failed(e)),
+            }
+        }
+        let shared = shared.clone();
+        Ok(async move {
+            let batches = batches(ready, settings.bulk_max_docs, settings.bulk_max_bytes);
+            let mut requests = 0;
+            let mut results = futures_util::stream::iter(batches)
+                .map(|batch| {
+                    send_batch(
+                        &conn,
+                        entity,
+                        batch,
+                        self.refresh,
+                        settings.bulk_retries,
+                        settings.stream_idle.max(settings.deadline),
+                    )
+                })
+                .buffer_unordered(settings.bulk_in_flight);
+            while let Some((done, sent)) = results.next().await {
+                requests += sent;
+                for (pos, item) in done {
+                    if let Some(slot) = items.get_mut(pos) {
+                        *slot = Some(item);
+                    }
+                }
+            }
+            let items: Vec<BulkItem> = items
+                .into_iter()
+                .map(|i| {
+                    i.unwrap_or(BulkItem::Failed {
+                        status: 0,
+                        kind: "not_sent".to_owned(),
+                        reason: "no answer for this item".to_owned(),
+                    })
+                })
+                .collect();
+            let late = items
+                .iter()
+                .filter(|i| matches!(i, BulkItem::Indexed(r) if r.late))
+                .count() as u64;
+            shared.count_late(late);
+            let indexed = items.iter().filter(|i| i.is_ok()).count() as u64;
+            Ok(BulkReply {
+                failed: items.len() as u64 - indexed,
+                indexed,
+                late,
+                requests,
+                items,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("rfc3339")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn documents_go_to_their_month_while_it_is_hot_and_to_the_write_alias_after() {
+        let p = Policy::default();
+        let now = at("2026-12-05T12:00:00Z");
+        // The last millisecond of November, in UTC, while November is hot (until 8 Dec).
+        assert_eq!(
+            route(Entity::Sessions, at("2026-11-30T23:59:59.999Z"), now, &p),
+            Ok(Target::Own("lucid-sessions-2026.11".into()))
+        );
+        assert_eq!(
+            route(Entity::Sessions, at("2026-12-01T00:00:00Z"), now, &p),
+            Ok(Target::Own("lucid-sessions-2026.12".into()))
+        );
+        // 01:00 on 1 December in UTC+2 is still November in UTC.
+        assert_eq!(
+            route(Entity::Sessions, at("2026-12-01T01:00:00+02:00"), now, &p),
+            Ok(Target::Own("lucid-sessions-2026.11".into()))
+        );
+        // October turned warm on 8 November: late.
+        assert_eq!(
+            route(Entity::Sessions, at("2026-10-31T10:00:00Z"), now, &p),
+            Ok(Target::Late("lucid-sessions-write".into()))
+        );
+        // Next month is fine (clocks around midnight), the one after is refused.
+        assert!(route(Entity::Sessions, at("2027-01-02T00:00:00Z"), now, &p).is_ok());
+        assert!(matches!(
+            route(Entity::Sessions, at("2027-02-01T00:00:00Z"), now, &p),
+            Err(SearchError::Invalid { field, .. }) if field == "started_at"
+        ));
+    }
+
+    #[test]
+    fn the_time_field_is_required_and_read_in_both_forms() {
+        let e = Entity::Blocks;
+        assert_eq!(
+            document_time(e, &json!({"timestamp": "2026-11-01T00:00:00Z"})),
+            Ok(at("2026-11-01T00:00:00Z"))
+        );
+        assert_eq!(
+            document_time(e, &json!({"timestamp": 1_793_491_200_000_i64})),
+            Ok(at("2026-11-01T00:00:00Z"))
+        );
+        for bad in [
+            json!({}),
+            json!({"timestamp": null}),
+            json!({"timestamp": "yesterday"}),
+            json!({"timestamp": "2026-11-01"}),
+            json!({"timestamp": true}),
+            json!([1, 2]),
+        ] {
+            assert!(document_time(e, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_path_safe() {
+        for ok in ["a", "s-1", "0x12ab", "user@example.com", "a:b.c_d"] {
+            assert!(check_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "_doc",
+            "a/b",
+            "a b",
+            "a?b",
+            "é",
+            &"x".repeat(513),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn batches_respect_count_and_bytes_and_keep_order() {
+        let doc = |pos, len| Prepared {
+            pos,
+            id: None,
+            target: Target::Own("i".into()),
+            source: vec![b'x'; len],
+        };
+        let b = batches((0..10).map(|i| doc(i, 10)).collect(), 4, 1 << 20);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+        let b = batches((0..10).map(|i| doc(i, 1000)).collect(), 100, 3000);
+        assert!(
+            b.iter().all(|batch| batch.len() <= 2),
+            "{:?}",
+            b.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let order: Vec<usize> = b.iter().flatten().map(|d| d.pos).collect();
+        assert_eq!(order, (0..10).collect::<Vec<_>>());
+        // A document bigger than the limit still goes alone (encode refuses it earlier).
+        let b = batches(vec![doc(0, 5000)], 100, 3000);
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn late_items_require_the_alias_so_a_missing_alias_never_creates_an_index() {
+        let mut out = Vec::new();
+        Prepared {
+            pos: 0,
+            id: Some("x1".into()),
+            target: Target::Late("lucid-blocks-write".into()),
+            source: b"{}".to_vec(),
+        }
+        .lines(&mut out);
+        let first: Value =
+            serde_json::from_slice(out.split(|b| *b == b'\n').next().expect("line")).expect("json");
+        assert_eq!(
+            first,
+            json!({"index": {"_index": "lucid-blocks-write", "_id": "x1", "require_alias": true}})
+        );
+    }
+}

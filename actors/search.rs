@@ -12,12 +12,14 @@
 //!   `configs/elasticsearch/`, the bootstrap, and the executor that applies a plan.
 //! - [`documents`]: routed writes, by-id reads and updates, bulk.
 //! - [`query`]: searches, counts, aggregations.
+//! - [`transfer`]: streaming export and import of one index, for backups.
 
 pub mod documents;
 pub mod indices;
 pub mod lifecycle;
 pub mod names;
 pub mod query;
+pub mod transfer;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +54,7 @@ pub use indices::{
 pub use lifecycle::{Action, Clock, FixedClock, IndexInfo, KeepReason, Phase, Policy, SystemClock};
 pub use names::{Entity, IndexName, Month};
 pub use query::{Agg, Count, Filter, Order, Search, SearchReply, TextQuery};
+pub use transfer::{ExportStream, ImportOptions, ImportSummary, IndexMetadata};
 
 const BACKEND: Backend = Backend::Elasticsearch;
 
@@ -111,6 +114,12 @@ pub enum SearchError {
     /// An answer that could not be read.
     #[error("cannot read elasticsearch's answer: {message}")]
     Codec { message: String },
+    /// The target of an import exists and the import was not forced.
+    #[error("index {index} exists; import with force to replace it")]
+    Exists { index: String },
+    /// An export or import made no progress for `supervisor.stream_idle_timeout`.
+    #[error("stream idle for {} ms: {what}", .after.as_millis())]
+    StreamIdle { what: &'static str, after: Duration },
 }
 
 impl SearchError {
@@ -124,6 +133,8 @@ impl SearchError {
             SearchError::NotFound { .. } => "not_found",
             SearchError::Ambiguous { .. } => "conflict",
             SearchError::Codec { .. } => "codec",
+            SearchError::Exists { .. } => "not_empty",
+            SearchError::StreamIdle { .. } => "stream_idle",
         }
     }
 

@@ -15,8 +15,8 @@ use elasticsearch::http::headers::HeaderMap;
 use lucid_actors::health::HealthRegistry;
 use lucid_actors::search::{
     Agg, ApplyLifecycle, Bulk, BulkDoc, BulkItem, Clock, Count, Entity, Filter, GetDoc, GetStats,
-    IndexDoc, Order, RunBootstrap, Search, SearchActor, SearchError, SearchHandle, Templates,
-    UpdateDoc,
+    ImportOptions, IndexDoc, IndexMetadata, Order, RunBootstrap, Search, SearchActor, SearchError,
+    SearchHandle, Templates, UpdateDoc,
 };
 use lucid_actors::{Backend, CallError, Config, events};
 use lucid_testkit::{Server, elasticsearch};
@@ -1156,4 +1156,158 @@ async fn the_cli_prints_the_lifecycle_plan_changes_nothing_on_a_dry_run_and_appl
     let nobody = format!("http://127.0.0.1:{}", lucid_testkit::free_port());
     let (code, _, err) = cli(&nobody, &["stats"]);
     assert_eq!(code, Some(69), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export / import
+
+async fn export_all(h: &SearchHandle, index: &str) -> (IndexMetadata, Vec<Vec<u8>>) {
+    let (meta, mut stream) = h.export(index).await.expect("export");
+    let mut lines = Vec::new();
+    while let Some(line) = stream.next().await {
+        lines.push(line.expect("line"));
+    }
+    (meta, lines)
+}
+
+fn lines_of(
+    lines: &[Vec<u8>],
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, String>> + Unpin + use<> {
+    let owned: Vec<Vec<u8>> = lines.iter().map(|l| l.to_owned()).collect();
+    futures_util::stream::iter(owned.into_iter().map(Ok))
+}
+
+#[actix_rt::test]
+async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents() {
+    let server = elasticsearch();
+    let (h, _, raw) = start(&server, TestClock::at("2026-12-05T12:00:00Z"), |c| {
+        c.elasticsearch.bulk_max_docs = 400;
+    })
+    .await;
+    let docs: Vec<BulkDoc> = (0..2500)
+        .map(|i| {
+            let month = if i % 2 == 0 { "11" } else { "12" };
+            BulkDoc {
+                id: Some(format!("s{i}")),
+                source: session(
+                    &format!("s{i}"),
+                    &format!("u{}", i % 9),
+                    &format!("2026-{month}-0{}T10:00:00Z", 1 + i % 4),
+                ),
+            }
+        })
+        .collect();
+    h.call_within(
+        Bulk {
+            entity: Entity::Sessions,
+            docs,
+            refresh: true,
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("seed");
+    let count = || Count {
+        entity: Entity::Sessions,
+        filters: vec![],
+        text: None,
+    };
+    assert_eq!(h.call(count()).await.expect("count"), 2500);
+    let listed = h.list_indices().await.expect("list");
+    assert!(
+        listed.contains(&"lucid-sessions-2026.11".to_owned()),
+        "{listed:?}"
+    );
+
+    let (nov, nov_lines) = export_all(&h, "lucid-sessions-2026.11").await;
+    let (dec, dec_lines) = export_all(&h, "lucid-sessions-2026.12").await;
+    assert_eq!((nov.documents, nov_lines.len()), (1250, 1250));
+    assert_eq!((dec.documents, dec_lines.len()), (1250, 1250));
+    assert_eq!(nov.mappings["properties"]["started_at"]["type"], "date");
+    assert!(dec.aliases.get("lucid-sessions").is_some());
+    assert_eq!(
+        dec.aliases["lucid-sessions-write"],
+        json!({}),
+        "no is_write_index"
+    );
+    // A backup stores the metadata as JSON.
+    let nov: IndexMetadata =
+        serde_json::from_str(&serde_json::to_string(&nov).expect("json")).expect("metadata");
+
+    for index in ["lucid-sessions-2026.11", "lucid-sessions-2026.12"] {
+        let (status, _) = raw.req(Method::Delete, &format!("/{index}"), None).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(h.call(count()).await.expect("count"), 0);
+
+    for (meta, lines) in [(&nov, &nov_lines), (&dec, &dec_lines)] {
+        let summary = h
+            .import(meta, ImportOptions::default(), lines_of(lines))
+            .await
+            .expect("import");
+        assert_eq!(summary.documents, 1250);
+        assert!(summary.requests >= 4, "{summary:?}");
+    }
+    assert_eq!(h.call(count()).await.expect("count"), 2500);
+    let (_, mapping) = raw.get("/lucid-sessions-2026.11/_mapping").await;
+    assert_eq!(
+        mapping["lucid-sessions-2026.11"]["mappings"]["dynamic"],
+        "strict"
+    );
+    let (_, doc) = raw.get("/lucid-sessions-2026.11/_doc/s42").await;
+    assert_eq!(doc["_source"]["user_id"], "u6");
+    assert_eq!(raw.alias("lucid-sessions").await.len(), 2);
+
+    // An existing target is refused unless forced.
+    let e = h
+        .import(&nov, ImportOptions::default(), lines_of(&nov_lines))
+        .await
+        .expect_err("exists");
+    assert!(matches!(e, SearchError::Exists { .. }), "{e}");
+    h.import(
+        &nov,
+        ImportOptions {
+            prefix: String::new(),
+            force: true,
+        },
+        lines_of(&nov_lines),
+    )
+    .await
+    .expect("forced");
+    assert_eq!(h.call(count()).await.expect("count"), 2500);
+
+    // A drill under a prefix: its own index and aliases; the live read alias does not see it.
+    let drill = h
+        .import(
+            &nov,
+            ImportOptions {
+                prefix: "drill-".into(),
+                force: false,
+            },
+            lines_of(&nov_lines),
+        )
+        .await
+        .expect("drill");
+    assert_eq!(drill.index, "drill-lucid-sessions-2026.11");
+    assert_eq!(drill.aliases, ["drill-lucid-sessions"]);
+    assert_eq!(h.call(count()).await.expect("count"), 2500);
+    let (_, n) = raw.get("/drill-lucid-sessions/_count").await;
+    assert_eq!(n["count"], 1250);
+
+    // A broken line: the import fails and leaves no index behind.
+    let mut broken = nov_lines.clone();
+    broken[700] = b"{not json\n".to_vec();
+    let e = h
+        .import(
+            &nov,
+            ImportOptions {
+                prefix: "bad-".into(),
+                force: false,
+            },
+            lines_of(&broken),
+        )
+        .await
+        .expect_err("broken line");
+    assert!(matches!(e, SearchError::Codec { .. }), "{e}");
+    assert!(!raw.indices().await.contains("bad-lucid-sessions-2026.11"));
 }

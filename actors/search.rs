@@ -285,6 +285,7 @@ impl Request {
         }
     }
 
+    /// A query parameter: fixed words and numbers only (they go into the path unencoded).
     pub fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
         self.query.push((key, value.into()));
         self
@@ -311,6 +312,15 @@ impl Conn {
     /// Sends `req`; a non-2xx answer is `SearchError::Server` (a 404 too: callers that
     /// expect one match on its status).
     pub(crate) async fn send(&self, req: Request) -> Result<Answer, SearchError> {
+        self.send_as::<Value>(req).await.map(|body| Answer { body })
+    }
+
+    /// As [`Conn::send`], reading a 2xx answer straight into `T` (no intermediate `Value`
+    /// for answers read on every call, like search hits).
+    pub(crate) async fn send_as<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        req: Request,
+    ) -> Result<T, SearchError> {
         let mut headers = HeaderMap::new();
         let content_type = if req.ndjson {
             "application/x-ndjson"
@@ -318,13 +328,21 @@ impl Conn {
             "application/json"
         };
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        // Parameters go into the path (they are fixed words): no form encoder per call.
+        let mut path = req.path;
+        for (i, (key, value)) in req.query.iter().enumerate() {
+            path.push(if i == 0 { '?' } else { '&' });
+            path.push_str(key);
+            path.push('=');
+            path.push_str(value);
+        }
         let response = self
             .client
             .send(
                 req.method,
-                &req.path,
+                &path,
                 headers,
-                Some(&req.query),
+                None::<&()>,
                 req.body,
                 req.timeout,
             )
@@ -335,20 +353,25 @@ impl Conn {
             .bytes()
             .await
             .map_err(|e| SearchError::from_client(&e))?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|e| SearchError::Codec {
-                message: format!(
-                    "{} {}: {e}",
-                    status,
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                ),
-            })?
+        let codec = |e: serde_json::Error| SearchError::Codec {
+            message: format!(
+                "{} {}: {e}",
+                status,
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ),
         };
         if (200..300).contains(&status) {
-            Ok(Answer { body })
+            if bytes.is_empty() {
+                Ok(T::default())
+            } else {
+                serde_json::from_slice(&bytes).map_err(codec)
+            }
         } else {
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            };
             Err(SearchError::from_answer(status, &body))
         }
     }

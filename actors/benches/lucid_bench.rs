@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use lucid_actors::mongo::bson::{DateTime, Document, doc};
 use lucid_actors::mongo::{Aggregate, Collection, FindOne, InsertOne, MongoHandle, UpdateOne};
 use lucid_actors::redis::{CacheGet, CacheSet, Key, RateSubject, RedisHandle, locks, ratelimit};
+use lucid_actors::search::{Bulk, BulkDoc, Entity, Filter, Search, SearchHandle};
 use lucid_actors::{Config, Roles};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -461,6 +462,11 @@ fn main() {
         let server = lucid_testkit::mongo();
         pinned = pin_pair(cpus, &server);
         rows.extend(mongo_section(&server, filter.as_deref(), duration));
+    }
+    if wants("elasticsearch") {
+        let server = lucid_testkit::elasticsearch();
+        pinned = pin_pair(cpus, &server);
+        rows.extend(es_section(&server, filter.as_deref(), duration));
     }
     write_report(json!({
         "seconds_per_run": seconds,
@@ -1053,6 +1059,214 @@ fn mongo_section(
         }
 
         let workloads = wanted(mongo_workloads(h, db), filter);
+        let rows = if only_one_path(&workloads, duration).await {
+            Vec::new()
+        } else {
+            compare(&workloads, duration).await
+        };
+        handles.shutdown(Duration::from_secs(1)).await;
+        rows
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elasticsearch
+
+/// Documents per bulk request in the bulk workload (both paths).
+const ES_BULK_DOCS: usize = 100;
+/// Sessions seeded for the search workload.
+const ES_SESSIONS: usize = 2000;
+
+fn es_session(i: usize, now: &str) -> serde_json::Value {
+    json!({
+        "session_id": format!("s{i}"),
+        "user_id": format!("u{}", i % 50),
+        "status": if i.is_multiple_of(4) { "closed" } else { "active" },
+        "started_at": now,
+        "duration_ms": i,
+    })
+}
+
+fn es_transaction(w: usize, n: u64, now: &str) -> serde_json::Value {
+    json!({"tx_id": format!("t{w}-{n}"), "from": format!("a{w}"), "to": "b", "amount": 1.5, "timestamp": now})
+}
+
+/// One request on the plain client; answers whether it succeeded, its JSON read as the actor
+/// reads it.
+async fn es_direct(
+    client: &elasticsearch::Elasticsearch,
+    path: &str,
+    body: Vec<u8>,
+    ndjson: bool,
+) -> bool {
+    use elasticsearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if ndjson {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        }),
+    );
+    let Ok(r) = client
+        .send(
+            elasticsearch::http::Method::Post,
+            path,
+            headers,
+            None::<&()>,
+            Some(body),
+            None,
+        )
+        .await
+    else {
+        return false;
+    };
+    let ok = r.status_code().is_success();
+    let Ok(bytes) = r.bytes().await else {
+        return false;
+    };
+    ok && serde_json::from_slice::<serde_json::Value>(&bytes)
+        .is_ok_and(|v| v.get("errors") != Some(&json!(true)))
+}
+
+fn es_workloads(h: SearchHandle, client: elasticsearch::Elasticsearch) -> Vec<Workload> {
+    let mut out = Vec::new();
+
+    // A term query on the sessions read alias, ten hits, the total counted.
+    let (ha, c) = (h.clone(), client.clone());
+    out.push(Workload {
+        backend: "elasticsearch",
+        name: "search",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                h.call(
+                    Search::new(Entity::Sessions)
+                        .filter(Filter::term("user_id", format!("u{}", (w as u64 * 7 + n) % 50)))
+                        .size(10),
+                )
+                .await
+                .is_ok_and(|r| r.total > 0)
+            }
+        }),
+        direct: op(move |w, n| {
+            let c = c.clone();
+            async move {
+                let body = json!({
+                    "size": 10,
+                    "track_total_hits": true,
+                    "query": {"bool": {"filter": [{"term": {"user_id": format!("u{}", (w as u64 * 7 + n) % 50)}}], "must": []}},
+                });
+                es_direct(
+                    &c,
+                    "/lucid-sessions/_search?ignore_unavailable=true&allow_no_indices=true",
+                    body.to_string().into_bytes(),
+                    false,
+                )
+                .await
+            }
+        }),
+    });
+
+    // A bulk request of ES_BULK_DOCS transactions (ops/s × ES_BULK_DOCS = documents/s).
+    let (ha, c) = (h, client);
+    out.push(Workload {
+        backend: "elasticsearch",
+        name: "bulk (100 docs)",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                let now = chrono::Utc::now().to_rfc3339();
+                let docs = (0..ES_BULK_DOCS as u64)
+                    .map(|k| BulkDoc {
+                        id: None,
+                        source: es_transaction(w, n * 1000 + k, &now),
+                    })
+                    .collect();
+                h.call_within(
+                    Bulk {
+                        entity: Entity::Transactions,
+                        docs,
+                        refresh: false,
+                    },
+                    Duration::from_secs(30),
+                )
+                .await
+                .is_ok_and(|r| r.failed == 0)
+            }
+        }),
+        direct: op(move |w, n| {
+            let c = c.clone();
+            async move {
+                let now = chrono::Utc::now();
+                let index = format!("lucid-transactions-{}", now.format("%Y.%m"));
+                let now = now.to_rfc3339();
+                let mut body = Vec::new();
+                for k in 0..ES_BULK_DOCS as u64 {
+                    body.extend_from_slice(
+                        json!({"index": {"_index": index}}).to_string().as_bytes(),
+                    );
+                    body.push(b'\n');
+                    body.extend_from_slice(
+                        es_transaction(w, n * 1000 + k, &now).to_string().as_bytes(),
+                    );
+                    body.push(b'\n');
+                }
+                es_direct(&c, "/_bulk", body, true).await
+            }
+        }),
+    });
+    out
+}
+
+fn es_section(
+    server: &lucid_testkit::Server,
+    filter: Option<&str>,
+    duration: Duration,
+) -> Vec<Row> {
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+        cfg.elasticsearch.url = server.url().into();
+        cfg.redis.enabled = false;
+        cfg.mongodb.enabled = false;
+        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let h = handles
+            .search
+            .clone()
+            .unwrap_or_else(|| panic!("elasticsearch enabled"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while handles.registry.readiness().is_err() || h.last_bootstrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "search actor never came up and bootstrapped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let transport = elasticsearch::http::transport::Transport::single_node(&server.url())
+            .unwrap_or_else(|e| panic!("transport: {e}"));
+        let client = elasticsearch::Elasticsearch::new(transport);
+        let now = chrono::Utc::now().to_rfc3339();
+        let seeded = h
+            .call_within(
+                Bulk {
+                    entity: Entity::Sessions,
+                    docs: (0..ES_SESSIONS)
+                        .map(|i| BulkDoc {
+                            id: Some(format!("s{i}")),
+                            source: es_session(i, &now),
+                        })
+                        .collect(),
+                    refresh: true,
+                },
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("seeding sessions: {e}"));
+        assert_eq!(seeded.failed, 0, "seeding sessions");
+
+        let workloads = wanted(es_workloads(h, client), filter);
         let rows = if only_one_path(&workloads, duration).await {
             Vec::new()
         } else {

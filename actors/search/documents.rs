@@ -238,11 +238,25 @@ pub struct Hit {
 
 impl Hit {
     pub(crate) fn from_json(hit: &Value) -> Hit {
+        Hit::from_owned(hit.clone())
+    }
+
+    /// Moves the fields out of a hit (no copy of the source).
+    pub(crate) fn from_owned(mut hit: Value) -> Hit {
+        let mut text = |key: &str| match hit[key].take() {
+            Value::String(s) => s,
+            _ => String::new(),
+        };
+        let index = text("_index");
+        let id = text("_id");
         Hit {
-            index: hit["_index"].as_str().unwrap_or_default().to_owned(),
-            id: hit["_id"].as_str().unwrap_or_default().to_owned(),
-            source: hit.get("_source").cloned().unwrap_or(Value::Null),
-            sort: hit["sort"].as_array().cloned().unwrap_or_default(),
+            index,
+            id,
+            source: hit["_source"].take(),
+            sort: match hit["sort"].take() {
+                Value::Array(a) => a,
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -480,15 +494,19 @@ struct Prepared {
 
 impl Prepared {
     fn lines(&self, out: &mut Vec<u8>) {
-        let mut action = json!({"_index": self.target.name()});
+        // Index names and ids are checked to need no JSON escaping (see `check_id`).
+        out.extend_from_slice(b"{\"index\":{\"_index\":\"");
+        out.extend_from_slice(self.target.name().as_bytes());
+        out.push(b'"');
         if let Some(id) = &self.id {
-            action["_id"] = json!(id);
+            out.extend_from_slice(b",\"_id\":\"");
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'"');
         }
         if self.target.late() {
-            action["require_alias"] = json!(true);
+            out.extend_from_slice(b",\"require_alias\":true");
         }
-        out.extend_from_slice(json!({"index": action}).to_string().as_bytes());
-        out.push(b'\n');
+        out.extend_from_slice(b"}}\n");
         out.extend_from_slice(&self.source);
         out.push(b'\n');
     }
@@ -544,7 +562,9 @@ async fn send_batch(
         let mut again = Vec::new();
         match answer {
             Ok(answer) => {
-                let items = answer.body["items"].as_array().cloned().unwrap_or_default();
+                // Read in place: no copy of the answer per item.
+                let empty = Vec::new();
+                let items = answer.body["items"].as_array().unwrap_or(&empty);
                 for (d, item) in pending
                     .into_iter()
                     .zip(items.iter().chain(std::iter::repeat(&Value::Null)))
@@ -552,8 +572,7 @@ async fn send_batch(
                     let result = item
                         .as_object()
                         .and_then(|o| o.values().next())
-                        .cloned()
-                        .unwrap_or(Value::Null);
+                        .unwrap_or(&Value::Null);
                     let status = result["status"].as_u64().unwrap_or(0) as u16;
                     if (200..300).contains(&status) {
                         done.push((

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::Message;
 use elasticsearch::http::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::documents::Hit;
@@ -353,8 +353,8 @@ impl SearchOp for Search {
         let size = self.size as usize;
         let sorted = !self.sort.is_empty();
         Ok(async move {
-            let answer = conn
-                .send(
+            let answer: SearchAnswer = conn
+                .send_as(
                     Request::new(
                         Method::Post,
                         format!("/{}/_search", self.entity.read_alias()),
@@ -363,15 +363,19 @@ impl SearchOp for Search {
                     .query("allow_no_indices", "true")
                     .json(&body),
                 )
-                .await?
-                .body;
-            let hits: Vec<Hit> = answer["hits"]["hits"]
-                .as_array()
+                .await?;
+            let hits: Vec<Hit> = answer
+                .hits
+                .hits
                 .into_iter()
-                .flatten()
-                .map(Hit::from_json)
+                .map(|h| Hit {
+                    index: h.index,
+                    id: h.id,
+                    source: h.source,
+                    sort: h.sort,
+                })
                 .collect();
-            let total = match &answer["hits"]["total"] {
+            let total = match answer.hits.total {
                 Value::Number(n) => n.as_u64().unwrap_or(0),
                 other => other["value"].as_u64().unwrap_or(0),
             };
@@ -383,14 +387,44 @@ impl SearchOp for Search {
             Ok(SearchReply {
                 total,
                 hits,
-                aggs: answer
-                    .get("aggregations")
-                    .cloned()
-                    .unwrap_or_else(|| json!({})),
+                aggs: match answer.aggregations {
+                    Value::Null => json!({}),
+                    aggs => aggs,
+                },
                 next,
             })
         })
     }
+}
+
+/// The parts of a search answer lucid-db reads, deserialized directly.
+#[derive(Debug, Default, Deserialize)]
+struct SearchAnswer {
+    #[serde(default)]
+    hits: HitsAnswer,
+    #[serde(default)]
+    aggregations: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HitsAnswer {
+    /// `{"value": n, "relation"}`, or a number with `rest_total_hits_as_int`.
+    #[serde(default)]
+    total: Value,
+    #[serde(default)]
+    hits: Vec<HitAnswer>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HitAnswer {
+    #[serde(rename = "_index", default)]
+    index: String,
+    #[serde(rename = "_id", default)]
+    id: String,
+    #[serde(rename = "_source", default)]
+    source: Value,
+    #[serde(default)]
+    sort: Vec<Value>,
 }
 
 /// How many documents of an entity match.

@@ -1311,3 +1311,79 @@ async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents()
     assert!(matches!(e, SearchError::Codec { .. }), "{e}");
     assert!(!raw.indices().await.contains("bad-lucid-sessions-2026.11"));
 }
+
+#[actix_rt::test]
+async fn bulk_items_refused_with_429_are_retried_with_backoff_and_reported_when_retries_run_out() {
+    let server = elasticsearch();
+    let (h, _, raw) = start(&server, TestClock::at("2026-11-20T00:00:00Z"), |c| {
+        c.elasticsearch.bulk_retries = 4;
+        c.elasticsearch.bulk_max_docs = 50;
+    })
+    .await;
+    let index = "/lucid-transactions-2026.11/_settings";
+    let docs = |from: usize| -> Vec<BulkDoc> {
+        (from..from + 120)
+            .map(|i| BulkDoc {
+                id: Some(format!("t{i}")),
+                source: json!({"tx_id": format!("t{i}"), "timestamp": "2026-11-10T00:00:00Z"}),
+            })
+            .collect()
+    };
+    // The flood-stage block answers 429 (TOO_MANY_REQUESTS) until it is lifted.
+    let block = |on: bool| {
+        let value = if on { json!(true) } else { Value::Null };
+        raw.req(
+            Method::Put,
+            index,
+            Some(json!({"index.blocks.read_only_allow_delete": value})),
+        )
+    };
+    let (status, body) = block(true).await;
+    assert_eq!(status, 200, "{body}");
+    let bulk = h.call_within(
+        Bulk {
+            entity: Entity::Transactions,
+            docs: docs(0),
+            refresh: true,
+        },
+        Duration::from_secs(20),
+    );
+    let lift = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        block(false).await
+    };
+    let (reply, (status, _)) = futures_util::future::join(bulk, lift).await;
+    assert_eq!(status, 200);
+    let reply = reply.expect("bulk");
+    assert_eq!((reply.indexed, reply.failed), (120, 0), "{reply:?}");
+    // Three requests' worth of documents, sent more than three times: the retries.
+    assert!(reply.requests > 3, "{}", reply.requests);
+
+    // Retries run out: every item says 429 and why.
+    block(true).await;
+    let reply = h
+        .call_within(
+            Bulk {
+                entity: Entity::Transactions,
+                docs: docs(1000),
+                refresh: false,
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("bulk answers");
+    block(false).await;
+    assert_eq!(reply.failed, 120);
+    assert!(
+        reply.items.iter().all(
+            |i| matches!(i, BulkItem::Failed { status: 429, reason, .. } if !reason.is_empty())
+        ),
+        "{:?}",
+        reply.items.first()
+    );
+    assert_eq!(
+        reply.requests,
+        3 * 5,
+        "each request tried once and retried 4 times"
+    );
+}

@@ -50,7 +50,7 @@ use mongodb::{Client, Database};
 use tokio::time::Instant;
 
 use crate::config::{MongoConfig, ReadPreferenceMode, SupervisorConfig};
-use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp, MongoBootstrapFailed};
+use crate::events::{self, MongoBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::{
@@ -569,11 +569,7 @@ impl MongoActor {
                 self.conn = Some(Conn { client, db });
                 self.record();
                 self.shared.health.latency(latency);
-                events::emit(BackendUp {
-                    backend: BACKEND,
-                    attempt: recovery.attempt,
-                    down_ms: recovery.down_for.as_millis() as u64,
-                });
+                recovery.report(BACKEND);
                 if self.shared.settings.bootstrap {
                     self.spawn_bootstrap(ctx);
                 }
@@ -627,22 +623,7 @@ impl MongoActor {
         self.conn = None;
         self.generation += 1;
         self.record();
-        let message = err.to_string();
-        self.shared.health.error(err.code(), &message);
-        if failure.outage_began {
-            events::emit(BackendDown {
-                backend: BACKEND,
-                code: err.code(),
-                error: redact::text(&message),
-                attempt: failure.attempt,
-            });
-        }
-        events::emit(BackendRetryScheduled {
-            backend: BACKEND,
-            code: err.code(),
-            attempt: failure.attempt + 1,
-            retry_in_ms: failure.retry_in.as_millis() as u64,
-        });
+        failure.report(BACKEND, &self.shared.health, err.code(), &err.to_string());
         ctx.notify_later(
             Reconnect {
                 generation: self.generation,

@@ -47,7 +47,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use crate::config::{DownPolicy, RedisConfig, SupervisorConfig};
-use crate::events::{self, BackendDown, BackendRetryScheduled, BackendUp, RateLimitDegraded};
+use crate::events::{self, RateLimitDegraded};
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::{
@@ -574,11 +574,7 @@ impl RedisActor {
                     .store(false, Ordering::Relaxed);
                 self.record();
                 self.shared.health.latency(latency);
-                events::emit(BackendUp {
-                    backend: BACKEND,
-                    attempt: recovery.attempt,
-                    down_ms: recovery.down_for.as_millis() as u64,
-                });
+                recovery.report(BACKEND);
                 self.open_pubsub(ctx);
             }
             Err(e) => {
@@ -602,22 +598,7 @@ impl RedisActor {
             ctx.cancel_future(stream);
         }
         self.record();
-        let message = err.to_string();
-        self.shared.health.error(err.code(), &message);
-        if failure.outage_began {
-            events::emit(BackendDown {
-                backend: BACKEND,
-                code: err.code(),
-                error: redact::text(&message),
-                attempt: failure.attempt,
-            });
-        }
-        events::emit(BackendRetryScheduled {
-            backend: BACKEND,
-            code: err.code(),
-            attempt: failure.attempt + 1,
-            retry_in_ms: failure.retry_in.as_millis() as u64,
-        });
+        failure.report(BACKEND, &self.shared.health, err.code(), &err.to_string());
         ctx.notify_later(
             Reconnect {
                 generation: self.generation,

@@ -144,6 +144,34 @@ pub struct Failure {
     pub retry_in: Duration,
 }
 
+impl Failure {
+    /// What every backend actor reports on a failure: the error in its health entry,
+    /// `backend.down` once per outage, and `backend.retry_scheduled`.
+    pub fn report(
+        &self,
+        backend: Backend,
+        health: &crate::health::HealthEntry,
+        code: &'static str,
+        message: &str,
+    ) {
+        health.error(code, message);
+        if self.outage_began {
+            crate::events::emit(crate::events::BackendDown {
+                backend,
+                code,
+                error: crate::redact::text(message),
+                attempt: self.attempt,
+            });
+        }
+        crate::events::emit(crate::events::BackendRetryScheduled {
+            backend,
+            code,
+            attempt: self.attempt + 1,
+            retry_in_ms: self.retry_in.as_millis() as u64,
+        });
+    }
+}
+
 /// What [`Connection::connected`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
@@ -151,6 +179,17 @@ pub struct Recovery {
     pub attempt: u32,
     /// How long the backend had been unavailable (zero on the first connect).
     pub down_for: Duration,
+}
+
+impl Recovery {
+    /// `backend.up`, as every backend actor reports it.
+    pub fn report(&self, backend: Backend) {
+        crate::events::emit(crate::events::BackendUp {
+            backend,
+            attempt: self.attempt,
+            down_ms: self.down_for.as_millis() as u64,
+        });
+    }
 }
 
 /// The connection state machine with its counters. Guarded: each method is allowed only in

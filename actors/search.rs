@@ -467,10 +467,7 @@ async fn exec_within<M: SearchOp>(
     deadline: Duration,
 ) -> Result<M::Output, SearchError> {
     let (conn, generation) = shared.usable()?;
-    let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
-        Ok(res) => res,
-        Err(_) => Err(SearchError::deadline(deadline)),
-    };
+    let res = within(deadline, msg.start(conn, shared)?).await;
     if let Err(e) = &res {
         shared.report(generation, e);
     }
@@ -921,14 +918,22 @@ pub fn build_client(
     Ok(Elasticsearch::new(transport))
 }
 
+/// `f`, or `DeadlineExceeded` after `deadline`.
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    f: impl Future<Output = Result<T, SearchError>>,
+) -> Result<T, SearchError> {
+    match tokio::time::timeout(deadline, f).await {
+        Ok(r) => r,
+        Err(_) => Err(SearchError::deadline(deadline)),
+    }
+}
+
 /// `GET /` within `deadline`, timed.
 pub(crate) async fn ping(conn: &Conn, deadline: Duration) -> Result<Duration, SearchError> {
     let started = Instant::now();
-    match tokio::time::timeout(deadline, conn.send(Request::new(Method::Get, "/"))).await {
-        Ok(Ok(_)) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(SearchError::deadline(deadline)),
-    }
+    within(deadline, conn.send(Request::new(Method::Get, "/"))).await?;
+    Ok(started.elapsed())
 }
 
 /// Connects directly (for the CLI): the client and one ping.

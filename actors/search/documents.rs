@@ -237,10 +237,6 @@ pub struct Hit {
 }
 
 impl Hit {
-    pub(crate) fn from_json(hit: &Value) -> Hit {
-        Hit::from_owned(hit.clone())
-    }
-
     /// Moves the fields out of a hit (no copy of the source).
     pub(crate) fn from_owned(mut hit: Value) -> Hit {
         let mut text = |key: &str| match hit[key].take() {
@@ -276,28 +272,29 @@ async fn resolve(
             .await
         {
             Ok(answer) if answer.body["found"] == true => {
-                return Ok(Some(Hit::from_json(&answer.body)));
+                return Ok(Some(Hit::from_owned(answer.body)));
             }
             Ok(_) => {}
             Err(e) if e.status() == Some(404) => {}
             Err(e) => return Err(e),
         }
     }
-    let answer = conn
+    let mut answer = conn
         .send(
             Request::new(Method::Post, format!("/{}/_search", entity.read_alias()))
                 .query("ignore_unavailable", "true")
                 .query("allow_no_indices", "true")
                 .json(&json!({"query": {"ids": {"values": [id]}}, "size": 2})),
         )
-        .await?;
-    let hits = answer.body["hits"]["hits"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    match hits.as_slice() {
+        .await?
+        .body;
+    let mut hits = match answer["hits"]["hits"].take() {
+        Value::Array(hits) => hits,
+        _ => Vec::new(),
+    };
+    match hits.as_mut_slice() {
         [] => Ok(None),
-        [one] => Ok(Some(Hit::from_json(one))),
+        [one] => Ok(Some(Hit::from_owned(one.take()))),
         many => Err(SearchError::Ambiguous {
             entity: entity.name(),
             id: id.to_owned(),

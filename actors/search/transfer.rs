@@ -16,11 +16,9 @@
 //! `bulk_max_bytes`; a write block the index had is set again after the load. If anything
 //! fails, the index the import created is deleted: nothing is left half restored.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use elasticsearch::http::Method;
 use futures_util::{Stream, StreamExt};
@@ -28,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::{Conn, Request, SearchError, SearchHandle};
+use super::{Conn, Request, SearchError, SearchHandle, within};
 
 /// The format of [`IndexMetadata`]; bumped on incompatible changes.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -199,10 +197,8 @@ impl SearchHandle {
     pub async fn list_indices(&self) -> Result<Vec<String>, SearchError> {
         let (conn, _) = self.shared.usable()?;
         let deadline = self.shared.settings.deadline;
-        match tokio::time::timeout(deadline, super::indices::gather(&conn)).await {
-            Ok(r) => Ok(r?.into_iter().map(|i| i.name).collect()),
-            Err(_) => Err(SearchError::deadline(deadline)),
-        }
+        let indices = within(deadline, super::indices::gather(&conn)).await?;
+        Ok(indices.into_iter().map(|i| i.name).collect())
     }
 
     /// Exports one index (see the module doc).
@@ -240,13 +236,12 @@ impl SearchHandle {
                 .body;
             Ok::<_, SearchError>((metadata_of(index, &definition, count), first))
         };
-        let (metadata, first) = match tokio::time::timeout(deadline, start).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
+        let (metadata, first) = match within(deadline, start).await {
+            Ok(v) => v,
+            Err(e) => {
                 self.shared.report(generation, &e);
                 return Err(e);
             }
-            Err(_) => return Err(SearchError::deadline(deadline)),
         };
         let (tx, rx) = mpsc::channel(256);
         let failed = Arc::new(OnceLock::new());
@@ -284,10 +279,7 @@ impl SearchHandle {
                         Request::new(Method::Post, "/_search/scroll")
                             .json(&json!({"scroll": SCROLL_KEEP, "scroll_id": id})),
                     );
-                    page = match tokio::time::timeout(deadline, next).await {
-                        Ok(r) => r?.body,
-                        Err(_) => return Err(SearchError::deadline(deadline)),
-                    };
+                    page = within(deadline, next).await?.body;
                     if let Some(id) = page["_scroll_id"].as_str() {
                         scroll_id = Some(id.to_owned());
                     }
@@ -411,16 +403,6 @@ impl SearchHandle {
     }
 }
 
-async fn within<T>(
-    deadline: Duration,
-    f: impl Future<Output = Result<T, SearchError>>,
-) -> Result<T, SearchError> {
-    match tokio::time::timeout(deadline, f).await {
-        Ok(r) => r,
-        Err(_) => Err(SearchError::deadline(deadline)),
-    }
-}
-
 /// Bulk-loads the lines into `target`; answers (documents, requests).
 async fn load<S, E>(
     conn: &Conn,
@@ -495,10 +477,7 @@ where
         requests += 1;
     }
     let refresh = Request::new(Method::Post, format!("/{target}/_refresh"));
-    match tokio::time::timeout(settings.deadline, conn.send(refresh)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(SearchError::deadline(settings.deadline)),
-    };
+    within(settings.deadline, conn.send(refresh)).await?;
     Ok((documents, requests))
 }
 

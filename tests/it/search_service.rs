@@ -22,8 +22,7 @@ use lucid_actors::{Backend, CallError, Config, events};
 use lucid_testkit::{Server, elasticsearch};
 use serde_json::{Value, json};
 
-mod common;
-use common::{DEADLINE, fast_config};
+use crate::common::{DEADLINE, fast_config};
 
 /// A clock the test moves.
 struct TestClock(Mutex<DateTime<Utc>>);

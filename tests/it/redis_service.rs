@@ -19,8 +19,7 @@ use lucid_testkit::{Server, free_port, redis};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-mod common;
-use common::{DEADLINE, fast_config as config};
+use crate::common::{DEADLINE, fast_config as config};
 
 /// The actors on a fresh server, once Redis is up, and a plain connection for inspection.
 async fn start(

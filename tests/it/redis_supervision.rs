@@ -9,8 +9,7 @@ use lucid_actors::supervisor::{BackoffPolicy, StateLabel};
 use lucid_actors::{BackendStatus, CallError, Handles, Roles};
 use lucid_testkit::redis;
 
-mod common;
-use common::{DEADLINE, fast_config as config};
+use crate::common::{DEADLINE, fast_config as config};
 
 fn redis_status(h: &Handles) -> BackendStatus {
     h.registry

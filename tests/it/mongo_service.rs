@@ -20,8 +20,7 @@ use lucid_actors::supervisor::StateLabel;
 use lucid_actors::{CallError, Config, Handles, Roles, events};
 use lucid_testkit::{Server, mongo};
 
-mod common;
-use common::{DEADLINE, fast_mongo_config};
+use crate::common::{DEADLINE, fast_mongo_config};
 
 async fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

@@ -192,10 +192,13 @@ pub struct ElasticsearchConfig {
     pub bulk_max_docs: usize,
     /// …and this many bytes of NDJSON; a single document larger than this is refused.
     pub bulk_max_bytes: ByteSize,
-    /// Bulk requests of one bulk call sent at once; the rest wait (backpressure).
+    /// Bulk requests sent at once by one bulk call, and by the bulk indexer (backpressure).
     pub bulk_in_flight: usize,
     /// Retries of items the server refused with 429 or 503, with backoff.
     pub bulk_retries: u32,
+    /// The bulk indexer sends a partial batch once its first document has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub bulk_flush_interval: Duration,
     /// Lifecycle: ages since the end of an index's month.
     #[serde(with = "humantime_serde")]
     pub warm_after: Duration,
@@ -803,6 +806,14 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     }
     if es.bulk_retries > 10 {
         err("elasticsearch.bulk_retries", "must be at most 10".into());
+    }
+    if es.bulk_flush_interval < Duration::from_millis(1)
+        || es.bulk_flush_interval > Duration::from_secs(60)
+    {
+        err(
+            "elasticsearch.bulk_flush_interval",
+            "must be 1ms to 60s".into(),
+        );
     }
     if es.cold_replicas > 16 {
         err("elasticsearch.cold_replicas", "must be at most 16".into());

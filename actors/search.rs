@@ -11,10 +11,12 @@
 //! - [`indices`]: what the cluster has (index settings and aliases), the templates from
 //!   `configs/elasticsearch/`, the bootstrap, and the executor that applies a plan.
 //! - [`documents`]: routed writes, by-id reads and updates, bulk.
+//! - [`indexer`]: the bulk indexer — single documents batched by count, bytes and time.
 //! - [`query`]: searches, counts, aggregations.
 //! - [`transfer`]: streaming export and import of one index, for backups.
 
 pub mod documents;
+pub mod indexer;
 pub mod indices;
 pub mod lifecycle;
 pub mod names;
@@ -23,7 +25,7 @@ pub mod transfer;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -47,6 +49,7 @@ use crate::supervisor::{
 pub use documents::{
     Bulk, BulkDoc, BulkItem, BulkReply, DeleteDoc, GetDoc, Hit, IndexDoc, IndexReply, UpdateDoc,
 };
+pub use indexer::{Indexer, IndexerStats};
 pub use indices::{
     ApplyLifecycle, BootstrapReport, GetStats, IndexStats, LifecycleReport, PlanLifecycle,
     RunBootstrap, SearchStats, Templates,
@@ -120,6 +123,9 @@ pub enum SearchError {
     /// An export or import made no progress for `supervisor.stream_idle_timeout`.
     #[error("stream idle for {} ms: {what}", .after.as_millis())]
     StreamIdle { what: &'static str, after: Duration },
+    /// The bulk indexer holds all it may (backpressure); try again later.
+    #[error("the bulk indexer is full ({budget_bytes} bytes queued or in flight); try again later")]
+    Busy { budget_bytes: u64 },
 }
 
 impl SearchError {
@@ -135,6 +141,7 @@ impl SearchError {
             SearchError::Codec { .. } => "codec",
             SearchError::Exists { .. } => "not_empty",
             SearchError::StreamIdle { .. } => "stream_idle",
+            SearchError::Busy { .. } => "busy",
         }
     }
 
@@ -407,6 +414,7 @@ pub struct Shared {
     last_bootstrap: Mutex<Option<BootstrapReport>>,
     /// Documents whose month was no longer writable, sent to the write index instead.
     late_documents: AtomicU64,
+    indexer: Indexer,
 }
 
 impl Shared {
@@ -474,6 +482,42 @@ async fn exec_within<M: SearchOp>(
     res
 }
 
+/// Sends one batch of the bulk indexer on the published client: `unavailable` for every
+/// document while the cluster is not up, and news of a lost connection back to the actor.
+async fn send_indexed(
+    shared: Weak<Shared>,
+    batch: Vec<documents::Prepared>,
+) -> Vec<documents::Outcome> {
+    let fail_all = |batch: Vec<documents::Prepared>, e: SearchError| {
+        batch.into_iter().map(|d| (d.pos, Err(e.clone()))).collect()
+    };
+    let Some(shared) = shared.upgrade() else {
+        let e = SearchError::Call(CallError::Disabled {
+            backend: BACKEND,
+            reason: "shutting down".to_owned(),
+        });
+        return fail_all(batch, e);
+    };
+    let (conn, generation) = match shared.usable() {
+        Ok(usable) => usable,
+        Err(e) => return fail_all(batch, e),
+    };
+    let settings = &shared.settings;
+    let timeout = settings.stream_idle.max(settings.deadline);
+    let (outcomes, _) =
+        documents::send_batch(&conn, batch, false, settings.bulk_retries, timeout).await;
+    let mut late = 0;
+    for (_, outcome) in &outcomes {
+        match outcome {
+            Ok(reply) if reply.late => late += 1,
+            Err(e) if e.connection_lost() => shared.report(generation, e),
+            _ => {}
+        }
+    }
+    shared.count_late(late);
+    outcomes
+}
+
 /// What callers hold. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct SearchHandle {
@@ -501,6 +545,42 @@ impl SearchHandle {
     /// Documents sent to the write index because their own month was no longer writable.
     pub fn late_documents(&self) -> u64 {
         self.shared.late_documents.load(Ordering::Relaxed)
+    }
+
+    /// Indexes one document through the bulk indexer (see [`indexer`]): it is checked and
+    /// routed now, sent in a batch with others, and its own outcome comes back. Waits for
+    /// room at most the call deadline, then `busy`; `unavailable` at once while the cluster
+    /// is not up.
+    pub async fn submit(&self, entity: Entity, doc: BulkDoc) -> Result<IndexReply, SearchError> {
+        let doc = self.prepare(entity, doc)?;
+        self.shared
+            .indexer
+            .submit(doc, self.shared.settings.deadline)
+            .await
+    }
+
+    /// As [`SearchHandle::submit`], but `busy` at once when the indexer holds all it may.
+    pub async fn try_submit(
+        &self,
+        entity: Entity,
+        doc: BulkDoc,
+    ) -> Result<IndexReply, SearchError> {
+        let doc = self.prepare(entity, doc)?;
+        self.shared.indexer.try_submit(doc).await
+    }
+
+    /// Sends what the bulk indexer holds now and waits for every outcome.
+    pub async fn flush(&self) -> Result<(), SearchError> {
+        self.shared.indexer.flush().await
+    }
+
+    pub fn indexer_stats(&self) -> IndexerStats {
+        self.shared.indexer.stats()
+    }
+
+    fn prepare(&self, entity: Entity, doc: BulkDoc) -> Result<documents::Prepared, SearchError> {
+        self.shared.usable()?;
+        documents::Prepared::new(entity, doc, self.shared.now(), &self.shared.settings)
     }
 
     /// `GET /`, timed.
@@ -592,7 +672,9 @@ impl SearchHandle {
         call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
     }
 
+    /// Flushes the bulk indexer (half the deadline at most), then stops the actor.
     pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
+        let _ = tokio::time::timeout(deadline / 2, self.flush()).await;
         call(self.shared.actor(), BACKEND, Shutdown, deadline).await
     }
 }
@@ -623,15 +705,26 @@ impl SearchActor {
         clock: Arc<dyn Clock>,
         health: HealthEntry,
     ) -> SearchHandle {
-        let shared = Arc::new(Shared {
-            settings: Settings::from_config(cfg, sup),
-            templates,
-            clock,
-            published: RwLock::new(Published::Connecting),
-            health,
-            addr: OnceLock::new(),
-            last_bootstrap: Mutex::new(None),
-            late_documents: AtomicU64::new(0),
+        let settings = Settings::from_config(cfg, sup);
+        let limits = indexer::Limits {
+            max_docs: settings.bulk_max_docs,
+            max_bytes: settings.bulk_max_bytes,
+            in_flight: settings.bulk_in_flight,
+            flush_interval: cfg.bulk_flush_interval,
+        };
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let weak = weak.clone();
+            Shared {
+                indexer: Indexer::start(limits, move |batch| send_indexed(weak.clone(), batch)),
+                settings,
+                templates,
+                clock,
+                published: RwLock::new(Published::Connecting),
+                health,
+                addr: OnceLock::new(),
+                last_bootstrap: Mutex::new(None),
+                late_documents: AtomicU64::new(0),
+            }
         });
         let actor = SearchActor {
             options: Some(cfg.clone()),

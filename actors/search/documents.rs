@@ -481,15 +481,61 @@ pub struct Bulk {
     pub refresh: bool,
 }
 
-/// A document ready to send: its position, target and NDJSON source.
-struct Prepared {
-    pos: usize,
+/// A document checked, routed and encoded, ready to send: its position in its batch, entity,
+/// target and NDJSON source.
+pub(crate) struct Prepared {
+    pub(crate) pos: usize,
+    entity: Entity,
     id: Option<String>,
     target: Target,
     source: Vec<u8>,
 }
 
 impl Prepared {
+    /// Checks the id and the time, routes by `now` and encodes (see the module doc).
+    pub(crate) fn new(
+        entity: Entity,
+        doc: BulkDoc,
+        now: DateTime<Utc>,
+        settings: &super::Settings,
+    ) -> Result<Prepared, SearchError> {
+        if let Some(id) = &doc.id {
+            check_id(id)?;
+        }
+        let time = document_time(entity, &doc.source)?;
+        let target = route(entity, time, now, &settings.policy)?;
+        let source = encode(&doc.source, settings.bulk_max_bytes)?;
+        Ok(Prepared {
+            pos: 0,
+            entity,
+            id: doc.id,
+            target,
+            source,
+        })
+    }
+
+    /// What it counts for against `bulk_max_bytes`: the source and its action line.
+    pub(crate) fn size(&self) -> usize {
+        self.source.len() + 128
+    }
+
+    /// A document of `source_len` bytes for the indexer's tests, which never send it.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, source_len: usize) -> Prepared {
+        Prepared {
+            pos: 0,
+            entity: Entity::Sessions,
+            id: Some(id.to_owned()),
+            target: Target::Own("lucid-sessions-2026.11".to_owned()),
+            source: vec![b' '; source_len],
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
     fn lines(&self, out: &mut Vec<u8>) {
         // Index names and ids are checked to need no JSON escaping (see `check_id`).
         out.extend_from_slice(b"{\"index\":{\"_index\":\"");
@@ -515,7 +561,7 @@ fn batches(docs: Vec<Prepared>, max_docs: usize, max_bytes: usize) -> Vec<Vec<Pr
     let mut current: Vec<Prepared> = Vec::new();
     let mut bytes = 0;
     for d in docs {
-        let size = d.source.len() + 128;
+        let size = d.size();
         if !current.is_empty() && (current.len() >= max_docs || bytes + size > max_bytes) {
             out.push(std::mem::take(&mut current));
             bytes = 0;
@@ -529,17 +575,19 @@ fn batches(docs: Vec<Prepared>, max_docs: usize, max_bytes: usize) -> Vec<Vec<Pr
     out
 }
 
+/// One document's outcome, by its position in its batch.
+pub(crate) type Outcome = (usize, Result<IndexReply, SearchError>);
+
 /// Sends one request's documents, retrying 429/503 items (and the whole request on a 429
-/// or 503 answer); re-routes items whose own index turned read-only. Answers (position,
-/// outcome, requests sent).
-async fn send_batch(
+/// or 503 answer); re-routes items whose own index turned read-only. Answers each
+/// document's outcome and the requests sent.
+pub(crate) async fn send_batch(
     conn: &Conn,
-    entity: Entity,
     mut pending: Vec<Prepared>,
     refresh: bool,
     retries: u32,
     timeout: Duration,
-) -> (Vec<(usize, BulkItem)>, u64) {
+) -> (Vec<Outcome>, u64) {
     let mut done = Vec::new();
     let mut requests = 0;
     let mut attempt = 0;
@@ -574,7 +622,7 @@ async fn send_batch(
                     if (200..300).contains(&status) {
                         done.push((
                             d.pos,
-                            BulkItem::Indexed(IndexReply {
+                            Ok(IndexReply {
                                 index: result["_index"]
                                     .as_str()
                                     .unwrap_or(d.target.name())
@@ -592,11 +640,11 @@ async fn send_batch(
                         again.push(d);
                     } else if is_write_block(&error) && !d.target.late() {
                         again.push(Prepared {
-                            target: Target::Late(entity.write_alias()),
+                            target: Target::Late(d.entity.write_alias()),
                             ..d
                         });
                     } else {
-                        done.push((d.pos, failed(error)));
+                        done.push((d.pos, Err(error)));
                     }
                 }
             }
@@ -605,7 +653,7 @@ async fn send_batch(
             }
             Err(e) => {
                 for d in pending {
-                    done.push((d.pos, failed(e.clone())));
+                    done.push((d.pos, Err(e.clone())));
                 }
             }
         }
@@ -662,22 +710,8 @@ impl SearchOp for Bulk {
         let mut items: Vec<Option<BulkItem>> = vec![None; self.docs.len()];
         let mut ready = Vec::new();
         for (pos, doc) in self.docs.into_iter().enumerate() {
-            let prepared = (|| {
-                if let Some(id) = &doc.id {
-                    check_id(id)?;
-                }
-                let time = document_time(entity, &doc.source)?;
-                let target = route(entity, time, now, &settings.policy)?;
-                let source = encode(&doc.source, settings.bulk_max_bytes)?;
-                Ok::<_, SearchError>(Prepared {
-                    pos,
-                    id: doc.id,
-                    target,
-                    source,
-                })
-            })();
-            match prepared {
-                Ok(p) => ready.push(p),
+            match Prepared::new(entity, doc, now, &settings) {
+                Ok(p) => ready.push(Prepared { pos, ..p }),
                 Err(e) => items[pos] = Some(failed(e)),
             }
         }
@@ -689,7 +723,6 @@ impl SearchOp for Bulk {
                 .map(|batch| {
                     send_batch(
                         &conn,
-                        entity,
                         batch,
                         self.refresh,
                         settings.bulk_retries,
@@ -699,9 +732,12 @@ impl SearchOp for Bulk {
                 .buffer_unordered(settings.bulk_in_flight);
             while let Some((done, sent)) = results.next().await {
                 requests += sent;
-                for (pos, item) in done {
+                for (pos, outcome) in done {
                     if let Some(slot) = items.get_mut(pos) {
-                        *slot = Some(item);
+                        *slot = Some(match outcome {
+                            Ok(reply) => BulkItem::Indexed(reply),
+                            Err(e) => failed(e),
+                        });
                     }
                 }
             }
@@ -820,6 +856,7 @@ mod tests {
     fn batches_respect_count_and_bytes_and_keep_order() {
         let doc = |pos, len| Prepared {
             pos,
+            entity: Entity::Blocks,
             id: None,
             target: Target::Own("i".into()),
             source: vec![b'x'; len],
@@ -844,6 +881,7 @@ mod tests {
         let mut out = Vec::new();
         Prepared {
             pos: 0,
+            entity: Entity::Blocks,
             id: Some("x1".into()),
             target: Target::Late("lucid-blocks-write".into()),
             source: b"{}".to_vec(),

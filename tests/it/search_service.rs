@@ -1386,3 +1386,172 @@ async fn bulk_items_refused_with_429_are_retried_with_backoff_and_reported_when_
         "each request tried once and retried 4 times"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The bulk indexer
+
+fn transaction(i: usize) -> BulkDoc {
+    BulkDoc {
+        id: Some(format!("q{i}")),
+        source: json!({
+            "tx_id": format!("q{i}"),
+            "from": format!("a{}", i % 5),
+            "amount": i as f64,
+            "timestamp": format!("2026-11-{:02}T12:00:00Z", 1 + i % 19),
+        }),
+    }
+}
+
+#[actix_rt::test]
+async fn the_bulk_indexer_batches_single_documents_and_answers_each_caller_its_own_outcome() {
+    let server = elasticsearch();
+    let (h, _, raw) = start(&server, TestClock::at("2026-11-20T00:00:00Z"), |c| {
+        c.elasticsearch.bulk_max_docs = 100;
+        c.elasticsearch.bulk_in_flight = 2;
+        c.elasticsearch.bulk_flush_interval = Duration::from_millis(200);
+    })
+    .await;
+    let n = 1000;
+    let docs: Vec<BulkDoc> = (0..n)
+        .map(|i| {
+            let mut d = transaction(i);
+            if i % 97 == 5 {
+                d.source["amount"] = json!("lots"); // the mapping refuses it
+            } else if i % 250 == 7 {
+                d.source["timestamp"] = json!("soon"); // refused before it is queued
+            }
+            d
+        })
+        .collect();
+    let answers =
+        futures_util::future::join_all(docs.into_iter().map(|d| h.submit(Entity::Transactions, d)))
+            .await;
+    let (mut indexed, mut invalid) = (0, 0);
+    for (i, answer) in answers.iter().enumerate() {
+        if i % 97 == 5 {
+            assert!(
+                matches!(answer, Err(SearchError::Server { status: 400, kind, .. }) if kind == "mapper_parsing_exception"),
+                "{i}: {answer:?}"
+            );
+        } else if i % 250 == 7 {
+            invalid += 1;
+            assert!(
+                matches!(answer, Err(SearchError::Invalid { field, .. }) if field == "timestamp"),
+                "{i}: {answer:?}"
+            );
+        } else {
+            indexed += 1;
+            let reply = answer.as_ref().expect("indexed");
+            assert_eq!(reply.id, format!("q{i}"));
+            assert_eq!(reply.index, "lucid-transactions-2026.11");
+        }
+    }
+    let stats = h.indexer_stats();
+    assert_eq!(stats.submitted, (n - invalid) as u64);
+    assert_eq!(stats.answered, stats.submitted);
+    assert_eq!(stats.held_bytes, 0);
+    // Batches of at most 100: at least 10 of them, and not one per document.
+    assert!((10..=40).contains(&stats.batches), "{stats:?}");
+
+    let (status, _) = raw
+        .req(Method::Post, "/lucid-transactions/_refresh", None)
+        .await;
+    assert_eq!(status, 200);
+    let count = || Count {
+        entity: Entity::Transactions,
+        filters: vec![],
+        text: None,
+    };
+    assert_eq!(h.call(count()).await.expect("count"), indexed);
+
+    // A lone document waits for the flush interval, then goes on its own.
+    let started = Instant::now();
+    let reply = h
+        .submit(Entity::Transactions, transaction(5000))
+        .await
+        .expect("lone document");
+    assert_eq!(reply.id, "q5000");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(h.indexer_stats().batches, stats.batches + 1);
+}
+
+#[actix_rt::test]
+async fn the_bulk_indexer_answers_busy_while_a_blocked_cluster_holds_its_budget() {
+    let mut server = elasticsearch();
+    let (h, registry, raw) = start(&server, TestClock::at("2026-11-20T00:00:00Z"), |c| {
+        c.elasticsearch.bulk_max_docs = 10;
+        c.elasticsearch.bulk_max_bytes = lucid_actors::config::ByteSize(4096);
+        c.elasticsearch.bulk_in_flight = 1;
+        c.elasticsearch.bulk_retries = 5;
+        c.elasticsearch.bulk_flush_interval = Duration::from_millis(50);
+    })
+    .await;
+    let budget = h.indexer_stats().budget_bytes;
+    assert_eq!(budget, 2 * 4096);
+    // The flood-stage block answers 429: batches stay in flight, retried with backoff.
+    let index = "/lucid-transactions-2026.11/_settings";
+    let block = |on: bool| {
+        let value = if on { json!(true) } else { Value::Null };
+        raw.req(
+            Method::Put,
+            index,
+            Some(json!({"index.blocks.read_only_allow_delete": value})),
+        )
+    };
+    assert_eq!(block(true).await.0, 200);
+    let held = Arc::new(Mutex::new(0u64));
+    let submits = futures_util::future::join_all((0..100).map(|i| {
+        let h = h.clone();
+        let held = held.clone();
+        async move {
+            let answer = h.try_submit(Entity::Transactions, transaction(i)).await;
+            let now = h.indexer_stats().held_bytes;
+            let mut max = held.lock().expect("held");
+            *max = (*max).max(now);
+            answer
+        }
+    }));
+    let lift = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        block(false).await
+    };
+    let (answers, (status, _)) = futures_util::future::join(submits, lift).await;
+    assert_eq!(status, 200);
+    let busy = answers
+        .iter()
+        .filter(|a| matches!(a, Err(SearchError::Busy { budget_bytes }) if *budget_bytes == budget))
+        .count();
+    let ok = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(busy > 0, "nothing refused: {:?}", h.indexer_stats());
+    assert_eq!(
+        ok + busy,
+        100,
+        "every other answer is a success: {answers:?}"
+    );
+    assert!(*held.lock().expect("held") <= budget);
+    assert_eq!(h.indexer_stats().busy, busy as u64);
+    h.flush().await.expect("flush");
+    assert_eq!(h.indexer_stats().held_bytes, 0);
+
+    // While the cluster is down, a submission is refused at once and nothing is queued.
+    server.stop();
+    wait_until(Duration::from_secs(3), "marked down", || {
+        registry.readiness().is_err()
+    })
+    .await;
+    let started = Instant::now();
+    let e = h
+        .submit(Entity::Transactions, transaction(7))
+        .await
+        .expect_err("unavailable");
+    assert!(
+        matches!(e, SearchError::Call(CallError::Unavailable { .. })),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(h.indexer_stats().held_bytes, 0);
+}

@@ -1169,6 +1169,34 @@ fn es_workloads(h: SearchHandle, client: elasticsearch::Elasticsearch) -> Vec<Wo
         }),
     });
 
+    // ES_BULK_DOCS single documents through the bulk indexer (batches of ES_BULK_DOCS, see
+    // es_section), against the same direct bulk request.
+    let (ha, c) = (h.clone(), client.clone());
+    out.push(Workload {
+        backend: "elasticsearch",
+        name: "indexer (100 single docs)",
+        actor: op(move |w, n| {
+            let h = ha.clone();
+            async move {
+                let now = chrono::Utc::now().to_rfc3339();
+                let submits = (0..ES_BULK_DOCS as u64).map(|k| {
+                    h.submit(
+                        Entity::Transactions,
+                        BulkDoc {
+                            id: None,
+                            source: es_transaction(w, n * 1000 + k, &now),
+                        },
+                    )
+                });
+                futures_util::future::join_all(submits)
+                    .await
+                    .iter()
+                    .all(Result::is_ok)
+            }
+        }),
+        direct: es_direct_bulk(c),
+    });
+
     // A bulk request of ES_BULK_DOCS transactions (ops/s × ES_BULK_DOCS = documents/s).
     let (ha, c) = (h, client);
     out.push(Workload {
@@ -1196,28 +1224,31 @@ fn es_workloads(h: SearchHandle, client: elasticsearch::Elasticsearch) -> Vec<Wo
                 .is_ok_and(|r| r.failed == 0)
             }
         }),
-        direct: op(move |w, n| {
-            let c = c.clone();
-            async move {
-                let now = chrono::Utc::now();
-                let index = format!("lucid-transactions-{}", now.format("%Y.%m"));
-                let now = now.to_rfc3339();
-                let mut body = Vec::new();
-                for k in 0..ES_BULK_DOCS as u64 {
-                    body.extend_from_slice(
-                        json!({"index": {"_index": index}}).to_string().as_bytes(),
-                    );
-                    body.push(b'\n');
-                    body.extend_from_slice(
-                        es_transaction(w, n * 1000 + k, &now).to_string().as_bytes(),
-                    );
-                    body.push(b'\n');
-                }
-                es_direct(&c, "/_bulk", body, true).await
-            }
-        }),
+        direct: es_direct_bulk(c),
     });
     out
+}
+
+/// One direct bulk request of ES_BULK_DOCS transactions to the month's index.
+fn es_direct_bulk(c: elasticsearch::Elasticsearch) -> Op {
+    op(move |w, n| {
+        let c = c.clone();
+        async move {
+            let now = chrono::Utc::now();
+            let index = format!("lucid-transactions-{}", now.format("%Y.%m"));
+            let now = now.to_rfc3339();
+            let mut body = Vec::new();
+            for k in 0..ES_BULK_DOCS as u64 {
+                body.extend_from_slice(json!({"index": {"_index": index}}).to_string().as_bytes());
+                body.push(b'\n');
+                body.extend_from_slice(
+                    es_transaction(w, n * 1000 + k, &now).to_string().as_bytes(),
+                );
+                body.push(b'\n');
+            }
+            es_direct(&c, "/_bulk", body, true).await
+        }
+    })
 }
 
 fn es_section(
@@ -1229,6 +1260,8 @@ fn es_section(
     system.block_on(async {
         let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
         cfg.elasticsearch.url = server.url().into();
+        // The indexer's batches as large as the direct path's requests.
+        cfg.elasticsearch.bulk_max_docs = ES_BULK_DOCS;
         cfg.redis.enabled = false;
         cfg.mongodb.enabled = false;
         let handles = lucid_actors::start(&cfg, Roles::Stores);

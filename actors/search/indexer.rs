@@ -215,17 +215,17 @@ async fn run<S, F>(
 {
     let slots = Arc::new(Semaphore::new(limits.in_flight));
     let mut batch = Batch::default();
+    // One timer, moved when a batch starts: not a new one for every document.
+    let timer = tokio::time::sleep(limits.flush_interval);
+    tokio::pin!(timer);
     loop {
-        let command = match batch.due {
-            None => rx.recv().await,
-            Some(due) => tokio::select! {
-                biased;
-                command = rx.recv() => command,
-                () = tokio::time::sleep_until(due) => {
-                    batch.send(&slots, &send, &counters).await;
-                    continue;
-                }
-            },
+        let command = tokio::select! {
+            biased;
+            command = rx.recv() => command,
+            () = &mut timer, if batch.due.is_some() => {
+                batch.send(&slots, &send, &counters).await;
+                continue;
+            }
         };
         match command {
             Some(Command::Doc(q)) => {
@@ -234,7 +234,9 @@ async fn run<S, F>(
                     batch.send(&slots, &send, &counters).await;
                 }
                 if batch.docs.is_empty() {
-                    batch.due = Some(Instant::now() + limits.flush_interval);
+                    let due = Instant::now() + limits.flush_interval;
+                    batch.due = Some(due);
+                    timer.as_mut().reset(due);
                 }
                 batch.bytes += size;
                 batch.docs.push(q);

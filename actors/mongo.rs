@@ -53,6 +53,9 @@ use crate::config::{MongoConfig, ReadPreferenceMode, SupervisorConfig};
 use crate::events::{self, MongoBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
+use crate::supervisor::link::{
+    self, CallFailed, ConnectError, Link, LinkError, LocalFuture, Supervised,
+};
 use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
@@ -80,19 +83,6 @@ pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Duration, MongoError>")]
 pub struct Ping;
-
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-struct Reconnect {
-    generation: u64,
-}
-
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-struct CallFailed {
-    generation: u64,
-    error: MongoError,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -468,10 +458,7 @@ const DELIVERY_GRACE: Duration = Duration::from_millis(250);
 pub struct MongoActor {
     options: Option<MongoConfig>,
     client: Option<Client>,
-    machine: Connection,
-    conn: Option<Conn>,
-    generation: u64,
-    probe_in_flight: bool,
+    link: Link<Conn>,
     bootstrap_in_flight: bool,
     shared: Arc<Shared>,
 }
@@ -495,10 +482,10 @@ impl MongoActor {
         let actor = MongoActor {
             options: Some(cfg.clone()),
             client: None,
-            machine: Connection::new(BackoffPolicy::from_config(sup), Instant::now()),
-            conn: None,
-            generation: 0,
-            probe_in_flight: false,
+            link: Link::new(Connection::new(
+                BackoffPolicy::from_config(sup),
+                Instant::now(),
+            )),
             bootstrap_in_flight: false,
             shared: shared.clone(),
         };
@@ -506,84 +493,10 @@ impl MongoActor {
         MongoHandle { shared }
     }
 
-    fn record(&self) {
-        self.shared.health.record(&self.machine);
-        let published =
-            Published::from_state(self.machine.state(), self.conn.as_ref(), self.generation);
-        *self
-            .shared
-            .published
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
-    }
-
-    fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
-        self.generation += 1;
-        let generation = self.generation;
-        self.record();
-        let deadline = self.shared.settings.deadline;
-        let client = self.client.clone();
-        let cfg = self.options.clone();
-        let probe = self.shared.settings.probe_interval;
-        ctx.spawn(
-            async move {
-                let client = match client {
-                    Some(c) => c,
-                    None => {
-                        let cfg = cfg.ok_or_else(|| MongoError::Connection {
-                            code: "invalid_config",
-                            message: "no configuration".to_owned(),
-                        })?;
-                        build_client(&cfg, deadline, probe).await?
-                    }
-                };
-                let latency = ping(&client.database("admin"), deadline).await?;
-                Ok::<_, MongoError>((client, latency))
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                if act.generation != generation {
-                    return;
-                }
-                match res {
-                    Ok((client, latency)) => act.on_connected(client, latency, ctx),
-                    Err(MongoError::Connection {
-                        code: "invalid_config",
-                        message,
-                    }) => {
-                        act.machine
-                            .disable(format!("invalid mongodb settings: {message}"));
-                        act.record();
-                    }
-                    Err(e) => act.on_failure(generation, &e, ctx),
-                }
-            }),
-        );
-    }
-
-    fn on_connected(&mut self, client: Client, latency: Duration, ctx: &mut Context<Self>) {
-        match self.machine.connected(Instant::now()) {
-            Ok(recovery) => {
-                let db = client.database(&self.shared.settings.database);
-                self.client = Some(client.clone());
-                self.conn = Some(Conn { client, db });
-                self.record();
-                self.shared.health.latency(latency);
-                recovery.report(BACKEND);
-                if self.shared.settings.bootstrap {
-                    self.spawn_bootstrap(ctx);
-                }
-            }
-            Err(e) => {
-                tracing::error!(backend = %BACKEND, error = %e, "bug: unexpected connect result")
-            }
-        }
-    }
-
     /// Brings the database in line with the catalog; failures are reported, not fatal (the
     /// next time MongoDB comes up it runs again).
     fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
-        let Some(conn) = self.conn.clone() else {
+        let Some(conn) = self.link.conn.clone() else {
             return;
         };
         if self.bootstrap_in_flight {
@@ -612,51 +525,85 @@ impl MongoActor {
                 }),
         );
     }
+}
 
-    fn on_failure(&mut self, generation: u64, err: &MongoError, ctx: &mut Context<Self>) {
-        if generation != self.generation {
-            return;
-        }
-        let Ok(failure) = self.machine.failed(Instant::now(), rand::random::<f64>()) else {
-            return;
-        };
-        self.conn = None;
-        self.generation += 1;
-        self.record();
-        failure.report(BACKEND, &self.shared.health, err.code(), &err.to_string());
-        ctx.notify_later(
-            Reconnect {
-                generation: self.generation,
-            },
-            failure.retry_in,
-        );
+impl Supervised for MongoActor {
+    type Conn = Conn;
+    type Error = MongoError;
+    const BACKEND: Backend = BACKEND;
+
+    fn link(&mut self) -> &mut Link<Conn> {
+        &mut self.link
     }
 
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        if self.probe_in_flight || !self.machine.is_up() {
-            return;
-        }
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
-        self.probe_in_flight = true;
-        let generation = self.generation;
+    fn link_ref(&self) -> &Link<Conn> {
+        &self.link
+    }
+
+    fn health(&self) -> &HealthEntry {
+        &self.shared.health
+    }
+
+    fn published(&self) -> &RwLock<Published<Conn>> {
+        &self.shared.published
+    }
+
+    fn deadline(&self) -> Duration {
+        self.shared.settings.deadline
+    }
+
+    /// The client is built once (settings it refuses disable the backend), then `ping`.
+    fn connect(
+        &mut self,
+    ) -> Option<LocalFuture<Result<(Conn, Duration), ConnectError<MongoError>>>> {
         let deadline = self.shared.settings.deadline;
-        ctx.spawn(
-            async move { ping(&conn.db, deadline).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    act.probe_in_flight = false;
-                    match res {
-                        Ok(latency) if act.generation == generation => {
-                            let _ = act.machine.healthy(Instant::now());
-                            act.shared.health.latency(latency);
-                        }
-                        Ok(_) => {}
-                        Err(e) => act.on_failure(generation, &e, ctx),
+        let probe = self.shared.settings.probe_interval;
+        let database = self.shared.settings.database.clone();
+        let client = self.client.clone();
+        let cfg = self.options.clone();
+        Some(Box::pin(async move {
+            let client = match client {
+                Some(c) => c,
+                None => {
+                    let invalid = |message: &str| {
+                        ConnectError::Invalid(format!("invalid mongodb settings: {message}"))
+                    };
+                    let cfg = cfg.ok_or_else(|| invalid("no configuration"))?;
+                    match build_client(&cfg, deadline, probe).await {
+                        Ok(c) => c,
+                        Err(MongoError::Connection {
+                            code: "invalid_config",
+                            message,
+                        }) => return Err(invalid(&message)),
+                        Err(e) => return Err(e.into()),
                     }
-                }),
-        );
+                }
+            };
+            let latency = ping(&client.database("admin"), deadline).await?;
+            let db = client.database(&database);
+            Ok((Conn { client, db }, latency))
+        }))
+    }
+
+    fn ping(conn: Conn, deadline: Duration) -> LocalFuture<Result<Duration, MongoError>> {
+        Box::pin(async move { ping(&conn.db, deadline).await })
+    }
+
+    fn on_up(&mut self, ctx: &mut Context<Self>) {
+        self.client = self.link.conn.as_ref().map(|c| c.client.clone());
+        if self.shared.settings.bootstrap {
+            self.spawn_bootstrap(ctx);
+        }
+    }
+}
+
+impl LinkError for MongoError {
+    fn code(&self) -> &'static str {
+        MongoError::code(self)
+    }
+
+    fn connection_lost(&self) -> bool {
+        MongoError::connection_lost(self)
     }
 }
 
@@ -664,12 +611,9 @@ impl Actor for MongoActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
-        self.record();
-        self.spawn_connect(ctx);
-        ctx.run_interval(self.shared.settings.probe_interval, |act, ctx| {
-            act.probe(ctx)
-        });
+        let settings = &self.shared.settings;
+        let (capacity, interval) = (settings.mailbox_capacity, settings.probe_interval);
+        link::start(self, ctx, capacity, interval);
     }
 }
 
@@ -701,52 +645,14 @@ impl<M: MongoOp> Handler<M> for MongoActor {
     }
 }
 
-impl Handler<CallFailed> for MongoActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: CallFailed, ctx: &mut Context<Self>) {
-        if msg.error.connection_lost() {
-            self.on_failure(msg.generation, &msg.error, ctx);
-        } else if msg.generation == self.generation {
-            self.probe(ctx);
-        }
-    }
-}
-
-impl Handler<Reconnect> for MongoActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reconnect, ctx: &mut Context<Self>) {
-        if msg.generation != self.generation {
-            return;
-        }
-        let now = Instant::now();
-        match self.machine.retry(now) {
-            Ok(_) => self.spawn_connect(ctx),
-            Err(_) => {
-                if let Some(wait) = self.machine.retry_in(now) {
-                    ctx.notify_later(msg, wait);
-                }
-            }
-        }
-    }
-}
-
-impl Handler<Heartbeat> for MongoActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
-}
+link::supervised_handlers!(MongoActor, MongoError);
 
 impl Handler<Shutdown> for MongoActor {
     type Result = ResponseActFuture<Self, ()>;
 
     /// Closes the driver's pool (ending server-side sessions) and stops.
-    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
-        self.machine.disable("shutting down");
-        self.generation += 1;
-        self.conn = None;
-        self.record();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        link::disconnect(self, ctx);
         let client = self.client.take();
         Box::pin(
             async move {

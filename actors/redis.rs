@@ -41,7 +41,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
@@ -50,6 +49,9 @@ use crate::config::{DownPolicy, RedisConfig, SupervisorConfig};
 use crate::events::{self, RateLimitDegraded};
 use crate::health::HealthEntry;
 use crate::redact;
+use crate::supervisor::link::{
+    self, CallFailed, ConnectError, Link, LinkError, LocalFuture, Supervised,
+};
 use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
@@ -76,23 +78,6 @@ const BACKEND: Backend = Backend::Redis;
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Duration, RedisError>")]
 pub struct Ping;
-
-/// Self-message: the backoff delay is over, try to connect again. Carries the generation it
-/// was scheduled for, so a stale timer cannot start a second connect.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-struct Reconnect {
-    generation: u64,
-}
-
-/// Self-message from a call's task: the call on connection `generation` failed in a way that
-/// says something about the connection (lost, or no answer within the deadline).
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-struct CallFailed {
-    generation: u64,
-    error: RedisError,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -479,12 +464,10 @@ const DELIVERY_GRACE: Duration = Duration::from_millis(250);
 pub struct RedisActor {
     /// `None` when the URL could not be turned into a client (the actor stays disabled).
     client: Option<redis::Client>,
-    machine: Connection,
-    conn: Option<MultiplexedConnection>,
-    /// Bumped on every connect attempt and every loss, so late results of an older
-    /// connection (a probe, a call, a timer) cannot act on the current one.
-    generation: u64,
-    probe_in_flight: bool,
+    /// The connection under supervision; its generation is bumped on every connect attempt
+    /// and every loss, so late results of an older connection (a probe, a call, a timer)
+    /// cannot act on the current one.
+    link: Link<MultiplexedConnection>,
     shared: Arc<Shared>,
     subscriptions: pubsub::Subscriptions,
 }
@@ -514,124 +497,81 @@ impl RedisActor {
         };
         let actor = RedisActor {
             client,
-            machine,
-            conn: None,
-            generation: 0,
-            probe_in_flight: false,
+            link: Link::new(machine),
             shared: shared.clone(),
             subscriptions: pubsub::Subscriptions::default(),
         };
         let _ = shared.addr.set(actor.start());
         RedisHandle { shared }
     }
+}
 
-    /// Mirrors the state machine into the health registry and into what calls read.
-    fn record(&self) {
-        self.shared.health.record(&self.machine);
-        let published =
-            Published::from_state(self.machine.state(), self.conn.as_ref(), self.generation);
-        *self
-            .shared
-            .published
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
+impl Supervised for RedisActor {
+    type Conn = MultiplexedConnection;
+    type Error = RedisError;
+    const BACKEND: Backend = BACKEND;
+
+    fn link(&mut self) -> &mut Link<MultiplexedConnection> {
+        &mut self.link
     }
 
-    fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
-        let Some(client) = self.client.clone() else {
-            return;
-        };
-        self.generation += 1;
-        let generation = self.generation;
-        self.record();
-        let deadline = self.shared.settings.deadline;
-        ctx.spawn(
-            connect_once(client, deadline)
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    if act.generation != generation {
-                        return;
-                    }
-                    match res {
-                        Ok((conn, latency)) => act.on_connected(conn, latency, ctx),
-                        Err(e) => act.on_failure(generation, &e, ctx),
-                    }
-                }),
-        );
+    fn link_ref(&self) -> &Link<MultiplexedConnection> {
+        &self.link
     }
 
-    fn on_connected(
+    fn health(&self) -> &HealthEntry {
+        &self.shared.health
+    }
+
+    fn published(&self) -> &RwLock<Published<MultiplexedConnection>> {
+        &self.shared.published
+    }
+
+    fn deadline(&self) -> Duration {
+        self.shared.settings.deadline
+    }
+
+    /// A new multiplexed connection and a PING; nothing while the URL was refused at start.
+    fn connect(
         &mut self,
-        conn: MultiplexedConnection,
-        latency: Duration,
-        ctx: &mut Context<Self>,
-    ) {
-        match self.machine.connected(Instant::now()) {
-            Ok(recovery) => {
-                self.conn = Some(conn);
-                self.shared
-                    .degraded_reported
-                    .store(false, Ordering::Relaxed);
-                self.record();
-                self.shared.health.latency(latency);
-                recovery.report(BACKEND);
-                self.open_pubsub(ctx);
-            }
-            Err(e) => {
-                tracing::error!(backend = %BACKEND, error = %e, "bug: unexpected connect result")
-            }
-        }
+    ) -> Option<LocalFuture<Result<(MultiplexedConnection, Duration), ConnectError<RedisError>>>>
+    {
+        let client = self.client.clone()?;
+        let deadline = self.shared.settings.deadline;
+        Some(Box::pin(async move {
+            Ok(connect_once(client, deadline).await?)
+        }))
     }
 
-    /// A connect, probe or call of connection `generation` failed: back off and reconnect.
-    fn on_failure(&mut self, generation: u64, err: &RedisError, ctx: &mut Context<Self>) {
-        if generation != self.generation {
-            return;
-        }
-        // Only Connecting or Up can fail; anything else is a late echo and changes nothing.
-        let Ok(failure) = self.machine.failed(Instant::now(), rand::random::<f64>()) else {
-            return;
-        };
-        self.conn = None;
-        self.generation += 1;
+    fn ping(
+        conn: MultiplexedConnection,
+        deadline: Duration,
+    ) -> LocalFuture<Result<Duration, RedisError>> {
+        Box::pin(ping(conn, deadline))
+    }
+
+    /// Resubscribes every pub/sub topic; the policy for a down Redis is reported afresh.
+    fn on_up(&mut self, ctx: &mut Context<Self>) {
+        self.shared
+            .degraded_reported
+            .store(false, Ordering::Relaxed);
+        self.open_pubsub(ctx);
+    }
+
+    fn on_lost(&mut self, ctx: &mut Context<Self>) {
         if let Some(stream) = self.subscriptions.connection_lost() {
             ctx.cancel_future(stream);
         }
-        self.record();
-        failure.report(BACKEND, &self.shared.health, err.code(), &err.to_string());
-        ctx.notify_later(
-            Reconnect {
-                generation: self.generation,
-            },
-            failure.retry_in,
-        );
+    }
+}
+
+impl LinkError for RedisError {
+    fn code(&self) -> &'static str {
+        RedisError::code(self)
     }
 
-    /// PING over the current connection unless one is already in flight.
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        if self.probe_in_flight || !self.machine.is_up() {
-            return;
-        }
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
-        self.probe_in_flight = true;
-        let generation = self.generation;
-        ctx.spawn(
-            ping(conn, self.shared.settings.deadline)
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    act.probe_in_flight = false;
-                    match res {
-                        Ok(latency) if act.generation == generation => {
-                            let _ = act.machine.healthy(Instant::now());
-                            act.shared.health.latency(latency);
-                        }
-                        Ok(_) => {}
-                        Err(e) => act.on_failure(generation, &e, ctx),
-                    }
-                }),
-        );
+    fn connection_lost(&self) -> bool {
+        RedisError::connection_lost(self)
     }
 }
 
@@ -639,12 +579,9 @@ impl Actor for RedisActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
-        self.record();
-        self.spawn_connect(ctx);
-        ctx.run_interval(self.shared.settings.probe_interval, |act, ctx| {
-            act.probe(ctx)
-        });
+        let settings = &self.shared.settings;
+        let (capacity, interval) = (settings.mailbox_capacity, settings.probe_interval);
+        link::start(self, ctx, capacity, interval);
     }
 }
 
@@ -675,57 +612,13 @@ impl<M: RedisOp> Handler<M> for RedisActor {
     }
 }
 
-impl Handler<CallFailed> for RedisActor {
-    type Result = ();
-
-    /// A lost connection means backoff now; a call that ran out of time triggers a probe at
-    /// once rather than at the next interval.
-    fn handle(&mut self, msg: CallFailed, ctx: &mut Context<Self>) {
-        if msg.error.connection_lost() {
-            self.on_failure(msg.generation, &msg.error, ctx);
-        } else if msg.generation == self.generation {
-            self.probe(ctx);
-        }
-    }
-}
-
-impl Handler<Reconnect> for RedisActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reconnect, ctx: &mut Context<Self>) {
-        if msg.generation != self.generation {
-            return;
-        }
-        let now = Instant::now();
-        match self.machine.retry(now) {
-            Ok(_) => self.spawn_connect(ctx),
-            // The timer fired a hair early: wait out the rest.
-            Err(_) => {
-                if let Some(wait) = self.machine.retry_in(now) {
-                    ctx.notify_later(msg, wait);
-                }
-            }
-        }
-    }
-}
-
-impl Handler<Heartbeat> for RedisActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
-}
+link::supervised_handlers!(RedisActor, RedisError);
 
 impl Handler<Shutdown> for RedisActor {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
-        self.machine.disable("shutting down");
-        self.generation += 1;
-        self.conn = None;
-        if let Some(stream) = self.subscriptions.connection_lost() {
-            ctx.cancel_future(stream);
-        }
-        self.record();
+        link::disconnect(self, ctx);
         ctx.stop();
     }
 }

@@ -42,6 +42,9 @@ use crate::config::{ElasticsearchConfig, SupervisorConfig};
 use crate::events::{self, SearchBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
+use crate::supervisor::link::{
+    self, CallFailed, ConnectError, Link, LinkError, LocalFuture, Supervised,
+};
 use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
@@ -68,19 +71,6 @@ const BACKEND: Backend = Backend::Elasticsearch;
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Duration, SearchError>")]
 pub struct Ping;
-
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-struct Reconnect {
-    generation: u64,
-}
-
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-struct CallFailed {
-    generation: u64,
-    error: SearchError,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -688,10 +678,7 @@ const DELIVERY_GRACE: Duration = Duration::from_millis(250);
 pub struct SearchActor {
     options: Option<ElasticsearchConfig>,
     client: Option<Elasticsearch>,
-    machine: Connection,
-    conn: Option<Conn>,
-    generation: u64,
-    probe_in_flight: bool,
+    link: Link<Conn>,
     bootstrap_in_flight: bool,
     shared: Arc<Shared>,
 }
@@ -729,10 +716,10 @@ impl SearchActor {
         let actor = SearchActor {
             options: Some(cfg.clone()),
             client: None,
-            machine: Connection::new(BackoffPolicy::from_config(sup), Instant::now()),
-            conn: None,
-            generation: 0,
-            probe_in_flight: false,
+            link: Link::new(Connection::new(
+                BackoffPolicy::from_config(sup),
+                Instant::now(),
+            )),
             bootstrap_in_flight: false,
             shared: shared.clone(),
         };
@@ -740,84 +727,10 @@ impl SearchActor {
         SearchHandle { shared }
     }
 
-    fn record(&self) {
-        self.shared.health.record(&self.machine);
-        let published =
-            Published::from_state(self.machine.state(), self.conn.as_ref(), self.generation);
-        *self
-            .shared
-            .published
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
-    }
-
-    fn spawn_connect(&mut self, ctx: &mut Context<Self>) {
-        self.generation += 1;
-        let generation = self.generation;
-        self.record();
-        let deadline = self.shared.settings.deadline;
-        let client = match self.client.clone() {
-            Some(c) => c,
-            None => {
-                let built = self
-                    .options
-                    .as_ref()
-                    .ok_or_else(|| "no configuration".to_owned())
-                    .and_then(|cfg| build_client(cfg, deadline));
-                match built {
-                    Ok(c) => {
-                        self.client = Some(c.clone());
-                        c
-                    }
-                    Err(message) => {
-                        self.machine
-                            .disable(format!("invalid elasticsearch settings: {message}"));
-                        self.record();
-                        return;
-                    }
-                }
-            }
-        };
-        ctx.spawn(
-            async move {
-                let conn = Conn { client };
-                let latency = ping(&conn, deadline).await?;
-                Ok::<_, SearchError>((conn, latency))
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                if act.generation != generation {
-                    return;
-                }
-                match res {
-                    Ok((conn, latency)) => act.on_connected(conn, latency, ctx),
-                    Err(e) => act.on_failure(generation, &e, ctx),
-                }
-            }),
-        );
-    }
-
-    fn on_connected(&mut self, conn: Conn, latency: Duration, ctx: &mut Context<Self>) {
-        match self.machine.connected(Instant::now()) {
-            Ok(recovery) => {
-                self.conn = Some(conn);
-                self.record();
-                self.shared.health.latency(latency);
-                recovery.report(BACKEND);
-                if self.shared.settings.bootstrap {
-                    self.spawn_bootstrap(ctx);
-                }
-            }
-            Err(e) => {
-                tracing::error!(backend = %BACKEND, error = %e, "bug: unexpected connect result")
-            }
-        }
-    }
-
     /// Templates, this month's indices and the aliases; failures are reported, not fatal
     /// (the next time the cluster comes up it runs again).
     fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
-        let Some(conn) = self.conn.clone() else {
+        let Some(conn) = self.link.conn.clone() else {
             return;
         };
         if self.bootstrap_in_flight {
@@ -845,51 +758,83 @@ impl SearchActor {
                 }),
         );
     }
+}
 
-    fn on_failure(&mut self, generation: u64, err: &SearchError, ctx: &mut Context<Self>) {
-        if generation != self.generation {
-            return;
-        }
-        let Ok(failure) = self.machine.failed(Instant::now(), rand::random::<f64>()) else {
-            return;
-        };
-        self.conn = None;
-        self.generation += 1;
-        self.record();
-        failure.report(BACKEND, &self.shared.health, err.code(), &err.to_string());
-        ctx.notify_later(
-            Reconnect {
-                generation: self.generation,
-            },
-            failure.retry_in,
-        );
+impl Supervised for SearchActor {
+    type Conn = Conn;
+    type Error = SearchError;
+    const BACKEND: Backend = BACKEND;
+
+    fn link(&mut self) -> &mut Link<Conn> {
+        &mut self.link
     }
 
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        if self.probe_in_flight || !self.machine.is_up() {
-            return;
-        }
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
-        self.probe_in_flight = true;
-        let generation = self.generation;
+    fn link_ref(&self) -> &Link<Conn> {
+        &self.link
+    }
+
+    fn health(&self) -> &HealthEntry {
+        &self.shared.health
+    }
+
+    fn published(&self) -> &RwLock<Published<Conn>> {
+        &self.shared.published
+    }
+
+    fn deadline(&self) -> Duration {
+        self.shared.settings.deadline
+    }
+
+    /// The client is built once (a bad URL disables the backend), then `GET /`.
+    fn connect(
+        &mut self,
+    ) -> Option<LocalFuture<Result<(Conn, Duration), ConnectError<SearchError>>>> {
         let deadline = self.shared.settings.deadline;
-        ctx.spawn(
-            async move { ping(&conn, deadline).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    act.probe_in_flight = false;
-                    match res {
-                        Ok(latency) if act.generation == generation => {
-                            let _ = act.machine.healthy(Instant::now());
-                            act.shared.health.latency(latency);
-                        }
-                        Ok(_) => {}
-                        Err(e) => act.on_failure(generation, &e, ctx),
+        let client = match self.client.clone() {
+            Some(c) => c,
+            None => {
+                let built = self
+                    .options
+                    .as_ref()
+                    .ok_or_else(|| "no configuration".to_owned())
+                    .and_then(|cfg| build_client(cfg, deadline));
+                match built {
+                    Ok(c) => {
+                        self.client = Some(c.clone());
+                        c
                     }
-                }),
-        );
+                    Err(message) => {
+                        let reason = format!("invalid elasticsearch settings: {message}");
+                        return Some(Box::pin(async move { Err(ConnectError::Invalid(reason)) }));
+                    }
+                }
+            }
+        };
+        Some(Box::pin(async move {
+            let conn = Conn { client };
+            let latency = ping(&conn, deadline).await?;
+            Ok((conn, latency))
+        }))
+    }
+
+    fn ping(conn: Conn, deadline: Duration) -> LocalFuture<Result<Duration, SearchError>> {
+        Box::pin(async move { ping(&conn, deadline).await })
+    }
+
+    fn on_up(&mut self, ctx: &mut Context<Self>) {
+        if self.shared.settings.bootstrap {
+            self.spawn_bootstrap(ctx);
+        }
+    }
+}
+
+impl LinkError for SearchError {
+    fn code(&self) -> &'static str {
+        SearchError::code(self)
+    }
+
+    fn connection_lost(&self) -> bool {
+        SearchError::connection_lost(self)
     }
 }
 
@@ -897,12 +842,9 @@ impl Actor for SearchActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
-        self.record();
-        self.spawn_connect(ctx);
-        ctx.run_interval(self.shared.settings.probe_interval, |act, ctx| {
-            act.probe(ctx)
-        });
+        let settings = &self.shared.settings;
+        let (capacity, interval) = (settings.mailbox_capacity, settings.probe_interval);
+        link::start(self, ctx, capacity, interval);
     }
 }
 
@@ -934,53 +876,15 @@ impl<M: SearchOp> Handler<M> for SearchActor {
     }
 }
 
-impl Handler<CallFailed> for SearchActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: CallFailed, ctx: &mut Context<Self>) {
-        if msg.error.connection_lost() {
-            self.on_failure(msg.generation, &msg.error, ctx);
-        } else if msg.generation == self.generation {
-            self.probe(ctx);
-        }
-    }
-}
-
-impl Handler<Reconnect> for SearchActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Reconnect, ctx: &mut Context<Self>) {
-        if msg.generation != self.generation {
-            return;
-        }
-        let now = Instant::now();
-        match self.machine.retry(now) {
-            Ok(_) => self.spawn_connect(ctx),
-            Err(_) => {
-                if let Some(wait) = self.machine.retry_in(now) {
-                    ctx.notify_later(msg, wait);
-                }
-            }
-        }
-    }
-}
-
-impl Handler<Heartbeat> for SearchActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Heartbeat, _: &mut Context<Self>) {}
-}
+link::supervised_handlers!(SearchActor, SearchError);
 
 impl Handler<Shutdown> for SearchActor {
     type Result = ();
 
     /// HTTP holds nothing server-side: drop the client and stop.
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
-        self.machine.disable("shutting down");
-        self.generation += 1;
-        self.conn = None;
+        link::disconnect(self, ctx);
         self.client = None;
-        self.record();
         ctx.stop();
     }
 }

@@ -2,10 +2,14 @@
 //! backend actor shares (DESIGN §2).
 //!
 //! actix's `Supervisor` neither waits nor catches panics, so each backend actor keeps a
-//! [`Connection`] of its own: it asks it what to do on every connect result, probe and failed
-//! call, schedules the reconnect it returns with `notify_later`, and mirrors it into the
-//! [`crate::health::HealthRegistry`]. "Backend down" is an error in a reply, never a reason for
-//! an actor to stop.
+//! [`Connection`] of its own: the shared connection-actor functions in [`link`] ask it what to
+//! do on every connect result, probe and failed call, schedule the reconnect it returns with
+//! `notify_later`, and mirror it into the [`crate::health::HealthRegistry`] and into what calls
+//! read ([`Published`]). A backend supplies only how to connect and ping and what to do when
+//! the connection comes up or is lost. "Backend down" is an error in a reply, never a reason
+//! for an actor to stop.
+
+pub mod link;
 
 use std::fmt;
 use std::time::Duration;

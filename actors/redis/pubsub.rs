@@ -25,6 +25,7 @@ use super::keys::check_id;
 use super::sealed::Sealed;
 use super::{RedisActor, RedisError, RedisHandle, RedisOp, Shared, with_deadline};
 use crate::events::{self, PubSubOverflow, PubSubResubscribed, PubSubSubscribeFailed};
+use crate::supervisor::link;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -160,7 +161,8 @@ impl RedisActor {
     /// subscribe and the main connection is up.
     pub(crate) fn open_pubsub(&mut self, ctx: &mut Context<Self>) {
         let subs = &mut self.subscriptions;
-        if subs.subs.is_empty() || subs.sink.is_some() || subs.opening || !self.machine.is_up() {
+        if subs.subs.is_empty() || subs.sink.is_some() || subs.opening || !self.link.machine.is_up()
+        {
             return;
         }
         let Some(client) = self.client.clone() else {
@@ -168,7 +170,7 @@ impl RedisActor {
         };
         subs.opening = true;
         let topics = subs.topics();
-        let generation = self.generation;
+        let generation = self.link.generation;
         let deadline = self.shared.settings.deadline;
         let wanted = topics.clone();
         let open = async move {
@@ -180,7 +182,7 @@ impl RedisActor {
             .await
         };
         ctx.spawn(open.into_actor(self).map(move |res, act, ctx| {
-            if act.generation != generation {
+            if act.link.generation != generation {
                 return;
             }
             act.subscriptions.opening = false;
@@ -224,7 +226,7 @@ impl RedisActor {
     /// reported and leaves the main connection alone — the next reconnect tries again.
     fn pubsub_failed(&mut self, generation: u64, e: &RedisError, ctx: &mut Context<Self>) {
         if e.connection_lost() {
-            self.on_failure(generation, e, ctx);
+            link::on_failure(self, generation, e, ctx);
         } else {
             events::emit(PubSubSubscribeFailed {
                 code: e.code(),
@@ -255,7 +257,7 @@ impl RedisActor {
             return;
         }
         subs.active = wanted;
-        let generation = self.generation;
+        let generation = self.link.generation;
         let deadline = self.shared.settings.deadline;
         let sync = async move {
             with_deadline(deadline, async move {
@@ -336,7 +338,7 @@ impl Handler<Subscribe> for RedisActor {
             return Box::pin(actix::fut::ready(Ok(id)));
         }
         // Answer once Redis confirmed, so the caller knows delivery has started.
-        let generation = self.generation;
+        let generation = self.link.generation;
         let deadline = self.shared.settings.deadline;
         let wanted = BTreeSet::from([topic.clone()]);
         let confirm = with_deadline(deadline, subscribe_topics(sink, wanted, true));
@@ -347,7 +349,7 @@ impl Handler<Subscribe> for RedisActor {
                     Ok(()) => Ok(id),
                     Err(e) if e.connection_lost() => {
                         // Kept: resubscribed with everything else after the reconnect.
-                        act.on_failure(generation, &e, ctx);
+                        link::on_failure(act, generation, &e, ctx);
                         Ok(id)
                     }
                     Err(e) => {

@@ -9,6 +9,7 @@
 //! the connection comes up or is lost. "Backend down" is an error in a reply, never a reason
 //! for an actor to stop.
 
+pub mod feed;
 pub mod link;
 
 use std::fmt;

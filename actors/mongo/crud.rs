@@ -16,18 +16,19 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::Message;
+use futures_util::Stream;
 use mongodb::bson::{Bson, Document, RawDocumentBuf};
 use mongodb::options::{FindOneOptions, FindOptions};
 use mongodb::{Collection as DriverCollection, Cursor};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
 use super::collections::{Collection, CollectionSpec};
 use super::{Conn, MAX_DOCUMENT_BYTES, MongoError, MongoOp, Shared, sealed};
+use crate::supervisor::feed::{Feed, Stopped, feed};
 
 // ---------------------------------------------------------------------------------------------
 // Input checks
@@ -313,14 +314,7 @@ pub struct DocStream<T = Document> {
     /// The first batch, read by the call.
     ready: VecDeque<Result<T, MongoError>>,
     /// The rest, when there is more.
-    rest: Option<Rest<T>>,
-}
-
-struct Rest<T> {
-    rx: mpsc::Receiver<Result<T, MongoError>>,
-    /// Set by the pump when it had to stop without being able to queue the error.
-    failed: Arc<OnceLock<MongoError>>,
-    reported: bool,
+    rest: Option<Feed<T, MongoError>>,
 }
 
 impl<T> DocStream<T> {
@@ -333,15 +327,9 @@ impl<T> DocStream<T> {
         if let Some(item) = self.ready.pop_front() {
             return Poll::Ready(Some(item));
         }
-        let Some(rest) = &mut self.rest else {
-            return Poll::Ready(None);
-        };
-        match rest.rx.poll_recv(cx) {
-            Poll::Ready(None) if !rest.reported => {
-                rest.reported = true;
-                Poll::Ready(rest.failed.get().cloned().map(Err))
-            }
-            other => other,
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_next(cx),
+            None => Poll::Ready(None),
         }
     }
 }
@@ -394,13 +382,10 @@ where
         }
     }
 
-    let (tx, rx) = mpsc::channel(shared.settings.stream_buffer);
-    let failed = Arc::new(OnceLock::new());
-    let fail = failed.clone();
+    let (feeder, rest) = feed(shared.settings.stream_buffer, shared.settings.stream_idle);
     let shared = shared.clone();
     tokio::spawn(async move {
         let deadline = shared.settings.deadline;
-        let idle = shared.settings.stream_idle;
         loop {
             let item = match tokio::time::timeout(deadline, cursor.advance()).await {
                 Err(_) => Err(MongoError::deadline(deadline)),
@@ -409,33 +394,28 @@ where
                     Some(item) => item,
                 },
             };
-            let last = item.is_err();
-            if let Err(e) = &item {
-                shared.report(generation, e);
-                let _ = fail.set(e.clone());
-            }
-            match tokio::time::timeout(idle, tx.send(item)).await {
-                Ok(Ok(())) if !last => {}
-                Ok(Ok(())) => return,
-                // The reader dropped the stream: closing the cursor is all that is left.
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    let _ = fail.set(MongoError::StreamIdle {
-                        what: "the reader did not take a document",
-                        after: idle,
-                    });
-                    return;
+            match item {
+                Ok(doc) => match feeder.send(doc).await {
+                    Ok(()) => {}
+                    // The reader dropped the stream: closing the cursor is all that is left.
+                    Err(Stopped::Gone) => return,
+                    Err(Stopped::Idle(after)) => {
+                        return feeder.fail(MongoError::StreamIdle {
+                            what: "the reader did not take a document",
+                            after,
+                        });
+                    }
+                },
+                Err(e) => {
+                    shared.report(generation, &e);
+                    return feeder.fail(e);
                 }
             }
         }
     });
     DocStream {
         ready,
-        rest: Some(Rest {
-            rx,
-            failed,
-            reported: false,
-        }),
+        rest: Some(rest),
     }
 }
 

@@ -21,6 +21,7 @@ use super::locks::FENCE_PREFIX;
 use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once, with_deadline};
 use crate::glob::glob_match;
 use crate::redact;
+use crate::supervisor::feed::{Feed, Feeder, Stopped, feed};
 
 /// Keys read per SCAN step (a hint to Redis) and written per import pipeline: small enough
 /// that a batch of large values stays well inside the call deadline.
@@ -73,9 +74,10 @@ pub struct ExportedKey {
 }
 
 /// Starts an export of the keys matching `pattern` (`None`: `lucid:*`) and answers the stream.
-/// The stream ends after the last key, or with one `Err` item.
+/// The stream ends after the last key, or with one `Err` item (a reader that stops taking keys
+/// for `supervisor.stream_idle_timeout` gets `stream_idle` once it reads again).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError>")]
+#[rtype(result = "Result<Feed<ExportedKey, RedisError>, RedisError>")]
 pub struct Export {
     pub pattern: Option<String>,
 }
@@ -121,7 +123,7 @@ impl ImportSummary {
 // Handlers
 
 impl Handler<Export> for RedisActor {
-    type Result = Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError>;
+    type Result = Result<Feed<ExportedKey, RedisError>, RedisError>;
 
     fn handle(&mut self, msg: Export, _: &mut Context<Self>) -> Self::Result {
         self.shared.usable()?;
@@ -130,20 +132,19 @@ impl Handler<Export> for RedisActor {
             return Err(RedisError::invalid("pattern", "must start with \"lucid:\""));
         }
         let client = self.stream_client()?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (feeder, keys) = feed(CHANNEL_CAPACITY, self.shared.settings().stream_idle);
         let shared = self.shared.clone();
         actix_rt::spawn(async move {
             let settings = shared.settings();
             let exported = async {
                 let (conn, _) = connect_once(client, settings.deadline).await?;
-                export(conn, &pattern, settings, &tx).await
+                export(conn, &pattern, settings, &feeder).await
             };
             if let Err(e) = exported.await {
-                // The consumer may be gone; then there is nobody to tell.
-                let _ = tx.send_timeout(Err(e), settings.stream_idle).await;
+                feeder.fail(e);
             }
         });
-        Ok(rx)
+        Ok(keys)
     }
 }
 
@@ -184,7 +185,7 @@ async fn export(
     mut conn: MultiplexedConnection,
     pattern: &str,
     settings: &Settings,
-    tx: &mpsc::Sender<Result<ExportedKey, RedisError>>,
+    feeder: &Feeder<ExportedKey, RedisError>,
 ) -> Result<(), RedisError> {
     let deadline = settings.deadline;
     let mut cursor: u64 = 0;
@@ -237,16 +238,16 @@ async fn export(
                     payload,
                     expires_at_ms: (pttl >= 0).then(|| now_ms + pttl as u64),
                 };
-                match tx.send_timeout(Ok(item), settings.stream_idle).await {
+                match feeder.send(item).await {
                     Ok(()) => {}
-                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    Err(Stopped::Idle(after)) => {
                         return Err(RedisError::StreamIdle {
                             what: "export consumer stopped reading",
-                            after: settings.stream_idle,
+                            after,
                         });
                     }
                     // The consumer went away: the export is abandoned.
-                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return Ok(()),
+                    Err(Stopped::Gone) => return Ok(()),
                 }
             }
         }
@@ -391,9 +392,7 @@ async fn import(
 
 impl RedisHandle {
     /// Streams every `lucid:*` key; see [`Export`].
-    pub async fn export(
-        &self,
-    ) -> Result<mpsc::Receiver<Result<ExportedKey, RedisError>>, RedisError> {
+    pub async fn export(&self) -> Result<Feed<ExportedKey, RedisError>, RedisError> {
         self.send(Export { pattern: None }).await
     }
 
@@ -420,12 +419,7 @@ impl RedisHandle {
 
     /// Waits for every item of an export (for tests and small datasets; backups stream).
     pub async fn export_all(&self) -> Result<Vec<ExportedKey>, RedisError> {
-        let mut rx = self.export().await?;
-        let mut out = Vec::new();
-        while let Some(item) = rx.recv().await {
-            out.push(item?);
-        }
-        Ok(out)
+        self.export().await?.collect().await
     }
 }
 

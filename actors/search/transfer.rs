@@ -16,17 +16,13 @@
 //! `bulk_max_bytes`; a write block the index had is set again after the load. If anything
 //! fails, the index the import created is deleted: nothing is left half restored.
 
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-
 use elasticsearch::http::Method;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
 use super::{Conn, Request, SearchError, SearchHandle, within};
+use crate::supervisor::feed::{Feed, Stopped, feed};
 
 /// The format of [`IndexMetadata`]; bumped on incompatible changes.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -65,35 +61,7 @@ pub struct IndexMetadata {
 
 /// An export's documents as NDJSON lines, as they arrive (see the module doc). A failure is
 /// the last item, never a silent end.
-pub struct ExportStream {
-    rx: mpsc::Receiver<Result<Vec<u8>, SearchError>>,
-    failed: Arc<OnceLock<SearchError>>,
-    reported: bool,
-}
-
-impl ExportStream {
-    pub async fn next(&mut self) -> Option<Result<Vec<u8>, SearchError>> {
-        std::future::poll_fn(|cx| self.poll_item(cx)).await
-    }
-
-    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Vec<u8>, SearchError>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(None) if !self.reported => {
-                self.reported = true;
-                Poll::Ready(self.failed.get().cloned().map(Err))
-            }
-            other => other,
-        }
-    }
-}
-
-impl Stream for ExportStream {
-    type Item = Result<Vec<u8>, SearchError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_item(cx)
-    }
-}
+pub type ExportStream = Feed<Vec<u8>, SearchError>;
 
 /// How an import goes.
 #[derive(Debug, Clone, Default)]
@@ -243,9 +211,7 @@ impl SearchHandle {
                 return Err(e);
             }
         };
-        let (tx, rx) = mpsc::channel(256);
-        let failed = Arc::new(OnceLock::new());
-        let fail = failed.clone();
+        let (feeder, lines) = feed(256, idle);
         tokio::spawn(async move {
             let mut page = first;
             let mut scroll_id = page["_scroll_id"].as_str().map(str::to_owned);
@@ -260,14 +226,14 @@ impl SearchHandle {
                             .to_string()
                             .into_bytes();
                         line.push(b'\n');
-                        match tokio::time::timeout(idle, tx.send(Ok(line))).await {
-                            Ok(Ok(())) => {}
+                        match feeder.send(line).await {
+                            Ok(()) => {}
                             // The reader dropped the stream.
-                            Ok(Err(_)) => return Ok(()),
-                            Err(_) => {
+                            Err(Stopped::Gone) => return Ok(()),
+                            Err(Stopped::Idle(after)) => {
                                 return Err(SearchError::StreamIdle {
                                     what: "the reader did not take a document",
-                                    after: idle,
+                                    after,
                                 });
                             }
                         }
@@ -297,18 +263,10 @@ impl SearchHandle {
                 .await;
             }
             if let Err(e) = outcome {
-                let _ = fail.set(e.clone());
-                let _ = tx.try_send(Err(e));
+                feeder.fail(e);
             }
         });
-        Ok((
-            metadata,
-            ExportStream {
-                rx,
-                failed,
-                reported: false,
-            },
-        ))
+        Ok((metadata, lines))
     }
 
     /// Imports one index from an export (see the module doc). `lines` yields the export's

@@ -1305,3 +1305,37 @@ async fn service_calls_never_hang_on_a_frozen_or_dead_server() {
     assert_eq!(r.cache_get::<String>(&key).await.expect("get"), None);
     stop(handles).await;
 }
+
+#[actix_rt::test]
+async fn an_export_the_reader_abandons_ends_with_an_error_not_silently() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |c| {
+        c.supervisor.stream_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut pipe = redis::pipe();
+    for i in 0..3000 {
+        pipe.cmd("SET")
+            .arg(format!("lucid:bulk:item:{i}"))
+            .arg(i)
+            .ignore();
+    }
+    let () = pipe.query_async(&mut raw).await.expect("seed");
+    let mut keys = r.export().await.expect("export");
+    // Read one, then stall well past the idle timeout with the channel full.
+    assert!(matches!(keys.next().await, Some(Ok(_))));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (mut n, mut errors) = (1, Vec::new());
+    while let Some(item) = keys.next().await {
+        match item {
+            Ok(_) => n += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(n < 3000, "the export stopped early ({n} read)");
+    assert!(
+        matches!(errors.as_slice(), [RedisError::StreamIdle { .. }]),
+        "one stream_idle error at the end: {errors:?}"
+    );
+    stop(handles).await;
+}

@@ -24,7 +24,7 @@ use lucid_actors::mongo::bson::{DateTime, Document, doc};
 use lucid_actors::mongo::{Aggregate, Collection, FindOne, InsertOne, MongoHandle, UpdateOne};
 use lucid_actors::redis::{CacheGet, CacheSet, Key, RateSubject, RedisHandle, locks, ratelimit};
 use lucid_actors::search::{Bulk, BulkDoc, Entity, Filter, Search, SearchHandle};
-use lucid_actors::{Config, Roles};
+use lucid_actors::{Config, Handles, Roles};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
@@ -528,20 +528,18 @@ fn redis_section(
 ) -> (Vec<Row>, serde_json::Value) {
     let system = actix_rt::System::new();
     system.block_on(async {
-        let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
-        cfg.redis.url = server.url().into();
-        cfg.mongodb.enabled = false;
-        cfg.elasticsearch.enabled = false;
-        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let (handles, _) = start_only(
+            |c| {
+                c.redis.enabled = true;
+                c.redis.url = server.url().into();
+            },
+            |_| true,
+        )
+        .await;
         let h = handles
             .redis
             .clone()
             .unwrap_or_else(|| panic!("redis enabled"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while handles.registry.readiness().is_err() {
-            assert!(Instant::now() < deadline, "redis actor never came up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         let conn = redis::Client::open(server.url())
             .unwrap_or_else(|e| panic!("client: {e}"))
             .get_multiplexed_async_connection()
@@ -562,6 +560,38 @@ fn redis_section(
         };
         (rows, bench)
     })
+}
+
+/// The actors with only the backend `configure` enables, once it is up and `ready` holds (its
+/// bootstrap has run).
+async fn start_only(
+    configure: impl FnOnce(&mut Config),
+    ready: impl Fn(&Handles) -> bool,
+) -> (Handles, Config) {
+    let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+    cfg.redis.enabled = false;
+    cfg.mongodb.enabled = false;
+    cfg.elasticsearch.enabled = false;
+    configure(&mut cfg);
+    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handles.registry.readiness().is_err() || !ready(&handles) {
+        assert!(
+            Instant::now() < deadline,
+            "the actor never came up (and bootstrapped)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (handles, cfg)
+}
+
+/// Both paths of every workload compared — or one path alone under callgrind.
+async fn run(workloads: &[Workload], duration: Duration) -> Vec<Row> {
+    if only_one_path(workloads, duration).await {
+        Vec::new()
+    } else {
+        compare(workloads, duration).await
+    }
 }
 
 /// Runs every workload at each number in flight, the actor and direct paths interleaved, and
@@ -1025,23 +1055,22 @@ fn mongo_section(
 ) -> Vec<Row> {
     let system = actix_rt::System::new();
     system.block_on(async {
-        let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
-        cfg.mongodb.url = server.url().into();
-        cfg.redis.enabled = false;
-        cfg.elasticsearch.enabled = false;
-        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let (handles, cfg) = start_only(
+            |c| {
+                c.mongodb.enabled = true;
+                c.mongodb.url = server.url().into();
+            },
+            |h| {
+                h.mongo
+                    .as_ref()
+                    .is_some_and(|m| m.last_bootstrap().is_some())
+            },
+        )
+        .await;
         let h = handles
             .mongo
             .clone()
             .unwrap_or_else(|| panic!("mongodb enabled"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while handles.registry.readiness().is_err() || h.last_bootstrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "mongo actor never came up and bootstrapped"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         // The direct path gets the same pool size as the actor's client.
         let mut options = mongodb::options::ClientOptions::parse(server.url())
             .await
@@ -1058,12 +1087,7 @@ fn mongo_section(
             panic!("seeding users: {e}");
         }
 
-        let workloads = wanted(mongo_workloads(h, db), filter);
-        let rows = if only_one_path(&workloads, duration).await {
-            Vec::new()
-        } else {
-            compare(&workloads, duration).await
-        };
+        let rows = run(&wanted(mongo_workloads(h, db), filter), duration).await;
         handles.shutdown(Duration::from_secs(1)).await;
         rows
     })
@@ -1258,25 +1282,24 @@ fn es_section(
 ) -> Vec<Row> {
     let system = actix_rt::System::new();
     system.block_on(async {
-        let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
-        cfg.elasticsearch.url = server.url().into();
-        // The indexer's batches as large as the direct path's requests.
-        cfg.elasticsearch.bulk_max_docs = ES_BULK_DOCS;
-        cfg.redis.enabled = false;
-        cfg.mongodb.enabled = false;
-        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let (handles, _) = start_only(
+            |c| {
+                c.elasticsearch.enabled = true;
+                c.elasticsearch.url = server.url().into();
+                // The indexer's batches as large as the direct path's requests.
+                c.elasticsearch.bulk_max_docs = ES_BULK_DOCS;
+            },
+            |h| {
+                h.search
+                    .as_ref()
+                    .is_some_and(|s| s.last_bootstrap().is_some())
+            },
+        )
+        .await;
         let h = handles
             .search
             .clone()
             .unwrap_or_else(|| panic!("elasticsearch enabled"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while handles.registry.readiness().is_err() || h.last_bootstrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "search actor never came up and bootstrapped"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         let transport = elasticsearch::http::transport::Transport::single_node(&server.url())
             .unwrap_or_else(|e| panic!("transport: {e}"));
         let client = elasticsearch::Elasticsearch::new(transport);
@@ -1299,12 +1322,7 @@ fn es_section(
             .unwrap_or_else(|e| panic!("seeding sessions: {e}"));
         assert_eq!(seeded.failed, 0, "seeding sessions");
 
-        let workloads = wanted(es_workloads(h, client), filter);
-        let rows = if only_one_path(&workloads, duration).await {
-            Vec::new()
-        } else {
-            compare(&workloads, duration).await
-        };
+        let rows = run(&wanted(es_workloads(h, client), filter), duration).await;
         handles.shutdown(Duration::from_secs(1)).await;
         rows
     })

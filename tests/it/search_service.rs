@@ -1555,3 +1555,48 @@ async fn the_bulk_indexer_answers_busy_while_a_blocked_cluster_holds_its_budget(
     assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(h.indexer_stats().held_bytes, 0);
 }
+
+#[actix_rt::test]
+async fn stopping_the_daemon_sends_what_the_bulk_indexer_still_holds() {
+    let server = elasticsearch();
+    let mut cfg = config(&server);
+    // Nothing would go for a minute on its own.
+    cfg.elasticsearch.bulk_flush_interval = Duration::from_secs(60);
+    let handles = lucid_actors::start(&cfg, lucid_actors::Roles::Stores);
+    let h = handles.search.clone().expect("elasticsearch enabled");
+    wait_until(Duration::from_secs(10), "up and bootstrapped", || {
+        handles.registry.readiness().is_ok() && h.last_bootstrap().is_some()
+    })
+    .await;
+    let now = Utc::now();
+    let submitted: Vec<_> = (0..25)
+        .map(|i| {
+            let h = h.clone();
+            let doc = BulkDoc {
+                id: Some(format!("held{i}")),
+                source: json!({"tx_id": format!("held{i}"), "timestamp": now.to_rfc3339()}),
+            };
+            actix_rt::spawn(async move { h.submit(Entity::Transactions, doc).await })
+        })
+        .collect();
+    wait_until(Duration::from_secs(2), "all 25 queued", || {
+        h.indexer_stats().submitted == 25
+    })
+    .await;
+    assert_eq!(h.indexer_stats().batches, 0, "nothing sent before the stop");
+
+    let started = Instant::now();
+    let late = handles.shutdown(Duration::from_secs(4)).await;
+    assert!(late.is_empty(), "{late:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    for s in submitted {
+        s.await.expect("join").expect("indexed at the stop");
+    }
+    let raw = Raw::new(&server);
+    let (status, _) = raw
+        .req(Method::Post, "/lucid-transactions/_refresh", None)
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = raw.get("/lucid-transactions/_count").await;
+    assert_eq!(body["count"], 25, "{body}");
+}

@@ -145,10 +145,6 @@ impl MongoError {
         }
     }
 
-    fn connection_lost(&self) -> bool {
-        matches!(self, MongoError::Connection { .. })
-    }
-
     fn is_deadline(&self) -> bool {
         matches!(self, MongoError::Call(CallError::DeadlineExceeded { .. }))
     }
@@ -603,7 +599,7 @@ impl LinkError for MongoError {
     }
 
     fn connection_lost(&self) -> bool {
-        MongoError::connection_lost(self)
+        matches!(self, MongoError::Connection { .. })
     }
 }
 

@@ -141,11 +141,6 @@ impl RedisError {
         }
     }
 
-    /// Whether this error means the connection itself is gone (as opposed to one bad reply).
-    fn connection_lost(&self) -> bool {
-        matches!(self, RedisError::Connection { .. })
-    }
-
     fn is_deadline(&self) -> bool {
         matches!(self, RedisError::Call(CallError::DeadlineExceeded { .. }))
     }
@@ -570,8 +565,9 @@ impl LinkError for RedisError {
         RedisError::code(self)
     }
 
+    /// Whether this error means the connection itself is gone (as opposed to one bad reply).
     fn connection_lost(&self) -> bool {
-        RedisError::connection_lost(self)
+        matches!(self, RedisError::Connection { .. })
     }
 }
 

@@ -142,10 +142,6 @@ impl SearchError {
         }
     }
 
-    fn connection_lost(&self) -> bool {
-        matches!(self, SearchError::Connection { .. })
-    }
-
     fn is_deadline(&self) -> bool {
         matches!(self, SearchError::Call(CallError::DeadlineExceeded { .. }))
     }
@@ -834,7 +830,7 @@ impl LinkError for SearchError {
     }
 
     fn connection_lost(&self) -> bool {
-        SearchError::connection_lost(self)
+        matches!(self, SearchError::Connection { .. })
     }
 }
 

@@ -25,7 +25,7 @@ use super::keys::check_id;
 use super::sealed::Sealed;
 use super::{RedisActor, RedisError, RedisHandle, RedisOp, Shared, with_deadline};
 use crate::events::{self, PubSubOverflow, PubSubResubscribed, PubSubSubscribeFailed};
-use crate::supervisor::link;
+use crate::supervisor::link::{self, LinkError};
 
 // ---------------------------------------------------------------------------------------------
 // Messages

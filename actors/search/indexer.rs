@@ -81,7 +81,7 @@ struct Queued {
     doc: Prepared,
     reply: oneshot::Sender<Result<IndexReply, SearchError>>,
     /// The document's share of the budget, given back with its outcome.
-    _room: OwnedSemaphorePermit,
+    room: OwnedSemaphorePermit,
 }
 
 enum Command {
@@ -184,11 +184,7 @@ impl Indexer {
     ) -> Result<IndexReply, SearchError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Doc(Queued {
-                doc,
-                reply,
-                _room: room,
-            }))
+            .send(Command::Doc(Queued { doc, reply, room }))
             .map_err(|_| stopped())?;
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
         answer.await.map_err(|_| stopped())?
@@ -222,7 +218,7 @@ async fn run<S, F>(
         let command = tokio::select! {
             biased;
             command = rx.recv() => command,
-            () = &mut timer, if batch.due.is_some() => {
+            () = &mut timer, if !batch.docs.is_empty() => {
                 batch.send(&slots, &send, &counters).await;
                 continue;
             }
@@ -234,9 +230,7 @@ async fn run<S, F>(
                     batch.send(&slots, &send, &counters).await;
                 }
                 if batch.docs.is_empty() {
-                    let due = Instant::now() + limits.flush_interval;
-                    batch.due = Some(due);
-                    timer.as_mut().reset(due);
+                    timer.as_mut().reset(Instant::now() + limits.flush_interval);
                 }
                 batch.bytes += size;
                 batch.docs.push(q);
@@ -262,12 +256,11 @@ async fn run<S, F>(
     }
 }
 
+/// The documents gathered for the next request. The timer runs while it is not empty.
 #[derive(Default)]
 struct Batch {
     docs: Vec<Queued>,
     bytes: usize,
-    /// When the first document has waited `flush_interval`.
-    due: Option<Instant>,
 }
 
 impl Batch {
@@ -278,7 +271,6 @@ impl Batch {
         S: Fn(Vec<Prepared>) -> F,
         F: Future<Output = Vec<Outcome>> + Send + 'static,
     {
-        self.due = None;
         self.bytes = 0;
         if self.docs.is_empty() {
             return;
@@ -291,7 +283,7 @@ impl Batch {
         for (pos, mut q) in std::mem::take(&mut self.docs).into_iter().enumerate() {
             q.doc.pos = pos;
             docs.push(q.doc);
-            callers.push(Some((q.reply, q._room)));
+            callers.push(Some((q.reply, q.room)));
         }
         counters.batches.fetch_add(1, Ordering::Relaxed);
         let sending = send(docs);

@@ -231,6 +231,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// One bulk request's timeout: it takes longer than one call.
+    pub(crate) fn bulk_timeout(&self) -> Duration {
+        self.stream_idle.max(self.deadline)
+    }
+
     pub fn from_config(cfg: &ElasticsearchConfig, sup: &SupervisorConfig) -> Self {
         Settings {
             deadline: sup.call_deadline,
@@ -488,19 +493,13 @@ async fn send_indexed(
         Ok(usable) => usable,
         Err(e) => return fail_all(batch, e),
     };
-    let settings = &shared.settings;
-    let timeout = settings.stream_idle.max(settings.deadline);
-    let (outcomes, _) =
-        documents::send_batch(&conn, batch, false, settings.bulk_retries, timeout).await;
-    let mut late = 0;
-    for (_, outcome) in &outcomes {
-        match outcome {
-            Ok(reply) if reply.late => late += 1,
-            Err(e) if e.connection_lost() => shared.report(generation, e),
-            _ => {}
-        }
+    let (outcomes, _) = documents::send_batch(&conn, &shared, batch, false).await;
+    if let Some(e) = outcomes
+        .iter()
+        .find_map(|(_, outcome)| outcome.as_ref().err().filter(|e| e.connection_lost()))
+    {
+        shared.report(generation, e);
     }
-    shared.count_late(late);
     outcomes
 }
 

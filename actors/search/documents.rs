@@ -579,15 +579,16 @@ fn batches(docs: Vec<Prepared>, max_docs: usize, max_bytes: usize) -> Vec<Vec<Pr
 pub(crate) type Outcome = (usize, Result<IndexReply, SearchError>);
 
 /// Sends one request's documents, retrying 429/503 items (and the whole request on a 429
-/// or 503 answer); re-routes items whose own index turned read-only. Answers each
-/// document's outcome and the requests sent.
+/// or 503 answer) up to `bulk_retries` times; re-routes items whose own index turned
+/// read-only, and counts the documents that went late. Answers each document's outcome and
+/// the requests sent.
 pub(crate) async fn send_batch(
     conn: &Conn,
+    shared: &Shared,
     mut pending: Vec<Prepared>,
     refresh: bool,
-    retries: u32,
-    timeout: Duration,
 ) -> (Vec<Outcome>, u64) {
+    let retries = shared.settings.bulk_retries;
     let mut done = Vec::new();
     let mut requests = 0;
     let mut attempt = 0;
@@ -598,7 +599,7 @@ pub(crate) async fn send_batch(
         }
         let mut req = Request::new(Method::Post, "/_bulk").ndjson(body);
         // A full request takes longer than one call; the bulk as a whole has its own deadline.
-        req.timeout = Some(timeout);
+        req.timeout = Some(shared.settings.bulk_timeout());
         if refresh {
             req = req.query("refresh", "wait_for");
         }
@@ -663,6 +664,11 @@ pub(crate) async fn send_batch(
         }
         pending = again;
     }
+    let late = done
+        .iter()
+        .filter(|(_, outcome)| outcome.as_ref().is_ok_and(|r| r.late))
+        .count();
+    shared.count_late(late as u64);
     (done, requests)
 }
 
@@ -720,15 +726,7 @@ impl SearchOp for Bulk {
             let batches = batches(ready, settings.bulk_max_docs, settings.bulk_max_bytes);
             let mut requests = 0;
             let mut results = futures_util::stream::iter(batches)
-                .map(|batch| {
-                    send_batch(
-                        &conn,
-                        batch,
-                        self.refresh,
-                        settings.bulk_retries,
-                        settings.stream_idle.max(settings.deadline),
-                    )
-                })
+                .map(|batch| send_batch(&conn, &shared, batch, self.refresh))
                 .buffer_unordered(settings.bulk_in_flight);
             while let Some((done, sent)) = results.next().await {
                 requests += sent;
@@ -755,7 +753,6 @@ impl SearchOp for Bulk {
                 .iter()
                 .filter(|i| matches!(i, BulkItem::Indexed(r) if r.late))
                 .count() as u64;
-            shared.count_late(late);
             let indexed = items.iter().filter(|i| i.is_ok()).count() as u64;
             Ok(BulkReply {
                 failed: items.len() as u64 - indexed,

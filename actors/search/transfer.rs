@@ -378,7 +378,7 @@ where
     let mut requests = 0u64;
     let flush = |body: Vec<u8>| async move {
         let mut req = Request::new(Method::Post, "/_bulk").ndjson(body);
-        req.timeout = Some(settings.stream_idle.max(settings.deadline));
+        req.timeout = Some(settings.bulk_timeout());
         let answer = conn.send(req).await?.body;
         if answer["errors"] == true {
             let first = answer["items"]

@@ -1409,6 +1409,9 @@ async fn the_bulk_indexer_batches_single_documents_and_answers_each_caller_its_o
         c.elasticsearch.bulk_max_docs = 100;
         c.elasticsearch.bulk_in_flight = 2;
         c.elasticsearch.bulk_flush_interval = Duration::from_millis(200);
+        // The count after 1,000 writes can pass the 500 ms test deadline while other tests
+        // load a 2-core CI machine.
+        c.supervisor.call_deadline = Duration::from_secs(5);
     })
     .await;
     let n = 1000;

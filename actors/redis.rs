@@ -115,6 +115,10 @@ pub enum RedisError {
     /// An export or import stream made no progress for `supervisor.stream_idle_timeout`.
     #[error("stream idle for {} ms: {what}", .after.as_millis())]
     StreamIdle { what: &'static str, after: Duration },
+    /// The import's source failed mid-stream (a corrupt artifact, a lost disk): the import is
+    /// a failure, never a silently partial restore, and says how far it got.
+    #[error("the import source failed after {written} keys were written: {reason}")]
+    ImportSource { written: u64, reason: String },
 }
 
 impl RedisError {
@@ -131,6 +135,7 @@ impl RedisError {
             RedisError::NotHeld { .. } => "not_held",
             RedisError::LockBusy { .. } => "lock_busy",
             RedisError::StreamIdle { .. } => "stream_idle",
+            RedisError::ImportSource { .. } => "import_source_failed",
         }
     }
 

@@ -1,4 +1,4 @@
-//! Export and import of Lucid's Redis data, for backups (DESIGN §1, §3).
+//! Export and import of Lucid's Redis data, for backups (docs/architecture.md, Streams and deadlines).
 //!
 //! Export walks the keyspace with `SCAN … MATCH lucid:*` (never `KEYS`, which blocks the
 //! server) and streams each key as ([`ExportedKey`]) its name, type, `DUMP` payload and
@@ -10,12 +10,14 @@
 //! counter to max(current, restored) + `redis.fence_margin` instead of overwriting it.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream, StreamExt};
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::locks::FENCE_PREFIX;
 use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once, with_deadline};
@@ -28,6 +30,9 @@ use crate::supervisor::feed::{Feed, Feeder, Stopped, feed};
 const BATCH: usize = 64;
 /// Items buffered between the producer and the consumer of a stream.
 const CHANNEL_CAPACITY: usize = 512;
+/// How long [`RedisHandle::import_feed`]'s writer waits for room before it gives up (the
+/// import itself bounds its wait by `supervisor.stream_idle_timeout`).
+const IMPORT_FEED_IDLE: Duration = Duration::from_secs(30);
 /// What an export walks by default: everything lucid-db writes.
 pub const DEFAULT_PATTERN: &str = "lucid:*";
 
@@ -82,11 +87,22 @@ pub struct Export {
     pub pattern: Option<String>,
 }
 
-/// Restores the keys of `source` until it ends; answers what was done.
-#[derive(Debug, Message)]
+/// Restores the keys of `source` until it ends; answers what was done. An `Err` item from the
+/// source fails the import ([`RedisError::ImportSource`], with the keys written so far): a
+/// restore that read only half its artifact must not look complete.
+#[derive(Message)]
 #[rtype(result = "Result<ImportSummary, RedisError>")]
 pub struct Import {
-    pub source: mpsc::Receiver<ExportedKey>,
+    pub source: ImportSource,
+}
+
+/// What [`Import`] reads: any stream of keys whose error is reported as text.
+pub type ImportSource = BoxStream<'static, Result<ExportedKey, String>>;
+
+impl std::fmt::Debug for Import {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Import").finish_non_exhaustive()
+    }
 }
 
 /// What an import did.
@@ -291,17 +307,27 @@ static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
 
 async fn import(
     mut conn: MultiplexedConnection,
-    mut source: mpsc::Receiver<ExportedKey>,
+    mut source: ImportSource,
     settings: &Settings,
 ) -> Result<ImportSummary, RedisError> {
     let deadline = settings.deadline;
     let mut summary = ImportSummary::default();
     let mut batch = Vec::with_capacity(BATCH);
+    // The source's error, held until the keys read before it are written, so the count the
+    // failure reports is what is really in Redis.
+    let mut source_failed: Option<String> = None;
     loop {
+        if let Some(reason) = source_failed.take() {
+            return Err(RedisError::ImportSource {
+                written: summary.restored + summary.fences_raised,
+                reason: redact::text(&reason),
+            });
+        }
         batch.clear();
         // Wait (idle timeout) for the first item, then take whatever is ready, up to BATCH.
-        match tokio::time::timeout(settings.stream_idle, source.recv()).await {
-            Ok(Some(item)) => batch.push(item),
+        match tokio::time::timeout(settings.stream_idle, source.next()).await {
+            Ok(Some(Ok(item))) => batch.push(item),
+            Ok(Some(Err(reason))) => source_failed = Some(reason),
             Ok(None) => return Ok(summary),
             Err(_) => {
                 return Err(RedisError::StreamIdle {
@@ -310,10 +336,12 @@ async fn import(
                 });
             }
         }
-        while batch.len() < BATCH {
-            match source.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+        while batch.len() < BATCH && source_failed.is_none() {
+            match source.next().now_or_never() {
+                Some(Some(Ok(item))) => batch.push(item),
+                Some(Some(Err(reason))) => source_failed = Some(reason),
+                // The source ended: the next wait sees it at once.
+                Some(None) | None => break,
             }
         }
         let now_ms = with_deadline(deadline, async {
@@ -398,11 +426,13 @@ impl RedisHandle {
 
     /// Restores keys from `source`; see [`Import`]. The reply comes when the source ends, so
     /// the call waits as long as the source takes (each step still has the call deadline, and
-    /// the source its idle timeout).
-    pub async fn import(
-        &self,
-        source: mpsc::Receiver<ExportedKey>,
-    ) -> Result<ImportSummary, RedisError> {
+    /// the source its idle timeout). An `Err` from the source fails the import.
+    pub async fn import<S, E>(&self, source: S) -> Result<ImportSummary, RedisError>
+    where
+        S: Stream<Item = Result<ExportedKey, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let source = source.map(|item| item.map_err(|e| e.to_string())).boxed();
         // Not `call`: its deadline is for short requests.
         // No overall deadline: an import takes as long as its source (each step has the call
         // deadline, the source its idle timeout).
@@ -412,9 +442,10 @@ impl RedisHandle {
             .map_err(|e| crate::supervisor::not_delivered(crate::Backend::Redis, e))?
     }
 
-    /// A bounded channel of the size imports read in; for feeding [`RedisHandle::import`].
-    pub fn import_channel() -> (mpsc::Sender<ExportedKey>, mpsc::Receiver<ExportedKey>) {
-        mpsc::channel(CHANNEL_CAPACITY)
+    /// A bounded feed of the size imports read in, for feeding [`RedisHandle::import`] by
+    /// hand: send keys through the [`Feeder`], end it with [`Feeder::fail`] to fail the import.
+    pub fn import_feed() -> (Feeder<ExportedKey, String>, Feed<ExportedKey, String>) {
+        feed(CHANNEL_CAPACITY, IMPORT_FEED_IDLE)
     }
 
     /// Waits for every item of an export (for tests and small datasets; backups stream).

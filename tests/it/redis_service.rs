@@ -28,7 +28,7 @@ async fn start(
 ) -> (Handles, RedisHandle, redis::aio::MultiplexedConnection) {
     let mut cfg = config(&server.url());
     tweak(&mut cfg);
-    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let handles = lucid_actors::start(&cfg, Roles::SIBLING);
     let redis_h = handles.redis.clone().expect("redis enabled");
     wait_until(Duration::from_secs(5), "redis up", || {
         handles.registry.readiness().is_ok()
@@ -422,7 +422,7 @@ async fn rate_limit_follows_the_configured_policy_while_redis_is_down() {
         let cap = events::capture();
         let mut cfg = config(&format!("redis://127.0.0.1:{}/0", free_port()));
         cfg.redis.rate_limit_when_down = policy;
-        let handles = lucid_actors::start(&cfg, Roles::Stores);
+        let handles = lucid_actors::start(&cfg, Roles::SIBLING);
         let r = handles.redis.clone().expect("redis");
         wait_until(Duration::from_secs(2), "first failure", || {
             !cap.named("backend.down").is_empty()
@@ -744,7 +744,7 @@ async fn a_refused_subscription_is_an_error_and_leaves_the_backend_up() {
     let url = format!("redis://lucid:pw@{}/0", server.addr());
     let mut cfg = config(&url);
     cfg.mongodb.enabled = false;
-    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let handles = lucid_actors::start(&cfg, Roles::SIBLING);
     let r = handles.redis.clone().expect("redis");
     wait_until(Duration::from_secs(5), "redis up", || {
         handles.registry.readiness().is_ok()
@@ -925,14 +925,12 @@ async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come
     // The target's own counter is ahead of the backup's: the import must keep the larger.
     let ahead = guard.fence + 5000;
     let () = raw.set("lucid:locks:fence:all", ahead).await.expect("SET");
-    let (tx, rx) = RedisHandle::import_channel();
-    let feeder = actix_rt::spawn(async move {
-        for item in exported {
-            tx.send(item).await.expect("feed");
-        }
-    });
-    let summary = r.import(rx).await.expect("import");
-    feeder.await.expect("feeder");
+    let summary = r
+        .import(futures_util::stream::iter(
+            exported.into_iter().map(Ok::<_, String>),
+        ))
+        .await
+        .expect("import");
     assert_eq!(summary.skipped_not_restorable, 2, "{summary:?}"); // the lock and the rate-limit window
     assert_eq!(summary.skipped_expired, 1, "{summary:?}");
     assert_eq!(summary.fences_raised, 1, "{summary:?}");
@@ -1169,20 +1167,17 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
         .query_async(&mut raw)
         .await
         .expect("FLUSHALL");
-    let (tx, rx) = RedisHandle::import_channel();
-    let feeder = actix_rt::spawn(async move {
-        for item in exported {
-            tx.send(item).await.expect("feed");
-        }
-    });
-    let summary = r.import(rx).await.expect("import");
-    feeder.await.expect("feeder");
+    let summary = r
+        .import(futures_util::stream::iter(
+            exported.into_iter().map(Ok::<_, String>),
+        ))
+        .await
+        .expect("import");
     assert_eq!((summary.restored, summary.failed), (1000, 0), "{summary:?}");
     let v: i64 = raw.get("lucid:bulk:item:999").await.expect("GET");
     assert_eq!(v, 999);
 
     // A corrupt payload fails that key alone; a key outside lucid:* is refused.
-    let (tx, rx) = RedisHandle::import_channel();
     let mut good = r
         .export_all()
         .await
@@ -1197,11 +1192,12 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
     foreign.key = "other:key".into();
     good.push(bad);
     good.push(foreign);
-    for item in good {
-        tx.send(item).await.expect("feed");
-    }
-    drop(tx);
-    let summary = r.import(rx).await.expect("import");
+    let summary = r
+        .import(futures_util::stream::iter(
+            good.into_iter().map(Ok::<_, String>),
+        ))
+        .await
+        .expect("import");
     assert_eq!(
         (summary.restored, summary.failed, summary.skipped_foreign),
         (2, 1, 1),
@@ -1210,6 +1206,44 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
     assert_eq!(summary.failures[0].0, "lucid:bulk:corrupt:1");
     let exists: bool = raw.exists("other:key").await.expect("EXISTS");
     assert!(!exists);
+
+    // A source that fails mid-stream fails the import — never a silently partial restore —
+    // and says how many keys it had written.
+    let three: Vec<_> = r
+        .export_all()
+        .await
+        .expect("export")
+        .into_iter()
+        .filter(|k| k.key.starts_with("lucid:bulk:item:"))
+        .take(3)
+        .collect();
+    assert_eq!(three.len(), 3);
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw)
+        .await
+        .expect("FLUSHALL");
+    let (feeder, source) = RedisHandle::import_feed();
+    let producer = actix_rt::spawn(async move {
+        for key in three {
+            feeder.send(key).await.expect("feed");
+        }
+        feeder.fail("the artifact ended early".to_owned());
+    });
+    let err = r.import(source).await.expect_err("a failed source fails");
+    producer.await.expect("producer");
+    assert_eq!(err.code(), "import_source_failed", "{err}");
+    match err {
+        RedisError::ImportSource { written, reason } => {
+            assert_eq!(written, 3);
+            assert!(reason.contains("ended early"), "{reason}");
+        }
+        other => panic!("expected ImportSource, got {other:?}"),
+    }
+    let left: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut raw)
+        .await
+        .expect("DBSIZE");
+    assert_eq!(left, 3, "the count reported is what Redis holds");
     stop(handles).await;
 }
 

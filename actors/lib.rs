@@ -15,8 +15,8 @@
 //!
 //! # Use
 //!
-//! Inside an actix `System`, `start(&config, Roles::Stores)` starts the enabled store actors on
-//! the current arbiter and returns their [`Handles`]. Every call answers within the configured
+//! Inside an actix `System`, `start(&config, Roles::SIBLING)` starts the enabled store actors on
+//! the current arbiter and returns their [`Handles`]; [`Roles`] says which parts a process runs. Every call answers within the configured
 //! deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
 
 pub mod config;
@@ -26,16 +26,18 @@ pub mod health;
 pub mod mongo;
 pub mod redact;
 pub mod redis;
+pub mod roles;
 pub mod search;
+pub mod state;
 pub mod supervisor;
 pub mod volume;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use config::Config;
 pub use health::{BackendStatus, HealthRegistry};
+pub use roles::{Part, Roles};
+pub use state::StateDir;
 pub use supervisor::{Backend, CallError};
 
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
@@ -51,21 +53,10 @@ impl Unresponsive {
     }
 }
 
-/// Which parts run in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Roles {
-    /// The store actors only: what a sibling service embeds (it must never start a second
-    /// backup scheduler).
-    Stores,
-    /// Everything: the stores, and the backup and scheduler actors as they are built. The
-    /// daemon runs this.
-    All,
-}
-
 /// Typed handles to the running actors.
 #[derive(Clone)]
 pub struct Handles {
+    /// The parts that run here: those asked for that have an actor ([`Roles::BUILT`]).
     pub roles: Roles,
     pub registry: HealthRegistry,
     /// `None` when `redis.enabled = false`.
@@ -74,19 +65,24 @@ pub struct Handles {
     pub mongo: Option<mongo::MongoHandle>,
     /// `None` when `elasticsearch.enabled = false`.
     pub search: Option<search::SearchHandle>,
-    pub volumes: volume::VolumeHandle,
+    /// `None` unless the `volumes` part runs.
+    pub volumes: Option<volume::VolumeHandle>,
 }
 
-/// Starts the enabled actors on the current arbiter (call it inside an actix `System`).
-/// Starting never fails on a backend that is down: the actor keeps trying under backoff and
-/// reports through the registry.
+/// Starts the actors of the parts in `roles` on the current arbiter (call it inside an actix
+/// `System`): for `stores`, the enabled store actors; for `volumes`, the volume actor (which
+/// creates the default volumes). Nothing else is started and, without `volumes`, nothing is
+/// written to disk. Starting never fails on a backend that is down: the actor keeps trying
+/// under backoff and reports through the registry.
 pub fn start(config: &Config, roles: Roles) -> Handles {
+    let roles = roles.and(Roles::BUILT);
     let registry = HealthRegistry::new();
-    let redis = config.redis.enabled.then(|| {
+    let stores = roles.contains(Part::Stores);
+    let redis = (stores && config.redis.enabled).then(|| {
         let entry = registry.register(Backend::Redis, config.redis.required);
         redis::RedisActor::start_with(&config.redis, &config.supervisor, entry)
     });
-    let mongo = if config.mongodb.enabled {
+    let mongo = if stores && config.mongodb.enabled {
         match mongo::Catalog::load(&config.mongodb) {
             Ok(catalog) => {
                 let entry = registry.register(Backend::Mongodb, config.mongodb.required);
@@ -106,7 +102,7 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
     } else {
         None
     };
-    let search = if config.elasticsearch.enabled {
+    let search = if stores && config.elasticsearch.enabled {
         match search::Templates::builtin() {
             Ok(templates) => {
                 let entry =
@@ -127,11 +123,13 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
     } else {
         None
     };
-    let volumes = volume::VolumeActor::start_with(
-        &config.volumes,
-        config.supervisor.stream_idle_timeout,
-        config.supervisor.mailbox_capacity,
-    );
+    let volumes = roles.contains(Part::Volumes).then(|| {
+        volume::VolumeActor::start_with(
+            &config.volumes,
+            config.supervisor.stream_idle_timeout,
+            config.supervisor.mailbox_capacity,
+        )
+    });
     Handles {
         roles,
         registry,
@@ -163,12 +161,15 @@ impl Handles {
                 actor: "elasticsearch",
             })?;
         }
-        self.volumes
-            .addr()
-            .send(supervisor::Heartbeat)
-            .timeout(deadline)
-            .await
-            .map_err(|_| Unresponsive { actor: "volume" })
+        if let Some(volumes) = &self.volumes {
+            volumes
+                .addr()
+                .send(supervisor::Heartbeat)
+                .timeout(deadline)
+                .await
+                .map_err(|_| Unresponsive { actor: "volume" })?;
+        }
+        Ok(())
     }
 
     /// Asks every actor to close its connections and stop; waits at most `deadline` each.
@@ -192,13 +193,13 @@ impl Handles {
                 actor: "elasticsearch",
             });
         }
-        if self
-            .volumes
-            .addr()
-            .send(supervisor::Shutdown)
-            .timeout(deadline)
-            .await
-            .is_err()
+        if let Some(volumes) = &self.volumes
+            && volumes
+                .addr()
+                .send(supervisor::Shutdown)
+                .timeout(deadline)
+                .await
+                .is_err()
         {
             late.push(Unresponsive { actor: "volume" });
         }

@@ -105,6 +105,22 @@ pub enum VolumesCommand {
     },
 }
 
+impl VolumesCommand {
+    /// The volume a command names, if any.
+    pub fn volume(&self) -> Option<&str> {
+        match self {
+            VolumesCommand::Ls => None,
+            VolumesCommand::Inspect { name }
+            | VolumesCommand::Create { name, .. }
+            | VolumesCommand::Delete { name, .. }
+            | VolumesCommand::Resize { name, .. }
+            | VolumesCommand::Verify { name, .. }
+            | VolumesCommand::Cleanup { name }
+            | VolumesCommand::Migrate { name, .. } => Some(name),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum MongoCommand {
     /// Create missing collections (with validators) and indexes, update changed validators,

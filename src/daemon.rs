@@ -12,7 +12,7 @@ use lucid_actors::config::Loaded;
 use lucid_actors::events::{
     self, DaemonReady, DaemonStarted, DaemonStopped, DaemonStopping, WatchdogSkipped,
 };
-use lucid_actors::{Handles, HealthRegistry, Roles};
+use lucid_actors::{Handles, HealthRegistry, Roles, StateDir};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,18 +37,25 @@ pub async fn run(loaded: Loaded) -> u8 {
         eprintln!("lucid-db: volumes.root: {e}");
         return exit::CONFIG;
     }
+    // The daemon writes its catalogue, run records and lock files here (systemd creates it as
+    // StateDirectory=; outside systemd the daemon does, mode 0750).
+    if let Err(e) = StateDir::new(&config.state_dir).ensure() {
+        tracing::error!(key = "state_dir", error = %e, "cannot use the state directory");
+        eprintln!("lucid-db: state_dir: {e}");
+        return exit::CONFIG;
+    }
     events::emit(DaemonStarted {
         version: env!("CARGO_PKG_VERSION"),
         config_sources: loaded.sources.join(","),
     });
 
     let started = Instant::now();
-    let handles = lucid_actors::start(&config, Roles::All);
+    let handles = lucid_actors::start(&config, Roles::DAEMON);
     // Subscribed before the first STATUS=, so no change between the two is missed.
     let changes = handles.registry.subscribe();
     let state = ApiState {
         registry: handles.registry.clone(),
-        roles: handles.roles,
+        parts: handles.roles,
         started,
     };
     let server = match http::serve(config.http.bind, state, config.supervisor.shutdown_timeout) {

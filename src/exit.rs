@@ -10,6 +10,8 @@ pub const USAGE: u8 = 64;
 pub const DATAERR: u8 = 65;
 /// A required backend is unavailable (EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
+/// Permission denied: the CLI would write into a directory another user owns (EX_NOPERM).
+pub const NOPERM: u8 = 77;
 /// Temporary failure, worth retrying: the HTTP port is taken, for instance (EX_TEMPFAIL).
 pub const TEMPFAIL: u8 = 75;
 /// Configuration error (EX_CONFIG). systemd does not restart on it (RestartPreventExitStatus=78).

@@ -65,13 +65,15 @@ async fn ask_daemon(bind: SocketAddr) -> Result<HealthReport, String> {
     resp.json::<HealthReport>().await.map_err(|e| e.to_string())
 }
 
+/// The store actors only: a probe must change nothing on disk (no default volumes, no state
+/// directory), whatever `volumes.root` and `state_dir` say.
 async fn probe(config: &Config) -> HealthReport {
     let started = Instant::now();
-    let handles = lucid_actors::start(config, Roles::Stores);
+    let handles = lucid_actors::start(config, Roles::SIBLING);
     handles
         .settled(config.supervisor.call_deadline + Duration::from_secs(1))
         .await;
-    let report = HealthReport::new(&handles.registry, Roles::Stores, started.elapsed());
+    let report = HealthReport::new(&handles.registry, handles.roles, started.elapsed());
     handles.shutdown(config.supervisor.call_deadline).await;
     report
 }

@@ -17,19 +17,20 @@ pub struct HealthReport {
     pub status: String,
     pub version: String,
     pub uptime_seconds: u64,
-    pub roles: Roles,
+    /// The parts that run in this process (`stores`, `volumes`, …).
+    pub parts: Roles,
     pub backends: Vec<BackendStatus>,
 }
 
 impl HealthReport {
-    pub fn new(registry: &HealthRegistry, roles: Roles, uptime: Duration) -> Self {
+    pub fn new(registry: &HealthRegistry, parts: Roles, uptime: Duration) -> Self {
         let backends = registry.snapshot();
         let ok = backends.iter().all(|b| b.is_up() || !b.required);
         HealthReport {
             status: if ok { "ok" } else { "degraded" }.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: uptime.as_secs(),
-            roles,
+            parts,
             backends,
         }
     }
@@ -51,14 +52,15 @@ pub struct Readiness {
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: HealthRegistry,
-    pub roles: Roles,
+    /// The parts that run ([`lucid_actors::Handles::roles`]).
+    pub parts: Roles,
     pub started: Instant,
 }
 
 async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(HealthReport::new(
         &state.registry,
-        state.roles,
+        state.parts,
         state.started.elapsed(),
     ))
 }

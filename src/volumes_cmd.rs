@@ -1,28 +1,39 @@
-//! `lucid-db volumes …`: the volume actor run in this process, on the same data root and lock
-//! files as the daemon (two exclusive operations on one volume never overlap). Changes made
-//! here reach a running daemon's view of the volumes when it restarts.
+//! `lucid-db volumes …`: the CLI's parts (stores, volumes, backup — never the scheduler) run in
+//! this process, on the same data root, state directory and lock files as the daemon (two
+//! exclusive operations on one volume never overlap). Changes made here reach a running
+//! daemon's view of the volumes when it restarts.
+//!
+//! Before anything is started, the state directory, the data root and the named volume must
+//! belong to the user this runs as: files a root CLI wrote there could not be opened by the
+//! daemon (`User=lucid`) later.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use lucid_actors::Config;
 use lucid_actors::config::ByteSize;
+use lucid_actors::state::{self, StateError};
 use lucid_actors::volume::{
     CheckThresholds, CleanupVolume, CreateVolume, DeleteVolume, InspectVolume, ListVolumes,
-    MigrateVolume, ResizeVolume, Verify, VolumeActor, VolumeError, VolumeHandle, VolumeInfo,
-    VolumeName,
+    MigrateVolume, ResizeVolume, Verify, VolumeError, VolumeHandle, VolumeInfo, VolumeName,
+    check_root,
 };
+use lucid_actors::{Config, Roles, StateDir};
 use serde::Serialize;
 
 use crate::cli::VolumesCommand;
 use crate::exit;
 
 pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
-    let volumes = VolumeActor::start_with(
-        &config.volumes,
-        config.supervisor.stream_idle_timeout,
-        config.supervisor.mailbox_capacity,
-    );
-    match execute(&volumes, command, json).await {
+    if let Err(code) = prepare(config, &command) {
+        return code;
+    }
+    let handles = lucid_actors::start(config, Roles::CLI);
+    let Some(volumes) = handles.volumes.clone() else {
+        eprintln!("lucid-db volumes: the volume actor did not start");
+        return exit::FAILED;
+    };
+    let code = match execute(&volumes, command, json).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lucid-db volumes: {e}");
@@ -33,7 +44,41 @@ pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
                 _ => exit::FAILED,
             }
         }
+    };
+    // The answer is printed; a store actor slow to close its connection holds nothing back.
+    handles
+        .shutdown(config.supervisor.call_deadline.min(Duration::from_secs(1)))
+        .await;
+    code
+}
+
+/// Refuses directories owned by someone else and an unusable data root, then creates the state
+/// directory: nothing is written before all three checks passed.
+fn prepare(config: &Config, command: &VolumesCommand) -> Result<(), u8> {
+    let state_error = |e: StateError| {
+        eprintln!("lucid-db volumes: {e}");
+        match e {
+            StateError::ForeignOwner { .. } => exit::NOPERM,
+            StateError::Unusable { .. } => exit::CONFIG,
+        }
+    };
+    let mut mine: Vec<PathBuf> = vec![config.state_dir.clone(), config.volumes.root.clone()];
+    if let Some(n) = command.volume() {
+        // A name that is not a volume name is refused later, with its own error.
+        if VolumeName::new(n).is_ok() {
+            mine.push(config.volumes.root.join(n));
+        }
     }
+    for path in &mine {
+        state::check_owner(path).map_err(state_error)?;
+    }
+    if let Err(e) = check_root(&config.volumes.root) {
+        eprintln!("lucid-db volumes: {e}");
+        return Err(exit::CONFIG);
+    }
+    StateDir::new(&config.state_dir)
+        .ensure()
+        .map_err(state_error)
 }
 
 fn name(n: &str) -> Result<VolumeName, VolumeError> {

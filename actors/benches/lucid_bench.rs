@@ -573,7 +573,7 @@ async fn start_only(
     cfg.mongodb.enabled = false;
     cfg.elasticsearch.enabled = false;
     configure(&mut cfg);
-    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let handles = lucid_actors::start(&cfg, Roles::SIBLING);
     let deadline = Instant::now() + Duration::from_secs(30);
     while handles.registry.readiness().is_err() || !ready(&handles) {
         assert!(

@@ -10,6 +10,7 @@ mod docs;
 mod mongo_service;
 mod redis_service;
 mod redis_supervision;
+mod roles;
 mod search_service;
 mod systemd_unit;
 mod volumes;

@@ -41,7 +41,7 @@ async fn start(
 ) -> (Handles, MongoHandle, mongodb::Database) {
     let mut cfg = fast_mongo_config(&server.url());
     tweak(&mut cfg);
-    let handles = lucid_actors::start(&cfg, Roles::Stores);
+    let handles = lucid_actors::start(&cfg, Roles::SIBLING);
     let m = handles.mongo.clone().expect("mongodb enabled");
     let bootstrap = cfg.mongodb.bootstrap;
     wait_until(

@@ -38,7 +38,7 @@ async fn killed_server_goes_down_fast_and_comes_back_within_the_backoff_bound() 
     let cfg = config(&server.url());
     let policy = BackoffPolicy::from_config(&cfg.supervisor);
     let cap = events::capture();
-    let h = lucid_actors::start(&cfg, Roles::Stores);
+    let h = lucid_actors::start(&cfg, Roles::SIBLING);
     let redis_h = h.redis.clone().expect("redis enabled");
 
     wait_until(Duration::from_secs(5), "first connect", || {
@@ -129,7 +129,7 @@ async fn killed_server_goes_down_fast_and_comes_back_within_the_backoff_bound() 
 async fn frozen_server_never_makes_calls_hang() {
     let server = redis();
     let cfg = config(&server.url());
-    let h = lucid_actors::start(&cfg, Roles::Stores);
+    let h = lucid_actors::start(&cfg, Roles::SIBLING);
     let redis_h = h.redis.clone().expect("redis enabled");
     wait_until(Duration::from_secs(5), "first connect", || {
         redis_status(&h).is_up()
@@ -186,7 +186,7 @@ async fn unreachable_at_start_reports_once_and_keeps_retrying() {
     let port = lucid_testkit::free_port();
     let cfg = config(&format!("redis://127.0.0.1:{port}/0"));
     let cap = events::capture();
-    let h = lucid_actors::start(&cfg, Roles::Stores);
+    let h = lucid_actors::start(&cfg, Roles::SIBLING);
     wait_until(Duration::from_secs(3), "several retries", || {
         cap.named("backend.retry_scheduled").len() >= 3
     })

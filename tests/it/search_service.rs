@@ -1565,7 +1565,7 @@ async fn stopping_the_daemon_sends_what_the_bulk_indexer_still_holds() {
     let mut cfg = config(&server);
     // Nothing would go for a minute on its own.
     cfg.elasticsearch.bulk_flush_interval = Duration::from_secs(60);
-    let handles = lucid_actors::start(&cfg, lucid_actors::Roles::Stores);
+    let handles = lucid_actors::start(&cfg, lucid_actors::Roles::SIBLING);
     let h = handles.search.clone().expect("elasticsearch enabled");
     wait_until(Duration::from_secs(10), "up and bootstrapped", || {
         handles.registry.readiness().is_ok() && h.last_bootstrap().is_some()

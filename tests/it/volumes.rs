@@ -616,11 +616,13 @@ async fn a_walk_over_100000_files_does_not_hold_up_other_messages() {
 fn the_cli_manages_volumes_and_exits_65_on_a_failed_verify() {
     const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
     let root = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
     let run = |args: &[&str]| {
         std::process::Command::new(BIN)
             .args(args)
             .env_clear()
             .env("LUCID_DB__VOLUMES__ROOT", root.path())
+            .env("LUCID_DB__STATE_DIR", state.path())
             .output()
             .expect("run lucid-db")
     };
@@ -688,9 +690,14 @@ fn the_cli_manages_volumes_and_exits_65_on_a_failed_verify() {
         .args(["volumes", "ls"])
         .env_clear()
         .env("LUCID_DB__VOLUMES__ROOT", "/nonexistent/lucid")
+        .env("LUCID_DB__STATE_DIR", state.path().join("fresh"))
         .output()
         .expect("run");
     assert_eq!(missing.status.code(), Some(78));
+    assert!(
+        !state.path().join("fresh").exists(),
+        "nothing is created before the data root is checked"
+    );
 }
 
 #[actix_rt::test]

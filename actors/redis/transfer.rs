@@ -1,4 +1,4 @@
-//! Export and import of Lucid's Redis data, for backups (DESIGN §1, §3).
+//! Export and import of Lucid's Redis data, for backups (docs/redis.md, Backups: export and import).
 //!
 //! Export walks the keyspace with `SCAN … MATCH lucid:*` (never `KEYS`, which blocks the
 //! server) and streams each key as ([`ExportedKey`]) its name, type, `DUMP` payload and

@@ -1,4 +1,4 @@
-//! Configuration: the typed sections of DESIGN §4, their layers, validation and secrets.
+//! Configuration: the typed sections (docs/configuration.md), their layers, validation and secrets.
 //!
 //! Layers, later wins: the defaults (`configs/lucid-db.toml`, compiled in) → one file
 //! (`--config PATH`, else `/etc/lucid/lucid-db.toml` when it exists) → the environment
@@ -63,7 +63,7 @@ pub enum LogFormat {
     Journald,
 }
 
-/// The shared supervision settings every actor uses (DESIGN §2).
+/// The shared supervision settings every actor uses (docs/architecture.md, Supervision).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {

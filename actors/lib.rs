@@ -1,10 +1,11 @@
 //! `lucid-actors`: the storage layer of the Lucid system as actix actors — one per backend,
 //! under one supervision mechanism — plus the configuration, events and health registry they
 //! share. The `lucid-db` daemon runs them; sibling services embed them with [`start`].
+//! How the parts fit together, and where a new actor goes: `docs/architecture.md`.
 //!
 //! # Layout
 //!
-//! - [`config`] — the typed configuration (DESIGN §4): layers, validation, secrets.
+//! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
 //! - [`events`] — typed events: one `emit` that logs with stable fields and counts.
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.

@@ -1,7 +1,7 @@
 //! The MongoDB actor: owns lucid-db's connection to MongoDB and everything Lucid does with it.
 //!
 //! The official driver keeps a pool per server and finds servers on its own; the actor
-//! supervises it the way every backend actor does (DESIGN §2): a `ping` probe every
+//! supervises it the way every backend actor does (docs/architecture.md): a `ping` probe every
 //! `supervisor.probe_interval`, the shared [`Connection`] state machine and backoff, calls
 //! answered `Unavailable` at once while MongoDB is not up, and news of a lost connection from
 //! the calls themselves. The driver's server selection timeout is the call deadline, so no

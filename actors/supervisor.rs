@@ -1,5 +1,5 @@
 //! Supervision: the connection state machine, the backoff schedule and the call errors every
-//! backend actor shares (DESIGN §2).
+//! backend actor shares (docs/architecture.md, Supervision).
 //!
 //! actix's `Supervisor` neither waits nor catches panics, so each backend actor keeps a
 //! [`Connection`] of its own: the shared connection-actor functions in [`link`] ask it what to

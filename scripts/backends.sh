@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the three development servers lucid-db talks to (DESIGN.md §6), detached,
+# Run the three development servers lucid-db talks to (docs/architecture.md, Tests), detached,
 # on their usual loopback ports:
 #   redis          redis-server (Debian)                  LUCID_REDIS_PORT (6379)
 #   mongodb        nx-27017 from .venv, file databases    LUCID_MONGO_PORT (27017)

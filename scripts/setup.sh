@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a dev/CI machine (Debian 12) for lucid-db:
 #   - redis-server from Debian's package (apt-get update only when something is missing),
-#   - a project-local venv (.venv) with the pinned stand-in servers (DESIGN.md §6),
+#   - a project-local venv (.venv) with the pinned stand-in servers (docs/architecture.md, Tests),
 #   - cargo build of the whole workspace (skip with --no-build).
 # Safe to run again: a second run only checks and finishes in well under a second
 # (apart from cargo).

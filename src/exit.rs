@@ -1,4 +1,4 @@
-//! Exit codes (sysexits, DESIGN §3): the same numbers for the daemon and every CLI command.
+//! Exit codes (sysexits; docs/cli.md): the same numbers for the daemon and every CLI command.
 
 /// Success.
 pub const OK: u8 = 0;

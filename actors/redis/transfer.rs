@@ -1,4 +1,4 @@
-//! Export and import of Lucid's Redis data, for backups (docs/architecture.md, Streams and deadlines).
+//! Export and import of Lucid's Redis data, for backups (docs/redis.md, Backups: export and import).
 //!
 //! Export walks the keyspace with `SCAN … MATCH lucid:*` (never `KEYS`, which blocks the
 //! server) and streams each key as ([`ExportedKey`]) its name, type, `DUMP` payload and

@@ -24,6 +24,7 @@
 pub mod archive;
 pub mod fsops;
 pub mod integrity;
+pub mod reserve;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -44,6 +45,7 @@ use crate::events::{
 };
 use fsops::{FsStats, Tally};
 pub use integrity::VerifyReport;
+pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
 
 /// The volumes every Lucid node has.
 pub const DEFAULT_VOLUMES: [&str; 9] = [
@@ -167,6 +169,17 @@ pub enum VolumeError {
     StreamIdle { what: &'static str, after: Duration },
     #[error("the volume actor did not take the request: {reason}")]
     NotDelivered { reason: &'static str },
+    /// A writer went past the bytes it reserved ([`ReserveQuota`]): it is stopped there, so
+    /// no writer can take more of a quota than it was promised.
+    #[error(
+        "a writer on volume {volume} went past its reservation: {reserved} bytes reserved, \
+         {wanted} needed"
+    )]
+    OverReservation {
+        volume: String,
+        reserved: u64,
+        wanted: u64,
+    },
 }
 
 impl VolumeError {
@@ -188,6 +201,7 @@ impl VolumeError {
             VolumeError::Corrupt { .. } => "corrupt",
             VolumeError::StreamIdle { .. } => "stream_idle",
             VolumeError::NotDelivered { .. } => "not_delivered",
+            VolumeError::OverReservation { .. } => "over_reservation",
         }
     }
 
@@ -458,7 +472,9 @@ pub struct VolumeActor {
     volumes: BTreeMap<VolumeName, VolumeMeta>,
     usage: HashMap<VolumeName, Measured>,
     /// Bytes promised to writes in progress, so concurrent writes cannot all pass one quota.
-    reserved: HashMap<VolumeName, u64>,
+    /// Bytes promised to writers in flight ([`WriteFile`], [`reserve::Reservation`]), shared
+    /// so a reservation gives back what it did not use the moment it is dropped.
+    reserved: reserve::Book,
     /// Names being created, so two creates of one name cannot both succeed.
     creating: BTreeSet<VolumeName>,
     /// Volumes above their warning threshold.
@@ -544,7 +560,7 @@ impl VolumeActor {
             root_error: None,
             volumes: BTreeMap::new(),
             usage: HashMap::new(),
-            reserved: HashMap::new(),
+            reserved: reserve::Book::default(),
             creating: BTreeSet::new(),
             above: BTreeSet::new(),
             mailbox_capacity,
@@ -633,6 +649,21 @@ impl VolumeActor {
                 });
             }
             None => {}
+        }
+    }
+
+    /// Adds the daemon's own writes to the measured usage. Incremental: the walk is not
+    /// repeated for them, and the walk's time stays that of the walk, so outside changes are
+    /// still picked up.
+    fn add_usage(&mut self, name: &VolumeName, bytes: i64, apparent: i64, files: i64) {
+        if let Some(m) = self.usage.get_mut(name) {
+            let t = &mut m.usage.tally;
+            t.bytes = t.bytes.saturating_add_signed(bytes);
+            t.apparent_bytes = t.apparent_bytes.saturating_add_signed(apparent);
+            t.files = t.files.saturating_add_signed(files);
+            m.usage.percent = percent(t.bytes, m.usage.quota_bytes);
+            let p = m.usage.percent;
+            self.check_threshold(name, p);
         }
     }
 
@@ -1650,8 +1681,7 @@ impl Handler<WriteFile> for VolumeActor {
         }
         let needed = msg.data.len() as u64;
         // Reserve now: writes in flight together cannot all pass one quota.
-        let reserved = self.reserved.get(&msg.name).copied().unwrap_or(0);
-        *self.reserved.entry(msg.name.clone()).or_default() += needed;
+        let reserved = self.reserved.add(&msg.name, needed);
         let s = self.settings();
         let cached = self.fresh_usage(&msg.name);
         let name = msg.name.clone();
@@ -1697,25 +1727,13 @@ impl Handler<WriteFile> for VolumeActor {
         });
         let name = msg.name;
         Box::pin(work.into_actor(self).map(move |res, act, _| {
-            if let Some(r) = act.reserved.get_mut(&name) {
-                *r = r.saturating_sub(needed);
-            }
+            act.reserved.sub(&name, needed);
             let (meta, (usage, walked), delta) = res?;
             act.remember(&meta);
             if walked {
                 act.record_walk(&name, usage);
             }
-            // Incremental: the walk is not repeated for the daemon's own writes, and the walk's
-            // time stays that of the walk, so outside changes are still picked up.
-            if let Some(m) = act.usage.get_mut(&name) {
-                let t = &mut m.usage.tally;
-                t.bytes = t.bytes.saturating_add_signed(delta.bytes);
-                t.apparent_bytes = t.apparent_bytes.saturating_add_signed(delta.apparent);
-                t.files = t.files.saturating_add_signed(delta.files);
-                m.usage.percent = percent(t.bytes, m.usage.quota_bytes);
-                let p = m.usage.percent;
-                act.check_threshold(&name, p);
-            }
+            act.add_usage(&name, delta.bytes, delta.apparent, delta.files);
             Ok(())
         }))
     }

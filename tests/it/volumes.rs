@@ -12,8 +12,8 @@ use lucid_actors::events;
 use lucid_actors::volume::integrity;
 use lucid_actors::volume::{
     CheckHealth, CleanupVolume, CreateVolume, DeleteVolume, ExportVolume, ImportVolume,
-    InspectVolume, ListVolumes, MeasureUsage, MigrateVolume, ResizeVolume, Verify, VolumeActor,
-    VolumeError, VolumeHandle, VolumeName, WriteFile,
+    InspectVolume, ListVolumes, MeasureUsage, MigrateVolume, ReserveQuota, ResizeVolume, Verify,
+    VolumeActor, VolumeError, VolumeHandle, VolumeName, WriteFile,
 };
 use lucid_actors::{Config, volume};
 
@@ -123,6 +123,75 @@ async fn traversal_is_refused_also_through_a_planted_symlink() {
     for bad in ["..", "a/b", "Upper", "a\0b", &"x".repeat(64)] {
         assert!(VolumeName::new(bad).is_err(), "{bad:?}");
     }
+}
+
+#[actix_rt::test]
+async fn a_reservation_holds_quota_for_a_streaming_writer_and_stops_it_at_its_end() {
+    use std::io::Write;
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |_| {});
+    create(&v, "backups-test", Some("1M")).await;
+    let reserve = |bytes: u64| {
+        v.call(ReserveQuota {
+            name: name("backups-test"),
+            bytes,
+        })
+    };
+
+    let r = reserve(600 << 10).await.expect("fits");
+    assert_eq!(r.data_dir(), root.path().join("backups-test"));
+    // What is promised counts against the quota for everyone else.
+    let err = reserve(600 << 10).await.expect_err("promised already");
+    assert_eq!(err.code(), "over_quota", "{err}");
+    let err = write(&v, "backups-test", "small.bin", 500 << 10)
+        .await
+        .expect_err("WriteFile sees the promise too");
+    assert_eq!(err.code(), "over_quota", "{err}");
+    // The writer holds the volume's lock shared: nothing moves the data away under it.
+    let err = v
+        .call(DeleteVolume {
+            name: name("backups-test"),
+            force: true,
+        })
+        .await
+        .expect_err("busy");
+    assert_eq!(err.code(), "busy", "{err}");
+
+    let path = r.data_dir().join("artifact.bin");
+    let mut out = r.writer(std::fs::File::create(&path).expect("create"));
+    out.write_all(&vec![b'a'; 400 << 10])
+        .expect("within the reservation");
+    let err = out
+        .write_all(&vec![b'b'; 300 << 10])
+        .expect_err("past the reservation");
+    let inner = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<VolumeError>())
+        .expect("a volume error inside");
+    assert_eq!(inner.code(), "over_reservation", "{inner}");
+    drop(out);
+    assert_eq!(r.used(), 400 << 10);
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        400 << 10,
+        "nothing past the reservation was written"
+    );
+    assert_eq!(
+        r.charge((200 << 10) + 1)
+            .expect_err("charge checks too")
+            .code(),
+        "over_reservation"
+    );
+
+    // Dropped: the unused 200K come back at once, the 400K written count as used.
+    drop(r);
+    let err = reserve(700 << 10).await.expect_err("400K used + 700K > 1M");
+    assert_eq!(err.code(), "over_quota", "{err}");
+    let again = reserve(500 << 10).await.expect("400K used + 500K fits");
+    drop(again);
+    let err = reserve(0).await.expect_err("zero bytes");
+    assert_eq!(err.code(), "invalid");
 }
 
 #[actix_rt::test]

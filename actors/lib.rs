@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
 //! - [`config`] — the typed configuration (DESIGN §4): layers, validation, secrets.
 //! - [`events`] — typed events: one `emit` that logs with stable fields and counts.
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
@@ -19,6 +20,7 @@
 //! the current arbiter and returns their [`Handles`]. Every call answers within the configured
 //! deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
 
+pub mod backend;
 pub mod config;
 pub mod events;
 mod glob;
@@ -34,9 +36,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use backend::Backend;
 pub use config::Config;
 pub use health::{BackendStatus, HealthRegistry};
-pub use supervisor::{Backend, CallError};
+pub use supervisor::CallError;
 
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,6 +6,7 @@
 //!
 //! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
 //! - [`config`] — the typed configuration (DESIGN §4): layers, validation, secrets.
+//!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
 //! - [`events`] — typed events: one `emit` that logs with stable fields and counts.
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
@@ -40,6 +41,22 @@ pub use backend::Backend;
 pub use config::Config;
 pub use health::{BackendStatus, HealthRegistry};
 pub use supervisor::CallError;
+
+/// The configuration with every check made: the config module's own ([`config::load`]) and
+/// each actor's of its section ([`check_config`]), all problems reported at once. The daemon,
+/// `config check` and every command load through this; sibling services should too.
+pub fn load_config(opts: &config::LoadOptions) -> Result<config::Loaded, config::ConfigErrors> {
+    config::load_with(opts, check_config)
+}
+
+/// Each actor's checks of its own config section, the ones the config module cannot make
+/// without naming the actor (a schema that must compile, a volume name, the lifecycle's
+/// order). Redis has none: its section is checked by value alone.
+pub fn check_config(config: &Config, errors: &mut Vec<config::ConfigError>) {
+    mongo::check_config(&config.mongodb, errors);
+    search::check_config(&config.elasticsearch, errors);
+    volume::check_config(&config.volumes, errors);
+}
 
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,5 +242,107 @@ impl Handles {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{ConfigErrors, LoadOptions};
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<config::Loaded, ConfigErrors> {
+        load_config(&LoadOptions {
+            file: None,
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+        })
+    }
+
+    fn keys(e: &ConfigErrors) -> Vec<&str> {
+        e.0.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_pass_every_actors_check() {
+        load_env(&[]).expect("defaults valid");
+    }
+
+    /// The keys only an actor can check are checked by `load_config`, with the same key and
+    /// message `config check` printed when the config module made these checks itself.
+    #[test]
+    fn actor_checks_name_their_key() {
+        let missing = std::env::temp_dir().join("lucid-db-no-such-schema-dir");
+        let missing = missing.to_str().expect("utf8");
+        for (env, key, needle) in [
+            (
+                ("LUCID_DB__MONGODB__DATABASE", "lucid.db"),
+                "mongodb.database",
+                "must not contain '.'",
+            ),
+            (
+                ("LUCID_DB__MONGODB__SCHEMA_DIR", missing),
+                "mongodb.schema_dir",
+                "",
+            ),
+            (
+                ("LUCID_DB__ELASTICSEARCH__COLD_AFTER", "1d"),
+                "elasticsearch.cold_after",
+                "warm_after < cold_after < delete_after",
+            ),
+            (
+                ("LUCID_DB__ELASTICSEARCH__PREPARE_AHEAD", "30d"),
+                "elasticsearch.prepare_ahead",
+                "under 28 days",
+            ),
+            (
+                ("LUCID_DB__VOLUMES__EXTRA", "scratch, ../up"),
+                "volumes.extra",
+                "only a-z",
+            ),
+            (
+                ("LUCID_DB__VOLUMES__MAX_QUOTA", "1T"),
+                "volumes.max_quota",
+                "must be at most 100G",
+            ),
+            (
+                ("LUCID_DB__VOLUMES__CLEANUP_PATTERNS", "*.tmp, *"),
+                "volumes.cleanup_patterns",
+                "at least one literal character",
+            ),
+        ] {
+            let err = load_env(&[env]).expect_err(env.1);
+            assert_eq!(keys(&err), vec![key], "{env:?}: {err}");
+            assert!(err.to_string().contains(needle), "{env:?}: {err}");
+            // The config module alone accepts these: the check is the actor's.
+            config::load(&LoadOptions {
+                file: None,
+                env: HashMap::from([(env.0.to_owned(), env.1.to_owned())]),
+            })
+            .unwrap_or_else(|e| panic!("{env:?} is the actor's to refuse: {e}"));
+        }
+        // A schema directory is compiled only when MongoDB is enabled.
+        load_env(&[
+            ("LUCID_DB__MONGODB__SCHEMA_DIR", missing),
+            ("LUCID_DB__MONGODB__ENABLED", "false"),
+        ])
+        .expect("disabled MongoDB's schema files are not read");
+    }
+
+    #[test]
+    fn config_and_actor_errors_are_reported_together() {
+        let err = load_env(&[
+            ("LUCID_DB__MONGODB__URL", "postgres://x"),
+            ("LUCID_DB__VOLUMES__EXTRA", "Bad"),
+            ("LUCID_DB__VOLUMES__ROOT", "relative"),
+        ])
+        .expect_err("invalid");
+        assert_eq!(
+            keys(&err),
+            vec!["mongodb.url", "volumes.root", "volumes.extra"]
+        );
     }
 }

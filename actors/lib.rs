@@ -345,4 +345,110 @@ mod tests {
             vec!["mongodb.url", "volumes.root", "volumes.extra"]
         );
     }
+
+    /// The crate paths a source file names (in code or docs), with their line numbers: the
+    /// first segment after each `crate::`, and each member of a `crate::{a, b::{c}}` group,
+    /// however many lines the group spans.
+    fn crate_paths(source: &str) -> Vec<(usize, String, &str)> {
+        let line_at = |offset: usize| source[..offset].matches('\n').count();
+        let lines: Vec<&str> = source.lines().collect();
+        let mut found = Vec::new();
+        for (at, _) in source.match_indices("crate::") {
+            let rest = &source[at + "crate::".len()..];
+            let mut names = Vec::new();
+            if let Some(group) = rest.strip_prefix('{') {
+                // The first segment of each item at the group's top level.
+                let (mut depth, mut item) = (0usize, String::new());
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => names.push(std::mem::take(&mut item)),
+                        _ if depth == 0 => item.push(c),
+                        _ => {}
+                    }
+                }
+                names.push(item);
+            } else {
+                names.push(rest.to_owned());
+            }
+            let line = line_at(at);
+            for name in names {
+                let name = name.trim_start();
+                let end = name
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(name.len());
+                if end > 0 {
+                    found.push((line + 1, name[..end].to_owned(), lines[line]));
+                }
+            }
+        }
+        found
+    }
+
+    fn assert_names_only(file: &str, source: &str, allowed: &[&str]) {
+        for (line_no, name, line) in crate_paths(source) {
+            assert!(
+                allowed.contains(&name.as_str()),
+                "actors/{file}:{line_no} names crate::{name}, but this file may name only {allowed:?} \
+                 (so that no import path leads from it back into an actor): {}",
+                line.trim()
+            );
+        }
+        // A `super::` at the top of a module one level down is the crate root too.
+        for (i, line) in source.lines().enumerate() {
+            let t = line.trim();
+            assert!(
+                !t.contains("super::") || t == "use super::*;",
+                "actors/{file}:{} reaches the crate root through super::: {t}",
+                i + 1
+            );
+        }
+    }
+
+    /// Config is plain data: `config.rs` names only the leaf `redact`, and the leaves name
+    /// nothing, so no import path leads from the configuration back into an actor.
+    #[test]
+    fn config_and_the_leaves_name_no_actor() {
+        assert_names_only("config.rs", include_str!("config.rs"), &["redact"]);
+        assert_names_only("redact.rs", include_str!("redact.rs"), &[]);
+        assert_names_only("backend.rs", include_str!("backend.rs"), &[]);
+    }
+
+    /// The supervisor reports into the health registry and the events; they must not name it
+    /// back (what they share is in the leaf `backend`).
+    #[test]
+    fn health_and_events_do_not_name_the_supervisor() {
+        for (file, source) in [
+            ("health.rs", include_str!("health.rs")),
+            ("events.rs", include_str!("events.rs")),
+        ] {
+            for (line_no, name, line) in crate_paths(source) {
+                assert!(
+                    name != "supervisor",
+                    "actors/{file}:{line_no} names crate::supervisor (an import cycle): {}",
+                    line.trim()
+                );
+            }
+        }
+    }
+
+    /// The checker itself: it must see a path in a group and in a doc link.
+    #[test]
+    fn crate_paths_sees_groups_and_docs() {
+        let source = "use crate::{\n    redact,\n    mongo::{Catalog, self},\n};\n/// See [`crate::volume`].\n";
+        let names: Vec<(usize, String)> = crate_paths(source)
+            .into_iter()
+            .map(|(n, name, _)| (n, name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (1, "redact".to_owned()),
+                (1, "mongo".to_owned()),
+                (5, "volume".to_owned())
+            ]
+        );
+    }
 }

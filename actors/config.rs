@@ -5,6 +5,13 @@
 //! (`LUCID_DB__SECTION__KEY`). Unknown keys are errors; every error names its key. Secrets
 //! come from a `<name>_file` key or `$CREDENTIALS_DIRECTORY/<section>_<name>` and are held in
 //! [`Secret`]. `docs/configuration.md` lists every key; a test keeps it in step with this file.
+//!
+//! Plain data: this module names nothing else in the crate but the leaf [`redact`], so every
+//! actor can read its section without an import cycle. It checks what a value alone decides.
+//! The checks that need an actor — a schema directory that compiles, a volume name, the order
+//! of the lifecycle phases — are that actor's `check_config`, and `lucid_actors::load_config`
+//! runs [`load_with`] with all of them: that, not [`load`] alone, is what `config check` and
+//! the daemon use. A test in `lib.rs` keeps the crate paths in this file to `redact`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -215,26 +222,11 @@ pub struct ElasticsearchConfig {
     pub cold_priority: i64,
 }
 
-impl ElasticsearchConfig {
-    /// The lifecycle policy these keys describe.
-    pub fn policy(&self) -> crate::search::Policy {
-        crate::search::Policy {
-            warm_after: self.warm_after,
-            cold_after: self.cold_after,
-            delete_after: self.delete_after,
-            delete: self.lifecycle_delete,
-            prepare_ahead: self.prepare_ahead,
-            cold_replicas: self.cold_replicas,
-            cold_priority: self.cold_priority,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumesConfig {
     pub root: PathBuf,
-    /// Volumes beyond the defaults ([`crate::volume::DEFAULT_VOLUMES`]).
+    /// Volumes beyond the volume actor's built-in ones (its `DEFAULT_VOLUMES`).
     pub extra: Vec<String>,
     pub default_quota: ByteSize,
     pub max_quota: ByteSize,
@@ -380,6 +372,15 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 impl ConfigErrors {
     fn one(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigErrors(vec![ConfigError {
@@ -417,7 +418,8 @@ pub struct Loaded {
 }
 
 impl Config {
-    /// The compiled-in defaults alone (no file, no environment), validated.
+    /// The compiled-in defaults alone (no file, no environment), validated by [`load`]; a test
+    /// in `lib.rs` holds them to the actors' checks as well.
     pub fn defaults() -> Result<Config, ConfigErrors> {
         load(&LoadOptions::default()).map(|l| l.config)
     }
@@ -450,8 +452,21 @@ impl Config {
     }
 }
 
-/// Reads, merges, deserializes and validates the layers.
+/// Reads, merges, deserializes and validates the layers: every check that needs nothing but
+/// the value. The checks an actor owns (a schema directory that must compile, a volume name)
+/// are not made here; `lucid_actors::load_config` adds them through [`load_with`], and that is
+/// what the daemon and its commands call.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
+    load_with(opts, |_, _| {})
+}
+
+/// [`load`], then `sections` on the parsed configuration, its errors reported with the rest.
+/// This module names no actor, so the actors' checks of their own sections come in from the
+/// caller; they run even when an earlier check failed, so every problem is reported at once.
+pub fn load_with(
+    opts: &LoadOptions,
+    sections: impl FnOnce(&Config, &mut Vec<ConfigError>),
+) -> Result<Loaded, ConfigErrors> {
     use config::{Environment, File, FileFormat};
 
     let mut sources = vec!["defaults".to_owned()];
@@ -552,6 +567,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
         creds.as_deref(),
     );
     validate(&config, &mut errors);
+    sections(&config, &mut errors);
     if errors.is_empty() {
         Ok(Loaded { config, sources })
     } else {
@@ -754,9 +770,6 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     if let Err(reason) = check_mongodb_url(c.mongodb.url.expose()) {
         err("mongodb.url", reason);
     }
-    if let Err(reason) = check_database_name(&c.mongodb.database) {
-        err("mongodb.database", reason);
-    }
     let wc = c.mongodb.write_concern.as_str();
     if !(wc == "default" || wc == "majority" || wc.parse::<u32>().is_ok()) {
         err(
@@ -773,17 +786,12 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             "must be between 1 and 100000".to_owned(),
         );
     }
-    if !c.mongodb.schema_dir.as_os_str().is_empty() {
-        if !c.mongodb.schema_dir.is_absolute() {
-            err(
-                "mongodb.schema_dir",
-                "must be an absolute path (or empty for the built-in schemas)".to_owned(),
-            );
-        } else if c.mongodb.enabled
-            && let Err(e) = crate::mongo::Catalog::from_dir(&c.mongodb.schema_dir)
-        {
-            err("mongodb.schema_dir", e.to_string());
-        }
+    // That the files compile is the MongoDB actor's check (`mongo::check_config`).
+    if !c.mongodb.schema_dir.as_os_str().is_empty() && !c.mongodb.schema_dir.is_absolute() {
+        err(
+            "mongodb.schema_dir",
+            "must be an absolute path (or empty for the built-in schemas)".to_owned(),
+        );
     }
     let es = &c.elasticsearch;
     if let Err(reason) = check_http_url(es.url.expose()) {
@@ -821,29 +829,10 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     if es.cold_priority < 0 {
         err("elasticsearch.cold_priority", "must not be negative".into());
     }
-    if let Err(reason) = es.policy().check() {
-        let key = if es.prepare_ahead >= Duration::from_secs(28 * 24 * 3600) {
-            "elasticsearch.prepare_ahead"
-        } else {
-            "elasticsearch.cold_after"
-        };
-        err(key, reason);
-    }
+    // The lifecycle phases' order is the search actor's check (`search::check_config`).
+    // Volume names, the hard quota limit and cleanup patterns are the volume actor's
+    // (`volume::check_config`).
     let v = &c.volumes;
-    for name in &v.extra {
-        if let Err(e) = crate::volume::VolumeName::new(name) {
-            err("volumes.extra", e.to_string());
-        }
-    }
-    if v.max_quota > ByteSize(crate::volume::HARD_MAX_QUOTA) {
-        err(
-            "volumes.max_quota",
-            format!(
-                "must be at most {}",
-                ByteSize(crate::volume::HARD_MAX_QUOTA)
-            ),
-        );
-    }
     if v.default_quota.0 == 0 || v.default_quota > v.max_quota {
         err(
             "volumes.default_quota",
@@ -864,16 +853,6 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     }
     if v.usage_max_age < Duration::from_millis(1) {
         err("volumes.usage_max_age", "must be at least 1ms".to_owned());
-    }
-    for pattern in &v.cleanup_patterns {
-        if crate::glob::only_wildcards(pattern) || pattern.contains('/') {
-            err(
-                "volumes.cleanup_patterns",
-                format!(
-                    "{pattern:?} must be a file-name pattern with at least one literal character, not a path"
-                ),
-            );
-        }
     }
     if !c.volumes.root.is_absolute() {
         err(
@@ -975,19 +954,6 @@ fn check_mongodb_url(raw: &str) -> Result<(), String> {
     let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if hosts.is_empty() || hosts.split(',').any(str::is_empty) {
         return Err("no host".to_owned());
-    }
-    Ok(())
-}
-
-pub(crate) fn check_database_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 63 {
-        return Err("must be 1 to 63 characters".to_owned());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| "/\\. \"$*<>:|?".contains(*c) || c.is_control())
-    {
-        return Err(format!("must not contain {c:?}"));
     }
     Ok(())
 }

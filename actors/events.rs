@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Mutex;
 
-use crate::supervisor::Backend;
+use crate::backend::Backend;
 
 /// What every event can do; implemented by the `events!` list below, not by hand.
 pub trait Event {

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::backend::{Backend, StateLabel};
 use crate::redact;
-use crate::supervisor::{Backend, ConnState, Connection, StateLabel};
 
 /// The last error an actor saw: a code from its error enum and the redacted message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +208,22 @@ impl HealthRegistry {
     }
 }
 
+/// What the registry keeps of a connection after a transition; the supervisor's
+/// `Connection::snapshot` fills it in. Plain data, so this module does not depend on the
+/// supervisor (which depends on this one to report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    pub state: StateLabel,
+    /// The connect attempt in flight or next; 0 while up.
+    pub attempt: u32,
+    /// Times the connection was lost after having been up.
+    pub restarts: u64,
+    /// In backoff: when the next attempt starts.
+    pub retry_at: Option<Instant>,
+    /// Disabled: why.
+    pub reason: Option<String>,
+}
+
 /// A backend actor's handle to its own registry entry.
 #[derive(Clone)]
 pub struct HealthEntry {
@@ -217,26 +233,16 @@ pub struct HealthEntry {
 
 impl HealthEntry {
     /// Mirrors the state machine after a transition.
-    pub fn record(&self, conn: &Connection) {
-        let state = conn.state().clone();
-        let attempt = conn.attempt();
-        let restarts = conn.restarts();
+    pub fn record(&self, snap: ConnSnapshot) {
         self.registry.update(self.backend, true, |e| {
-            let label = state.label();
-            if e.status.state != label {
+            if e.status.state != snap.state {
                 e.status.since = now_rfc3339();
             }
-            e.status.state = label;
-            e.status.attempt = attempt;
-            e.status.restarts = restarts;
-            e.retry_at = match state {
-                ConnState::Backoff { until, .. } => Some(until),
-                _ => None,
-            };
-            e.status.reason = match state {
-                ConnState::Disabled { reason } => Some(reason),
-                _ => None,
-            };
+            e.status.state = snap.state;
+            e.status.attempt = snap.attempt;
+            e.status.restarts = snap.restarts;
+            e.retry_at = snap.retry_at;
+            e.status.reason = snap.reason;
         });
     }
 
@@ -266,80 +272,4 @@ impl HealthEntry {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::supervisor::BackoffPolicy;
-
-    fn policy() -> BackoffPolicy {
-        BackoffPolicy {
-            base: Duration::from_millis(100),
-            factor: 2,
-            cap: Duration::from_secs(1),
-            reset_after: Duration::from_secs(60),
-        }
-    }
-
-    #[tokio::test]
-    async fn entries_follow_the_state_machine() {
-        let reg = HealthRegistry::new();
-        let mut rx = reg.subscribe();
-        let entry = reg.register(Backend::Redis, true);
-        let mut conn = Connection::new(policy(), Instant::now());
-        assert!(reg.readiness().is_err());
-
-        conn.connected(Instant::now()).expect("up");
-        entry.record(&conn);
-        entry.latency(Duration::from_micros(1500));
-        assert!(rx.has_changed().expect("sender alive"));
-        rx.mark_unchanged();
-        assert_eq!(reg.readiness(), Ok(()));
-        let snap = reg.snapshot();
-        assert_eq!(snap[0].state, StateLabel::Up);
-        assert_eq!(snap[0].latency_ms, Some(1.5));
-        assert_eq!(reg.summary(), "redis up");
-
-        conn.failed(Instant::now(), 0.5).expect("down");
-        entry.record(&conn);
-        entry.error("connection_refused", "cannot reach redis://:pw@h:1");
-        assert!(rx.has_changed().expect("sender alive"));
-        let snap = reg.snapshot();
-        assert_eq!(snap[0].state, StateLabel::Backoff);
-        assert_eq!(snap[0].attempt, 2);
-        assert!(snap[0].retry_in_ms.is_some_and(|ms| ms <= 100));
-        assert_eq!(
-            snap[0].last_error.as_ref().map(|e| e.message.as_str()),
-            Some("cannot reach redis://:***@h:1")
-        );
-        let reasons = reg.readiness().expect_err("required backend down");
-        assert!(
-            reasons[0].starts_with("redis backoff (connection_refused), retry 2 in"),
-            "{reasons:?}"
-        );
-
-        // optional backends, and those that cannot run, do not hold readiness back
-        let _mongo = reg.register(Backend::Mongodb, false);
-        reg.register_disabled(Backend::Elasticsearch, "templates: broken file");
-        assert_eq!(reg.readiness().expect_err("redis still down").len(), 1);
-        let es = reg
-            .snapshot()
-            .into_iter()
-            .find(|s| s.backend == Backend::Elasticsearch)
-            .expect("listed");
-        assert_eq!(es.state, StateLabel::Disabled);
-        assert!(
-            !es.required
-                && es
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("templates"))
-        );
-
-        // a latency update alone does not wake STATUS= writers
-        rx.mark_unchanged();
-        entry.latency(Duration::from_millis(2));
-        assert!(!rx.has_changed().expect("sender alive"));
-    }
 }

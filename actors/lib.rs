@@ -5,21 +5,27 @@
 //!
 //! # Layout
 //!
+//! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
 //! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
+//!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
+//! - [`roles`] — which parts run in a process ([`Roles`]: stores, volumes, backup, scheduler).
+//! - [`state`] — the state directory ([`StateDir`]) and the CLI's owner check.
 //! - [`events`] — typed events: one `emit` that logs with stable fields and counts.
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
 //! - [`redis`] — the Redis actor.
 //! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
+//! - [`search`] — the Elasticsearch actor: monthly indices, routed writes, bulk, lifecycle.
 //! - [`volume`] — the volume actor: named volumes, quotas, usage, integrity, tar streams.
 //!
 //! # Use
 //!
 //! Inside an actix `System`, `start(&config, Roles::SIBLING)` starts the enabled store actors on
-//! the current arbiter and returns their [`Handles`]; [`Roles`] says which parts a process runs. Every call answers within the configured
-//! deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
+//! the current arbiter and returns their [`Handles`]; [`Roles`] says which parts a process runs.
+//! Every call answers within the configured deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
 
+pub mod backend;
 pub mod config;
 pub mod events;
 mod glob;
@@ -35,11 +41,28 @@ pub mod volume;
 
 use std::time::Duration;
 
+pub use backend::Backend;
 pub use config::Config;
 pub use health::{BackendStatus, HealthRegistry};
 pub use roles::{Part, Roles};
 pub use state::StateDir;
-pub use supervisor::{Backend, CallError};
+pub use supervisor::CallError;
+
+/// The configuration with every check made: the config module's own ([`config::load`]) and
+/// each actor's of its section ([`check_config`]), all problems reported at once. The daemon,
+/// `config check` and every command load through this; sibling services should too.
+pub fn load_config(opts: &config::LoadOptions) -> Result<config::Loaded, config::ConfigErrors> {
+    config::load_with(opts, check_config)
+}
+
+/// Each actor's checks of its own config section, the ones the config module cannot make
+/// without naming the actor (a schema that must compile, a volume name, the lifecycle's
+/// order). Redis has none: its section is checked by value alone.
+pub fn check_config(config: &Config, errors: &mut Vec<config::ConfigError>) {
+    mongo::check_config(&config.mongodb, errors);
+    search::check_config(&config.elasticsearch, errors);
+    volume::check_config(&config.volumes, errors);
+}
 
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,5 +247,213 @@ impl Handles {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{ConfigErrors, LoadOptions};
+
+    fn load_env(pairs: &[(&str, &str)]) -> Result<config::Loaded, ConfigErrors> {
+        load_config(&LoadOptions {
+            file: None,
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+        })
+    }
+
+    fn keys(e: &ConfigErrors) -> Vec<&str> {
+        e.0.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_pass_every_actors_check() {
+        load_env(&[]).expect("defaults valid");
+    }
+
+    /// The keys only an actor can check are checked by `load_config`, with the same key and
+    /// message `config check` printed when the config module made these checks itself.
+    #[test]
+    fn actor_checks_name_their_key() {
+        let missing = std::env::temp_dir().join("lucid-db-no-such-schema-dir");
+        let missing = missing.to_str().expect("utf8");
+        for (env, key, needle) in [
+            (
+                ("LUCID_DB__MONGODB__DATABASE", "lucid.db"),
+                "mongodb.database",
+                "must not contain '.'",
+            ),
+            (
+                ("LUCID_DB__MONGODB__SCHEMA_DIR", missing),
+                "mongodb.schema_dir",
+                "",
+            ),
+            (
+                ("LUCID_DB__ELASTICSEARCH__COLD_AFTER", "1d"),
+                "elasticsearch.cold_after",
+                "warm_after < cold_after < delete_after",
+            ),
+            (
+                ("LUCID_DB__ELASTICSEARCH__PREPARE_AHEAD", "30d"),
+                "elasticsearch.prepare_ahead",
+                "under 28 days",
+            ),
+            (
+                ("LUCID_DB__VOLUMES__EXTRA", "scratch, ../up"),
+                "volumes.extra",
+                "only a-z",
+            ),
+            (
+                ("LUCID_DB__VOLUMES__MAX_QUOTA", "1T"),
+                "volumes.max_quota",
+                "must be at most 100G",
+            ),
+            (
+                ("LUCID_DB__VOLUMES__CLEANUP_PATTERNS", "*.tmp, *"),
+                "volumes.cleanup_patterns",
+                "at least one literal character",
+            ),
+        ] {
+            let err = load_env(&[env]).expect_err(env.1);
+            assert_eq!(keys(&err), vec![key], "{env:?}: {err}");
+            assert!(err.to_string().contains(needle), "{env:?}: {err}");
+            // The config module alone accepts these: the check is the actor's.
+            config::load(&LoadOptions {
+                file: None,
+                env: HashMap::from([(env.0.to_owned(), env.1.to_owned())]),
+            })
+            .unwrap_or_else(|e| panic!("{env:?} is the actor's to refuse: {e}"));
+        }
+        // A schema directory is compiled only when MongoDB is enabled.
+        load_env(&[
+            ("LUCID_DB__MONGODB__SCHEMA_DIR", missing),
+            ("LUCID_DB__MONGODB__ENABLED", "false"),
+        ])
+        .expect("disabled MongoDB's schema files are not read");
+    }
+
+    #[test]
+    fn config_and_actor_errors_are_reported_together() {
+        let err = load_env(&[
+            ("LUCID_DB__MONGODB__URL", "postgres://x"),
+            ("LUCID_DB__VOLUMES__EXTRA", "Bad"),
+            ("LUCID_DB__VOLUMES__ROOT", "relative"),
+        ])
+        .expect_err("invalid");
+        assert_eq!(
+            keys(&err),
+            vec!["mongodb.url", "volumes.root", "volumes.extra"]
+        );
+    }
+
+    /// The crate paths a source file names (in code or docs), with their line numbers: the
+    /// first segment after each `crate::`, and each member of a `crate::{a, b::{c}}` group,
+    /// however many lines the group spans.
+    fn crate_paths(source: &str) -> Vec<(usize, String, &str)> {
+        let line_at = |offset: usize| source[..offset].matches('\n').count();
+        let lines: Vec<&str> = source.lines().collect();
+        let mut found = Vec::new();
+        for (at, _) in source.match_indices("crate::") {
+            let rest = &source[at + "crate::".len()..];
+            let mut names = Vec::new();
+            if let Some(group) = rest.strip_prefix('{') {
+                // The first segment of each item at the group's top level.
+                let (mut depth, mut item) = (0usize, String::new());
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => names.push(std::mem::take(&mut item)),
+                        _ if depth == 0 => item.push(c),
+                        _ => {}
+                    }
+                }
+                names.push(item);
+            } else {
+                names.push(rest.to_owned());
+            }
+            let line = line_at(at);
+            for name in names {
+                let name = name.trim_start();
+                let end = name
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(name.len());
+                if end > 0 {
+                    found.push((line + 1, name[..end].to_owned(), lines[line]));
+                }
+            }
+        }
+        found
+    }
+
+    fn assert_names_only(file: &str, source: &str, allowed: &[&str]) {
+        for (line_no, name, line) in crate_paths(source) {
+            assert!(
+                allowed.contains(&name.as_str()),
+                "actors/{file}:{line_no} names crate::{name}, but this file may name only {allowed:?} \
+                 (so that no import path leads from it back into an actor): {}",
+                line.trim()
+            );
+        }
+        // A `super::` at the top of a module one level down is the crate root too.
+        for (i, line) in source.lines().enumerate() {
+            let t = line.trim();
+            assert!(
+                !t.contains("super::") || t == "use super::*;",
+                "actors/{file}:{} reaches the crate root through super::: {t}",
+                i + 1
+            );
+        }
+    }
+
+    /// Config is plain data: `config.rs` names only the leaf `redact`, and the leaves name
+    /// nothing, so no import path leads from the configuration back into an actor.
+    #[test]
+    fn config_and_the_leaves_name_no_actor() {
+        assert_names_only("config.rs", include_str!("config.rs"), &["redact"]);
+        assert_names_only("redact.rs", include_str!("redact.rs"), &[]);
+        assert_names_only("backend.rs", include_str!("backend.rs"), &[]);
+    }
+
+    /// The supervisor reports into the health registry and the events; they must not name it
+    /// back (what they share is in the leaf `backend`).
+    #[test]
+    fn health_and_events_do_not_name_the_supervisor() {
+        for (file, source) in [
+            ("health.rs", include_str!("health.rs")),
+            ("events.rs", include_str!("events.rs")),
+        ] {
+            for (line_no, name, line) in crate_paths(source) {
+                assert!(
+                    name != "supervisor",
+                    "actors/{file}:{line_no} names crate::supervisor (an import cycle): {}",
+                    line.trim()
+                );
+            }
+        }
+    }
+
+    /// The checker itself: it must see a path in a group and in a doc link.
+    #[test]
+    fn crate_paths_sees_groups_and_docs() {
+        let source = "use crate::{\n    redact,\n    mongo::{Catalog, self},\n};\n/// See [`crate::volume`].\n";
+        let names: Vec<(usize, String)> = crate_paths(source)
+            .into_iter()
+            .map(|(n, name, _)| (n, name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (1, "redact".to_owned()),
+                (1, "mongo".to_owned()),
+                (5, "volume".to_owned())
+            ]
+        );
     }
 }

@@ -49,7 +49,7 @@ use mongodb::options::{
 use mongodb::{Client, Database};
 use tokio::time::Instant;
 
-use crate::config::{MongoConfig, ReadPreferenceMode, SupervisorConfig};
+use crate::config::{ConfigError, MongoConfig, ReadPreferenceMode, SupervisorConfig};
 use crate::events::{self, MongoBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
@@ -660,6 +660,39 @@ impl Handler<Shutdown> for MongoActor {
             .map(|(), _, ctx| ctx.stop()),
         )
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+/// The checks of `[mongodb]` that need this module: the database name, and, when MongoDB is
+/// enabled, that the files in `schema_dir` compile (the config module has checked the path is
+/// absolute). `lucid_actors::load_config` runs this with the config module's own checks, so
+/// `config check` refuses a broken schema file before the daemon starts.
+pub fn check_config(cfg: &MongoConfig, errors: &mut Vec<ConfigError>) {
+    if let Err(reason) = check_database_name(&cfg.database) {
+        errors.push(ConfigError::new("mongodb.database", reason));
+    }
+    if cfg.enabled
+        && cfg.schema_dir.is_absolute()
+        && let Err(e) = Catalog::from_dir(&cfg.schema_dir)
+    {
+        errors.push(ConfigError::new("mongodb.schema_dir", e.to_string()));
+    }
+}
+
+/// MongoDB's rules for a database name: `mongodb.database`, and the database an import names.
+pub fn check_database_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("must be 1 to 63 characters".to_owned());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| "/\\. \"$*<>:|?".contains(*c) || c.is_control())
+    {
+        return Err(format!("must not contain {c:?}"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

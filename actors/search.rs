@@ -38,7 +38,7 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::config::{ElasticsearchConfig, SupervisorConfig};
+use crate::config::{ConfigError, ElasticsearchConfig, SupervisorConfig};
 use crate::events::{self, SearchBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
@@ -213,6 +213,20 @@ impl SearchError {
 // ---------------------------------------------------------------------------------------------
 // Settings and handle
 
+/// The checks of `[elasticsearch]` that need this module: the lifecycle phases in order, with
+/// the error on the key most likely wrong. The config module checks the rest of the section;
+/// `lucid_actors::load_config` runs both.
+pub fn check_config(cfg: &ElasticsearchConfig, errors: &mut Vec<ConfigError>) {
+    if let Err(reason) = Policy::from_config(cfg).check() {
+        let key = if cfg.prepare_ahead >= Duration::from_secs(28 * 24 * 3600) {
+            "elasticsearch.prepare_ahead"
+        } else {
+            "elasticsearch.cold_after"
+        };
+        errors.push(ConfigError::new(key, reason));
+    }
+}
+
 /// What the operations need from `[elasticsearch]` and `[supervisor]`, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -249,7 +263,7 @@ impl Settings {
             bulk_max_bytes: usize::try_from(cfg.bulk_max_bytes.0).unwrap_or(usize::MAX),
             bulk_in_flight: cfg.bulk_in_flight,
             bulk_retries: cfg.bulk_retries,
-            policy: cfg.policy(),
+            policy: Policy::from_config(cfg),
         }
     }
 }

@@ -8,43 +8,24 @@
 //! read ([`Published`]). A backend supplies only how to connect and ping and what to do when
 //! the connection comes up or is lost. "Backend down" is an error in a reply, never a reason
 //! for an actor to stop.
+//!
+//! The imports run one way: this module reports into [`crate::health`] and [`crate::events`],
+//! and neither of them names this module. The names all three share ([`Backend`],
+//! [`StateLabel`]) live in the leaf `backend` module and are re-exported here; the registry
+//! learns of a transition from a plain [`ConnSnapshot`] that [`Connection::snapshot`] fills in,
+//! not from the state machine itself.
 
 pub mod feed;
 pub mod link;
 
-use std::fmt;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use crate::backend::{Backend, StateLabel};
 use crate::config::SupervisorConfig;
-
-/// The backends lucid-db owns. Names match the config sections and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Redis,
-    Mongodb,
-    Elasticsearch,
-}
-
-impl Backend {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Redis => "redis",
-            Backend::Mongodb => "mongodb",
-            Backend::Elasticsearch => "elasticsearch",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::health::ConnSnapshot;
 
 /// The reconnect schedule. Exponential with full jitter: attempt `n` waits a uniformly random
 /// time in `[0, min(cap, base * factor^(n-1)))`, so many daemons restarting together do not
@@ -106,27 +87,6 @@ impl ConnState {
             ConnState::Backoff { .. } => StateLabel::Backoff,
             ConnState::Disabled { .. } => StateLabel::Disabled,
         }
-    }
-}
-
-/// [`ConnState`] without its data, as reported by `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StateLabel {
-    Connecting,
-    Up,
-    Backoff,
-    Disabled,
-}
-
-impl fmt::Display for StateLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StateLabel::Connecting => "connecting",
-            StateLabel::Up => "up",
-            StateLabel::Backoff => "backoff",
-            StateLabel::Disabled => "disabled",
-        })
     }
 }
 
@@ -240,6 +200,24 @@ impl Connection {
             ConnState::Connecting { attempt } => attempt,
             ConnState::Backoff { attempt, .. } => attempt + 1,
             ConnState::Up { .. } | ConnState::Disabled { .. } => 0,
+        }
+    }
+
+    /// What the health registry shows of this connection (see the module doc for why it gets
+    /// a copy and not the state machine).
+    pub fn snapshot(&self) -> ConnSnapshot {
+        ConnSnapshot {
+            state: self.state.label(),
+            attempt: self.attempt(),
+            restarts: self.restarts,
+            retry_at: match self.state {
+                ConnState::Backoff { until, .. } => Some(until),
+                _ => None,
+            },
+            reason: match &self.state {
+                ConnState::Disabled { reason } => Some(reason.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -606,5 +584,74 @@ mod tests {
         assert_eq!(f.attempt, 1);
         assert_eq!(f.retry_in, p.base.mul_f64(0.999));
         assert_eq!(c.restarts(), 2);
+    }
+
+    /// The registry shows what the state machine decided: [`Connection::snapshot`] carries
+    /// everything `/health` and `/ready` report.
+    #[tokio::test]
+    async fn health_entries_follow_the_state_machine() {
+        let reg = crate::health::HealthRegistry::new();
+        let mut rx = reg.subscribe();
+        let entry = reg.register(Backend::Redis, true);
+        let policy = BackoffPolicy {
+            base: Duration::from_millis(100),
+            factor: 2,
+            cap: Duration::from_secs(1),
+            reset_after: Duration::from_secs(60),
+        };
+        let mut conn = Connection::new(policy, Instant::now());
+        assert!(reg.readiness().is_err());
+
+        conn.connected(Instant::now()).expect("up");
+        entry.record(conn.snapshot());
+        entry.latency(Duration::from_micros(1500));
+        assert!(rx.has_changed().expect("sender alive"));
+        rx.mark_unchanged();
+        assert_eq!(reg.readiness(), Ok(()));
+        let snap = reg.snapshot();
+        assert_eq!(snap[0].state, StateLabel::Up);
+        assert_eq!(snap[0].latency_ms, Some(1.5));
+        assert_eq!(reg.summary(), "redis up");
+
+        conn.failed(Instant::now(), 0.5).expect("down");
+        entry.record(conn.snapshot());
+        entry.error("connection_refused", "cannot reach redis://:pw@h:1");
+        assert!(rx.has_changed().expect("sender alive"));
+        let snap = reg.snapshot();
+        assert_eq!(snap[0].state, StateLabel::Backoff);
+        assert_eq!(snap[0].attempt, 2);
+        assert!(snap[0].retry_in_ms.is_some_and(|ms| ms <= 100));
+        assert_eq!(
+            snap[0].last_error.as_ref().map(|e| e.message.as_str()),
+            Some("cannot reach redis://:***@h:1")
+        );
+        let reasons = reg.readiness().expect_err("required backend down");
+        assert!(
+            reasons[0].starts_with("redis backoff (connection_refused), retry 2 in"),
+            "{reasons:?}"
+        );
+
+        // optional backends, and those that cannot run, do not hold readiness back
+        let _mongo = reg.register(Backend::Mongodb, false);
+        reg.register_disabled(Backend::Elasticsearch, "templates: broken file");
+        assert_eq!(reg.readiness().expect_err("redis still down").len(), 1);
+        let es = reg
+            .snapshot()
+            .into_iter()
+            .find(|s| s.backend == Backend::Elasticsearch)
+            .expect("listed");
+        assert_eq!(es.state, StateLabel::Disabled);
+        assert!(
+            !es.required
+                && es
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("templates"))
+        );
+
+        // a latency update alone does not wake STATUS= writers
+        rx.mark_unchanged();
+        entry.latency(Duration::from_millis(2));
+        assert!(!rx.has_changed().expect("sender alive"));
     }
 }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{ByteSize, VolumesConfig};
+use crate::config::{ByteSize, ConfigError, VolumesConfig};
 use crate::events::{
     self, VolumeCreated, VolumeDeleted, VolumeMigrated, VolumeThresholdCleared,
     VolumeThresholdCrossed,
@@ -413,6 +413,36 @@ pub struct WriteFile {
     /// Relative to the volume, `/`-separated.
     pub path: String,
     pub data: Vec<u8>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config
+
+/// The checks of `[volumes]` that need this module: each extra name is a [`VolumeName`], no
+/// quota above [`HARD_MAX_QUOTA`], and cleanup patterns that cannot match every file. The
+/// config module checks the rest of the section; `lucid_actors::load_config` runs both.
+pub fn check_config(cfg: &VolumesConfig, errors: &mut Vec<ConfigError>) {
+    for name in &cfg.extra {
+        if let Err(e) = VolumeName::new(name) {
+            errors.push(ConfigError::new("volumes.extra", e.to_string()));
+        }
+    }
+    if cfg.max_quota > ByteSize(HARD_MAX_QUOTA) {
+        errors.push(ConfigError::new(
+            "volumes.max_quota",
+            format!("must be at most {}", ByteSize(HARD_MAX_QUOTA)),
+        ));
+    }
+    for pattern in &cfg.cleanup_patterns {
+        if crate::glob::only_wildcards(pattern) || pattern.contains('/') {
+            errors.push(ConfigError::new(
+                "volumes.cleanup_patterns",
+                format!(
+                    "{pattern:?} must be a file-name pattern with at least one literal character, not a path"
+                ),
+            ));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

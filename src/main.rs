@@ -43,7 +43,8 @@ fn main() -> ExitCode {
             });
         }
     };
-    let loaded = match config::load(&LoadOptions::from_process(cli.config.clone())) {
+    // Every check, the actors' of their own sections included (`config::load` alone is not).
+    let loaded = match lucid_actors::load_config(&LoadOptions::from_process(cli.config.clone())) {
         Ok(loaded) => loaded,
         Err(errors) => {
             eprintln!("lucid-db: invalid configuration (exit {}):", exit::CONFIG);

@@ -213,7 +213,7 @@ where
         .database
         .clone()
         .unwrap_or_else(|| settings.database.clone());
-    crate::config::check_database_name(&database)
+    super::check_database_name(&database)
         .map_err(|reason| MongoError::invalid("database", reason))?;
     let meta = &options.metadata;
     if meta.collection != options.collection.name() {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::names::{Entity, IndexName, Month};
+use crate::config::ElasticsearchConfig;
 
 /// Where the planner's "now" comes from: the system clock in the daemon, a fixed time in tests
 /// and in `lucid-db search lifecycle --at`.
@@ -84,6 +85,19 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// The policy the `[elasticsearch]` lifecycle keys describe.
+    pub fn from_config(cfg: &ElasticsearchConfig) -> Policy {
+        Policy {
+            warm_after: cfg.warm_after,
+            cold_after: cfg.cold_after,
+            delete_after: cfg.delete_after,
+            delete: cfg.lifecycle_delete,
+            prepare_ahead: cfg.prepare_ahead,
+            cold_replicas: cfg.cold_replicas,
+            cold_priority: cfg.cold_priority,
+        }
+    }
+
     /// Refuses phases out of order.
     pub fn check(&self) -> Result<(), String> {
         if !(self.warm_after < self.cold_after && self.cold_after < self.delete_after) {

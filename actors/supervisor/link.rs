@@ -117,7 +117,7 @@ pub struct CallFailed<E> {
 /// Mirrors the state machine into the health registry and into what calls read.
 pub fn record<A: Supervised>(act: &A) {
     let link = act.link_ref();
-    act.health().record(&link.machine);
+    act.health().record(link.machine.snapshot());
     let published =
         Published::from_state(link.machine.state(), link.conn.as_ref(), link.generation);
     *act.published()

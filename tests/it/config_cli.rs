@@ -56,6 +56,23 @@ fn each_bad_value_exits_78_naming_its_key() {
             "supervisor.call_deadline",
             "duration",
         ),
+        // Checks an actor makes of its own section: the command line loads through
+        // lucid_actors::load_config, not config::load alone.
+        (
+            "[mongodb]\ndatabase = \"lucid.db\"\n",
+            "mongodb.database",
+            "must not contain",
+        ),
+        (
+            "[elasticsearch]\nprepare_ahead = \"30d\"\n",
+            "elasticsearch.prepare_ahead",
+            "28 days",
+        ),
+        (
+            "[volumes]\nextra = [\"Scratch\"]\n",
+            "volumes.extra",
+            "only a-z",
+        ),
     ];
     for (file, key, reason) in cases {
         for command in [&["config", "check"][..], &["run"][..]] {

@@ -421,7 +421,7 @@ impl Config {
     /// The compiled-in defaults alone (no file, no environment), validated by [`load`]; a test
     /// in `lib.rs` holds them to the actors' checks as well.
     pub fn defaults() -> Result<Config, ConfigErrors> {
-        load(&LoadOptions::default()).map(|l| l.config)
+        load_values(&LoadOptions::default()).map(|l| l.config)
     }
 
     /// The effective configuration as TOML, URL passwords redacted; each configured secret
@@ -453,14 +453,15 @@ impl Config {
 }
 
 /// Reads, merges, deserializes and validates the layers: every check that needs nothing but
-/// the value. The checks an actor owns (a schema directory that must compile, a volume name)
+/// the value (named so that nobody takes it for the whole load: outside this crate, call
+/// `lucid_actors::load_config`). The checks an actor owns (a schema directory that must compile, a volume name)
 /// are not made here; `lucid_actors::load_config` adds them through [`load_with`], and that is
 /// what the daemon and its commands call.
-pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
+pub fn load_values(opts: &LoadOptions) -> Result<Loaded, ConfigErrors> {
     load_with(opts, |_, _| {})
 }
 
-/// [`load`], then `sections` on the parsed configuration, its errors reported with the rest.
+/// [`load_values`], then `sections` on the parsed configuration, its errors reported with the rest.
 /// This module names no actor, so the actors' checks of their own sections come in from the
 /// caller; they run even when an earlier check failed, so every problem is reported at once.
 pub fn load_with(
@@ -985,7 +986,7 @@ mod tests {
             std::fs::write(&p, body).expect("write config");
             p
         });
-        load(&LoadOptions {
+        load_values(&LoadOptions {
             file,
             env: env(pairs),
         })
@@ -1233,7 +1234,7 @@ mod tests {
         // and it still loads as a configuration file
         let again = dir.path().join("again.toml");
         std::fs::write(&again, &shown).expect("write");
-        load(&LoadOptions {
+        load_values(&LoadOptions {
             file: Some(again),
             env: HashMap::new(),
         })

@@ -48,7 +48,7 @@ pub use roles::{Part, Roles};
 pub use state::StateDir;
 pub use supervisor::CallError;
 
-/// The configuration with every check made: the config module's own ([`config::load`]) and
+/// The configuration with every check made: the config module's own ([`config::load_values`]) and
 /// each actor's of its section ([`check_config`]), all problems reported at once. The daemon,
 /// `config check` and every command load through this; sibling services should too.
 pub fn load_config(opts: &config::LoadOptions) -> Result<config::Loaded, config::ConfigErrors> {
@@ -323,7 +323,7 @@ mod tests {
             assert_eq!(keys(&err), vec![key], "{env:?}: {err}");
             assert!(err.to_string().contains(needle), "{env:?}: {err}");
             // The config module alone accepts these: the check is the actor's.
-            config::load(&LoadOptions {
+            config::load_values(&LoadOptions {
                 file: None,
                 env: HashMap::from([(env.0.to_owned(), env.1.to_owned())]),
             })

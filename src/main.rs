@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    // Every check, the actors' of their own sections included (`config::load` alone is not).
+    // Every check, the actors' of their own sections included (`config::load_values` alone is not).
     let loaded = match lucid_actors::load_config(&LoadOptions::from_process(cli.config.clone())) {
         Ok(loaded) => loaded,
         Err(errors) => {

@@ -57,7 +57,7 @@ fn each_bad_value_exits_78_naming_its_key() {
             "duration",
         ),
         // Checks an actor makes of its own section: the command line loads through
-        // lucid_actors::load_config, not config::load alone.
+        // lucid_actors::load_config, not config::load_values alone.
         (
             "[mongodb]\ndatabase = \"lucid.db\"\n",
             "mongodb.database",

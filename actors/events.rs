@@ -4,12 +4,12 @@
 //! The events are declared in one list below (name, level, fields); `docs/events.md` documents
 //! the same list and a test keeps the two in step. Counters are readable in process with
 //! [`count`] and [`counts`] (the metrics endpoint will export them); [`capture`] records the
-//! events fired on the current thread, for tests.
+//! events fired on the current thread — and on the threads it is handed to with
+//! [`inherited`] — for tests.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::backend::Backend;
 
@@ -32,18 +32,22 @@ pub fn emit<E: Event>(event: E) {
     if let Ok(mut counts) = COUNTS.lock() {
         *counts.entry((E::NAME, code)).or_default() += 1;
     }
-    CAPTURES.with(|captures| {
-        let captures = captures.borrow();
+    let _ = CAPTURES.try_with(|captures| {
+        let mut captures = captures.borrow_mut();
         if captures.is_empty() {
             return;
         }
+        // A capture dropped on its own thread is gone here too.
+        captures.retain(|sink| sink.strong_count() > 0);
         let recorded = Recorded {
             name: E::NAME,
             code: event.code(),
             fields: event.fields().into_iter().collect(),
         };
-        for capture in captures.iter() {
-            capture.borrow_mut().push(recorded.clone());
+        for sink in captures.iter().filter_map(Weak::upgrade) {
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(recorded.clone());
         }
     });
 }
@@ -321,21 +325,49 @@ impl Recorded {
     }
 }
 
-type Sink = Rc<RefCell<Vec<Recorded>>>;
+type Sink = Arc<Mutex<Vec<Recorded>>>;
 
 thread_local! {
-    static CAPTURES: RefCell<Vec<Sink>> = const { RefCell::new(Vec::new()) };
+    /// The captures this thread records into. Weak: the [`Capture`] owns its sink, so a
+    /// capture handed to another thread ends when the test drops it, not when that thread ends.
+    static CAPTURES: RefCell<Vec<Weak<Mutex<Vec<Recorded>>>>> = const { RefCell::new(Vec::new()) };
 }
 
 static COUNTS: Mutex<BTreeMap<(&'static str, &'static str), u64>> = Mutex::new(BTreeMap::new());
 
 /// Records the events emitted on this thread until dropped. Actors started with
 /// [`crate::start`] run on the caller's arbiter, so inside `#[actix_rt::test]` their events
-/// are captured too.
+/// are captured too; work moved to another thread is captured once that thread installs
+/// [`inherited`].
 pub fn capture() -> Capture {
-    let sink: Sink = Rc::default();
-    CAPTURES.with(|c| c.borrow_mut().push(sink.clone()));
+    let sink: Sink = Arc::default();
+    CAPTURES.with(|c| c.borrow_mut().push(Arc::downgrade(&sink)));
     Capture { sink }
+}
+
+/// The captures active on this thread, to [`Inherited::install`] on another one (an actor's
+/// arbiter, a worker thread): what fires there is recorded by the same captures, so a capture
+/// is scoped to a test, not to the thread the test happens to run on.
+pub fn inherited() -> Inherited {
+    Inherited(CAPTURES.with(|c| c.borrow().clone()))
+}
+
+/// See [`inherited`].
+#[derive(Clone, Default)]
+pub struct Inherited(Vec<Weak<Mutex<Vec<Recorded>>>>);
+
+impl Inherited {
+    /// Records this thread's events into the inherited captures too (while they live).
+    pub fn install(self) {
+        let _ = CAPTURES.try_with(|c| {
+            let mut c = c.borrow_mut();
+            for sink in self.0 {
+                if !c.iter().any(|s| s.ptr_eq(&sink)) {
+                    c.push(sink);
+                }
+            }
+        });
+    }
 }
 
 /// A running capture; see [`capture`].
@@ -346,13 +378,17 @@ pub struct Capture {
 impl Capture {
     /// Everything recorded so far, oldest first.
     pub fn events(&self) -> Vec<Recorded> {
-        self.sink.borrow().clone()
+        self.sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The recorded events with this name.
     pub fn named(&self, name: &str) -> Vec<Recorded> {
         self.sink
-            .borrow()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|e| e.name == name)
             .cloned()
@@ -362,7 +398,8 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        let _ = CAPTURES.try_with(|c| c.borrow_mut().retain(|s| !Rc::ptr_eq(s, &self.sink)));
+        let me = Arc::downgrade(&self.sink);
+        let _ = CAPTURES.try_with(|c| c.borrow_mut().retain(|s| !s.ptr_eq(&me)));
     }
 }
 
@@ -419,6 +456,45 @@ mod tests {
         emit(DaemonReady {
             http_addr: "127.0.0.1:1".into(),
         });
+    }
+
+    #[test]
+    fn a_capture_handed_to_another_thread_sees_its_events_until_dropped() {
+        let ready = || DaemonReady {
+            http_addr: "127.0.0.1:2".into(),
+        };
+        let cap = capture();
+        let other = capture();
+        drop(other);
+        let handed = inherited();
+        let worker = std::thread::spawn(move || {
+            // Not installed yet: this thread's events are its own.
+            emit(ready());
+            handed.install();
+            emit(ready());
+        });
+        worker.join().expect("worker");
+        assert_eq!(cap.named("daemon.ready").len(), 1, "only after install");
+
+        // A capture dropped on the test's thread ends on every thread it was handed to.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let handed = inherited();
+        let worker = std::thread::spawn(move || {
+            handed.install();
+            rx.recv().expect("go");
+            emit(ready());
+            done_tx.send(()).expect("done");
+        });
+        let sink = Arc::downgrade(&cap.sink);
+        drop(cap);
+        tx.send(()).expect("go");
+        done_rx.recv().expect("done");
+        worker.join().expect("worker");
+        assert!(
+            sink.upgrade().is_none(),
+            "nothing keeps a dropped capture alive"
+        );
     }
 
     #[test]

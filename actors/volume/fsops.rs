@@ -189,8 +189,19 @@ pub(crate) fn tally(dir: &Path) -> Result<Tally, VolumeError> {
     let mut t = Tally::default();
     let mut linked = HashSet::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
-        let entry = entry.map_err(|e| walk_error(dir, e))?;
-        let meta = entry.metadata().map_err(|e| walk_error(dir, e))?;
+        // A file removed or renamed between the directory read and its stat (an atomic
+        // write's temporary file, a database's scratch file) is not there to count: a live
+        // volume must not make its own measurement fail.
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(walk_error(dir, e)),
+        };
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(walk_error(dir, e)),
+        };
         if meta.nlink() > 1 && !meta.is_dir() && !linked.insert((meta.dev(), meta.ino())) {
             continue;
         }
@@ -217,6 +228,11 @@ pub(crate) fn walk_volume(dir: &Path) -> impl Iterator<Item = walkdir::Result<wa
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| !is_transient(e.file_name()))
+}
+
+fn vanished(e: &walkdir::Error) -> bool {
+    e.io_error()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
 }
 
 pub(crate) fn walk_error(dir: &Path, e: walkdir::Error) -> VolumeError {
@@ -348,6 +364,38 @@ pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tally_survives_files_that_vanish_while_it_walks() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..200 {
+            fs::write(dir.path().join(format!("keep-{i}")), b"x").expect("write");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let (stop, root) = (stop.clone(), dir.path().to_path_buf());
+            // An atomic writer's pattern: create a temporary file, rename it over another.
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let tmp = root.join(format!("tmp-{}", n % 50));
+                    let _ = fs::write(&tmp, b"y");
+                    let _ = fs::rename(&tmp, root.join("target"));
+                    n += 1;
+                }
+            })
+        };
+        let walks: Vec<Result<Tally, VolumeError>> = (0..300).map(|_| tally(dir.path())).collect();
+        stop.store(true, Ordering::Relaxed);
+        churn.join().expect("churn");
+        for t in walks {
+            let t = t.expect("a vanished file is not an error");
+            assert!(t.files >= 200, "{t:?}");
+        }
+    }
 
     #[test]
     fn safe_join_refuses_every_way_out() {

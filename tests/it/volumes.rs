@@ -939,7 +939,8 @@ async fn concurrent_writes_cannot_all_pass_one_quota() {
     assert!(
         results
             .iter()
-            .all(|r| r.is_ok() || matches!(r, Err(VolumeError::OverQuota { .. })))
+            .all(|r| r.is_ok() || matches!(r, Err(VolumeError::OverQuota { .. }))),
+        "{results:?}"
     );
     let usage = v
         .call(MeasureUsage {

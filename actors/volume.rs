@@ -697,6 +697,14 @@ impl VolumeActor {
         }
     }
 
+    /// Takes in what a write's quota check ([`make_room`]) found on disk.
+    fn take_in(&mut self, name: &VolumeName, found: Found) {
+        self.remember(&found.meta);
+        if found.walked {
+            self.record_walk(name, found.usage);
+        }
+    }
+
     /// Keeps the map in step with what an operation found on disk.
     fn remember(&mut self, meta: &VolumeMeta) {
         if self.volumes.get(&meta.name) != Some(meta) {
@@ -1716,25 +1724,8 @@ impl Handler<WriteFile> for VolumeActor {
         let cached = self.fresh_usage(&msg.name);
         let name = msg.name.clone();
         let work = blocking(move || {
-            // Shared: a migrate, import or delete (exclusive) cannot move the data away
-            // under this write.
-            let _lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "write", false)?;
-            let meta = fresh_meta(&s, &name)?;
-            let usage = match cached {
-                Some(u) if u.quota_bytes == meta.quota_bytes => (u, false),
-                _ => (measure(&s, &meta)?, true),
-            };
-            if usage.0.tally.bytes + reserved + needed > meta.quota_bytes {
-                return Err(VolumeError::OverQuota {
-                    volume: name.to_string(),
-                    used: usage.0.tally.bytes + reserved,
-                    quota: meta.quota_bytes,
-                    needed,
-                });
-            }
-            let dir = data_dir(&s.root, &meta);
-            fsops::check_data_dir(&dir)?;
-            let path = fsops::safe_join(&dir, &msg.path)?;
+            let room = make_room(&s, &name, "write", cached, reserved, needed)?;
+            let path = fsops::safe_join(&room.dir, &msg.path)?;
             // Replacing a file keeps its mode, and only the difference counts.
             let before = std::fs::symlink_metadata(&path).ok();
             let mode = before.as_ref().map_or(0o640, |m| {
@@ -1753,20 +1744,74 @@ impl Handler<WriteFile> for VolumeActor {
                 apparent: after.len() as i64 - old_len as i64,
                 files: i64::from(before.is_none()),
             };
-            Ok((meta, usage, delta))
+            // The room, and with it the lock, ends here: the write is done.
+            Ok((room.found, delta))
         });
         let name = msg.name;
         Box::pin(work.into_actor(self).map(move |res, act, _| {
             act.reserved.sub(&name, needed);
-            let (meta, (usage, walked), delta) = res?;
-            act.remember(&meta);
-            if walked {
-                act.record_walk(&name, usage);
-            }
+            let (room, delta) = res?;
+            act.take_in(&name, room);
             act.add_usage(&name, delta.bytes, delta.apparent, delta.files);
             Ok(())
         }))
     }
+}
+
+/// What [`make_room`] found, held while the writer writes.
+struct Room {
+    /// The volume's lock, shared: a migrate, import or delete (exclusive) cannot move the data
+    /// away under the writer.
+    lock: fsops::LockFile,
+    found: Found,
+    dir: PathBuf,
+}
+
+/// The metadata and usage a [`Room`] found, for the actor to take in ([`VolumeActor::take_in`]).
+struct Found {
+    meta: VolumeMeta,
+    usage: Usage,
+    /// Whether `usage` was measured now (not the cached figure).
+    walked: bool,
+}
+
+/// The quota check of every write the daemon makes itself ([`WriteFile`], a
+/// [`reserve::Reservation`]), on a blocking thread: the volume's lock shared, its metadata
+/// re-read, its usage (`cached` while it is for the same quota, else measured now), and room
+/// for `needed` bytes beside the `promised` ones of other writers in flight.
+fn make_room(
+    s: &Settings,
+    name: &VolumeName,
+    operation: &'static str,
+    cached: Option<Usage>,
+    promised: u64,
+    needed: u64,
+) -> Result<Room, VolumeError> {
+    let lock = fsops::lock(&lock_path(&s.root, name), name.as_str(), operation, false)?;
+    let meta = fresh_meta(s, name)?;
+    let (usage, walked) = match cached {
+        Some(u) if u.quota_bytes == meta.quota_bytes => (u, false),
+        _ => (measure(s, &meta)?, true),
+    };
+    if usage.tally.bytes + promised + needed > meta.quota_bytes {
+        return Err(VolumeError::OverQuota {
+            volume: name.to_string(),
+            used: usage.tally.bytes + promised,
+            quota: meta.quota_bytes,
+            needed,
+        });
+    }
+    let dir = data_dir(&s.root, &meta);
+    fsops::check_data_dir(&dir)?;
+    Ok(Room {
+        lock,
+        found: Found {
+            meta,
+            usage,
+            walked,
+        },
+        dir,
+    })
 }
 
 /// What one write changed in a volume's usage.

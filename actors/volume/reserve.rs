@@ -22,11 +22,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 
-use super::fsops::{self, LockFile};
-use super::{
-    Reply, VolumeActor, VolumeError, VolumeName, blocking, data_dir, fresh_meta, lock_path,
-    measure, ready,
-};
+use super::fsops::LockFile;
+use super::{Reply, VolumeActor, VolumeError, VolumeName, blocking, make_room, ready};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -224,46 +221,25 @@ impl Handler<ReserveQuota> for VolumeActor {
         let cached = self.fresh_usage(&msg.name);
         let name = msg.name.clone();
         let needed = msg.bytes;
-        let work = blocking(move || {
-            let lock = fsops::lock(&lock_path(&s.root, &name), name.as_str(), "reserve", false)?;
-            let meta = fresh_meta(&s, &name)?;
-            let usage = match cached {
-                Some(u) if u.quota_bytes == meta.quota_bytes => (u, false),
-                _ => (measure(&s, &meta)?, true),
-            };
-            if usage.0.tally.bytes + before + needed > meta.quota_bytes {
-                return Err(VolumeError::OverQuota {
-                    volume: name.to_string(),
-                    used: usage.0.tally.bytes + before,
-                    quota: meta.quota_bytes,
-                    needed,
-                });
-            }
-            let dir = data_dir(&s.root, &meta);
-            fsops::check_data_dir(&dir)?;
-            Ok((meta, usage, dir, lock))
-        });
+        let work = blocking(move || make_room(&s, &name, "reserve", cached, before, needed));
         let actor = ctx.address();
         Box::pin(work.into_actor(self).map(move |res, act, _| {
-            let (meta, (usage, walked), dir, lock) = match res {
-                Ok(ok) => ok,
+            let room = match res {
+                Ok(room) => room,
                 Err(e) => {
                     act.reserved.sub(&msg.name, msg.bytes);
                     return Err(e);
                 }
             };
-            act.remember(&meta);
-            if walked {
-                act.record_walk(&msg.name, usage);
-            }
+            act.take_in(&msg.name, room.found);
             Ok(Reservation {
                 volume: msg.name,
-                data_dir: dir,
+                data_dir: room.dir,
                 granted: msg.bytes,
                 used: AtomicU64::new(0),
                 book: act.reserved.clone(),
                 actor,
-                _lock: lock,
+                _lock: room.lock,
             })
         }))
     }

@@ -23,7 +23,8 @@
 //!
 //! Inside an actix `System`, `start(&config, Roles::SIBLING)` starts the enabled store actors on
 //! the current arbiter and returns their [`Handles`]; [`Roles`] says which parts a process runs.
-//! Every call answers within the configured deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
+//! Every call answers within the configured deadline: a backend that is down is an error in the
+//! reply (`Unavailable`), never a hang.
 
 pub mod backend;
 pub mod config;
@@ -48,9 +49,10 @@ pub use roles::{Part, Roles};
 pub use state::StateDir;
 pub use supervisor::CallError;
 
-/// The configuration with every check made: the config module's own ([`config::load_values`]) and
-/// each actor's of its section ([`check_config`]), all problems reported at once. The daemon,
-/// `config check` and every command load through this; sibling services should too.
+/// The configuration with every check made: the config module's own
+/// ([`config::load_values`]) and each actor's of its section ([`check_config`]), all problems
+/// reported at once. The daemon, `config check` and every command load through this; sibling
+/// services should too.
 pub fn load_config(opts: &config::LoadOptions) -> Result<config::Loaded, config::ConfigErrors> {
     config::load_with(opts, check_config)
 }

@@ -110,16 +110,9 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// What every backend actor reports on a failure: the error in its health entry,
-    /// `backend.down` once per outage, and `backend.retry_scheduled`.
-    pub fn report(
-        &self,
-        backend: Backend,
-        health: &crate::health::HealthEntry,
-        code: &'static str,
-        message: &str,
-    ) {
-        health.error(code, message);
+    /// The events every backend actor emits on a failure: `backend.down` once per outage, and
+    /// `backend.retry_scheduled` (before the registry shows the new state: `link::record`).
+    pub fn report(&self, backend: Backend, code: &'static str, message: &str) {
         if self.outage_began {
             crate::events::emit(crate::events::BackendDown {
                 backend,

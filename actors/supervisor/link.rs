@@ -114,15 +114,20 @@ pub struct CallFailed<E> {
     pub error: E,
 }
 
-/// Mirrors the state machine into the health registry and into what calls read.
+/// Mirrors the state machine into what calls read and into the health registry.
+///
+/// The registry last: it is read on other threads than the actor's (`/health`, a probe's
+/// `settled`, tests), so a transition's error, latency, events and call state are in place
+/// before it shows the new state — whoever sees `backoff` there finds calls answered
+/// `Unavailable`, the error and `backend.down`.
 pub fn record<A: Supervised>(act: &A) {
     let link = act.link_ref();
-    act.health().record(link.machine.snapshot());
     let published =
         Published::from_state(link.machine.state(), link.conn.as_ref(), link.generation);
     *act.published()
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = published;
+    act.health().record(link.machine.snapshot());
 }
 
 /// `Actor::started`: the mailbox bound, the first connect, and the probe interval.
@@ -169,9 +174,10 @@ fn on_connected<A: Supervised>(
     match act.link().machine.connected(Instant::now()) {
         Ok(recovery) => {
             act.link().conn = Some(conn);
-            record(act);
+            // Before `record`: see there.
             act.health().latency(latency);
             recovery.report(A::BACKEND);
+            record(act);
             act.on_up(ctx);
         }
         Err(e) => {
@@ -203,8 +209,11 @@ pub fn on_failure<A: Supervised>(
     link.generation += 1;
     let next = link.generation;
     act.on_lost(ctx);
+    // Before `record`: see there.
+    let message = err.to_string();
+    act.health().error(err.code(), &message);
+    failure.report(A::BACKEND, err.code(), &message);
     record(act);
-    failure.report(A::BACKEND, act.health(), err.code(), &err.to_string());
     ctx.notify_later(Reconnect { generation: next }, failure.retry_in);
 }
 

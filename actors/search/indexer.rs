@@ -290,19 +290,21 @@ impl Batch {
         let counters = counters.clone();
         tokio::spawn(async move {
             let outcomes = sending.await;
+            // The room is given back before the caller hears its outcome: the caller may be on
+            // another thread, and must find the budget free once it has its answer.
             for (pos, outcome) in outcomes {
                 if let Some((reply, room)) = callers.get_mut(pos).and_then(Option::take) {
                     counters.answered.fetch_add(1, Ordering::Relaxed);
-                    let _ = reply.send(outcome);
                     drop(room);
+                    let _ = reply.send(outcome);
                 }
             }
             for (reply, room) in callers.into_iter().flatten() {
                 counters.answered.fetch_add(1, Ordering::Relaxed);
+                drop(room);
                 let _ = reply.send(Err(SearchError::Codec {
                     message: "the bulk answer had no item for this document".to_owned(),
                 }));
-                drop(room);
             }
             drop(slot);
         });

@@ -578,6 +578,8 @@ pub struct Daemon {
     /// systemd's notify socket, as the daemon sees it.
     pub notify: NotifySocket,
     stderr: std::sync::Arc<Mutex<String>>,
+    /// Disconnected once the reader has taken everything the daemon wrote to stderr.
+    stderr_read: Option<std::sync::mpsc::Receiver<()>>,
     dir: tempfile::TempDir,
 }
 
@@ -615,9 +617,11 @@ impl Daemon {
         let mut child = spawn_tied_to_process(cmd)
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
         let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let (read_tx, stderr_read) = std::sync::mpsc::channel::<()>();
         if let Some(pipe) = child.stderr.take() {
             let sink = stderr.clone();
             std::thread::spawn(move || {
+                let _done = read_tx;
                 let mut reader = std::io::BufReader::new(pipe);
                 let mut line = String::new();
                 while std::io::BufRead::read_line(&mut reader, &mut line).is_ok_and(|n| n > 0) {
@@ -633,6 +637,7 @@ impl Daemon {
             http,
             notify,
             stderr,
+            stderr_read: Some(stderr_read),
             dir,
         }
     }
@@ -682,6 +687,12 @@ impl Daemon {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
+                // The process is gone, but the reader may not have taken its last lines yet:
+                // what a test asserts about stderr after the exit must be all of it.
+                if let Some(read) = self.stderr_read.take() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let _ = read.recv_timeout(left.max(Duration::from_secs(1)));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {

@@ -335,10 +335,10 @@ thread_local! {
 
 static COUNTS: Mutex<BTreeMap<(&'static str, &'static str), u64>> = Mutex::new(BTreeMap::new());
 
-/// Records the events emitted on this thread until dropped. Actors started with
-/// [`crate::start`] run on the caller's arbiter, so inside `#[actix_rt::test]` their events
-/// are captured too; work moved to another thread is captured once that thread installs
-/// [`inherited`].
+/// Records the events emitted on this thread, and on the threads it is handed to with
+/// [`inherited`], until dropped. Each actor started with [`crate::start`] runs on a thread of
+/// its own that inherits the captures open when it starts: open the capture first, then start
+/// the actors, and it sees their events.
 pub fn capture() -> Capture {
     let sink: Sink = Arc::default();
     CAPTURES.with(|c| c.borrow_mut().push(Arc::downgrade(&sink)));
@@ -346,8 +346,8 @@ pub fn capture() -> Capture {
 }
 
 /// The captures active on this thread, to [`Inherited::install`] on another one (an actor's
-/// arbiter, a worker thread): what fires there is recorded by the same captures, so a capture
-/// is scoped to a test, not to the thread the test happens to run on.
+/// thread does at its start, a worker thread may): what fires there is recorded by the same
+/// captures, so a capture is scoped to a test, not to the thread the test happens to run on.
 pub fn inherited() -> Inherited {
     Inherited(CAPTURES.with(|c| c.borrow().clone()))
 }

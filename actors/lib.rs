@@ -14,6 +14,7 @@
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
+//! - `threads` — each store actor's own thread (an actix arbiter), named, tied to its starter.
 //! - [`redis`] — the Redis actor.
 //! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
 //! - [`search`] — the Elasticsearch actor: monthly indices, routed writes, bulk, lifecycle.
@@ -21,10 +22,11 @@
 //!
 //! # Use
 //!
-//! Inside an actix `System`, `start(&config, Roles::SIBLING)` starts the enabled store actors on
-//! the current arbiter and returns their [`Handles`]; [`Roles`] says which parts a process runs.
-//! Every call answers within the configured deadline: a backend that is down is an error in the
-//! reply (`Unavailable`), never a hang.
+//! Inside an actix `System`, `start(&config, Roles::SIBLING)` starts the enabled store actors,
+//! each on a thread of its own, and returns their [`Handles`]; [`Roles`] says which parts a
+//! process runs. The handles are `Send + Sync + Clone`: any arbiter may call them, and a
+//! request/response call runs in the caller's task. Every call answers within the configured
+//! deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
 
 pub mod backend;
 pub mod config;
@@ -38,6 +40,7 @@ pub mod roles;
 pub mod search;
 pub mod state;
 pub mod supervisor;
+mod threads;
 pub mod volume;
 
 use std::time::Duration;
@@ -79,7 +82,8 @@ impl Unresponsive {
     }
 }
 
-/// Typed handles to the running actors.
+/// Typed handles to the running actors; `Send + Sync`, so any arbiter may call them (as the
+/// HTTP workers will).
 #[derive(Clone)]
 pub struct Handles {
     /// The parts that run here: those asked for that have an actor ([`Roles::BUILT`]).
@@ -95,11 +99,16 @@ pub struct Handles {
     pub volumes: Option<volume::VolumeHandle>,
 }
 
-/// Starts the actors of the parts in `roles` on the current arbiter (call it inside an actix
-/// `System`): for `stores`, the enabled store actors; for `volumes`, the volume actor (which
-/// creates the default volumes). Nothing else is started and, without `volumes`, nothing is
-/// written to disk. Starting never fails on a backend that is down: the actor keeps trying
-/// under backoff and reports through the registry.
+/// Starts the actors of the parts in `roles` (call it inside an actix `System`): for `stores`,
+/// the enabled store actors; for `volumes`, the volume actor (which creates the default
+/// volumes). Nothing else is started and, without `volumes`, nothing is written to disk.
+/// Starting never fails on a backend that is down: the actor keeps trying under backoff and
+/// reports through the registry.
+///
+/// Each actor runs on a thread of its own (`lucid-redis`, `lucid-mongo`, `lucid-search`,
+/// `lucid-volume`), which lives as long as the current arbiter — as the actors did when they
+/// ran on it — and records events into the [`events::capture`]s open here when `start` is
+/// called.
 pub fn start(config: &Config, roles: Roles) -> Handles {
     let roles = roles.and(Roles::BUILT);
     let registry = HealthRegistry::new();

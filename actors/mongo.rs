@@ -59,6 +59,7 @@ use crate::supervisor::link::{
 use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
+use crate::threads::ActorThread;
 
 pub use bootstrap::{Bootstrap, BootstrapReport, Capabilities, Plan, PlanStep};
 pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
@@ -460,7 +461,8 @@ pub struct MongoActor {
 }
 
 impl MongoActor {
-    /// Starts the actor on the current arbiter and returns its handle.
+    /// Starts the actor on a thread of its own (`lucid-mongo`, tied to the current arbiter:
+    /// see `actors/threads.rs`) and returns its handle.
     pub fn start_with(
         cfg: &MongoConfig,
         sup: &SupervisorConfig,
@@ -485,7 +487,8 @@ impl MongoActor {
             bootstrap_in_flight: false,
             shared: shared.clone(),
         };
-        let _ = shared.addr.set(actor.start());
+        let thread = ActorThread::start("lucid-mongo");
+        let _ = shared.addr.set(thread.start_actor(move |_| actor));
         MongoHandle { shared }
     }
 

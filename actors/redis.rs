@@ -55,6 +55,7 @@ use crate::supervisor::link::{
 use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
+use crate::threads::ActorThread;
 
 pub use cache::{CacheDelete, CacheExists, CacheGet, CacheSet};
 pub use keys::Key;
@@ -473,7 +474,8 @@ pub struct RedisActor {
 }
 
 impl RedisActor {
-    /// Starts the actor on the current arbiter and returns its handle.
+    /// Starts the actor on a thread of its own (`lucid-redis`, tied to the current arbiter:
+    /// see `actors/threads.rs`) and returns its handle.
     pub fn start_with(
         cfg: &RedisConfig,
         sup: &SupervisorConfig,
@@ -501,7 +503,8 @@ impl RedisActor {
             shared: shared.clone(),
             subscriptions: pubsub::Subscriptions::default(),
         };
-        let _ = shared.addr.set(actor.start());
+        let thread = ActorThread::start("lucid-redis");
+        let _ = shared.addr.set(thread.start_actor(move |_| actor));
         RedisHandle { shared }
     }
 }

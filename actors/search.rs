@@ -48,6 +48,7 @@ use crate::supervisor::link::{
 use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
+use crate::threads::ActorThread;
 
 pub use documents::{
     Bulk, BulkDoc, BulkItem, BulkReply, DeleteDoc, GetDoc, Hit, IndexDoc, IndexReply, UpdateDoc,
@@ -693,7 +694,9 @@ pub struct SearchActor {
 }
 
 impl SearchActor {
-    /// Starts the actor on the current arbiter and returns its handle.
+    /// Starts the actor and the bulk indexer's batching task on a thread of their own
+    /// (`lucid-search`, tied to the current arbiter: see `actors/threads.rs`) and returns the
+    /// handle.
     pub fn start_with(
         cfg: &ElasticsearchConfig,
         sup: &SupervisorConfig,
@@ -708,10 +711,14 @@ impl SearchActor {
             in_flight: settings.bulk_in_flight,
             flush_interval: cfg.bulk_flush_interval,
         };
+        let thread = ActorThread::start("lucid-search");
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
             let weak = weak.clone();
+            let (indexer, batching) =
+                Indexer::new(limits, move |batch| send_indexed(weak.clone(), batch));
+            thread.spawn(batching);
             Shared {
-                indexer: Indexer::start(limits, move |batch| send_indexed(weak.clone(), batch)),
+                indexer,
                 settings,
                 templates,
                 clock,
@@ -732,7 +739,7 @@ impl SearchActor {
             bootstrap_in_flight: false,
             shared: shared.clone(),
         };
-        let _ = shared.addr.set(actor.start());
+        let _ = shared.addr.set(thread.start_actor(move |_| actor));
         SearchHandle { shared }
     }
 

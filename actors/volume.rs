@@ -43,6 +43,7 @@ use crate::events::{
     self, VolumeCreated, VolumeDeleted, VolumeMigrated, VolumeThresholdCleared,
     VolumeThresholdCrossed,
 };
+use crate::threads::ActorThread;
 use fsops::{FsStats, Tally};
 pub use integrity::VerifyReport;
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
@@ -561,9 +562,10 @@ pub fn check_root(root: &Path) -> Result<(), VolumeError> {
 }
 
 impl VolumeActor {
-    /// Starts the actor on the current arbiter. It loads the volumes found under the root,
-    /// finishes or undoes operations a crash interrupted, and creates missing default and
-    /// extra volumes before it takes any message.
+    /// Starts the actor on a thread of its own (`lucid-volume`, tied to the current arbiter:
+    /// see `actors/threads.rs`; its filesystem work runs on that thread's blocking pool). It
+    /// loads the volumes found under the root, finishes or undoes operations a crash
+    /// interrupted, and creates missing default and extra volumes before it takes any message.
     pub fn start_with(
         cfg: &VolumesConfig,
         stream_idle: Duration,
@@ -596,7 +598,7 @@ impl VolumeActor {
             mailbox_capacity,
         };
         VolumeHandle {
-            addr: actor.start(),
+            addr: ActorThread::start("lucid-volume").start_actor(move |_| actor),
         }
     }
 

@@ -99,22 +99,39 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    /// Starts the batching task on the current tokio runtime. `send` sends one batch (the
-    /// documents' `pos` is their place in it) and answers each document's outcome.
-    pub(crate) fn start<S, F>(limits: Limits, send: S) -> Indexer
+    /// The queue and its batching task, for the caller to spawn where the store's work runs
+    /// (the search actor's own thread). `send` sends one batch (the documents' `pos` is their
+    /// place in it) and answers each document's outcome.
+    pub(crate) fn new<S, F>(
+        limits: Limits,
+        send: S,
+    ) -> (Indexer, impl Future<Output = ()> + Send + 'static)
     where
         S: Fn(Vec<Prepared>) -> F + Send + Sync + 'static,
         F: Future<Output = Vec<Outcome>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run(rx, limits, send, counters.clone()));
-        Indexer {
+        let batching = run(rx, limits, send, counters.clone());
+        let indexer = Indexer {
             tx,
             room: Arc::new(Semaphore::new(limits.budget())),
             limits,
             counters,
-        }
+        };
+        (indexer, batching)
+    }
+
+    /// [`Indexer::new`] with the batching task on the current tokio runtime.
+    #[cfg(test)]
+    fn start<S, F>(limits: Limits, send: S) -> Indexer
+    where
+        S: Fn(Vec<Prepared>) -> F + Send + Sync + 'static,
+        F: Future<Output = Vec<Outcome>> + Send + 'static,
+    {
+        let (indexer, batching) = Indexer::new(limits, send);
+        tokio::spawn(batching);
+        indexer
     }
 
     /// Queues a document, waiting at most `wait` for room; answers its outcome.

@@ -6,6 +6,7 @@
 //! # Layout
 //!
 //! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
+//! - [`backup`] — the backup format, keys, pipeline, storage and catalogue (the actor is next).
 //! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
 //!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
 //! - [`roles`] — which parts run in a process ([`Roles`]: stores, volumes, backup, scheduler).
@@ -27,6 +28,7 @@
 //! reply (`Unavailable`), never a hang.
 
 pub mod backend;
+pub mod backup;
 pub mod config;
 pub mod events;
 mod glob;

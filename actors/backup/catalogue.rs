@@ -89,7 +89,10 @@ pub struct Catalogue {
 impl Catalogue {
     /// Loads the catalogue in `dir` and brings it in step with `storage`: rebuilt when
     /// missing, unreadable or made for another storage, refreshed otherwise.
-    pub async fn open(dir: &Path, storage: &Storage) -> Result<(Catalogue, SyncReport), CatalogueError> {
+    pub async fn open(
+        dir: &Path,
+        storage: &Storage,
+    ) -> Result<(Catalogue, SyncReport), CatalogueError> {
         let dir_owned = dir.to_owned();
         let want = storage.describe();
         let loaded = blocking(move || load(&dir_owned)).await?;
@@ -251,9 +254,11 @@ async fn fetch(
             // A verify.json that cannot be read counts as no verification (the backup is
             // listed, unverified), and is reported.
             Ok(_) => {
-                report
-                    .unreadable
-                    .push((*id, "bad_manifest", "verify.json names another backup".into()));
+                report.unreadable.push((
+                    *id,
+                    "bad_manifest",
+                    "verify.json names another backup".into(),
+                ));
                 None
             }
             Err(e) => {
@@ -356,12 +361,10 @@ fn replace_all(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CatalogueError> + Send + 'static,
 ) -> Result<T, CatalogueError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| {
-            Err(CatalogueError::Io {
-                path: String::new(),
-                reason: format!("the catalogue's blocking task failed: {e}"),
-            })
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(CatalogueError::Io {
+            path: String::new(),
+            reason: format!("the catalogue's blocking task failed: {e}"),
         })
+    })
 }

@@ -65,7 +65,9 @@ impl FromStr for BackupId {
         if time.len() != 16
             || !time.is_ascii()
             || suffix.len() != 4
-            || !suffix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !suffix
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(invalid());
         }
@@ -96,7 +98,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -112,7 +116,10 @@ mod tests {
 
     #[test]
     fn new_takes_the_given_time_and_a_suffix() {
-        let now = Utc.with_ymd_and_hms(2027, 1, 2, 3, 4, 5).single().expect("time");
+        let now = Utc
+            .with_ymd_and_hms(2027, 1, 2, 3, 4, 5)
+            .single()
+            .expect("time");
         let id = BackupId::new(now);
         assert_eq!(id.time(), now);
         assert!(id.to_string().starts_with("20270102T030405Z-"), "{id}");

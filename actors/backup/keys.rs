@@ -283,7 +283,11 @@ impl BackupKey {
         let mut out = Vec::new();
         let mut writer = encryptor.wrap_output(&mut out).map_err(io)?;
         writer
-            .write_all(identity_file_text(&self.0, created).expose_secret().as_bytes())
+            .write_all(
+                identity_file_text(&self.0, created)
+                    .expose_secret()
+                    .as_bytes(),
+            )
             .map_err(io)?;
         writer.finish().map_err(io)?;
         Ok(out)
@@ -322,8 +326,8 @@ mod tests {
 
     #[test]
     fn recipients_parse_and_a_bad_one_is_named_by_place_not_text() {
-        let ok = Recipients::parse("backup.recipients", &[format!("  {RECIPIENT} ")])
-            .expect("valid");
+        let ok =
+            Recipients::parse("backup.recipients", &[format!("  {RECIPIENT} ")]).expect("valid");
         assert_eq!(ok.to_strings(), [RECIPIENT]);
 
         let secret = x25519::Identity::generate();
@@ -357,7 +361,10 @@ mod tests {
         let ids = Identities::load(&out).expect("loads");
         assert_eq!(ids.recipients().to_strings(), [recipient.to_string()]);
         let text = std::fs::read_to_string(&out).expect("read");
-        assert!(text.contains(&format!("# public key: {recipient}")), "{text}");
+        assert!(
+            text.contains(&format!("# public key: {recipient}")),
+            "{text}"
+        );
 
         let err = keygen(&out, Utc::now()).expect_err("exists");
         assert_eq!(err.code(), "exists");
@@ -370,7 +377,10 @@ mod tests {
         let text = format!("# a comment\n\n{}\n", one.to_string().expose_secret());
         assert_eq!(Identities::parse("id", &text).expect("valid").len(), 1);
 
-        let leaked = one.to_string().expose_secret().replace("AGE-SECRET-KEY-1", "AGE-SECRET-KEY-X");
+        let leaked = one
+            .to_string()
+            .expose_secret()
+            .replace("AGE-SECRET-KEY-1", "AGE-SECRET-KEY-X");
         for (text, needle) in [
             ("# only comments\n".to_owned(), "holds no identity"),
             (format!("# c\n{leaked}\n"), "line 2"),

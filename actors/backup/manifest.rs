@@ -37,7 +37,10 @@ pub mod rfc3339 {
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => super::serialize(t, s),
                 None => s.serialize_none(),
@@ -554,7 +557,11 @@ mod tests {
         for (case, text, needle) in [
             ("not json", "{\"format\": 1,".to_owned(), "not JSON"),
             ("no format", "{}".to_owned(), "no format key"),
-            ("unknown key", EXAMPLE.replacen("\"host\"", "\"hots\"", 1), "hots"),
+            (
+                "unknown key",
+                EXAMPLE.replacen("\"host\"", "\"hots\"", 1),
+                "hots",
+            ),
             (
                 "bad id",
                 EXAMPLE.replacen("20261130T020000Z-3f9a", "yesterday", 1),
@@ -585,7 +592,11 @@ mod tests {
                 EXAMPLE.replacen("\"base\": null", "\"base\": \"20261129T020000Z-0000\"", 1),
                 "full backups only",
             ),
-            ("trigger", EXAMPLE.replacen("schedule", "cron", 1), "trigger"),
+            (
+                "trigger",
+                EXAMPLE.replacen("schedule", "cron", 1),
+                "trigger",
+            ),
         ] {
             let err = Manifest::parse(text.as_bytes()).expect_err(case);
             assert_eq!(err.code(), "bad_manifest", "{case}: {err}");
@@ -617,7 +628,11 @@ mod tests {
         type Case<'a> = (&'a str, Vec<(Level, u32, bool)>, Option<Level>);
         let cases: Vec<Case> = vec![
             ("nothing yet", vec![], None),
-            ("checksummed", vec![(Checksummed, 1, true)], Some(Checksummed)),
+            (
+                "checksummed",
+                vec![(Checksummed, 1, true)],
+                Some(Checksummed),
+            ),
             (
                 "decoded over checksummed",
                 vec![(Checksummed, 1, true), (Decoded, 2, true)],
@@ -625,7 +640,11 @@ mod tests {
             ),
             (
                 "drilled",
-                vec![(Checksummed, 1, true), (Decoded, 2, true), (Drilled, 3, true)],
+                vec![
+                    (Checksummed, 1, true),
+                    (Decoded, 2, true),
+                    (Drilled, 3, true),
+                ],
                 Some(Drilled),
             ),
             (
@@ -645,12 +664,20 @@ mod tests {
             ),
             (
                 "a drill failure lowers everything before it",
-                vec![(Checksummed, 3, true), (Decoded, 4, true), (Drilled, 5, false)],
+                vec![
+                    (Checksummed, 3, true),
+                    (Decoded, 4, true),
+                    (Drilled, 5, false),
+                ],
                 None,
             ),
             (
                 "only what passed after the failure counts",
-                vec![(Drilled, 1, true), (Checksummed, 2, false), (Decoded, 3, true)],
+                vec![
+                    (Drilled, 1, true),
+                    (Checksummed, 2, false),
+                    (Decoded, 3, true),
+                ],
                 Some(Decoded),
             ),
             (

@@ -496,7 +496,12 @@ where
     T: Send + 'static,
 {
     let artifact = record.name.clone();
-    if decoding.encrypted && decoding.identities.as_ref().is_none_or(Identities::is_empty) {
+    if decoding.encrypted
+        && decoding
+            .identities
+            .as_ref()
+            .is_none_or(Identities::is_empty)
+    {
         return Err(PipelineError::IdentityRequired { artifact });
     }
     let decoding = decoding.clone();
@@ -536,7 +541,9 @@ fn decode<T>(
         _ => Box::new(&mut buffered),
     };
     let mut decompressed: Box<dyn Read + '_> = match decoding.compression {
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(plain).map_err(|e| bad(&e))?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(plain).map_err(|e| bad(&e))?)
+        }
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(plain)),
     };
     let parsed = parse(&mut decompressed).map_err(|e| bad(&e))?;
@@ -634,7 +641,9 @@ impl Read for ChannelReader {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(Fetched::Data(b)) => self.current = b,
-                Some(Fetched::Failed) => return Err(io::Error::other("reading from storage failed")),
+                Some(Fetched::Failed) => {
+                    return Err(io::Error::other("reading from storage failed"));
+                }
                 None => return Ok(0),
             }
         }

@@ -388,7 +388,11 @@ impl Storage {
 
     /// Reads a small file whole; `None` when it does not exist. Larger than
     /// [`SMALL_FILE_LIMIT`] is an error (a manifest is kilobytes).
-    pub async fn get_file(&self, id: &BackupId, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    pub async fn get_file(
+        &self,
+        id: &BackupId,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let mut reader = match self.reader(id, name).await {
             Ok(r) => r,
             Err(StorageError::NotFound { .. }) => return Ok(None),
@@ -428,7 +432,12 @@ impl Storage {
         Ok(entries
             .into_iter()
             .filter(|e| !e.path().ends_with('/'))
-            .map(|e| (e.path().trim_start_matches('/').to_owned(), e.metadata().content_length()))
+            .map(|e| {
+                (
+                    e.path().trim_start_matches('/').to_owned(),
+                    e.metadata().content_length(),
+                )
+            })
             .collect())
     }
 

@@ -66,6 +66,13 @@ pub fn check_config(config: &Config, errors: &mut Vec<config::ConfigError>) {
     mongo::check_config(&config.mongodb, errors);
     search::check_config(&config.elasticsearch, errors);
     volume::check_config(&config.volumes, errors);
+    backup::check_config(&config.backup, errors);
+}
+
+/// What `config check` warns about: a configuration that works, but probably not as meant
+/// (backups that would be written unencrypted).
+pub fn config_warnings(config: &Config) -> Vec<config::ConfigError> {
+    backup::config_warnings(&config.backup)
 }
 
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).

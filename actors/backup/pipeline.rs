@@ -697,3 +697,225 @@ pub fn walk_tar(r: &mut dyn Read) -> io::Result<TarSummary> {
     }
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use futures_util::stream;
+
+    use super::*;
+    use crate::backup::keys::BackupKey;
+
+    fn tar_of_files(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o640);
+            header.set_mtime(1_700_000_000);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, data.as_slice())
+                .expect("append");
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    fn chunks(data: &[u8], size: usize) -> Vec<Result<Bytes, String>> {
+        data.chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    fn storage(dir: &std::path::Path) -> Storage {
+        Storage::fs(dir, Duration::from_secs(30)).expect("fs storage")
+    }
+
+    fn id() -> BackupId {
+        BackupId::new(Utc::now())
+    }
+
+    #[tokio::test]
+    async fn every_codec_round_trips_and_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = storage(dir.path());
+        let key = BackupKey::generate();
+        let mut recipients = Recipients::default();
+        recipients.push(key.recipient());
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let tar = tar_of_files(&[("a.txt", b"hello".to_vec()), ("big.bin", big)]);
+        for (compression, zstd_workers, encrypted) in [
+            (Compression::Zstd, 0, true),
+            (Compression::Zstd, 2, true),
+            (Compression::Gzip, 0, true),
+            (Compression::Zstd, 0, false),
+            (Compression::Gzip, 0, false),
+        ] {
+            let codec = Codec {
+                compression,
+                zstd_workers,
+                recipients: if encrypted {
+                    recipients.clone()
+                } else {
+                    Recipients::default()
+                },
+            };
+            let id = id();
+            let name = format!("volumes/chunks.tar{}", codec.suffix());
+            let record = write_artifact(
+                &storage,
+                &id,
+                &name,
+                "chunks",
+                &codec,
+                stream::iter(chunks(&tar, 100_000)),
+            )
+            .await
+            .expect("write");
+            assert_eq!(record.bytes_in, tar.len() as u64);
+            let stored = std::fs::read(dir.path().join(id.to_string()).join(&name)).expect("read");
+            assert_eq!(record.bytes_stored, stored.len() as u64);
+            assert_eq!(record.sha256, hex::encode(Sha256::digest(&stored)));
+            assert!(record.bytes_stored < record.bytes_in / 10, "{record:?}");
+            assert_eq!(stored.starts_with(b"age-encryption.org/v1\n"), encrypted);
+
+            verify_checksum(&storage, &id, &record)
+                .await
+                .expect("checksummed");
+            let decoding = Decoding {
+                compression,
+                encrypted,
+                identities: encrypted.then(|| key.identities()),
+            };
+            let summary = decode_artifact(&storage, &id, &record, &decoding, walk_tar)
+                .await
+                .expect("decoded");
+            assert_eq!(summary.entries, 2);
+            assert_eq!(summary.bytes, 3_000_005);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_leaves_nothing_under_a_final_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = storage(dir.path());
+        let codec = Codec {
+            compression: Compression::Zstd,
+            zstd_workers: 0,
+            recipients: Recipients::default(),
+        };
+        let id = id();
+        let mut items = chunks(&vec![7u8; 2 << 20], 64 << 10);
+        items.push(Err("the export lost its connection".to_owned()));
+        items.extend(chunks(&[1, 2, 3], 3));
+        let err = write_artifact(
+            &storage,
+            &id,
+            "volumes/x.tar.zst",
+            "x",
+            &codec,
+            stream::iter(items),
+        )
+        .await
+        .expect_err("the source failed");
+        assert_eq!(err.code(), "source_failed");
+        assert!(!err.is_corrupt());
+        assert_eq!(err.artifact(), "volumes/x.tar.zst");
+        assert!(err.to_string().contains("after 2097152 bytes"), "{err}");
+        assert!(err.to_string().contains("lost its connection"), "{err}");
+        let left: Vec<_> = walkdir::WalkDir::new(dir.path())
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_tar_walk_refuses_what_is_not_a_whole_tar() {
+        let tar = tar_of_files(&[("a", vec![1u8; 3000])]);
+        let mut whole = tar.as_slice();
+        assert_eq!(walk_tar(&mut whole).expect("tar").entries, 1);
+        let mut cut = &tar[..1500];
+        assert!(walk_tar(&mut cut).is_err());
+        let mut garbage: &[u8] = &[0x55; 1024];
+        assert!(walk_tar(&mut garbage).is_err());
+    }
+
+    /// Peak resident memory of this process (each nextest test runs in its own process).
+    fn vm_hwm_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// 200 MB through zstd and age into storage, from a source that makes its chunks as they
+    /// are asked for: the process's peak memory grows by the pipeline's bounded buffers (a
+    /// few chunks, zstd's window, age's 64 KiB chunks), not by anything like the data.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_stays_flat_whatever_the_size() {
+        const TOTAL: u64 = 200 << 20;
+        const CHUNK_IN: usize = 64 << 10;
+        const TABLE: usize = 16 << 20;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = storage(dir.path());
+        let mut recipients = Recipients::default();
+        recipients.push(BackupKey::generate().recipient());
+        let codec = Codec {
+            compression: Compression::Zstd,
+            zstd_workers: 0,
+            recipients,
+        };
+        // Chunks cut at random places from a 16 MiB table of half-compressible bytes (4
+        // random bits each; wider than zstd's window, so it cannot just repeat the table):
+        // every stage has work, and making the data costs little.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let table = Bytes::from(
+            (0..TABLE)
+                .map(|_| (next() & 0x0f) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let source = stream::unfold((0u64, next), move |(sent, mut next)| {
+            let table = table.clone();
+            async move {
+                if sent >= TOTAL {
+                    return None;
+                }
+                let at = (next() as usize) % (TABLE - CHUNK_IN);
+                let chunk = table.slice(at..at + CHUNK_IN);
+                Some((Ok::<_, String>(chunk), (sent + CHUNK_IN as u64, next)))
+            }
+        });
+        let before = vm_hwm_kib();
+        let record = write_artifact(
+            &storage,
+            &id(),
+            "volumes/big.tar.zst.age",
+            "big",
+            &codec,
+            source,
+        )
+        .await
+        .expect("write");
+        assert_eq!(record.bytes_in, TOTAL);
+        let growth_mib = vm_hwm_kib().saturating_sub(before) / 1024;
+        eprintln!("peak RSS grew by {growth_mib} MiB (before: {} MiB)", before / 1024);
+        assert!(
+            growth_mib < 48,
+            "peak RSS grew by {growth_mib} MiB for {} MiB of data",
+            TOTAL >> 20
+        );
+    }
+}

@@ -247,18 +247,22 @@ impl Storage {
     fn error(&self, op: &'static str, name: &str, e: opendal::Error) -> StorageError {
         let place = self.describe();
         let reason = short_reason(&e);
+        // opendal reports S3's NoSuchBucket as an invalid configuration or as not found,
+        // depending on the call: the code in the answer decides.
+        if let Place::S3 {
+            endpoint, bucket, ..
+        } = &*self.place
+            && reason.contains("NoSuchBucket")
+        {
+            return StorageError::NoBucket {
+                bucket: bucket.clone(),
+                endpoint: endpoint.clone(),
+            };
+        }
         match e.kind() {
-            ErrorKind::NotFound => match &*self.place {
-                Place::S3 {
-                    endpoint, bucket, ..
-                } if reason.contains("NoSuchBucket") => StorageError::NoBucket {
-                    bucket: bucket.clone(),
-                    endpoint: endpoint.clone(),
-                },
-                _ => StorageError::NotFound {
-                    place,
-                    name: name.to_owned(),
-                },
+            ErrorKind::NotFound => StorageError::NotFound {
+                place,
+                name: name.to_owned(),
             },
             ErrorKind::PermissionDenied => StorageError::Denied {
                 place,

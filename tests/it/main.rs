@@ -3,6 +3,7 @@
 //! disk on a fresh build. The modules are the former `tests/*.rs` files; nextest still runs
 //! every test in its own process.
 
+mod backup;
 mod common;
 mod config_cli;
 mod daemon;

@@ -911,7 +911,10 @@ mod tests {
         .expect("write");
         assert_eq!(record.bytes_in, TOTAL);
         let growth_mib = vm_hwm_kib().saturating_sub(before) / 1024;
-        eprintln!("peak RSS grew by {growth_mib} MiB (before: {} MiB)", before / 1024);
+        eprintln!(
+            "peak RSS grew by {growth_mib} MiB (before: {} MiB)",
+            before / 1024
+        );
         assert!(
             growth_mib < 48,
             "peak RSS grew by {growth_mib} MiB for {} MiB of data",

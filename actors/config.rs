@@ -322,6 +322,61 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct BackupConfig {
     pub compression: Compression,
     pub retention_days: u32,
+    /// Where backups are written: the `backups` volume (`fs`) or an S3 bucket (`s3`).
+    pub storage: BackupStorage,
+    /// age X25519 public keys (`age1…`) every artifact is encrypted to. Parsed by the backup
+    /// module (`backup::check_config`): this module does not know the age format.
+    pub recipients: Vec<String>,
+    /// File holding the passphrase of passphrase mode (else the `backup_passphrase` credential).
+    pub passphrase_file: PathBuf,
+    /// An age identity file that lets the daemon itself decrypt (for `decoded` verification on
+    /// the Pi); else the `backup_identity` credential.
+    pub identity_file: PathBuf,
+    pub s3: BackupS3Config,
+    pub volumes: BackupVolumesConfig,
+    #[serde(skip)]
+    pub passphrase: Option<Secret>,
+    /// The identity file's text, read like a secret (never printed).
+    #[serde(skip)]
+    pub identity: Option<Secret>,
+}
+
+/// Where backups are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupStorage {
+    Fs,
+    S3,
+}
+
+/// `backup.storage = "s3"`: the bucket and its keys (static keys only: the AWS environment,
+/// `~/.aws` and instance metadata are never consulted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupS3Config {
+    /// `https://…`; empty: AWS's endpoint for `region`.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Key prefix the backups live under; empty: the bucket's root.
+    pub prefix: String,
+    pub region: String,
+    pub access_key_id_file: PathBuf,
+    pub secret_access_key_file: PathBuf,
+    #[serde(skip)]
+    pub access_key_id: Option<Secret>,
+    #[serde(skip)]
+    pub secret_access_key: Option<Secret>,
+}
+
+/// Which volumes `volumes` (all of them) means in a backup's store selection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupVolumesConfig {
+    /// Volumes backed up besides the default set (every volume but mongodb, redis,
+    /// elasticsearch and backups): naming a live database volume here includes it.
+    pub include: Vec<String>,
+    /// Volumes left out.
+    pub exclude: Vec<String>,
 }
 
 /// Compression of backup artifacts.
@@ -445,6 +500,13 @@ impl Config {
             ("redis.password", &self.redis.password),
             ("mongodb.password", &self.mongodb.password),
             ("elasticsearch.password", &self.elasticsearch.password),
+            ("backup.passphrase", &self.backup.passphrase),
+            ("backup.identity", &self.backup.identity),
+            ("backup.s3.access_key_id", &self.backup.s3.access_key_id),
+            (
+                "backup.s3.secret_access_key",
+                &self.backup.s3.secret_access_key,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, secret)| secret.as_ref().map(|s| (key, s.origin())))
@@ -567,6 +629,35 @@ pub fn load_with(
         "elasticsearch_password",
         creds.as_deref(),
     );
+    let b = &mut config.backup;
+    b.passphrase = read_secret(
+        &mut errors,
+        "backup.passphrase_file",
+        &b.passphrase_file,
+        "backup_passphrase",
+        creds.as_deref(),
+    );
+    b.identity = read_secret(
+        &mut errors,
+        "backup.identity_file",
+        &b.identity_file,
+        "backup_identity",
+        creds.as_deref(),
+    );
+    b.s3.access_key_id = read_secret(
+        &mut errors,
+        "backup.s3.access_key_id_file",
+        &b.s3.access_key_id_file,
+        "backup_s3_access_key_id",
+        creds.as_deref(),
+    );
+    b.s3.secret_access_key = read_secret(
+        &mut errors,
+        "backup.s3.secret_access_key_file",
+        &b.s3.secret_access_key_file,
+        "backup_s3_secret_access_key",
+        creds.as_deref(),
+    );
     validate(&config, &mut errors);
     sections(&config, &mut errors);
     if errors.is_empty() {
@@ -583,6 +674,15 @@ const LIST_KEYS: &[(&str, &str)] = &[
     (
         "LUCID_DB__VOLUMES__CLEANUP_PATTERNS",
         "volumes.cleanup_patterns",
+    ),
+    ("LUCID_DB__BACKUP__RECIPIENTS", "backup.recipients"),
+    (
+        "LUCID_DB__BACKUP__VOLUMES__INCLUDE",
+        "backup.volumes.include",
+    ),
+    (
+        "LUCID_DB__BACKUP__VOLUMES__EXCLUDE",
+        "backup.volumes.exclude",
     ),
 ];
 
@@ -864,6 +964,13 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
     if c.backup.retention_days == 0 {
         err("backup.retention_days", "must be at least 1".to_owned());
     }
+    // Recipients and the identity are parsed by the backup module (it knows the age format),
+    // the volume names by it too (`backup::check_config`).
+    if c.backup.storage == BackupStorage::S3 {
+        for (key, reason) in check_s3(&c.backup.s3) {
+            err(key, reason);
+        }
+    }
 
     let sch = &c.scheduler;
     for (key, value) in [
@@ -877,6 +984,79 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             err(key, reason);
         }
     }
+}
+
+/// `backup.s3` with `backup.storage = "s3"`: what a value alone decides.
+fn check_s3(s3: &BackupS3Config) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let b = &s3.bucket;
+    // S3's bucket naming rules, so a typo is refused here rather than as a 400 at 2 am.
+    if b.is_empty() {
+        problems.push((
+            "backup.s3.bucket",
+            "required with backup.storage = \"s3\"".to_owned(),
+        ));
+    } else if !(3..=63).contains(&b.len())
+        || !b
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        || !b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !b.ends_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        problems.push((
+            "backup.s3.bucket",
+            format!("{b:?} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"),
+        ));
+    }
+    if !s3.endpoint.is_empty() {
+        match url::Url::parse(&s3.endpoint) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => problems.push((
+                "backup.s3.endpoint",
+                "must not hold credentials: use backup.s3.access_key_id_file and \
+                 secret_access_key_file"
+                    .to_owned(),
+            )),
+            Ok(_) => {
+                if let Err(reason) = check_http_url(&s3.endpoint) {
+                    problems.push(("backup.s3.endpoint", reason));
+                }
+            }
+            Err(e) => problems.push(("backup.s3.endpoint", format!("not a valid URL ({e})"))),
+        }
+    }
+    if s3.region.trim().is_empty() {
+        problems.push((
+            "backup.s3.region",
+            "required with backup.storage = \"s3\" (us-east-1 for most S3-compatible servers)"
+                .to_owned(),
+        ));
+    }
+    if s3.prefix.split('/').any(|seg| seg == "." || seg == "..") || s3.prefix.contains('\\') {
+        problems.push((
+            "backup.s3.prefix",
+            "must be a plain key prefix (no '.' or '..' segments)".to_owned(),
+        ));
+    }
+    for (key, secret, credential) in [
+        (
+            "backup.s3.access_key_id_file",
+            &s3.access_key_id,
+            "backup_s3_access_key_id",
+        ),
+        (
+            "backup.s3.secret_access_key_file",
+            &s3.secret_access_key,
+            "backup_s3_secret_access_key",
+        ),
+    ] {
+        if secret.is_none() {
+            problems.push((
+                key,
+                format!("required with backup.storage = \"s3\" (or the credential {credential})"),
+            ));
+        }
+    }
+    problems
 }
 
 /// A standard 5-field cron string (no seconds, no year), as the scheduler will read it.

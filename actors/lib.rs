@@ -6,6 +6,7 @@
 //! # Layout
 //!
 //! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
+//! - [`backup`] — the backup format, keys, pipeline, storage and catalogue (the actor is next).
 //! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
 //!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
 //! - [`roles`] — which parts run in a process ([`Roles`]: stores, volumes, backup, scheduler).
@@ -29,6 +30,7 @@
 //! deadline: a backend that is down is an error in the reply (`Unavailable`), never a hang.
 
 pub mod backend;
+pub mod backup;
 pub mod config;
 pub mod events;
 mod glob;
@@ -67,6 +69,13 @@ pub fn check_config(config: &Config, errors: &mut Vec<config::ConfigError>) {
     mongo::check_config(&config.mongodb, errors);
     search::check_config(&config.elasticsearch, errors);
     volume::check_config(&config.volumes, errors);
+    backup::check_config(&config.backup, errors);
+}
+
+/// What `config check` warns about: a configuration that works, but probably not as meant
+/// (backups that would be written unencrypted).
+pub fn config_warnings(config: &Config) -> Vec<config::ConfigError> {
+    backup::config_warnings(&config.backup)
 }
 
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).

@@ -98,6 +98,15 @@ else
     apt_install zstd
 fi
 
+# age (the stock CLI) is what the backup tests decrypt with: every artifact must open with
+# `age -d` alone (docs/backup.md, restoring by hand). `script` (util-linux) gives it the
+# terminal it reads passphrases from.
+if command -v age >/dev/null 2>&1; then
+    say "age: present"
+else
+    apt_install age
+fi
+
 # 2. Project-local venv with the pinned stand-in servers.
 want="$(printf '%s\n' "${requirements[@]}")"
 have=""

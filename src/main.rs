@@ -106,6 +106,12 @@ fn exit_now(code: u8) -> ! {
 
 /// `lucid-db config check`: the effective configuration, secrets redacted.
 fn config_check(loaded: &config::Loaded, json: bool) -> u8 {
+    // Valid, but probably not meant (backups that would be written unencrypted): said on
+    // stderr, so the printed configuration stays a valid file; the exit code stays 0.
+    let warnings = lucid_actors::config_warnings(&loaded.config);
+    for w in &warnings {
+        eprintln!("lucid-db: warning: {w}");
+    }
     if json {
         let secrets: serde_json::Map<String, serde_json::Value> = loaded
             .config
@@ -116,6 +122,7 @@ fn config_check(loaded: &config::Loaded, json: bool) -> u8 {
         let report = serde_json::json!({
             "layers": loaded.sources,
             "secrets": secrets,
+            "warnings": warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "config": loaded.config,
         });
         match serde_json::to_string_pretty(&report) {

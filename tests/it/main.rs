@@ -4,6 +4,7 @@
 //! every test in its own process.
 
 mod arbiters;
+mod backup;
 mod common;
 mod config_cli;
 mod daemon;

@@ -126,6 +126,41 @@ pub fn elasticsearch() -> Server {
     Server::start(&OSMEM)
 }
 
+/// moto's S3-compatible server from the project's venv (`moto[server]`), for the backups'
+/// S3 storage. It keeps everything in memory and accepts any access key; buckets are made
+/// with [`create_bucket`].
+pub static MOTO: ServerKind = ServerKind {
+    name: "s3",
+    scheme: "http",
+    program: "moto_server",
+    install_hint: "run scripts/setup.sh (it installs moto[server] into .venv with pip)",
+    args: |port, _dir| {
+        vec![
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string().into(),
+        ]
+    },
+    ready: |addr| http_status(addr, "GET", "/").is_ok_and(|status| status == 200),
+};
+
+/// Starts moto's S3 server; panics with an install hint when it is missing.
+pub fn s3() -> Server {
+    Server::start(&MOTO)
+}
+
+/// Creates `bucket` on an S3 test server (moto takes unsigned requests); panics when the
+/// server refuses.
+pub fn create_bucket(server: &Server, bucket: &str) {
+    let status = http_request(server.addr(), "PUT", &format!("/{bucket}"))
+        .unwrap_or_else(|e| panic!("cannot create bucket {bucket}: {e}"));
+    assert!(
+        status == 200,
+        "creating bucket {bucket} answered HTTP {status}"
+    );
+}
+
 /// A running (or stopped, between [`Server::stop`] and [`Server::start_again`]) test server.
 pub struct Server {
     kind: &'static ServerKind,
@@ -359,6 +394,24 @@ pub fn mongo_ping(addr: SocketAddr) -> std::io::Result<bool> {
     Ok(ok_as(0x01, &1.0f64.to_le_bytes())
         || ok_as(0x10, &1i32.to_le_bytes())
         || ok_as(0x12, &1i64.to_le_bytes()))
+}
+
+/// Sends an HTTP/1.1 request with an empty body (`Content-Length: 0`) and returns the status
+/// code.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
 }
 
 /// Sends an HTTP/1.1 request without a body and returns the status code.

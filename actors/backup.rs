@@ -1,7 +1,7 @@
-//! Backups: the format, keys, pipeline, storage and catalogue that the backup actor (next)
-//! orchestrates. Every artifact is a standard format (tar, mongodump's BSON, RESP, `_bulk`
-//! NDJSON) inside zstd (or gzip) inside age, in a layout an operator can restore from with
-//! stock tools (docs/backup.md; the layout is BACKUP.md's).
+//! Backups: the backup actor ([`BackupActor`]) and the format, keys, pipeline, storage and
+//! catalogue it orchestrates. Every artifact is a standard format (tar, mongodump's BSON, RESP,
+//! `_bulk` NDJSON) inside zstd (or gzip) inside age, in a layout an operator can restore from
+//! with stock tools (docs/backup.md; the layout is BACKUP.md's).
 //!
 //! # Layers, bottom up
 //!
@@ -18,30 +18,65 @@
 //!   back: checksum, decrypt, decompress, parse.
 //! - [`catalogue`] — the local cache of manifests and verification results under
 //!   `state_dir/backup/catalogue/`, rebuilt from storage when missing or stale.
+//! - [`select`] — which stores a run takes ([`StoreSelector`], `backup.volumes`).
+//! - [`lock`] — the cross-process backup lock (`state_dir/locks/backup.lock`).
+//! - [`run`] — one run, from the lock to the manifest.
+//! - [`verify`] — `checksummed` and `decoded` verification, recorded in `verify.json`.
 //!
-//! Nothing here knows a store: sources are streams of bytes, and what each store exports is
-//! the store's business. The checks of the `[backup]` section that need the age format or
-//! volume names are [`check_config`]; [`config_warnings`] is what `config check` warns about.
+//! # The actor
+//!
+//! [`BackupActor`] (part `backup`: the daemon and the CLI's backup commands run it, an
+//! embedding sibling never does) runs on a thread of its own, `lucid-backup`. It reaches the
+//! stores only through their handles (today the volume actor's export; MongoDB, Redis and
+//! Elasticsearch join in #11) and never opens a connection of its own. [`StartBackup`] answers
+//! the new [`BackupId`] as soon as the run holds the backup lock — a second run, from this
+//! process or another (the daemon, the scheduler, a CLI), is refused `busy` — and the run goes
+//! on on the actor's thread; its outcome follows in events and through [`BackupStatus`].
+//! [`ListBackups`] and [`ShowBackup`] read the catalogue; [`VerifyBackup`] reads storage.
+//! Nothing touches the disk until the first message: starting the actor writes nothing.
+//!
+//! Nothing below the actor knows a store: sources are streams of bytes, and what each store
+//! exports is the store's business. The checks of the `[backup]` section that need the age
+//! format or volume names are [`check_config`]; [`config_warnings`] is what `config check`
+//! warns about.
 
 pub mod catalogue;
 pub mod id;
 pub mod keys;
+pub mod lock;
 pub mod manifest;
 pub mod pipeline;
+pub mod run;
+pub mod select;
 pub mod storage;
+pub mod verify;
 
 pub use catalogue::{Catalogue, CatalogueError, Entry, SyncReport};
 pub use id::BackupId;
 pub use keys::{BackupKey, Identities, KeyError, Recipients, keygen};
+pub use lock::{LockError, RunLock};
 pub use manifest::{
     ArtifactCheck, ArtifactRecord, Encryption, Level, LevelResult, Manifest, ManifestError,
     Outcome, StoreRecord, Trigger, VerifyRecord,
 };
 pub use pipeline::{Codec, Decoding, PipelineError, TarSummary, walk_tar};
+pub use run::{BackupOutcome, Progress, RunReport, outcome_of};
+pub use select::{Plan, SelectionError, StoreSelector};
 pub use storage::{S3Settings, Storage, StorageError};
+pub use verify::VerifyReport;
 
-use crate::config::{BackupConfig, BackupStorage, ConfigError};
-use crate::volume::VolumeName;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::fut::{ActorFutureExt, WrapFuture};
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+
+use crate::config::{BackupConfig, BackupStorage, Config, ConfigError};
+use crate::state::{StateDir, StateError};
+use crate::threads::ActorThread;
+use crate::volume::{ListVolumes, VolumeError, VolumeHandle, VolumeName};
 
 /// The `[backup]` checks that need this module: every recipient parses as an age X25519
 /// public key (named by index, never echoed), the identity parses, the volume names are
@@ -122,6 +157,671 @@ pub fn storage_for(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// Starts a backup of `stores` (empty: every store that runs; see [`select`]). Answers the new
+/// id once the run holds the backup lock; the run goes on, and [`BackupStatus`] follows it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<BackupId, BackupError>")]
+pub struct StartBackup {
+    pub stores: Vec<StoreSelector>,
+    pub trigger: Trigger,
+}
+
+/// A run's progress while it runs, its outcome once it ended (in this process), or what the
+/// catalogue says of a backup another process made.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<RunStatus, BackupError>")]
+pub struct BackupStatus {
+    pub id: BackupId,
+}
+
+/// Every complete (listed) backup, oldest first, with its verification results, from the
+/// catalogue — refreshed from storage first, so a backup another process wrote is listed too.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Vec<Entry>, BackupError>")]
+pub struct ListBackups;
+
+/// One backup's manifest and verification results, from the catalogue.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Entry, BackupError>")]
+pub struct ShowBackup {
+    pub id: BackupId,
+}
+
+/// Verifies a backup at `level` against what storage holds now; see [`verify`]. `identity`
+/// adds to the keys the configuration gives (for `decoded`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<VerifyReport, BackupError>")]
+pub struct VerifyBackup {
+    pub id: BackupId,
+    pub level: Level,
+    pub identity: Option<Identities>,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone)]
+pub enum RunStatus {
+    Running {
+        id: BackupId,
+        trigger: Trigger,
+        started: DateTime<Utc>,
+        progress: Progress,
+    },
+    Finished(RunReport),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Everything a backup message can answer instead of a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackupError {
+    /// Another backup or restore runs (here or in another process).
+    #[error("{reason}")]
+    Busy { reason: String },
+    #[error("no backup {id}")]
+    NotFound { id: String },
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
+    #[error("not supported: {what}")]
+    NotSupported { what: String },
+    /// A part the operation needs does not run, or did not answer.
+    #[error("{what} is unavailable: {reason}")]
+    Unavailable { what: String, reason: String },
+    /// The estimate does not fit: both numbers, and which limit.
+    #[error(
+        "the backup needs about {needed} bytes, and {limit} leaves {available}: free space or \
+         raise the quota (docs/backup.md, Sizing the backups volume)"
+    )]
+    NoRoom {
+        needed: u64,
+        available: u64,
+        limit: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    /// The manifest in storage cannot be used.
+    #[error(transparent)]
+    Manifest(ManifestError),
+    #[error(transparent)]
+    Pipeline(PipelineError),
+    #[error(transparent)]
+    Key(KeyError),
+    /// Passphrase mode's key.age does not open with the configured passphrase.
+    #[error(
+        "key.age does not open with the configured passphrase (backup.passphrase_file): the \
+         passphrase is wrong or key.age is damaged ({reason})"
+    )]
+    KeyAge { reason: String },
+    #[error(
+        "the backup is encrypted and no identity is at hand: give --identity FILE, or set \
+         backup.identity_file (or the backup_identity credential)"
+    )]
+    IdentityRequired,
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Every selected store failed: there is no usable backup (and no manifest).
+    #[error("nothing was backed up: {}", describe_failures(.failures))]
+    NothingBackedUp {
+        /// (store or `volumes:NAME`, code, message)
+        failures: Vec<(String, String, String)>,
+    },
+    /// The run stopped as a crash would (a fail point; a task that died): what it wrote is
+    /// left for the next run's cleanup.
+    #[error("the run was interrupted: {reason}")]
+    Interrupted { reason: String },
+    #[error("the backup actor did not take the request: it has stopped")]
+    NotDelivered,
+}
+
+fn describe_failures(failures: &[(String, String, String)]) -> String {
+    failures
+        .iter()
+        .map(|(what, code, message)| format!("{what} ({code}): {message}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Codes that mean a store's backend could not be reached, rather than that it failed.
+const UNAVAILABLE_CODES: [&str; 5] = [
+    "unavailable",
+    "disabled",
+    "not_delivered",
+    "root_unavailable",
+    "storage_unreachable",
+];
+
+impl BackupError {
+    /// Low-cardinality code for logs, events and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackupError::Busy { .. } => "busy",
+            BackupError::NotFound { .. } => "not_found",
+            BackupError::Selection(e) => e.code(),
+            BackupError::NotSupported { .. } => "not_supported",
+            BackupError::Unavailable { .. } => "unavailable",
+            BackupError::NoRoom { .. } => "no_room",
+            BackupError::Storage(e) => e.code(),
+            BackupError::Catalogue(e) => e.code(),
+            BackupError::Manifest(e) => e.code(),
+            BackupError::Pipeline(e) => e.code(),
+            BackupError::Key(e) => e.code(),
+            BackupError::KeyAge { .. } => "wrong_passphrase",
+            BackupError::IdentityRequired => "identity_required",
+            BackupError::Volume(e) => e.code(),
+            BackupError::State(e) => e.code(),
+            BackupError::NothingBackedUp { .. } => "nothing_backed_up",
+            BackupError::Interrupted { .. } => "interrupted",
+            BackupError::NotDelivered => "not_delivered",
+        }
+    }
+
+    /// A backup that is bad or cannot be verified with what was given: a manifest that does
+    /// not parse, an artifact or `key.age` that is missing, cut, changed or does not open.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            BackupError::Manifest(_) | BackupError::KeyAge { .. } => true,
+            BackupError::Pipeline(e) => e.is_corrupt(),
+            _ => false,
+        }
+    }
+
+    /// Nothing was done because what the operation needs could not be reached: the storage's
+    /// endpoint, or every selected store's backend.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            BackupError::Unavailable { .. } | BackupError::NotDelivered => true,
+            BackupError::Storage(e) | BackupError::Catalogue(CatalogueError::Storage(e)) => {
+                matches!(e, StorageError::Unreachable { .. })
+            }
+            BackupError::Pipeline(PipelineError::Storage { source, .. }) => {
+                matches!(source, StorageError::Unreachable { .. })
+            }
+            BackupError::Selection(e) => matches!(e, SelectionError::Unavailable { .. }),
+            BackupError::NothingBackedUp { failures } => {
+                !failures.is_empty()
+                    && failures
+                        .iter()
+                        .all(|(_, code, _)| UNAVAILABLE_CODES.contains(&code.as_str()))
+            }
+            _ => false,
+        }
+    }
+
+    /// The configuration is what is wrong: storage settings or keys the storage refuses, a
+    /// missing bucket, keys that do not parse, a selection the configuration empties.
+    pub fn is_config(&self) -> bool {
+        match self {
+            BackupError::Storage(e) | BackupError::Catalogue(CatalogueError::Storage(e)) => {
+                matches!(
+                    e,
+                    StorageError::NoBucket { .. }
+                        | StorageError::Config { .. }
+                        | StorageError::Denied { .. }
+                )
+            }
+            BackupError::Key(e) => !matches!(e, KeyError::Passphrase { .. }),
+            BackupError::IdentityRequired | BackupError::State(StateError::Unusable { .. }) => true,
+            BackupError::Selection(SelectionError::Nothing { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handle
+
+/// What callers hold; `Send + Sync + Clone`.
+#[derive(Clone)]
+pub struct BackupHandle {
+    addr: Addr<BackupActor>,
+}
+
+impl BackupHandle {
+    pub fn addr(&self) -> &Addr<BackupActor> {
+        &self.addr
+    }
+
+    /// Sends a message and waits for its answer (a verification reads every artifact: it
+    /// takes as long as that takes; each read bounds its own progress with the I/O timeout).
+    pub async fn call<M, T>(&self, msg: M) -> Result<T, BackupError>
+    where
+        M: Message<Result = Result<T, BackupError>> + Send + 'static,
+        T: Send + 'static,
+        BackupActor: Handler<M>,
+    {
+        self.addr
+            .send(msg)
+            .await
+            .unwrap_or(Err(BackupError::NotDelivered))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+/// What the actor and its runs share (the runs outlive a message).
+struct Shared {
+    config: Config,
+    /// `config show`'s text: what every backup carries as `lucid-db/config.toml`.
+    redacted_config: String,
+    /// `backup.recipients`, parsed. The configuration check refuses bad ones; should one get
+    /// here anyway, every run fails on it rather than writing unencrypted by mistake.
+    recipients: Result<Recipients, KeyError>,
+    volumes: Option<VolumeHandle>,
+    /// The database stores whose actor runs here (recorded `skipped`).
+    databases: Vec<&'static str>,
+    state: StateDir,
+    io_timeout: Duration,
+    /// Opened on first use: starting the actor touches no disk.
+    catalogue: tokio::sync::Mutex<Option<Catalogue>>,
+}
+
+impl Shared {
+    fn encrypts(&self) -> bool {
+        self.recipients.as_ref().map_or(true, |r| !r.is_empty())
+            || self.config.backup.passphrase.is_some()
+    }
+
+    /// The storage the configuration names; for fs, the `backups` volume's directory as the
+    /// volume actor has it (or under `volumes.root` when it does not run here).
+    async fn storage(&self) -> Result<Storage, BackupError> {
+        let dir = match (&self.config.backup.storage, &self.volumes) {
+            (BackupStorage::Fs, Some(volumes)) => volumes
+                .call(ListVolumes)
+                .await?
+                .into_iter()
+                .find(|v| v.meta.name.as_str() == "backups")
+                .map(|v| v.data_dir)
+                .ok_or_else(|| {
+                    BackupError::Volume(VolumeError::NotFound {
+                        volume: "backups".to_owned(),
+                    })
+                })?,
+            _ => self.config.volumes.root.join("backups"),
+        };
+        Ok(storage_for(&self.config.backup, &dir, self.io_timeout)?)
+    }
+
+    /// What runs here, for the store selection.
+    async fn available(&self) -> Result<select::Available, BackupError> {
+        let volumes = match &self.volumes {
+            Some(v) => Some(
+                v.call(ListVolumes)
+                    .await?
+                    .into_iter()
+                    .map(|info| info.meta.name)
+                    .collect(),
+            ),
+            None => None,
+        };
+        Ok(select::Available {
+            volumes,
+            databases: self.databases.clone(),
+        })
+    }
+
+    /// The catalogue, opened (and brought in step with storage) on first use; `refresh`
+    /// re-reads storage's listing when it was open already.
+    async fn catalogue(
+        &self,
+        storage: &Storage,
+        refresh: bool,
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, Catalogue>, BackupError> {
+        let mut guard = self.catalogue.lock().await;
+        match guard.as_mut() {
+            Some(cat) if refresh => {
+                cat.refresh(storage).await?;
+            }
+            Some(_) => {}
+            None => {
+                let state = self.state.clone();
+                tokio::task::spawn_blocking(move || state.ensure())
+                    .await
+                    .map_err(|e| BackupError::Interrupted {
+                        reason: format!("creating the state directory: {e}"),
+                    })??;
+                let (cat, report) =
+                    Catalogue::open(&self.state.backup_catalogue(), storage).await?;
+                for (id, code, message) in &report.unreadable {
+                    tracing::warn!(%id, code, %message, "a backup in storage cannot be read; not listed");
+                }
+                *guard = Some(cat);
+            }
+        }
+        Ok(tokio::sync::MutexGuard::map(guard, |c| {
+            c.as_mut()
+                .unwrap_or_else(|| unreachable!("opened just above"))
+        }))
+    }
+
+    async fn catalogue_insert(
+        &self,
+        storage: &Storage,
+        manifest: Manifest,
+    ) -> Result<(), BackupError> {
+        let was_open = self.catalogue.lock().await.is_some();
+        let mut cat = self.catalogue(storage, false).await?;
+        // Opened just now: its refresh read the new manifest from storage already.
+        if was_open {
+            cat.insert(Entry {
+                manifest,
+                verify: None,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn catalogue_verify(
+        &self,
+        storage: &Storage,
+        record: VerifyRecord,
+    ) -> Result<(), BackupError> {
+        let mut cat = self.catalogue(storage, false).await?;
+        if cat.get(&record.id).is_none() {
+            cat.refresh(storage).await?;
+        }
+        cat.set_verify(record).await?;
+        Ok(())
+    }
+}
+
+/// How many finished runs the actor remembers for [`BackupStatus`] (older ones are answered
+/// from the catalogue).
+const REMEMBERED_RUNS: usize = 32;
+
+enum RunState {
+    Running {
+        trigger: Trigger,
+        started: DateTime<Utc>,
+        progress: Arc<Mutex<Progress>>,
+    },
+    Finished(Box<RunReport>),
+}
+
+/// See the module doc.
+pub struct BackupActor {
+    shared: Arc<Shared>,
+    /// The run this process has in progress (the lock file keeps other processes out).
+    running: Option<BackupId>,
+    runs: BTreeMap<BackupId, RunState>,
+    mailbox_capacity: usize,
+}
+
+impl BackupActor {
+    /// Starts the actor on a thread of its own (`lucid-backup`, tied to the current arbiter,
+    /// as the store actors are). `volumes`: the volume actor, when it runs here; `databases`:
+    /// the database stores whose actors run here. Touches no disk.
+    pub fn start_with(
+        config: &Config,
+        volumes: Option<VolumeHandle>,
+        databases: Vec<&'static str>,
+    ) -> BackupHandle {
+        let shared = Shared {
+            config: config.clone(),
+            redacted_config: config.to_redacted_toml(),
+            recipients: Recipients::parse("backup.recipients", &config.backup.recipients),
+            volumes,
+            databases,
+            state: StateDir::new(&config.state_dir),
+            io_timeout: config.supervisor.stream_idle_timeout,
+            catalogue: tokio::sync::Mutex::new(None),
+        };
+        let actor = BackupActor {
+            shared: Arc::new(shared),
+            running: None,
+            runs: BTreeMap::new(),
+            mailbox_capacity: config.supervisor.mailbox_capacity,
+        };
+        BackupHandle {
+            addr: ActorThread::start("lucid-backup").start_actor(move |_| actor),
+        }
+    }
+
+    fn finished(&mut self, report: RunReport) {
+        self.running = None;
+        self.runs
+            .insert(report.id, RunState::Finished(Box::new(report)));
+        while self.runs.len() > REMEMBERED_RUNS {
+            let oldest = self
+                .runs
+                .iter()
+                .find(|(_, s)| matches!(s, RunState::Finished(_)))
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(id) => {
+                    self.runs.remove(&id);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl Actor for BackupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.mailbox_capacity);
+    }
+}
+
+/// A finished run as the catalogue knows it (a backup made by another process, or earlier).
+fn report_from(entry: &Entry) -> RunReport {
+    let m = &entry.manifest;
+    let (bytes_in, bytes_stored) = m
+        .artifacts()
+        .fold((0, 0), |(i, s), a| (i + a.bytes_in, s + a.bytes_stored));
+    let ended = m
+        .stores
+        .values()
+        .filter_map(|s| s.ended)
+        .max()
+        .unwrap_or(m.created);
+    RunReport {
+        id: m.id,
+        trigger: m.trigger,
+        started: m.created,
+        ended,
+        outcome: outcome_of(&m.stores),
+        stores: m.stores.clone(),
+        encrypted: m.encryption.is_encrypted(),
+        bytes_in,
+        bytes_stored,
+        error: None,
+        cleaned: storage::Cleanup::default(),
+        listed: true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+type Reply<T> = ResponseActFuture<BackupActor, Result<T, BackupError>>;
+
+impl Handler<crate::supervisor::Heartbeat> for BackupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::Heartbeat, _: &mut Context<Self>) {}
+}
+
+impl Handler<crate::supervisor::Shutdown> for BackupActor {
+    type Result = ();
+
+    /// A run in progress stops where it is, as a crash would: its lock goes with it, and the
+    /// next run removes what it wrote.
+    fn handle(&mut self, _: crate::supervisor::Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<StartBackup> for BackupActor {
+    type Result = Reply<BackupId>;
+
+    fn handle(&mut self, msg: StartBackup, _: &mut Context<Self>) -> Self::Result {
+        if let Some(id) = self.running {
+            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
+                reason: format!("backup {id} is running in this process"),
+            })));
+        }
+        if let Err(e) = &self.shared.recipients {
+            return Box::pin(actix::fut::ready(Err(BackupError::Key(e.clone()))));
+        }
+        let shared = self.shared.clone();
+        let prepare = async move {
+            let available = shared.available().await?;
+            let plan = select::resolve(&msg.stores, &available, &shared.config.backup.volumes)?;
+            let state = shared.state.clone();
+            let lock = tokio::task::spawn_blocking(move || {
+                state.ensure()?;
+                RunLock::try_acquire(&state.lock_file("backup")).map_err(|e| match e {
+                    LockError::Busy { .. } => BackupError::Busy {
+                        reason: e.to_string(),
+                    },
+                    LockError::Io { path, reason } => {
+                        BackupError::State(StateError::Unusable { path, reason })
+                    }
+                })
+            })
+            .await
+            .map_err(|e| BackupError::Interrupted {
+                reason: format!("taking the backup lock: {e}"),
+            })??;
+            Ok::<_, BackupError>((plan, lock, msg.trigger))
+        };
+        Box::pin(prepare.into_actor(self).map(|prepared, act, ctx| {
+            let (plan, lock, trigger) = prepared?;
+            if let Some(other) = act.running {
+                return Err(BackupError::Busy {
+                    reason: format!("backup {other} is running in this process"),
+                });
+            }
+            let id = BackupId::new(Utc::now());
+            let progress = Arc::new(Mutex::new(Progress::default()));
+            act.running = Some(id);
+            act.runs.insert(
+                id,
+                RunState::Running {
+                    trigger,
+                    started: Utc::now(),
+                    progress: progress.clone(),
+                },
+            );
+            let job = run::Job {
+                shared: act.shared.clone(),
+                id,
+                trigger,
+                plan,
+                progress,
+                lock,
+            };
+            ctx.spawn(
+                run::run(job)
+                    .into_actor(act)
+                    .map(|report, act, _| act.finished(report)),
+            );
+            Ok(id)
+        }))
+    }
+}
+
+impl Handler<BackupStatus> for BackupActor {
+    type Result = Reply<RunStatus>;
+
+    fn handle(&mut self, msg: BackupStatus, _: &mut Context<Self>) -> Self::Result {
+        let known = match self.runs.get(&msg.id) {
+            Some(RunState::Running {
+                trigger,
+                started,
+                progress,
+            }) => Some(RunStatus::Running {
+                id: msg.id,
+                trigger: *trigger,
+                started: *started,
+                progress: progress
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+            }),
+            Some(RunState::Finished(report)) => Some(RunStatus::Finished((**report).clone())),
+            None => None,
+        };
+        if let Some(status) = known {
+            return Box::pin(actix::fut::ready(Ok(status)));
+        }
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let storage = shared.storage().await?;
+                let entry = find(&shared, &storage, &msg.id).await?;
+                Ok(RunStatus::Finished(report_from(&entry)))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+/// One backup from the catalogue, refreshed from storage when it is not known yet.
+async fn find(shared: &Shared, storage: &Storage, id: &BackupId) -> Result<Entry, BackupError> {
+    let mut cat = shared.catalogue(storage, false).await?;
+    if cat.get(id).is_none() {
+        cat.refresh(storage).await?;
+    }
+    cat.get(id)
+        .cloned()
+        .ok_or_else(|| BackupError::NotFound { id: id.to_string() })
+}
+
+impl Handler<ListBackups> for BackupActor {
+    type Result = Reply<Vec<Entry>>;
+
+    fn handle(&mut self, _: ListBackups, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let storage = shared.storage().await?;
+                let cat = shared.catalogue(&storage, true).await?;
+                Ok(cat.entries().map(|(_, e)| e.clone()).collect())
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<ShowBackup> for BackupActor {
+    type Result = Reply<Entry>;
+
+    fn handle(&mut self, msg: ShowBackup, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let storage = shared.storage().await?;
+                find(&shared, &storage, &msg.id).await
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<VerifyBackup> for BackupActor {
+    type Result = Reply<VerifyReport>;
+
+    fn handle(&mut self, msg: VerifyBackup, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(
+            async move { verify::verify(&shared, msg.id, msg.level, msg.identity).await }
+                .into_actor(self),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -143,6 +843,84 @@ mod tests {
     }
 
     const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    /// The actor against a real volume actor in temporary directories: a run answers its id
+    /// at once, a second one meanwhile is busy, the first ends complete and is listed, and a
+    /// checksum verification passes and is recorded.
+    #[actix_rt::test]
+    async fn a_run_is_answered_at_once_and_one_at_a_time() {
+        use super::*;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut c = Config::defaults().expect("defaults");
+        c.volumes.root = tmp.path().join("volumes");
+        c.state_dir = tmp.path().join("state");
+        std::fs::create_dir_all(c.volumes.root.join("chunks/a")).expect("mkdir");
+        std::fs::write(c.volumes.root.join("chunks/a/x"), vec![7u8; 300_000]).expect("write");
+        let volumes =
+            crate::volume::VolumeActor::start_with(&c.volumes, Duration::from_secs(30), 64);
+        let backup = BackupActor::start_with(&c, Some(volumes), vec!["redis"]);
+        assert!(!c.state_dir.exists(), "starting touches no disk");
+
+        let start = || StartBackup {
+            stores: vec![],
+            trigger: Trigger::Api,
+        };
+        let (first, second) = tokio::join!(backup.call(start()), backup.call(start()));
+        let id = first.expect("the first run starts");
+        let busy = second.expect_err("the second is refused");
+        assert_eq!(busy.code(), "busy", "{busy}");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let report = loop {
+            match backup.call(BackupStatus { id }).await.expect("status") {
+                RunStatus::Finished(report) => break report,
+                RunStatus::Running { .. } => {
+                    assert!(tokio::time::Instant::now() < deadline, "run never ended");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert_eq!(
+            report.outcome,
+            BackupOutcome::Complete,
+            "{:?}",
+            report.error
+        );
+        assert!(report.listed && !report.encrypted);
+        assert_eq!(report.stores["redis"].outcome, Outcome::Skipped);
+        let names: Vec<String> = report
+            .stores
+            .values()
+            .flat_map(|s| s.artifacts.iter().map(|a| a.name.clone()))
+            .collect();
+        assert!(
+            names.contains(&"volumes/chunks.tar.zst".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"lucid-db/config.toml.zst".to_owned()),
+            "{names:?}"
+        );
+
+        let listed = backup.call(ListBackups).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].manifest.id, id);
+        let verified = backup
+            .call(VerifyBackup {
+                id,
+                level: Level::Checksummed,
+                identity: None,
+            })
+            .await
+            .expect("verify");
+        assert!(verified.passed() && verified.recorded);
+        assert_eq!(verified.counts_as, Some(Level::Checksummed));
+        let shown = backup.call(ShowBackup { id }).await.expect("show");
+        assert_eq!(shown.effective_level(), Some(Level::Checksummed));
+        // The lock is free again.
+        let again = backup.call(start()).await.expect("a new run");
+        assert_ne!(again, id);
+    }
 
     #[test]
     fn each_backup_key_is_checked_and_named() {

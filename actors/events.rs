@@ -259,6 +259,84 @@ events! {
         unparseable: u64,
         elapsed_ms: u64,
     }
+    /// A backup run holds the backup lock and starts (its id is answered to the caller).
+    BackupStarted = "backup.started", INFO {
+        id: String,
+        /// Comma-separated: `volumes`, and database stores recorded as skipped.
+        stores: String,
+        /// `cli`, `schedule` or `api`.
+        trigger: &'static str,
+        encrypted: bool,
+    }
+    /// A running backup's progress; at most once a second per run.
+    BackupProgress = "backup.progress", INFO {
+        id: String,
+        /// The artifact being written.
+        artifact: String,
+        artifacts_done: u64,
+        /// Source bytes read so far (every artifact).
+        bytes_in: u64,
+        /// Bytes stored by the artifacts already complete.
+        bytes_stored: u64,
+    }
+    /// A run removed what interrupted runs left: `.partial` files and backups without a manifest.
+    BackupCleanedUp = "backup.cleaned_up", INFO {
+        id: String,
+        partials: u64,
+        incomplete: u64,
+    }
+    /// Every selected store is backed up; the manifest is written.
+    BackupCompleted = "backup.completed", INFO {
+        id: String,
+        stores: String,
+        bytes_in: u64,
+        bytes_stored: u64,
+        duration_ms: u64,
+        encrypted: bool,
+    }
+    /// Some stores failed, the others are complete and usable; the manifest says which.
+    BackupPartial = "backup.partial", WARN, code = code {
+        id: String,
+        stores: String,
+        /// The stores (and volumes) that failed, comma-separated.
+        failed: String,
+        /// The first failure's code.
+        code: &'static str,
+        bytes_in: u64,
+        bytes_stored: u64,
+        duration_ms: u64,
+        encrypted: bool,
+    }
+    /// Nothing usable was backed up (no manifest: the backup is not listed).
+    BackupFailed = "backup.failed", ERROR, code = code {
+        id: String,
+        stores: String,
+        code: &'static str,
+        /// Redacted; names the store, artifact, key or endpoint, never a credential.
+        error: String,
+        duration_ms: u64,
+        encrypted: bool,
+    }
+    /// A verification passed at `level`; recorded in verify.json.
+    BackupVerified = "backup.verified", INFO {
+        id: String,
+        level: &'static str,
+        artifacts: u64,
+        duration_ms: u64,
+        encrypted: bool,
+    }
+    /// A verification found a bad artifact (or could not open one).
+    BackupVerifyFailed = "backup.verify_failed", WARN, code = code {
+        id: String,
+        level: &'static str,
+        code: &'static str,
+        /// The first failing artifact.
+        artifact: String,
+        /// How many artifacts failed.
+        failed: u64,
+        duration_ms: u64,
+        encrypted: bool,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,
@@ -286,6 +364,13 @@ impl LogValue for u32 {
     type Value<'a> = u64;
     fn log_value(&self) -> u64 {
         u64::from(*self)
+    }
+}
+
+impl LogValue for bool {
+    type Value<'a> = bool;
+    fn log_value(&self) -> bool {
+        *self
     }
 }
 

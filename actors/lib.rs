@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
-//! - [`backup`] — the backup format, keys, pipeline, storage and catalogue (the actor is next).
+//! - [`backup`] — the backup actor and its format, keys, pipeline, storage and catalogue.
 //! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
 //!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
 //! - [`roles`] — which parts run in a process ([`Roles`]: stores, volumes, backup, scheduler).
@@ -106,16 +106,20 @@ pub struct Handles {
     pub search: Option<search::SearchHandle>,
     /// `None` unless the `volumes` part runs.
     pub volumes: Option<volume::VolumeHandle>,
+    /// `None` unless the `backup` part runs.
+    pub backup: Option<backup::BackupHandle>,
 }
 
 /// Starts the actors of the parts in `roles` (call it inside an actix `System`): for `stores`,
 /// the enabled store actors; for `volumes`, the volume actor (which creates the default
-/// volumes). Nothing else is started and, without `volumes`, nothing is written to disk.
+/// volumes); for `backup`, the backup actor (which reaches the others through their handles,
+/// and writes nothing until asked). Nothing else is started and, without `volumes`, nothing is
+/// written to disk.
 /// Starting never fails on a backend that is down: the actor keeps trying under backoff and
 /// reports through the registry.
 ///
 /// Each actor runs on a thread of its own (`lucid-redis`, `lucid-mongo`, `lucid-search`,
-/// `lucid-volume`), which lives as long as the current arbiter — as the actors did when they
+/// `lucid-volume`, `lucid-backup`), which lives as long as the current arbiter — as the actors did when they
 /// ran on it — and records events into the [`events::capture`]s open here when `start` is
 /// called.
 pub fn start(config: &Config, roles: Roles) -> Handles {
@@ -174,6 +178,17 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
             config.supervisor.mailbox_capacity,
         )
     });
+    let backup = roles.contains(Part::Backup).then(|| {
+        let databases = [
+            (redis.is_some(), "redis"),
+            (mongo.is_some(), "mongodb"),
+            (search.is_some(), "elasticsearch"),
+        ]
+        .into_iter()
+        .filter_map(|(runs, name)| runs.then_some(name))
+        .collect();
+        backup::BackupActor::start_with(config, volumes.clone(), databases)
+    });
     Handles {
         roles,
         registry,
@@ -181,6 +196,7 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         mongo,
         search,
         volumes,
+        backup,
     }
 }
 
@@ -212,6 +228,14 @@ impl Handles {
                 .timeout(deadline)
                 .await
                 .map_err(|_| Unresponsive { actor: "volume" })?;
+        }
+        if let Some(backup) = &self.backup {
+            backup
+                .addr()
+                .send(supervisor::Heartbeat)
+                .timeout(deadline)
+                .await
+                .map_err(|_| Unresponsive { actor: "backup" })?;
         }
         Ok(())
     }
@@ -246,6 +270,16 @@ impl Handles {
                 .is_err()
         {
             late.push(Unresponsive { actor: "volume" });
+        }
+        if let Some(backup) = &self.backup
+            && backup
+                .addr()
+                .send(supervisor::Shutdown)
+                .timeout(deadline)
+                .await
+                .is_err()
+        {
+            late.push(Unresponsive { actor: "backup" });
         }
         late
     }

@@ -24,7 +24,7 @@ pub enum Part {
     Stores,
     /// The volume actor; it creates the default volumes under `volumes.root` when it starts.
     Volumes,
-    /// The backup actor (issue #10; not built yet, so asking for it starts nothing).
+    /// The backup actor: backups and their verification; never in an embedding sibling.
     Backup,
     /// The scheduler actor (issue #13; not built yet, so asking for it starts nothing).
     Scheduler,
@@ -78,7 +78,7 @@ impl Roles {
     pub const CLI: Roles = Roles::STORES.with(Roles::VOLUMES).with(Roles::BACKUP);
 
     /// The parts that have an actor today; [`crate::start`] starts at most these.
-    pub const BUILT: Roles = Roles::STORES.with(Roles::VOLUMES);
+    pub const BUILT: Roles = Roles::STORES.with(Roles::VOLUMES).with(Roles::BACKUP);
 
     pub const fn of(part: Part) -> Roles {
         Roles(part.bit())
@@ -182,10 +182,7 @@ mod tests {
 
     #[test]
     fn only_built_parts_start() {
-        assert_eq!(
-            Roles::DAEMON.and(Roles::BUILT),
-            Roles::STORES.with(Roles::VOLUMES)
-        );
+        assert_eq!(Roles::DAEMON.and(Roles::BUILT), Roles::CLI);
         assert_eq!(Roles::SIBLING.and(Roles::BUILT), Roles::STORES);
     }
 }

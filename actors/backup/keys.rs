@@ -182,6 +182,11 @@ impl Identities {
         self.0.is_empty()
     }
 
+    /// Adds `other`'s identities to these (an identity file and a passphrase-mode key).
+    pub fn extend(&mut self, other: Identities) {
+        self.0.extend(other.0);
+    }
+
     /// The public keys of these identities.
     pub fn recipients(&self) -> Recipients {
         Recipients(self.0.iter().map(x25519::Identity::to_public).collect())

@@ -91,6 +91,16 @@ pub enum Trigger {
     Api,
 }
 
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cli => "cli",
+            Trigger::Schedule => "schedule",
+            Trigger::Api => "api",
+        }
+    }
+}
+
 /// How the artifacts were encrypted: to these recipients (public keys), and/or to a per-backup
 /// identity wrapped with the passphrase in `key.age`. Neither: not encrypted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

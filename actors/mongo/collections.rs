@@ -37,8 +37,9 @@ macro_rules! collections {
                 }
             }
 
-            /// The built-in schema file (`configs/mongodb/{name}.json`).
-            fn builtin(self) -> &'static str {
+            /// The built-in schema file (`configs/mongodb/{name}.json`): what a backup carries
+            /// as the schema files when `mongodb.schema_dir` is empty.
+            pub fn builtin_schema(self) -> &'static str {
                 match self {
                     $(Collection::$variant => include_str!(concat!("../../configs/mongodb/", $name, ".json"))),+
                 }
@@ -244,7 +245,10 @@ fn to_document(value: serde_json::Value, file: &str, path: &str) -> Result<Docum
 impl Catalog {
     /// The definitions compiled into this binary.
     pub fn builtin() -> Result<Catalog, CatalogError> {
-        Self::build(|c| Ok(c.builtin().to_owned()), Path::new("configs/mongodb"))
+        Self::build(
+            |c| Ok(c.builtin_schema().to_owned()),
+            Path::new("configs/mongodb"),
+        )
     }
 
     /// The definitions `[mongodb]` names: `schema_dir`, or the built-in ones.
@@ -464,7 +468,7 @@ mod tests {
 
     fn users_with(f: impl FnOnce(&mut serde_json::Value)) -> Result<CollectionSpec, CatalogError> {
         let mut v: serde_json::Value =
-            serde_json::from_str(Collection::Users.builtin()).expect("json");
+            serde_json::from_str(Collection::Users.builtin_schema()).expect("json");
         f(&mut v);
         parse_spec(Collection::Users, &v.to_string(), "users.json")
     }

@@ -34,15 +34,16 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[actix_rt::test]
 async fn each_preset_starts_exactly_its_actors() {
-    // (preset, store actors, volume actor, parts reported as running)
+    // (preset, store actors, volume actor, backup actor, parts reported as running)
     let table = [
-        (Roles::DAEMON, true, true, "stores+volumes"),
-        (Roles::SIBLING, true, false, "stores"),
-        (Roles::CLI, true, true, "stores+volumes"),
-        (Roles::VOLUMES, false, true, "volumes"),
-        (Roles::SCHEDULER, false, false, "none"),
+        (Roles::DAEMON, true, true, true, "stores+volumes+backup"),
+        (Roles::SIBLING, true, false, false, "stores"),
+        (Roles::CLI, true, true, true, "stores+volumes+backup"),
+        (Roles::VOLUMES, false, true, false, "volumes"),
+        (Roles::BACKUP, false, false, true, "backup"),
+        (Roles::SCHEDULER, false, false, false, "none"),
     ];
-    for (roles, stores, volumes, running) in table {
+    for (roles, stores, volumes, backup, running) in table {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config_in(dir.path());
         std::fs::create_dir(&cfg.volumes.root).expect("mkdir root");
@@ -52,6 +53,7 @@ async fn each_preset_starts_exactly_its_actors() {
         assert_eq!(h.mongo.is_some(), stores, "mongodb for {roles}");
         assert_eq!(h.search.is_some(), stores, "elasticsearch for {roles}");
         assert_eq!(h.volumes.is_some(), volumes, "volume actor for {roles}");
+        assert_eq!(h.backup.is_some(), backup, "backup actor for {roles}");
         assert_eq!(
             h.registry.snapshot().len(),
             if stores { 3 } else { 0 },
@@ -81,6 +83,10 @@ async fn each_preset_starts_exactly_its_actors() {
         );
     }
     assert!(!Roles::CLI.contains(Part::Scheduler));
+    assert!(
+        !Roles::SIBLING.contains(Part::Backup),
+        "an embedding sibling never runs backups"
+    );
 }
 
 #[test]
@@ -203,7 +209,10 @@ fn health_lists_the_parts_the_daemon_runs() {
     let (code, body) = http_get(d.http, "/health").expect("GET /health");
     assert_eq!(code, 200);
     let report: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(report["parts"], serde_json::json!(["stores", "volumes"]));
+    assert_eq!(
+        report["parts"],
+        serde_json::json!(["stores", "volumes", "backup"])
+    );
     assert!(
         d.dir().join("state").join("locks").is_dir(),
         "the daemon creates its state directory"

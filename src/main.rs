@@ -7,6 +7,7 @@
 //! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
 //! - `http` — the HTTP API (`/health`, `/ready`).
 //! - `health_cmd` — `lucid-db health`.
+//! - `backup_cmd` — `lucid-db backup …`.
 //! - `mongo_cmd` — `lucid-db mongo …`.
 //! - `volumes_cmd` — `lucid-db volumes …`.
 //! - `logging` — journald, JSON or text on stderr.
@@ -14,6 +15,7 @@
 //!
 //! No driver crate is used here: everything goes through `lucid_actors` messages.
 
+mod backup_cmd;
 mod cli;
 mod daemon;
 mod exit;
@@ -69,6 +71,12 @@ fn main() -> ExitCode {
         } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("warn"));
             config_check(&loaded, json)
+        }
+        Command::Backup { command, json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            let system = actix_rt::System::new();
+            let code = system.block_on(backup_cmd::run(&loaded.config, command, json));
+            exit_now(code)
         }
         Command::Volumes { command, json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));

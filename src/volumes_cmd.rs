@@ -223,7 +223,7 @@ fn print<T: Serialize>(json: bool, value: &T, human_form: impl FnOnce()) {
 }
 
 /// 1024-based, one decimal: 9.8G, 512.0K, 37B.
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     let mut value = bytes as f64;
     for unit in ["B", "K", "M", "G", "T"] {
         if value < 1024.0 || unit == "T" {

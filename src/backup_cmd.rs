@@ -1,0 +1,438 @@
+//! `lucid-db backup …`: the CLI's parts (stores, volumes, backup — never the scheduler) run in
+//! this process, with the daemon's settings, state directory and lock files: a backup here and
+//! one in the daemon never overlap (the second is refused, exit 75).
+//!
+//! `now` waits for the outcome and prints progress on stderr as plain lines, at most one a
+//! second (no progress bar: a line per second reads the same on a terminal, in a pipe and in
+//! the journal); the result goes to stdout, as text or `--json`. Exit codes: docs/cli.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::Utc;
+use lucid_actors::backup::{
+    BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, Entry, Identities, KeyError,
+    Level, ListBackups, Outcome, RunReport, RunStatus, ShowBackup, StartBackup, Trigger,
+    VerifyBackup, VerifyReport, keygen,
+};
+use lucid_actors::config::BackupStorage;
+use lucid_actors::state::{self, StateError};
+use lucid_actors::volume::check_root;
+use lucid_actors::{Config, Roles, StateDir};
+use serde_json::json;
+
+use crate::cli::{BackupCommand, VerifyLevel};
+use crate::exit;
+use crate::volumes_cmd::human;
+
+/// How often `now` asks for the run's status; progress lines go out at most once a second.
+const POLL: Duration = Duration::from_millis(200);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+pub async fn run(config: &Config, command: BackupCommand, json: bool) -> u8 {
+    if let BackupCommand::Keygen { out } = &command {
+        return keygen_cmd(out, json);
+    }
+    if let Err(code) = prepare(config) {
+        return code;
+    }
+    let handles = lucid_actors::start(config, Roles::CLI);
+    let Some(backup) = handles.backup.clone() else {
+        eprintln!("lucid-db backup: the backup actor did not start");
+        return exit::FAILED;
+    };
+    let code = match execute(&backup, command, json).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lucid-db backup: {e} ({})", e.code());
+            exit_for(&e)
+        }
+    };
+    handles
+        .shutdown(config.supervisor.call_deadline.min(Duration::from_secs(1)))
+        .await;
+    code
+}
+
+/// The exit code for an error (docs/cli.md).
+fn exit_for(e: &BackupError) -> u8 {
+    if e.code() == "busy" {
+        exit::TEMPFAIL
+    } else if e.is_corrupt() {
+        exit::DATAERR
+    } else if e.is_unavailable() {
+        exit::UNAVAILABLE
+    } else if e.is_config() {
+        exit::CONFIG
+    } else if matches!(e.code(), "not_supported" | "not_found")
+        && !matches!(e, BackupError::Volume(_))
+    {
+        exit::USAGE
+    } else {
+        exit::FAILED
+    }
+}
+
+/// Refuses directories another user owns and an unusable data root, then creates the state
+/// directory: nothing is written before every check passed.
+fn prepare(config: &Config) -> Result<(), u8> {
+    let state_error = |e: StateError| {
+        eprintln!("lucid-db backup: {e}");
+        match e {
+            StateError::ForeignOwner { .. } => exit::NOPERM,
+            StateError::Unusable { .. } => exit::CONFIG,
+        }
+    };
+    let mut mine = vec![config.state_dir.clone(), config.volumes.root.clone()];
+    if config.backup.storage == BackupStorage::Fs {
+        mine.push(config.volumes.root.join("backups"));
+    }
+    for path in &mine {
+        state::check_owner(path).map_err(state_error)?;
+    }
+    if let Err(e) = check_root(&config.volumes.root) {
+        eprintln!("lucid-db backup: {e}");
+        return Err(exit::CONFIG);
+    }
+    StateDir::new(&config.state_dir)
+        .ensure()
+        .map_err(state_error)
+}
+
+fn keygen_cmd(out: &PathBuf, json: bool) -> u8 {
+    match keygen(out, Utc::now()) {
+        Ok(recipient) => {
+            if json {
+                print_json(&json!({
+                    "identity_file": out,
+                    "recipient": recipient.to_string(),
+                }));
+            } else {
+                eprintln!(
+                    "lucid-db backup: wrote {} (mode 0600): keep it off the Pi; put this public \
+                     key into backup.recipients:",
+                    out.display()
+                );
+                println!("{recipient}");
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("lucid-db backup keygen: {e}");
+            match e {
+                KeyError::Exists { .. } => exit::FAILED,
+                _ => exit::CONFIG,
+            }
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<BackupId, u8> {
+    text.parse().map_err(|e| {
+        eprintln!("lucid-db backup: {e}");
+        exit::USAGE
+    })
+}
+
+async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result<u8, BackupError> {
+    match command {
+        BackupCommand::Now { stores } => {
+            let id = b
+                .call(StartBackup {
+                    stores,
+                    trigger: Trigger::Cli,
+                })
+                .await?;
+            eprintln!("lucid-db backup: {id} started");
+            let report = follow(b, id).await?;
+            print_report(&report, json);
+            Ok(match report.outcome {
+                BackupOutcome::Complete => exit::OK,
+                BackupOutcome::Partial => exit::PARTIAL,
+                BackupOutcome::Failed => report.error.as_ref().map_or(exit::FAILED, exit_for),
+            })
+        }
+        BackupCommand::List => {
+            let entries = b.call(ListBackups).await?;
+            if json {
+                print_json(&entries.iter().map(entry_json).collect::<Vec<_>>());
+            } else {
+                list_table(&entries);
+            }
+            Ok(exit::OK)
+        }
+        BackupCommand::Show { id } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return Ok(code),
+            };
+            let entry = b.call(ShowBackup { id }).await?;
+            if json {
+                print_json(&entry_json(&entry));
+            } else {
+                show(&entry);
+            }
+            Ok(exit::OK)
+        }
+        BackupCommand::Verify {
+            id,
+            level,
+            identity,
+        } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return Ok(code),
+            };
+            let identity = match identity.map(|path| Identities::load(&path)).transpose() {
+                Ok(ids) => ids,
+                Err(e) => {
+                    // Names the file and line, never the key.
+                    eprintln!("lucid-db backup verify: --identity: {e}");
+                    return Ok(exit::CONFIG);
+                }
+            };
+            let level = match level {
+                VerifyLevel::Checksummed => Level::Checksummed,
+                VerifyLevel::Decoded => Level::Decoded,
+            };
+            let report = b
+                .call(VerifyBackup {
+                    id,
+                    level,
+                    identity,
+                })
+                .await?;
+            print_verify(&report, json);
+            Ok(if report.passed() {
+                exit::OK
+            } else {
+                exit::DATAERR
+            })
+        }
+        BackupCommand::Keygen { .. } => Ok(exit::USAGE),
+    }
+}
+
+/// Waits for run `id` to end, printing a progress line on stderr at most once a second.
+async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError> {
+    let mut ticks = tokio::time::interval(POLL);
+    let mut last_line: Option<tokio::time::Instant> = None;
+    let mut last_text = String::new();
+    loop {
+        ticks.tick().await;
+        match b.call(BackupStatus { id }).await? {
+            RunStatus::Finished(report) => return Ok(report),
+            RunStatus::Running { progress, .. } => {
+                let text = format!(
+                    "lucid-db backup: {id}: {}/{} artifacts, {} read, {} stored{}",
+                    progress.artifacts_done,
+                    progress.artifacts_planned.max(progress.artifacts_done),
+                    human(progress.bytes_in),
+                    human(progress.bytes_stored),
+                    progress
+                        .current
+                        .as_deref()
+                        .map(|a| format!(", writing {a}"))
+                        .unwrap_or_default()
+                );
+                let due = last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+                if due && text != last_text {
+                    eprintln!("{text}");
+                    last_line = Some(tokio::time::Instant::now());
+                    last_text = text;
+                }
+            }
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("lucid-db: cannot render JSON: {e}"),
+    }
+}
+
+fn report_json(r: &RunReport) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "outcome": r.outcome,
+        "trigger": r.trigger,
+        "started": r.started.to_rfc3339(),
+        "ended": r.ended.to_rfc3339(),
+        "encrypted": r.encrypted,
+        "listed": r.listed,
+        "bytes_in": r.bytes_in,
+        "bytes_stored": r.bytes_stored,
+        "stores": r.stores,
+        "cleaned_up": {
+            "partials": r.cleaned.partials,
+            "incomplete": r.cleaned.incomplete,
+        },
+        "error": r.error.as_ref().map(|e| json!({"code": e.code(), "message": e.to_string()})),
+    })
+}
+
+fn print_report(r: &RunReport, json: bool) {
+    if json {
+        print_json(&report_json(r));
+        return;
+    }
+    let removed = r.cleaned.partials.len() + r.cleaned.incomplete.len();
+    if removed > 0 {
+        eprintln!(
+            "lucid-db backup: removed what interrupted runs left: {} partial files, {} \
+             incomplete backups",
+            r.cleaned.partials.len(),
+            r.cleaned.incomplete.len()
+        );
+    }
+    println!(
+        "backup {}: {} — {} read, {} stored{}",
+        r.id,
+        r.outcome.as_str(),
+        human(r.bytes_in),
+        human(r.bytes_stored),
+        if r.encrypted { "" } else { ", NOT ENCRYPTED" }
+    );
+    stores(&r.stores);
+    if let Some(e) = &r.error {
+        println!("error ({}): {e}", e.code());
+    }
+}
+
+fn stores(stores: &std::collections::BTreeMap<String, lucid_actors::backup::StoreRecord>) {
+    for (name, s) in stores {
+        match &s.outcome {
+            Outcome::Complete => println!("  {name}: complete"),
+            Outcome::Skipped => println!("  {name}: skipped"),
+            Outcome::Failed { code, message } => {
+                println!("  {name}: FAILED ({code}): {message}")
+            }
+        }
+        for a in &s.artifacts {
+            println!(
+                "    {:<48} {:>9} -> {:>9}  sha256 {}",
+                a.name,
+                human(a.bytes_in),
+                human(a.bytes_stored),
+                a.sha256
+            );
+        }
+    }
+}
+
+fn entry_json(e: &Entry) -> serde_json::Value {
+    json!({
+        "id": e.manifest.id,
+        "outcome": lucid_actors::backup::outcome_of(&e.manifest.stores),
+        "counts_as": e.effective_level(),
+        "manifest": e.manifest,
+        "verify": e.verify,
+    })
+}
+
+fn list_table(entries: &[Entry]) {
+    println!(
+        "{:<22} {:<9} {:>9} {:>9} {:<12} STORES",
+        "ID", "OUTCOME", "READ", "STORED", "VERIFIED"
+    );
+    for e in entries {
+        let m = &e.manifest;
+        let (read, stored) = m
+            .artifacts()
+            .fold((0, 0), |(i, s), a| (i + a.bytes_in, s + a.bytes_stored));
+        println!(
+            "{:<22} {:<9} {:>9} {:>9} {:<12} {}",
+            m.id.to_string(),
+            lucid_actors::backup::outcome_of(&m.stores).as_str(),
+            human(read),
+            human(stored),
+            e.effective_level().map_or("-", |l| l.as_str()),
+            m.stores.keys().cloned().collect::<Vec<_>>().join(",")
+        );
+    }
+}
+
+fn show(e: &Entry) {
+    let m = &e.manifest;
+    println!("backup       {}", m.id);
+    println!(
+        "outcome      {}",
+        lucid_actors::backup::outcome_of(&m.stores).as_str()
+    );
+    println!("created      {}", m.created.to_rfc3339());
+    println!("host         {}", m.host);
+    println!("lucid-db     {}", m.lucid_db);
+    println!("trigger      {}", m.trigger.as_str());
+    println!(
+        "encryption   {}",
+        if !m.encryption.is_encrypted() {
+            "NONE".to_owned()
+        } else {
+            let mut parts = m.encryption.recipients.clone();
+            if m.encryption.passphrase {
+                parts.push("passphrase (key.age)".to_owned());
+            }
+            parts.join(", ")
+        }
+    );
+    println!(
+        "compression  {}",
+        json!(m.compression).as_str().unwrap_or("?")
+    );
+    println!(
+        "counts as    {}",
+        e.effective_level().map_or("unverified", |l| l.as_str())
+    );
+    if let Some(v) = &e.verify {
+        for (level, r) in &v.levels {
+            println!(
+                "verified     {} at {}: {}",
+                level.as_str(),
+                r.at.to_rfc3339(),
+                if r.passed { "passed" } else { "FAILED" }
+            );
+        }
+    }
+    println!("stores");
+    stores(&m.stores);
+}
+
+fn print_verify(r: &VerifyReport, json: bool) {
+    if json {
+        print_json(&json!({
+            "id": r.id,
+            "level": r.level,
+            "passed": r.passed(),
+            "recorded": r.recorded,
+            "counts_as": r.counts_as,
+            "artifacts": r.result.artifacts,
+            "first_failure": r.first_failure.as_ref().map(|(artifact, code, message)| json!({
+                "artifact": artifact, "code": code, "message": message,
+            })),
+        }));
+        return;
+    }
+    for (name, check) in &r.result.artifacts {
+        match check {
+            lucid_actors::backup::ArtifactCheck::Ok => println!("ok      {name}"),
+            lucid_actors::backup::ArtifactCheck::Failed { code, message } => {
+                println!("FAILED  {name} ({code}): {message}")
+            }
+        }
+    }
+    println!(
+        "backup {}: {} {} ({} artifacts){}; counts as {}",
+        r.id,
+        r.level.as_str(),
+        if r.passed() { "passed" } else { "FAILED" },
+        r.result.artifacts.len(),
+        if r.recorded {
+            ""
+        } else {
+            " — not recorded: the failure is about the key, not the backup"
+        },
+        r.counts_as.map_or("unverified", |l| l.as_str())
+    );
+}

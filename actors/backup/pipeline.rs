@@ -43,6 +43,8 @@ pub const OUT_FLIGHT: usize = 4;
 pub const CHUNK: usize = 256 << 10;
 /// zstd's level: 3 is its default, a good ratio at a speed a Pi sustains.
 pub const ZSTD_LEVEL: i32 = 3;
+/// The size of a multithreaded zstd job (zstd's minimum is 512 KiB): see `encode`.
+pub const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
 /// How artifacts are encoded.
 #[derive(Debug, Clone)]
@@ -294,6 +296,11 @@ fn encode(
             z.include_checksum(true)?;
             if codec.zstd_workers > 0 {
                 z.multithread(codec.zstd_workers)?;
+                // zstd's own job size (4 × its window: 8 MiB at level 3) holds several jobs'
+                // input and output per worker, and a stream of a few tens of megabytes never
+                // reaches that ceiling while a long one does: small jobs keep the ceiling low
+                // and reached at once, so memory is the same for 20 MB and 200 MB.
+                z.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB_SIZE))?;
             }
             Compressor::Zstd(z)
         }

@@ -1039,3 +1039,806 @@ fn config_check_warns_when_backups_would_be_unencrypted() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The backup actor, through the CLI and in process
+
+const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+
+/// A machine for the CLI: its own data root, state directory and keys in a temporary
+/// directory, every database store off (volumes are what this version backs up).
+struct Machine {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("volumes")).expect("mkdir");
+        let env = vec![
+            ("LUCID_DB__VOLUMES__ROOT", dir.path().join("volumes")),
+            ("LUCID_DB__STATE_DIR", dir.path().join("state")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.display().to_string()))
+        .chain(
+            [
+                ("LUCID_DB__REDIS__ENABLED", "false"),
+                ("LUCID_DB__MONGODB__ENABLED", "false"),
+                ("LUCID_DB__ELASTICSEARCH__ENABLED", "false"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .collect();
+        Machine { dir, env }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A volume's directory (a default volume is adopted when the CLI first starts).
+    fn volume(&self, name: &str) -> PathBuf {
+        self.path("volumes").join(name)
+    }
+
+    fn backups(&self) -> PathBuf {
+        self.volume("backups")
+    }
+
+    fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.into()));
+    }
+
+    /// A fresh identity; its recipient goes into backup.recipients. Answers the identity file.
+    fn encrypt_to_new_key(&mut self) -> PathBuf {
+        let key = self.path(&format!("key-{}.txt", rand_suffix()));
+        let recipient = keygen(&key, Utc::now()).expect("keygen");
+        self.set("LUCID_DB__BACKUP__RECIPIENTS", recipient.to_string());
+        key
+    }
+
+    fn use_s3(&mut self, s3: &S3, prefix: &str) {
+        let id = self.path("s3-id");
+        let secret = self.path("s3-secret");
+        std::fs::write(&id, "AKIDLUCIDTEST\n").expect("write");
+        std::fs::write(&secret, "sekrit-do-not-print\n").expect("write");
+        for (k, v) in [
+            ("LUCID_DB__BACKUP__STORAGE", "s3".to_owned()),
+            ("LUCID_DB__BACKUP__S3__ENDPOINT", s3.server.url()),
+            ("LUCID_DB__BACKUP__S3__BUCKET", s3.bucket.clone()),
+            ("LUCID_DB__BACKUP__S3__PREFIX", prefix.to_owned()),
+            ("LUCID_DB__BACKUP__S3__REGION", "us-east-1".to_owned()),
+            (
+                "LUCID_DB__BACKUP__S3__ACCESS_KEY_ID_FILE",
+                id.display().to_string(),
+            ),
+            (
+                "LUCID_DB__BACKUP__S3__SECRET_ACCESS_KEY_FILE",
+                secret.display().to_string(),
+            ),
+        ] {
+            self.set(k, v);
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("backup")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+
+    /// Runs `lucid-db backup ARGS`; answers (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.command(args).output().expect("run lucid-db");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            !stderr.contains("sekrit") && !stdout.contains("sekrit"),
+            "a secret was printed: {stderr}"
+        );
+        (out.status.code().unwrap_or(-1), stdout, stderr)
+    }
+
+    /// `backup ARGS --json`, exit code checked, stdout parsed.
+    fn json(&self, args: &[&str], want: i32) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (code, out, err) = self.cli(&all);
+        assert_eq!(code, want, "backup {args:?}: {err}\n{out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    /// The configuration the CLI reads, for the actors run in this test's own process.
+    fn config(&self) -> Config {
+        let env: std::collections::HashMap<String, String> = self.env.iter().cloned().collect();
+        lucid_actors::load_config(&lucid_actors::config::LoadOptions { file: None, env })
+            .expect("config")
+            .config
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:08x}", rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    // Distinct enough for file names within one test.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// `bytes` of incompressible data in `dir/name`.
+fn noise_file(dir: &Path, name: &str, bytes: usize) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ bytes as u64;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(name)).expect("create"));
+    let mut left = bytes;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        for word in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n]).expect("write");
+        left -= n;
+    }
+    f.flush().expect("flush");
+}
+
+/// The artifacts of a `backup now --json` report, by name.
+fn artifact_names(report: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = report["stores"]
+        .as_object()
+        .expect("stores")
+        .values()
+        .flat_map(|s| {
+            s["artifacts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a["name"].as_str().expect("name").to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_volume_backup_is_listed_shown_verified_and_restored_by_stock_tools_from_fs() {
+    need_stock_tools();
+    let mut m = Machine::new();
+    let key = m.encrypt_to_new_key();
+    make_tree(&m.volume("chunks"));
+
+    let report = m.json(&["now"], 0);
+    assert_eq!(report["outcome"], "complete", "{report}");
+    assert_eq!(report["encrypted"], true);
+    let id = report["id"].as_str().expect("id").to_owned();
+    let names = artifact_names(&report);
+    for want in [
+        "lucid-db/config.toml.zst.age",
+        "lucid-db/mongodb-schemas.tar.zst.age",
+        "volumes/chunks.tar.zst.age",
+        "volumes/sessions.tar.zst.age",
+    ] {
+        assert!(names.contains(&want.to_owned()), "{want}: {names:?}");
+    }
+    for never in ["mongodb", "redis", "elasticsearch", "backups"] {
+        assert!(
+            !names.contains(&format!("volumes/{never}.tar.zst.age")),
+            "{never} is not in `volumes`: {names:?}"
+        );
+    }
+
+    let list = m.json(&["list"], 0);
+    assert_eq!(list.as_array().expect("list").len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["counts_as"], serde_json::Value::Null);
+    let shown = m.json(&["show", &id], 0);
+    assert_eq!(shown["manifest"]["format"], 1);
+    assert_eq!(shown["manifest"]["trigger"], "cli");
+    let (code, text, err) = m.cli(&["show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("volumes/chunks.tar.zst.age"), "{text}");
+
+    let verified = m.json(&["verify", &id], 0);
+    assert_eq!(verified["passed"], true, "{verified}");
+    assert_eq!(verified["counts_as"], "checksummed");
+    // decoded: no key at hand is a configuration problem; the right one passes.
+    let (code, _, err) = m.cli(&["verify", &id, "--level", "decoded"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("--identity"), "{err}");
+    let key_arg = key.display().to_string();
+    let verified = m.json(
+        &["verify", &id, "--level", "decoded", "--identity", &key_arg],
+        0,
+    );
+    assert_eq!(verified["counts_as"], "decoded", "{verified}");
+    let list = m.json(&["list"], 0);
+    assert_eq!(list[0]["counts_as"], "decoded");
+    // Another identity opens nothing: 65, naming the artifacts, and nothing is recorded.
+    let other = m.path("other.key");
+    keygen(&other, Utc::now()).expect("keygen");
+    let other_arg = other.display().to_string();
+    let (code, out, _) = m.cli(&[
+        "verify",
+        &id,
+        "--level",
+        "decoded",
+        "--identity",
+        &other_arg,
+    ]);
+    assert_eq!(code, 65, "{out}");
+    assert!(
+        out.contains("volumes/chunks.tar.zst.age (wrong_identity)"),
+        "{out}"
+    );
+    assert_eq!(m.json(&["list"], 0)[0]["counts_as"], "decoded");
+    // An identity file that does not parse: 78, naming the file, never its text.
+    let bad = m.path("bad.key");
+    std::fs::write(&bad, "AGE-SECRET-KEY-1NOTAKEYATALL\n").expect("write");
+    let bad_arg = bad.display().to_string();
+    let (code, _, err) = m.cli(&["verify", &id, "--level", "decoded", "--identity", &bad_arg]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("bad.key") && !err.contains("NOTAKEY"), "{err}");
+
+    // The stock tools give the volume back, byte for byte, with modes, mtimes and symlinks.
+    let file = m.backups().join(&id).join("volumes/chunks.tar.zst.age");
+    let out = m.path("restored");
+    std::fs::create_dir(&out).expect("mkdir");
+    let (ok, err) = sh(&format!(
+        "age -d -i '{}' '{}' | zstd -d | tar -x -C '{}'",
+        key.display(),
+        file.display(),
+        out.display()
+    ));
+    assert!(ok, "stock restore failed: {err}");
+    assert_eq!(describe(&out), describe(&m.volume("chunks")));
+    // Without the identity, nothing can be read.
+    let (ok, err) = sh(&format!(
+        "age -d -i '{}' '{}' > /dev/null",
+        other.display(),
+        file.display()
+    ));
+    assert!(!ok && err.contains("no identity matched"), "{err}");
+    // The effective configuration travels with it, secrets redacted.
+    let config = m.backups().join(&id).join("lucid-db/config.toml.zst.age");
+    let out = Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            &format!(
+                "age -d -i '{}' '{}' | zstd -d",
+                key.display(),
+                config.display()
+            ),
+        ])
+        .output()
+        .expect("bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("[backup]"), "{text}");
+    assert!(
+        !walkdir(&m.backups())
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".partial")),
+        "a .partial file was left"
+    );
+
+    // keygen never overwrites.
+    let (code, _, err) = m.cli(&["keygen", "--out", &key_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("never overwrites"), "{err}");
+}
+
+#[test]
+fn a_volume_backup_on_s3_is_verified_and_the_catalogue_comes_back_after_losing_state_dir() {
+    let s3 = S3::start();
+    let mut m = Machine::new();
+    m.use_s3(&s3, "pi-1");
+    let key = m.encrypt_to_new_key();
+    make_tree(&m.volume("chunks"));
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 0);
+    assert_eq!(report["outcome"], "complete", "{report}");
+    let id = report["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        artifact_names(&report),
+        [
+            "lucid-db/config.toml.zst.age",
+            "lucid-db/mongodb-schemas.tar.zst.age",
+            "volumes/chunks.tar.zst.age"
+        ]
+    );
+    // Nothing on the local disk: it all went to the bucket.
+    assert!(!m.backups().join(&id).exists());
+    let key_arg = key.display().to_string();
+    assert_eq!(m.json(&["verify", &id], 0)["passed"], true);
+    let verified = m.json(
+        &["verify", &id, "--level", "decoded", "--identity", &key_arg],
+        0,
+    );
+    assert_eq!(verified["counts_as"], "decoded");
+    assert_eq!(m.json(&["show", &id], 0)["counts_as"], "decoded");
+
+    // A fresh Pi: the state directory is gone; the bucket has everything, verify.json too.
+    std::fs::remove_dir_all(m.path("state")).expect("rm state");
+    let list = m.json(&["list"], 0);
+    assert_eq!(list.as_array().expect("list").len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["counts_as"], "decoded");
+    assert_eq!(
+        list[0]["verify"]["levels"]["checksummed"]["passed"], true,
+        "{list}"
+    );
+}
+
+#[test]
+fn tampering_makes_verify_exit_65_naming_the_artifact() {
+    let mut m = Machine::new();
+    let key = m.encrypt_to_new_key();
+    make_tree(&m.volume("chunks"));
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 0);
+    let id = report["id"].as_str().expect("id").to_owned();
+    let dir = m.backups().join(&id);
+    let artifact = "volumes/chunks.tar.zst.age";
+    let path = dir.join(artifact);
+    let original = std::fs::read(&path).expect("read");
+    let key_arg = key.display().to_string();
+    let verify = |level: &str| m.cli(&["verify", &id, "--level", level, "--identity", &key_arg]);
+
+    let mut flipped = original.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x40;
+    for (case, bytes, code) in [
+        ("a flipped byte", Some(flipped), "checksum_mismatch"),
+        (
+            "a truncated artifact",
+            Some(original[..original.len() - 100].to_vec()),
+            "truncated",
+        ),
+        ("a missing artifact", None, "missing"),
+    ] {
+        match bytes {
+            Some(b) => std::fs::write(&path, b).expect("write"),
+            None => std::fs::remove_file(&path).expect("rm"),
+        }
+        for level in ["checksummed", "decoded"] {
+            let (exit, out, err) = verify(level);
+            assert_eq!(exit, 65, "{case} at {level}: {out}{err}");
+            assert!(
+                out.contains(&format!("FAILED  {artifact} ({code})")),
+                "{case} at {level}: {out}"
+            );
+        }
+        // Recorded: the backup counts as nothing until a pass after the failure.
+        assert_eq!(
+            m.json(&["show", &id], 0)["counts_as"],
+            serde_json::Value::Null
+        );
+        std::fs::write(&path, &original).expect("restore");
+    }
+    assert_eq!(m.json(&["verify", &id], 0)["counts_as"], "checksummed");
+
+    // The manifest itself: another format, or not JSON — 65 naming manifest.json.
+    let manifest = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).expect("read");
+    for (case, bad, code) in [
+        (
+            "an unknown format",
+            text.replacen("\"format\": 1", "\"format\": 7", 1),
+            "unknown_format",
+        ),
+        (
+            "a manifest that does not parse",
+            text[..text.len() / 2].to_owned(),
+            "bad_manifest",
+        ),
+        (
+            "a manifest naming a missing artifact",
+            text.replacen(artifact, "volumes/ghost.tar.zst.age", 1),
+            "missing",
+        ),
+    ] {
+        std::fs::write(&manifest, bad).expect("write");
+        let (exit, out, err) = m.cli(&["verify", &id]);
+        assert_eq!(exit, 65, "{case}: {out}{err}");
+        let named = if code == "missing" {
+            "volumes/ghost.tar.zst.age"
+        } else {
+            "manifest.json"
+        };
+        assert!(
+            format!("{out}{err}").contains(named) && format!("{out}{err}").contains(code),
+            "{case}: {out}{err}"
+        );
+        std::fs::write(&manifest, &text).expect("restore");
+    }
+    assert_eq!(m.json(&["verify", &id], 0)["passed"], true);
+}
+
+#[test]
+fn a_volume_that_cannot_be_exported_makes_the_backup_partial() {
+    let m = Machine::new();
+    make_tree(&m.volume("chunks"));
+    // A volume whose data directory is gone: its metadata points at nothing.
+    std::fs::write(
+        m.path("volumes").join("broken.volume.json"),
+        r#"{"name":"broken","kind":"broken","quota_bytes":1048576,"created":"2026-01-01T00:00:00Z","path":"/nonexistent-lucid-test/broken"}"#,
+    )
+    .expect("write meta");
+    let report = m.json(&["now"], 3);
+    assert_eq!(report["outcome"], "partial", "{report}");
+    let volumes = &report["stores"]["volumes"];
+    assert_eq!(volumes["outcome"], "failed", "{volumes}");
+    assert!(
+        volumes["message"]
+            .as_str()
+            .expect("message")
+            .contains("broken"),
+        "{volumes}"
+    );
+    assert_eq!(volumes["source"]["volumes"]["broken"]["outcome"], "failed");
+    assert_eq!(
+        volumes["source"]["volumes"]["chunks"]["outcome"],
+        "complete"
+    );
+    let names = artifact_names(&report);
+    assert!(
+        names.contains(&"volumes/chunks.tar.zst".to_owned()),
+        "{names:?}"
+    );
+    // Listed (the rest is usable), as partial.
+    let list = m.json(&["list"], 0);
+    assert_eq!(list[0]["outcome"], "partial");
+    // Nothing but the broken volume: nothing backed up, nothing listed, exit 1.
+    let report = m.json(&["now", "--stores", "volumes:broken"], 1);
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert_eq!(report["listed"], false);
+    assert_eq!(report["error"]["code"], "nothing_backed_up");
+    assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 1);
+    // A database store named explicitly: refused, not silently skipped.
+    let (code, _, err) = m.cli(&["now", "--stores", "mongodb"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not backed up by this version"), "{err}");
+}
+
+#[test]
+fn storage_problems_exit_78_or_69_naming_the_bucket_or_endpoint_never_a_key() {
+    let s3 = S3::start();
+    let mut m = Machine::new();
+    m.use_s3(&s3, "");
+    m.set("LUCID_DB__BACKUP__S3__BUCKET", "no-such-bucket");
+    let (code, _, err) = m.cli(&["now"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("no-such-bucket"), "{err}");
+    let dead = format!("http://127.0.0.1:{}", lucid_testkit::free_port());
+    m.set("LUCID_DB__BACKUP__S3__ENDPOINT", dead.clone());
+    let (code, _, err) = m.cli(&["now"]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains(&dead), "{err}");
+    let (code, _, err) = m.cli(&["list"]);
+    assert_eq!(code, 69, "{err}");
+    // The keys are the configuration's business: missing, they name the key.
+    m.set("LUCID_DB__BACKUP__S3__ACCESS_KEY_ID_FILE", "");
+    let (code, _, err) = m.cli(&["list"]);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("backup.s3.access_key_id_file"), "{err}");
+}
+
+/// Waits (polling, with a deadline) until run `id` has ended.
+async fn finished(
+    backup: &lucid_actors::backup::BackupHandle,
+    id: BackupId,
+) -> lucid_actors::backup::RunReport {
+    use lucid_actors::backup::{BackupStatus, RunStatus};
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match backup.call(BackupStatus { id }).await.expect("status") {
+            RunStatus::Finished(report) => return report,
+            RunStatus::Running { .. } => {
+                assert!(std::time::Instant::now() < deadline, "run {id} never ended");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// A crash between the last artifact and the manifest (the fail point) leaves a backup that
+/// is never listed; the next run removes it. On fs and on S3.
+async fn crash_before_the_manifest_then_cleanup(
+    m: &Machine,
+    leftovers: impl Fn(&BackupId) -> usize,
+) {
+    use lucid_actors::backup::{BackupOutcome, ListBackups, StartBackup};
+    let scenario = fail::FailScenario::setup();
+    let capture = lucid_actors::events::capture();
+    let handles = lucid_actors::start(&m.config(), lucid_actors::Roles::CLI);
+    let backup = handles.backup.clone().expect("backup actor");
+    fail::cfg("backup-before-manifest", "return").expect("fail point");
+    let start = || StartBackup {
+        stores: vec!["volumes:chunks".parse().expect("selector")],
+        trigger: Trigger::Api,
+    };
+    let crashed = backup.call(start()).await.expect("started");
+    let report = finished(&backup, crashed).await;
+    assert_eq!(report.outcome, BackupOutcome::Failed);
+    assert!(!report.listed);
+    assert_eq!(report.error.as_ref().map(|e| e.code()), Some("interrupted"));
+    assert!(leftovers(&crashed) >= 3, "the crash left its artifacts");
+    assert!(backup.call(ListBackups).await.expect("list").is_empty());
+    let failed = capture.named("backup.failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].code, Some("interrupted"));
+    assert_eq!(failed[0].field("encrypted"), Some("true"));
+
+    fail::remove("backup-before-manifest");
+    let next = backup.call(start()).await.expect("next run");
+    let report = finished(&backup, next).await;
+    assert_eq!(
+        report.outcome,
+        BackupOutcome::Complete,
+        "{:?}",
+        report.error
+    );
+    assert_eq!(report.cleaned.incomplete, vec![crashed]);
+    assert_eq!(leftovers(&crashed), 0, "the next run cleaned up");
+    let listed: Vec<BackupId> = backup
+        .call(ListBackups)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.manifest.id)
+        .collect();
+    assert_eq!(listed, vec![next]);
+    assert_eq!(capture.named("backup.cleaned_up").len(), 1);
+    let completed = capture.named("backup.completed");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0].field("id"), Some(next.to_string().as_str()));
+    assert_eq!(capture.named("backup.started").len(), 2);
+    handles.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}
+
+#[actix_rt::test]
+async fn a_crash_before_the_manifest_is_never_listed_and_cleaned_up_on_fs() {
+    let mut m = Machine::new();
+    m.encrypt_to_new_key();
+    make_tree(&m.volume("chunks"));
+    let backups = m.backups();
+    crash_before_the_manifest_then_cleanup(&m, |id| {
+        let dir = backups.join(id.to_string());
+        if dir.exists() { walkdir(&dir).len() } else { 0 }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_crash_before_the_manifest_is_never_listed_and_cleaned_up_on_s3() {
+    let s3 = S3::start();
+    let mut m = Machine::new();
+    m.use_s3(&s3, "crash");
+    m.encrypt_to_new_key();
+    make_tree(&m.volume("chunks"));
+    let storage = s3.storage("crash");
+    let (tx, rx) = std::sync::mpsc::channel::<(BackupId, std::sync::mpsc::Sender<usize>)>();
+    // The storage listing is async; the callback is sync: ask a helper thread with its own
+    // runtime.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        while let Ok((id, reply)) = rx.recv() {
+            let n = rt.block_on(storage.list_backup(&id)).expect("list").len();
+            let _ = reply.send(n);
+        }
+    });
+    crash_before_the_manifest_then_cleanup(&m, move |id| {
+        let (reply, answer) = std::sync::mpsc::channel();
+        tx.send((*id, reply)).expect("ask");
+        answer.recv().expect("answer")
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_second_backup_while_one_runs_exits_75() {
+    use lucid_actors::backup::{BackupOutcome, StartBackup};
+    let m = Machine::new();
+    make_tree(&m.volume("chunks"));
+    let scenario = fail::FailScenario::setup();
+    let handles = lucid_actors::start(&m.config(), lucid_actors::Roles::CLI);
+    let backup = handles.backup.clone().expect("backup actor");
+    // The run in this process holds the lock from its answer on; the fail point keeps it
+    // from finishing while the CLI tries.
+    fail::cfg("backup-before-manifest", "pause").expect("fail point");
+    let id = backup
+        .call(StartBackup {
+            stores: vec![],
+            trigger: Trigger::Schedule,
+        })
+        .await
+        .expect("started");
+    let (code, _, err) = m.cli(&["now"]);
+    assert_eq!(code, 75, "{err}");
+    assert!(
+        err.contains("another backup or restore is running")
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    fail::remove("backup-before-manifest");
+    let report = finished(&backup, id).await;
+    assert_eq!(
+        report.outcome,
+        BackupOutcome::Complete,
+        "{:?}",
+        report.error
+    );
+    // Free again: the CLI runs.
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 0);
+    assert_eq!(report["outcome"], "complete");
+    handles.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}
+
+/// Starts `backup now` on a volume big enough to take seconds, kills it (SIGKILL) while it
+/// writes the volume's artifact, and checks that nothing is listed and the next run cleans up.
+fn killed_mid_backup(m: &Machine, leftovers: impl Fn(&str) -> usize) {
+    noise_file(&m.volume("big"), "data.bin", 200 << 20);
+    std::fs::create_dir_all(m.volume("chunks")).expect("mkdir");
+    std::fs::write(m.volume("chunks").join("x"), b"x").expect("write");
+    // The first run creates the volume metadata for `big` (adopted as an extra volume).
+    let mut child = m
+        .command(&["now", "--stores", "volumes:big"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut id = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("never saw the volume being written: {seen:?}"));
+        if let Some(rest) = line.strip_prefix("lucid-db backup: ")
+            && let Some(started) = rest.strip_suffix(" started")
+        {
+            id = started.to_owned();
+        }
+        let writing = line.contains("writing volumes/big") && !line.contains(" 0B read");
+        seen.push(line);
+        if writing {
+            break;
+        }
+    }
+    // SAFETY: kill has no preconditions; the pid is our child's, not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(!id.is_empty(), "{seen:?}");
+    assert!(leftovers(&id) > 0, "the killed run left files: {seen:?}");
+    assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 0);
+
+    // The next run (something small) removes what the killed one left.
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 0);
+    assert_eq!(report["outcome"], "complete");
+    let cleaned: Vec<&str> = report["cleaned_up"]["incomplete"]
+        .as_array()
+        .expect("cleaned")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(cleaned, [id.as_str()], "{report}");
+    assert_eq!(leftovers(&id), 0);
+    assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 1);
+}
+
+#[test]
+fn a_cli_killed_mid_backup_leaves_nothing_listed_and_the_next_run_cleans_up_on_fs() {
+    let mut m = Machine::new();
+    m.encrypt_to_new_key();
+    m.set("LUCID_DB__VOLUMES__EXTRA", "big");
+    let backups = m.backups();
+    killed_mid_backup(&m, |id| {
+        let dir = backups.join(id);
+        if dir.exists() {
+            walkdir(&dir).iter().filter(|p| p.is_file()).count()
+        } else {
+            0
+        }
+    });
+}
+
+#[test]
+fn a_cli_killed_mid_backup_leaves_nothing_listed_and_the_next_run_cleans_up_on_s3() {
+    let s3 = S3::start();
+    let mut m = Machine::new();
+    m.use_s3(&s3, "killed");
+    m.encrypt_to_new_key();
+    m.set("LUCID_DB__VOLUMES__EXTRA", "big");
+    let storage = s3.storage("killed");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    killed_mid_backup(&m, |id| {
+        let id: BackupId = id.parse().expect("id");
+        rt.block_on(storage.list_backup(&id)).expect("list").len()
+    });
+}
+
+/// Peak RSS (VmHWM) of one `backup now` CLI process, read through wait4's rusage: the CLI's
+/// own memory, never the servers'.
+fn peak_rss_kib(m: &Machine, args: &[&str]) -> (i32, u64) {
+    let child = m
+        .command(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our unreaped child; both pointers are valid for the call.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4");
+    // Reaped by wait4: the Child must not be waited for again.
+    std::mem::forget(child);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64)
+}
+
+#[test]
+fn peak_memory_of_a_backup_is_the_same_for_20_mb_and_200_mb() {
+    let mut m = Machine::new();
+    m.encrypt_to_new_key();
+    m.set("LUCID_DB__VOLUMES__EXTRA", "small,large");
+    noise_file(&m.volume("small"), "data.bin", 20 << 20);
+    noise_file(&m.volume("large"), "data.bin", 200 << 20);
+    // A first run creates the volumes' metadata, so both measured runs do the same work.
+    let (code, _, err) = m.cli(&["list"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, small) = peak_rss_kib(&m, &["now", "--stores", "volumes:small"]);
+    assert_eq!(code, 0);
+    let (code, large) = peak_rss_kib(&m, &["now", "--stores", "volumes:large"]);
+    assert_eq!(code, 0);
+    eprintln!("peak RSS of `backup now`: 20 MB volume {small} KiB, 200 MB volume {large} KiB");
+    let (lo, hi) = (small.min(large) as f64, small.max(large) as f64);
+    assert!(
+        hi <= lo * 1.10,
+        "peak RSS differs by more than 10 %: {small} KiB for 20 MB, {large} KiB for 200 MB"
+    );
+}

@@ -14,6 +14,7 @@
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
+//! - [`transfer`] — the one import contract of every store: options, summary, sources.
 //! - [`redis`] — the Redis actor.
 //! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
 //! - [`search`] — the Elasticsearch actor: monthly indices, routed writes, bulk, lifecycle.
@@ -38,6 +39,7 @@ pub mod roles;
 pub mod search;
 pub mod state;
 pub mod supervisor;
+pub mod transfer;
 pub mod volume;
 
 use std::time::Duration;
@@ -421,6 +423,7 @@ mod tests {
         assert_names_only("config.rs", include_str!("config.rs"), &["redact"]);
         assert_names_only("redact.rs", include_str!("redact.rs"), &[]);
         assert_names_only("backend.rs", include_str!("backend.rs"), &[]);
+        assert_names_only("transfer.rs", include_str!("transfer.rs"), &[]);
     }
 
     /// The supervisor reports into the health registry and the events; they must not name it

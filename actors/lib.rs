@@ -16,6 +16,7 @@
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
 //! - `threads` — each store actor's own thread (an actix arbiter), named, tied to its starter.
+//! - [`transfer`] — the one import contract of every store: options, summary, sources.
 //! - [`redis`] — the Redis actor.
 //! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
 //! - [`search`] — the Elasticsearch actor: monthly indices, routed writes, bulk, lifecycle.
@@ -43,6 +44,7 @@ pub mod search;
 pub mod state;
 pub mod supervisor;
 mod threads;
+pub mod transfer;
 pub mod volume;
 
 use std::time::Duration;
@@ -473,6 +475,7 @@ mod tests {
         assert_names_only("config.rs", include_str!("config.rs"), &["redact"]);
         assert_names_only("redact.rs", include_str!("redact.rs"), &[]);
         assert_names_only("backend.rs", include_str!("backend.rs"), &[]);
+        assert_names_only("transfer.rs", include_str!("transfer.rs"), &[]);
     }
 
     /// The supervisor reports into the health registry and the events; they must not name it

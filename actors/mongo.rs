@@ -11,7 +11,9 @@
 //!
 //! Like Redis, every request/response operation is a message with a typed reply that
 //! implements [`MongoOp`] and runs the same way through the mailbox or through
-//! [`MongoHandle::call`], which skips the mailbox hop. The collections are a typed enum
+//! [`MongoHandle::call`], which skips the mailbox hop. Export and import are the exception:
+//! they go through the mailbox, so their streams run on the actor's arbiter, not in the
+//! caller's task ([`transfer`]). The collections are a typed enum
 //! ([`Collection`]) with their validators and indexes as data (`configs/mongodb/`).
 //!
 //! One file each under `actors/mongo/`:
@@ -64,13 +66,15 @@ use crate::threads::ActorThread;
 pub use bootstrap::{Bootstrap, BootstrapReport, Capabilities, Plan, PlanStep};
 pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
 pub use crud::{
-    Aggregate, Count, DeleteMany, DeleteOne, Distinct, DocStream, Find, FindOne, InsertMany,
-    InsertOne, ReplaceOne, UpdateMany, UpdateOne, UpdateSummary,
+    Aggregate, Count, DeleteMany, DeleteOne, Distinct, Find, FindOne, InsertMany, InsertOne,
+    ReplaceOne, UpdateMany, UpdateOne, UpdateSummary,
 };
 pub use records::Record;
 pub use schema::{Schema, Violation};
 pub use stats::{CollectionStats, DatabaseStats, GetStats, Hello, MongoStats, Topology};
-pub use transfer::{Export, ExportMetadata, ImportOptions, ImportSummary};
+pub use transfer::{
+    Export, ExportMetadata, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget,
+};
 
 const BACKEND: Backend = Backend::Mongodb;
 
@@ -104,7 +108,7 @@ pub enum MongoError {
     /// Bad input, refused before anything was sent: the field (a dotted path) and why.
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// The target of an import holds documents and the import was not forced.
+    /// The target of an import holds documents and the import does not replace it.
     #[error(
         "collection {collection} in database {database} is not empty ({documents} documents); import with force to replace it"
     )]
@@ -113,6 +117,18 @@ pub enum MongoError {
         collection: String,
         documents: u64,
     },
+    /// The target of an import exists (empty) and the import accepts only a missing one
+    /// ([`crate::transfer::Existing::RefuseAny`]).
+    #[error("collection {collection} exists in database {database} (empty)")]
+    Exists {
+        database: String,
+        collection: String,
+    },
+    /// The import's source failed mid-stream (a corrupt artifact, a lost disk): the import is
+    /// a failure, never a silently partial restore, and says how far it got (the documents it
+    /// wrote are removed again).
+    #[error("the import source failed after {written} documents were written: {reason}")]
+    ImportSource { written: u64, reason: String },
     /// MongoDB answered with an error (`code` where the server gave one).
     #[error("mongodb replied with an error{}: {message}", .code.map(|c| format!(" {c}")).unwrap_or_default())]
     Server { code: Option<i32>, message: String },
@@ -133,6 +149,8 @@ impl MongoError {
             MongoError::Conflict { .. } => "conflict",
             MongoError::Invalid { .. } => "invalid",
             MongoError::NotEmpty { .. } => "not_empty",
+            MongoError::Exists { .. } => "exists",
+            MongoError::ImportSource { .. } => "import_source_failed",
             MongoError::Server { .. } => "server_error",
             MongoError::Codec { .. } => "codec",
             MongoError::StreamIdle { .. } => "stream_idle",
@@ -426,15 +444,6 @@ impl MongoHandle {
             self.shared.settings.deadline + DELIVERY_GRACE,
         )
         .await?
-    }
-
-    /// The connection for operations that manage their own deadlines (streams, import).
-    pub(crate) fn conn(&self) -> Result<(Conn, u64), MongoError> {
-        self.shared.usable()
-    }
-
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
     }
 
     pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {

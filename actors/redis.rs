@@ -24,7 +24,8 @@
 //! - [`ratelimit`] — atomic sliding-window limits per user and per IP.
 //! - [`locks`] — leased locks with fencing tokens.
 //! - [`pubsub`] — publish, and subscriptions delivered to actors, restored after reconnects.
-//! - [`transfer`] — streaming export (SCAN + DUMP) and import (RESTORE … ABSTTL) for backups.
+//! - [`transfer`] — streaming export (SCAN + DUMP) and import (RESTORE … ABSTTL, into any
+//!   database of the server) for backups.
 //! - [`stats`] — INFO-derived stats.
 
 pub mod cache;
@@ -68,7 +69,9 @@ pub use sessions::{
     CreateSession, DeleteSession, ExtendSession, GetSession, ListSessions, Session,
 };
 pub use stats::{GetStats, RedisStats};
-pub use transfer::{Export, ExportedKey, Import, ImportSummary, KeyKind};
+pub use transfer::{
+    Export, ExportedKey, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget, KeyKind,
+};
 
 const BACKEND: Backend = Backend::Redis;
 
@@ -120,6 +123,15 @@ pub enum RedisError {
     /// a failure, never a silently partial restore, and says how far it got.
     #[error("the import source failed after {written} keys were written: {reason}")]
     ImportSource { written: u64, reason: String },
+    /// The import's target database holds `lucid:*` keys and the import does not replace.
+    #[error(
+        "redis database {db} holds lucid:* keys ({keys} keys in all); import with force to write over them"
+    )]
+    NotEmpty { db: i64, keys: u64 },
+    /// The import's target database holds keys, none of them lucid-db's, and the import
+    /// accepts only a database that holds nothing ([`crate::transfer::Existing::RefuseAny`]).
+    #[error("redis database {db} is in use ({keys} keys, none of them lucid:*)")]
+    Exists { db: i64, keys: u64 },
 }
 
 impl RedisError {
@@ -137,6 +149,8 @@ impl RedisError {
             RedisError::LockBusy { .. } => "lock_busy",
             RedisError::StreamIdle { .. } => "stream_idle",
             RedisError::ImportSource { .. } => "import_source_failed",
+            RedisError::NotEmpty { .. } => "not_empty",
+            RedisError::Exists { .. } => "exists",
         }
     }
 

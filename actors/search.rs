@@ -61,7 +61,9 @@ pub use indices::{
 pub use lifecycle::{Action, Clock, FixedClock, IndexInfo, KeepReason, Phase, Policy, SystemClock};
 pub use names::{Entity, IndexName, Month};
 pub use query::{Agg, Count, Filter, Order, Search, SearchReply, TextQuery};
-pub use transfer::{ExportStream, ImportOptions, ImportSummary, IndexMetadata};
+pub use transfer::{
+    Export, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget, IndexMetadata,
+};
 
 const BACKEND: Backend = Backend::Elasticsearch;
 
@@ -108,9 +110,17 @@ pub enum SearchError {
     /// An answer that could not be read.
     #[error("cannot read elasticsearch's answer: {message}")]
     Codec { message: String },
-    /// The target of an import exists and the import was not forced.
-    #[error("index {index} exists; import with force to replace it")]
+    /// The target of an import holds documents and the import does not replace it.
+    #[error("index {index} holds {documents} documents; import with force to replace it")]
+    NotEmpty { index: String, documents: u64 },
+    /// The target of an import exists (empty) and the import accepts only a missing one
+    /// ([`crate::transfer::Existing::RefuseAny`]).
+    #[error("index {index} exists (empty)")]
     Exists { index: String },
+    /// The import's source failed mid-stream: the import is a failure, never a silently
+    /// partial restore, and says how far it got (the index it created is deleted again).
+    #[error("the import source failed after {written} documents were written: {reason}")]
+    ImportSource { written: u64, reason: String },
     /// An export or import made no progress for `supervisor.stream_idle_timeout`.
     #[error("stream idle for {} ms: {what}", .after.as_millis())]
     StreamIdle { what: &'static str, after: Duration },
@@ -130,7 +140,9 @@ impl SearchError {
             SearchError::NotFound { .. } => "not_found",
             SearchError::Ambiguous { .. } => "conflict",
             SearchError::Codec { .. } => "codec",
-            SearchError::Exists { .. } => "not_empty",
+            SearchError::NotEmpty { .. } => "not_empty",
+            SearchError::Exists { .. } => "exists",
+            SearchError::ImportSource { .. } => "import_source_failed",
             SearchError::StreamIdle { .. } => "stream_idle",
             SearchError::Busy { .. } => "busy",
         }

@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime};
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -43,7 +44,9 @@ use crate::events::{
     self, VolumeCreated, VolumeDeleted, VolumeMigrated, VolumeThresholdCleared,
     VolumeThresholdCrossed,
 };
+use crate::supervisor::feed::{Feed, feed};
 use crate::threads::ActorThread;
+use crate::transfer::{self, Admission, Skip, Source, TargetState};
 use fsops::{FsStats, Tally};
 pub use integrity::VerifyReport;
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
@@ -168,6 +171,11 @@ pub enum VolumeError {
     Corrupt { what: String },
     #[error("stream idle for {} ms: {what}", .after.as_millis())]
     StreamIdle { what: &'static str, after: Duration },
+    /// The import's source failed mid-stream: the import is a failure, never a silently
+    /// partial restore, and says how far it got (entries unpacked into the staging directory,
+    /// which goes again: the volume is left as it was).
+    #[error("the import source failed after {written} entries were unpacked: {reason}")]
+    ImportSource { written: u64, reason: String },
     #[error("the volume actor did not take the request: {reason}")]
     NotDelivered { reason: &'static str },
     /// A writer went past the bytes it reserved ([`ReserveQuota`]): it is stopped there, so
@@ -201,6 +209,7 @@ impl VolumeError {
             VolumeError::Interrupted { .. } => "interrupted",
             VolumeError::Corrupt { .. } => "corrupt",
             VolumeError::StreamIdle { .. } => "stream_idle",
+            VolumeError::ImportSource { .. } => "import_source_failed",
             VolumeError::NotDelivered { .. } => "not_delivered",
             VolumeError::OverReservation { .. } => "over_reservation",
         }
@@ -290,12 +299,21 @@ pub struct CleanupReport {
     pub removed_leftovers: u64,
 }
 
-/// What an import did.
+/// An import's target (the volume, created when missing) and rule (see [`ImportVolume`]).
+pub type ImportOptions = transfer::ImportOptions<VolumeName>;
+
+/// What only a volume import reports, beside the shared counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportReport {
+pub struct ImportDetails {
+    /// Bytes of tar read.
     pub stream_bytes: u64,
+    /// The volume's content after the import.
     pub usage: Tally,
 }
+
+/// What an import did: tar entries read, unpacked (`written`), and skipped as `unsafe_path`
+/// (a name that would leave the volume).
+pub type ImportSummary = transfer::ImportSummary<ImportDetails>;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -366,24 +384,34 @@ pub struct Verify {
     pub update: bool,
 }
 
-/// Streams a volume as tar, in chunks; the stream ends after the last chunk or with one `Err`.
+/// Streams a volume as tar, in chunks: a feed that ends after the last chunk or with one `Err`.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<mpsc::Receiver<Result<Vec<u8>, VolumeError>>, VolumeError>")]
+#[rtype(result = "Result<Feed<Vec<u8>, VolumeError>, VolumeError>")]
 pub struct ExportVolume {
     pub name: VolumeName,
 }
 
-/// Restores a tar stream into a volume (created if missing). A non-empty volume is refused
-/// unless `force`; its content is replaced only once the whole stream is unpacked, flushed to
-/// disk and found to end properly. The old manifest goes (the content changed: verify seals
-/// a new one).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<ImportReport, VolumeError>")]
+/// Restores a tar stream into a volume (created if missing), under the one import contract
+/// of every store ([`crate::transfer`]). A volume that holds files is refused unless the
+/// import replaces it; an empty one counts as empty (every default volume starts so) unless
+/// the options refuse any existing target. The content is replaced only once the whole stream
+/// is unpacked, flushed to disk and found to end properly; the old manifest goes (the content
+/// changed: verify seals a new one). An `Err` item from the source fails the import
+/// ([`VolumeError::ImportSource`]) and leaves the volume as it was.
+#[derive(Message)]
+#[rtype(result = "Result<ImportSummary, VolumeError>")]
 pub struct ImportVolume {
-    pub name: VolumeName,
-    /// Chunks of tar, as [`ExportVolume`] produces them; an `Err` item aborts the import.
-    pub source: archive::TarStream,
-    pub force: bool,
+    pub options: ImportOptions,
+    /// Chunks of tar, as [`ExportVolume`] produces them.
+    pub source: Source<Vec<u8>>,
+}
+
+impl fmt::Debug for ImportVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportVolume")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Moves a volume's data to `to` (absolute, not existing yet, outside the data root and every
@@ -538,6 +566,34 @@ impl VolumeHandle {
                 reason: "the volume actor has stopped",
             }),
         }
+    }
+
+    /// Streams a volume as tar ([`ExportVolume`]).
+    pub async fn export(
+        &self,
+        name: VolumeName,
+    ) -> Result<Feed<Vec<u8>, VolumeError>, VolumeError> {
+        self.call(ExportVolume { name }).await
+    }
+
+    /// Restores a tar stream into a volume ([`ImportVolume`]). `source` may be any stream of
+    /// chunks — another volume's export too; one that yields nothing for
+    /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it
+    /// with the count unpacked.
+    pub async fn import<S, E>(
+        &self,
+        options: ImportOptions,
+        source: S,
+    ) -> Result<ImportSummary, VolumeError>
+    where
+        S: Stream<Item = Result<Vec<u8>, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        self.call(ImportVolume {
+            options,
+            source: transfer::source(source),
+        })
+        .await
     }
 }
 
@@ -1358,12 +1414,12 @@ fn verify(s: &Settings, name: &VolumeName, update: bool) -> Result<VerifyReport,
 }
 
 impl Handler<ExportVolume> for VolumeActor {
-    type Result = Result<archive::TarStream, VolumeError>;
+    type Result = Result<Feed<Vec<u8>, VolumeError>, VolumeError>;
 
     fn handle(&mut self, msg: ExportVolume, _: &mut Context<Self>) -> Self::Result {
         self.known(&msg.name)?;
         let s = self.settings();
-        let (tx, rx) = mpsc::channel(16);
+        let (feeder, chunks) = feed(16, s.stream_idle);
         tokio::task::spawn_blocking(move || {
             let exported = (|| {
                 // Shared: nothing replaces or moves the data while it is read.
@@ -1376,28 +1432,32 @@ impl Handler<ExportVolume> for VolumeActor {
                 let meta = fresh_meta(&s, &msg.name)?;
                 let dir = data_dir(&s.root, &meta);
                 fsops::check_data_dir(&dir)?;
-                archive::export(&dir, tx.clone(), s.stream_idle)
+                archive::export(&dir, &feeder)
             })();
             if let Err(e) = exported {
-                archive::send_error(&tx, e, s.stream_idle);
+                feeder.fail(e);
             }
         });
-        Ok(rx)
+        Ok(chunks)
     }
 }
 
 impl Handler<ImportVolume> for VolumeActor {
-    type Result = Reply<ImportReport>;
+    type Result = Reply<ImportSummary>;
 
     fn handle(&mut self, msg: ImportVolume, _: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.root_ok() {
             return ready(Err(e));
         }
         let s = self.settings();
-        let name = msg.name.clone();
-        let work = blocking(move || import(&s, &name, msg.source, msg.force));
+        // The source is polled here, on the actor's arbiter; the tar reader drains the channel
+        // on a blocking thread.
+        let (tx, rx) = mpsc::channel(16);
+        actix_rt::spawn(forward(msg.source, tx));
+        let options = msg.options;
+        let work = blocking(move || import(&s, &options, rx));
         Box::pin(work.into_actor(self).map(|res, act, _| {
-            let (meta, report, created) = res?;
+            let (meta, summary, created) = res?;
             if created {
                 events::emit(VolumeCreated {
                     volume: meta.name.to_string(),
@@ -1406,17 +1466,36 @@ impl Handler<ImportVolume> for VolumeActor {
             }
             act.usage.remove(&meta.name);
             act.remember(&meta);
-            Ok(report)
+            Ok(summary)
         }))
+    }
+}
+
+/// Hands an import's source to the tar reader, until the source ends or fails or the reader
+/// is done (finished, or failed: then the source is dropped unread).
+async fn forward(mut source: Source<Vec<u8>>, tx: mpsc::Sender<Result<Vec<u8>, String>>) {
+    loop {
+        let next = tokio::select! {
+            next = source.next() => next,
+            () = tx.closed() => return,
+        };
+        let Some(item) = next else {
+            return;
+        };
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            return;
+        }
     }
 }
 
 fn import(
     s: &Settings,
-    name: &VolumeName,
-    source: archive::TarStream,
-    force: bool,
-) -> Result<(VolumeMeta, ImportReport, bool), VolumeError> {
+    options: &ImportOptions,
+    source: archive::Chunks,
+) -> Result<(VolumeMeta, ImportSummary, bool), VolumeError> {
+    let started = std::time::Instant::now();
+    let name = &options.target;
     let _lock = fsops::lock(&lock_path(&s.root, name), name.as_str(), "import", true)?;
     let (meta, created) = match fresh_meta(s, name) {
         Ok(meta) => (meta, false),
@@ -1440,18 +1519,26 @@ fn import(
         }
     };
     let dir = data_dir(&s.root, &meta);
-    let checked = fsops::check_data_dir(&dir).and_then(|()| fsops::is_empty_dir(&dir));
-    match checked {
-        Ok(true) => {}
-        Ok(false) if force => {}
-        Ok(false) => {
+    let found = match fsops::check_data_dir(&dir).and_then(|()| fsops::is_empty_dir(&dir)) {
+        Ok(_) if created => TargetState::Missing,
+        Ok(true) => TargetState::Empty,
+        Ok(false) => TargetState::Holding,
+        Err(e) => {
+            undo_create();
+            return Err(e);
+        }
+    };
+    match options.existing.admit(found) {
+        Admission::Into | Admission::Replace => {}
+        Admission::NotEmpty => {
             return Err(VolumeError::NotEmpty {
                 volume: name.to_string(),
             });
         }
-        Err(e) => {
-            undo_create();
-            return Err(e);
+        Admission::Exists => {
+            return Err(VolumeError::Exists {
+                volume: name.to_string(),
+            });
         }
     }
     // Unpacked beside the volume (same filesystem), flushed, and swapped in only when the
@@ -1468,11 +1555,11 @@ fn import(
                 s.stream_idle,
             )
         })
-        .and_then(|bytes| {
+        .and_then(|unpacked| {
             fsops::sync_filesystem(&staging)?;
-            Ok((bytes, fsops::tally(&staging)?))
+            Ok((unpacked, fsops::tally(&staging)?))
         });
-    let (stream_bytes, usage) = match unpacked {
+    let (unpacked, usage) = match unpacked {
         Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -1492,14 +1579,17 @@ fn import(
     // The content changed: the old manifest no longer describes it.
     let _ = std::fs::remove_file(manifest_path(&s.root, name));
     let _ = std::fs::remove_dir_all(&old);
-    Ok((
-        meta,
-        ImportReport {
-            stream_bytes,
-            usage,
-        },
-        created,
-    ))
+    let mut summary = ImportSummary::new(ImportDetails {
+        stream_bytes: unpacked.stream_bytes,
+        usage,
+    });
+    summary.read = unpacked.entries;
+    summary.written = unpacked.unpacked;
+    for _ in 0..unpacked.unsafe_paths {
+        summary.skip(Skip::UnsafePath);
+    }
+    summary.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((meta, summary, created))
 }
 
 impl Handler<MigrateVolume> for VolumeActor {

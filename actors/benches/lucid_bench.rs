@@ -746,8 +746,8 @@ fn plant_volume(dir: &std::path::Path) -> u64 {
 /// usage and inspect on 100,000 files.
 fn volume_bench(duration: Duration) -> serde_json::Value {
     use lucid_actors::volume::{
-        CheckHealth, CreateVolume, ExportVolume, InspectVolume, ListVolumes, MeasureUsage,
-        ResizeVolume, VolumeActor, VolumeName,
+        CheckHealth, CreateVolume, InspectVolume, ListVolumes, MeasureUsage, ResizeVolume,
+        VolumeActor, VolumeName,
     };
     let _ = duration;
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -767,11 +767,11 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
         let actor_export = || async {
             let started = Instant::now();
             let (user0, sys0) = cpu_times();
-            let mut rx = v.call(ExportVolume { name: name("chunks") }).await.unwrap_or_else(|e| panic!("export: {e}"));
+            let mut chunks = v.export(name("chunks")).await.unwrap_or_else(|e| panic!("export: {e}"));
             let mut encoder = zstd::stream::Encoder::new(std::io::sink(), 3).unwrap_or_else(|e| panic!("zstd: {e}"));
             let _ = encoder.multithread(threads);
             let mut tar_bytes = 0u64;
-            while let Some(chunk) = rx.recv().await {
+            while let Some(chunk) = chunks.next().await {
                 let chunk = chunk.unwrap_or_else(|e| panic!("export chunk: {e}"));
                 tar_bytes += chunk.len() as u64;
                 std::io::Write::write_all(&mut encoder, &chunk).unwrap_or_else(|e| panic!("zstd: {e}"));

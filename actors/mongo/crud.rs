@@ -15,12 +15,9 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use actix::Message;
-use futures_util::Stream;
 use mongodb::bson::{Bson, Document, RawDocumentBuf};
 use mongodb::options::{FindOneOptions, FindOptions};
 use mongodb::{Collection as DriverCollection, Cursor};
@@ -300,50 +297,6 @@ fn server_style_name(c: Collection, ix: &super::collections::IndexSpec) -> Strin
 // ---------------------------------------------------------------------------------------------
 // Streams
 
-/// Documents of a find, aggregate or export, as they arrive. The first batch is read by the
-/// call itself: a result that fits in one batch (`Settings::batch_size`, nearly every query)
-/// is complete when the call answers, with no task and no channel. A larger one continues
-/// through a bounded channel fed by a task that pulls the server's cursor one batch at a
-/// time, so memory stays at most a batch plus the channel, whatever the result size.
-/// Dropping the stream closes the cursor.
-///
-/// Ends with `None` after the last document; a failure (connection lost, a batch not in
-/// time, the reader not reading for `supervisor.stream_idle_timeout`) is the last item,
-/// never a silent end.
-pub struct DocStream<T = Document> {
-    /// The first batch, read by the call.
-    ready: VecDeque<Result<T, MongoError>>,
-    /// The rest, when there is more.
-    rest: Option<Feed<T, MongoError>>,
-}
-
-impl<T> DocStream<T> {
-    /// The next document, `None` at the end.
-    pub async fn next(&mut self) -> Option<Result<T, MongoError>> {
-        std::future::poll_fn(|cx| self.poll_item(cx)).await
-    }
-
-    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, MongoError>>> {
-        if let Some(item) = self.ready.pop_front() {
-            return Poll::Ready(Some(item));
-        }
-        match &mut self.rest {
-            Some(rest) => Pin::new(rest).poll_next(cx),
-            None => Poll::Ready(None),
-        }
-    }
-}
-
-impl<T> futures_util::Stream for DocStream<T> {
-    type Item = Result<T, MongoError>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_item(cx)
-    }
-}
-
-impl<T> Unpin for DocStream<T> {}
-
 /// One document from the cursor: `None` at the end.
 fn next_item<T: DeserializeOwned>(
     advanced: Result<bool, mongodb::error::Error>,
@@ -358,13 +311,21 @@ fn next_item<T: DeserializeOwned>(
     }
 }
 
-/// Makes a [`DocStream`] of `cursor`: reads the first batch within the call (its deadline
-/// applies), then, if there is more, hands the cursor to a task.
+/// Documents of a find, aggregate or export as they arrive, as a [`Feed`]. The first batch is
+/// read by the call itself: a result that fits in one batch (`Settings::batch_size`, nearly
+/// every query) is complete when the call answers, with no task and no channel
+/// ([`Feed::ready`]). A larger one continues through a bounded feed filled by a task that
+/// pulls the server's cursor one batch at a time — on the arbiter the call runs on, the
+/// actor's for a message — so memory stays at most a batch plus the channel, whatever the
+/// result size. Dropping the feed closes the cursor.
+///
+/// A failure (connection lost, a batch not in time, the reader not reading for
+/// `supervisor.stream_idle_timeout`) is the last item, never a silent end.
 pub(crate) async fn pump<T>(
     mut cursor: Cursor<T>,
     shared: &Arc<Shared>,
     generation: u64,
-) -> DocStream<T>
+) -> Feed<T, MongoError>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
@@ -372,11 +333,11 @@ where
     let mut ready = VecDeque::new();
     while ready.len() < batch {
         match next_item(cursor.advance().await, &cursor) {
-            None => return DocStream { ready, rest: None },
+            None => return Feed::ready(ready),
             Some(Err(e)) => {
                 shared.report(generation, &e);
                 ready.push_back(Err(e));
-                return DocStream { ready, rest: None };
+                return Feed::ready(ready);
             }
             Some(Ok(doc)) => ready.push_back(Ok(doc)),
         }
@@ -413,10 +374,7 @@ where
             }
         }
     });
-    DocStream {
-        ready,
-        rest: Some(rest),
-    }
+    rest.after(ready)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,9 +482,10 @@ impl MongoOp for InsertMany {
     }
 }
 
-/// A query: filter, projection, sort, skip, limit. Answers a [`DocStream`].
+/// A query: filter, projection, sort, skip, limit. Answers the documents as a [`Feed`] (see
+/// [`pump`]).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<DocStream, MongoError>")]
+#[rtype(result = "Result<Feed<Document, MongoError>, MongoError>")]
 pub struct Find {
     pub collection: Collection,
     pub filter: Document,
@@ -572,13 +531,13 @@ impl Find {
 impl sealed::Sealed for Find {}
 
 impl MongoOp for Find {
-    type Output = DocStream;
+    type Output = Feed<Document, MongoError>;
 
     fn start(
         self,
         conn: Conn,
         shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<DocStream, MongoError>> + Send + 'static, MongoError>
+    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
     {
         check_no_javascript("filter", &self.filter)?;
         if let Some(limit) = self.limit
@@ -835,9 +794,9 @@ impl MongoOp for Distinct {
     }
 }
 
-/// An aggregation pipeline; answers a [`DocStream`] of its results.
+/// An aggregation pipeline; answers its results as a [`Feed`] (see [`pump`]).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<DocStream, MongoError>")]
+#[rtype(result = "Result<Feed<Document, MongoError>, MongoError>")]
 pub struct Aggregate {
     pub collection: Collection,
     pub pipeline: Vec<Document>,
@@ -846,13 +805,13 @@ pub struct Aggregate {
 impl sealed::Sealed for Aggregate {}
 
 impl MongoOp for Aggregate {
-    type Output = DocStream;
+    type Output = Feed<Document, MongoError>;
 
     fn start(
         self,
         conn: Conn,
         shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<DocStream, MongoError>> + Send + 'static, MongoError>
+    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
     {
         check_pipeline(&self.pipeline)?;
         let shared = shared.clone();

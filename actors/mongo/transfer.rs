@@ -2,14 +2,21 @@
 //!
 //! **Export** answers an [`ExportMetadata`] (the collection's options — the validator, from
 //! the server where it keeps one, else from `configs/mongodb/` — and index specs) and a
-//! [`DocStream`] of the documents as raw BSON, pulled from the server one cursor batch at a
-//! time through a bounded channel: memory does not grow with the collection.
+//! [`Feed`] of the documents as raw BSON, pulled from the server one cursor batch at a time
+//! through a bounded channel: memory does not grow with the collection. It goes through the
+//! actor's mailbox, so the task that pulls the cursor runs on the actor's arbiter.
 //!
-//! **Import** recreates the collection with its validator and indexes, then inserts the
-//! documents in batches (`mongodb.import_batch`, at most 8 MiB each), into the same or
-//! another database. A target that holds documents is refused unless the import is forced;
-//! forced, the target is dropped first (like `mongorestore --drop`). Every document is
-//! checked against the exported validator before it is sent. If the import fails, the
+//! **Import** follows the one contract of every store ([`crate::transfer`]): [`Import`] is a
+//! message, run on the actor's arbiter, never in the caller's task. It recreates the
+//! collection with its validator and indexes, then inserts the documents in batches
+//! (`mongodb.import_batch`, at most 8 MiB each), into the same or another database. Each
+//! batch is checked against the exported validator — parsing and schema checks, the import's
+//! CPU work — on the blocking pool before it is sent, so a 100,000-document import leaves the
+//! event loop free for other calls. A target that holds documents is refused unless the
+//! import replaces it; then it is dropped first (like `mongorestore --drop`). A collection
+//! that exists but holds nothing counts as empty (the bootstrap creates every collection),
+//! unless the options refuse any existing target. If the import fails — a bad document, the
+//! source's error (`import_source_failed`, with the count written), a stalled source — the
 //! documents it inserted are deleted again, so the target is left empty rather than half
 //! restored; run it again once the cause is fixed.
 
@@ -17,16 +24,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Message;
-use futures_util::{Stream, StreamExt};
+use actix::prelude::*;
+use futures_util::Stream;
 use mongodb::bson::{self, Bson, DateTime, Document, RawDocumentBuf, doc};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::collections::Collection;
-use super::crud::{DocStream, check_size, pump};
+use super::crud::{check_size, pump};
 use super::schema::Schema;
-use super::{Conn, MongoError, MongoHandle, MongoOp, Shared, ok_of, sealed, with_deadline};
+use super::{
+    Conn, MongoActor, MongoError, MongoHandle, MongoOp, Shared, ok_of, sealed, with_deadline,
+};
+use crate::supervisor::feed::Feed;
+use crate::transfer::{self, Admission, Batch, Source, SourceEnd, TargetState, next_batch};
 
 /// The format of [`ExportMetadata`]; bumped on incompatible changes.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -72,9 +83,9 @@ impl ExportMetadata {
     }
 }
 
-/// Exports a collection: its metadata and a stream of its documents as raw BSON.
+/// Exports a collection: its metadata and a feed of its documents as raw BSON.
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<(ExportMetadata, DocStream<RawDocumentBuf>), MongoError>")]
+#[rtype(result = "Result<(ExportMetadata, Feed<RawDocumentBuf, MongoError>), MongoError>")]
 pub struct Export {
     pub collection: Collection,
 }
@@ -82,7 +93,7 @@ pub struct Export {
 impl sealed::Sealed for Export {}
 
 impl MongoOp for Export {
-    type Output = (ExportMetadata, DocStream<RawDocumentBuf>);
+    type Output = (ExportMetadata, Feed<RawDocumentBuf, MongoError>);
 
     fn start(
         self,
@@ -144,100 +155,172 @@ impl MongoOp for Export {
     }
 }
 
-/// Where and how to import.
-#[derive(Debug, Clone)]
-pub struct ImportOptions {
+/// Imports documents into a collection (see the module doc); answers what was done. An
+/// `Err` item from the source fails the import ([`MongoError::ImportSource`]).
+#[derive(Message)]
+#[rtype(result = "Result<ImportSummary, MongoError>")]
+pub struct Import {
+    pub options: ImportOptions,
+    pub source: Source<RawDocumentBuf>,
+}
+
+impl std::fmt::Debug for Import {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Import")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a MongoDB import goes, and what it recreates there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportTarget {
     pub collection: Collection,
     /// The target database; `None`: `mongodb.database`.
     pub database: Option<String>,
-    /// Replace a target that holds documents (it is dropped first).
-    pub force: bool,
+    /// What the collection is made with (validator, indexes), as exported.
     pub metadata: ExportMetadata,
 }
 
-/// What an import did.
+/// An import's target and rule (see [`Import`]).
+pub type ImportOptions = transfer::ImportOptions<ImportTarget>;
+
+/// What only a MongoDB import reports, beside the shared counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImportSummary {
+pub struct ImportDetails {
     pub database: String,
     pub collection: Collection,
-    pub documents: u64,
+    /// `insertMany` requests sent.
     pub batches: u64,
+    /// Indexes created from the metadata.
     pub indexes: u64,
-    pub elapsed_ms: u64,
 }
 
+/// What an import did: documents read and written (a MongoDB import skips none: a document
+/// it cannot write fails it).
+pub type ImportSummary = transfer::ImportSummary<ImportDetails>;
+
 impl MongoHandle {
-    /// Exports a collection (see the module doc).
+    /// Exports a collection (see the module doc), through the actor's mailbox.
     pub async fn export(
         &self,
         collection: Collection,
-    ) -> Result<(ExportMetadata, DocStream<RawDocumentBuf>), MongoError> {
-        self.call(Export { collection }).await
+    ) -> Result<(ExportMetadata, Feed<RawDocumentBuf, MongoError>), MongoError> {
+        self.send(Export { collection }).await
     }
 
-    /// Imports documents into a collection (see the module doc). `documents` may be any
-    /// stream; one that yields nothing for `supervisor.stream_idle_timeout` fails the import.
+    /// Imports documents into a collection (see the module doc). `source` may be any stream
+    /// — another export's feed too; one that yields nothing for
+    /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it
+    /// with the count written. The import runs on the actor's arbiter; the reply comes when
+    /// the source ends.
     pub async fn import<S, E>(
         &self,
         options: ImportOptions,
-        documents: S,
+        source: S,
     ) -> Result<ImportSummary, MongoError>
     where
-        S: Stream<Item = Result<RawDocumentBuf, E>> + Unpin,
+        S: Stream<Item = Result<RawDocumentBuf, E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let (conn, generation) = self.conn()?;
-        let res = import(self, &conn, options, documents).await;
-        if let Err(e) = &res {
-            self.shared().report(generation, e);
-        }
-        res
+        let source = transfer::source(source);
+        // Not `send`: its deadline is for short requests; an import takes as long as its
+        // source.
+        self.addr()
+            .send(Import { options, source })
+            .await
+            .map_err(|e| crate::supervisor::not_delivered(crate::Backend::Mongodb, e))?
     }
 }
 
-async fn import<S, E>(
-    handle: &MongoHandle,
+impl Handler<Import> for MongoActor {
+    type Result = ResponseFuture<Result<ImportSummary, MongoError>>;
+
+    fn handle(&mut self, msg: Import, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let (conn, generation) = shared.usable()?;
+            let res = import(&shared, &conn, msg.options, msg.source).await;
+            if let Err(e) = &res {
+                shared.report(generation, e);
+            }
+            res
+        })
+    }
+}
+
+/// Whether the target collection is there and holds documents. Listed first: counting in a
+/// collection that is not there creates it on some servers (nx-27017).
+async fn target_state(
+    db: &mongodb::Database,
+    coll: &mongodb::Collection<RawDocumentBuf>,
+    deadline: Duration,
+) -> Result<TargetState, MongoError> {
+    let listed = with_deadline(deadline, async {
+        Ok(db
+            .list_collection_names()
+            .filter(doc! {"name": coll.name()})
+            .await?)
+    })
+    .await?;
+    if !listed.iter().any(|n| n == coll.name()) {
+        return Ok(TargetState::Missing);
+    }
+    let present = with_deadline(deadline, async {
+        Ok(coll.count_documents(doc! {}).limit(1).await?)
+    })
+    .await?;
+    Ok(if present > 0 {
+        TargetState::Holding
+    } else {
+        TargetState::Empty
+    })
+}
+
+async fn import(
+    shared: &Shared,
     conn: &Conn,
     options: ImportOptions,
-    mut documents: S,
-) -> Result<ImportSummary, MongoError>
-where
-    S: Stream<Item = Result<RawDocumentBuf, E>> + Unpin,
-    E: std::fmt::Display,
-{
+    mut source: Source<RawDocumentBuf>,
+) -> Result<ImportSummary, MongoError> {
     let started = Instant::now();
-    let settings = handle.settings();
+    let settings = &shared.settings;
     let deadline = settings.deadline;
-    let idle = settings.stream_idle;
-    let database = options
+    let target = options.target;
+    let database = target
         .database
         .clone()
         .unwrap_or_else(|| settings.database.clone());
     super::check_database_name(&database)
         .map_err(|reason| MongoError::invalid("database", reason))?;
-    let meta = &options.metadata;
-    if meta.collection != options.collection.name() {
+    let meta = &target.metadata;
+    if meta.collection != target.collection.name() {
         return Err(MongoError::invalid(
             "metadata.collection",
             format!(
                 "is {:?}, the import is into {:?}",
                 meta.collection,
-                options.collection.name()
+                target.collection.name()
             ),
         ));
     }
-    let schema = Schema::compile(&meta.validator)
-        .map_err(|e| MongoError::invalid(format!("metadata.validator.{}", e.path), e.reason))?;
+    let schema =
+        Arc::new(Schema::compile(&meta.validator).map_err(|e| {
+            MongoError::invalid(format!("metadata.validator.{}", e.path), e.reason)
+        })?);
     let db = conn.client.database(&database);
-    let name = options.collection.name();
+    let name = target.collection.name();
     let coll = db.collection::<RawDocumentBuf>(name);
 
-    let present = with_deadline(deadline, async {
-        Ok(coll.count_documents(doc! {}).limit(1).await?)
-    })
-    .await?;
-    if present > 0 {
-        if !options.force {
+    match options
+        .existing
+        .admit(target_state(&db, &coll, deadline).await?)
+    {
+        Admission::Into => {}
+        Admission::Replace => {
+            with_deadline(deadline, async { Ok(coll.drop().await?) }).await?;
+        }
+        Admission::NotEmpty => {
             let documents = with_deadline(deadline, async {
                 Ok(coll.estimated_document_count().await?)
             })
@@ -248,7 +331,12 @@ where
                 documents,
             });
         }
-        with_deadline(deadline, async { Ok(coll.drop().await?) }).await?;
+        Admission::Exists => {
+            return Err(MongoError::Exists {
+                database,
+                collection: name.to_owned(),
+            });
+        }
     }
     let command = |cmd: Document| {
         let db = db.clone();
@@ -279,77 +367,47 @@ where
             .await?;
     }
 
-    let mut summary = ImportSummary {
+    let mut summary = ImportSummary::new(ImportDetails {
         database: database.clone(),
-        collection: options.collection,
-        documents: 0,
+        collection: target.collection,
         batches: 0,
         indexes: meta.indexes.len() as u64,
-        elapsed_ms: 0,
-    };
-    let batch_docs = settings.import_batch;
+    });
     let result: Result<(), MongoError> = async {
-        let mut batch: Vec<RawDocumentBuf> = Vec::with_capacity(batch_docs);
-        let mut batch_bytes = 0usize;
-        let mut index = 0u64;
         loop {
-            let next = match tokio::time::timeout(idle, documents.next()).await {
-                Ok(next) => next,
-                Err(_) => {
+            let Batch { items, end } =
+                next_batch(&mut source, settings.import_batch, settings.stream_idle).await;
+            match end {
+                Some(SourceEnd::Idle(after)) => {
                     return Err(MongoError::StreamIdle {
                         what: "the import source sent no document",
-                        after: idle,
+                        after,
                     });
                 }
-            };
-            let doc = match next {
-                Some(Ok(doc)) => Some(doc),
-                Some(Err(e)) => {
-                    return Err(MongoError::Codec {
-                        message: format!("document {index} of the import source: {e}"),
+                Some(SourceEnd::Failed(reason)) => {
+                    return Err(MongoError::ImportSource {
+                        written: summary.written,
+                        reason: crate::redact::text(&reason),
                     });
                 }
-                None => None,
-            };
-            if let Some(raw) = &doc {
-                let len = raw.as_bytes().len();
-                check_size(&format!("documents.{index}"), len)?;
-                let parsed = Document::try_from(raw.as_ref()).map_err(|e| MongoError::Codec {
-                    message: format!("document {index}: {e}"),
-                })?;
-                if let Some(v) = schema.violations(&parsed, 1).into_iter().next() {
-                    return Err(MongoError::Invalid {
-                        field: format!("documents.{index}.{}", v.field),
-                        reason: v.reason,
-                    });
-                }
-                if !batch.is_empty() && batch_bytes + len > MAX_BATCH_BYTES {
-                    flush(&coll, &mut batch, deadline, &mut summary).await?;
-                    batch_bytes = 0;
-                }
-                batch_bytes += len;
-                index += 1;
+                None | Some(SourceEnd::Finished) => {}
             }
-            match doc {
-                Some(raw) => {
-                    batch.push(raw);
-                    if batch.len() >= batch_docs {
-                        flush(&coll, &mut batch, deadline, &mut summary).await?;
-                        batch_bytes = 0;
-                    }
+            let first = summary.read;
+            summary.read += items.len() as u64;
+            if !items.is_empty() {
+                let docs = checked_off_loop(schema.clone(), items, first).await?;
+                for batch in by_bytes(docs) {
+                    flush(&coll, batch, deadline, &mut summary).await?;
                 }
-                None => {
-                    if !batch.is_empty() {
-                        flush(&coll, &mut batch, deadline, &mut summary).await?;
-                    }
-                    return Ok(());
-                }
+            }
+            if end == Some(SourceEnd::Finished) {
+                return Ok(());
             }
         }
     }
     .await;
     if let Err(e) = result {
-        if summary.documents > 0 {
+        if summary.written > 0 {
             let cleanup =
                 with_deadline(deadline, async { Ok(coll.delete_many(doc! {}).await?) }).await;
             if let Err(ce) = cleanup {
@@ -363,28 +421,76 @@ where
     Ok(summary)
 }
 
+/// Checks a batch on the blocking pool (see the module doc) and hands it back: each document
+/// within MongoDB's size limit, parseable, and valid against the exported validator. `first`
+/// is the index of the batch's first document in the source, for the field an error names.
+async fn checked_off_loop(
+    schema: Arc<Schema>,
+    docs: Vec<RawDocumentBuf>,
+    first: u64,
+) -> Result<Vec<RawDocumentBuf>, MongoError> {
+    tokio::task::spawn_blocking(move || {
+        for (i, raw) in docs.iter().enumerate() {
+            let index = first + i as u64;
+            check_size(&format!("documents.{index}"), raw.as_bytes().len())?;
+            let parsed = Document::try_from(raw.as_ref()).map_err(|e| MongoError::Codec {
+                message: format!("document {index}: {e}"),
+            })?;
+            if let Some(v) = schema.violations(&parsed, 1).into_iter().next() {
+                return Err(MongoError::Invalid {
+                    field: format!("documents.{index}.{}", v.field),
+                    reason: v.reason,
+                });
+            }
+        }
+        Ok(docs)
+    })
+    .await
+    .map_err(|e| MongoError::Codec {
+        message: format!("the import's document check stopped: {e}"),
+    })?
+}
+
+/// The documents in order, cut into requests of at most [`MAX_BATCH_BYTES`].
+fn by_bytes(docs: Vec<RawDocumentBuf>) -> Vec<Vec<RawDocumentBuf>> {
+    let mut out = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0usize);
+    for doc in docs {
+        let len = doc.as_bytes().len();
+        if !batch.is_empty() && bytes + len > MAX_BATCH_BYTES {
+            out.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(doc);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
+}
+
 /// Inserts one batch (ordered: it stops at the first failure) within the deadline, scaled by
 /// the batch size — a full batch of large documents takes longer than one ping.
 async fn flush(
     coll: &mongodb::Collection<RawDocumentBuf>,
-    batch: &mut Vec<RawDocumentBuf>,
+    docs: Vec<RawDocumentBuf>,
     deadline: Duration,
     summary: &mut ImportSummary,
 ) -> Result<(), MongoError> {
-    let n = batch.len() as u64;
-    let docs = std::mem::take(batch);
+    let n = docs.len() as u64;
     let allowed = deadline * 4;
     with_deadline(allowed, async {
         Ok(coll.insert_many(docs).ordered(true).await?)
     })
     .await?;
-    summary.documents += n;
-    summary.batches += 1;
-    if summary.batches.is_multiple_of(10) {
+    summary.written += n;
+    summary.details.batches += 1;
+    if summary.details.batches.is_multiple_of(10) {
         tracing::info!(
-            collection = summary.collection.name(),
-            database = %summary.database,
-            documents = summary.documents,
+            collection = summary.details.collection.name(),
+            database = %summary.details.database,
+            documents = summary.written,
             "import progress"
         );
     }
@@ -394,6 +500,24 @@ async fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_cut_at_the_byte_limit_in_order() {
+        let doc = |n: usize| {
+            RawDocumentBuf::from_document(&doc! {"n": n as i64, "pad": "x".repeat(3 << 20)})
+                .expect("raw")
+        };
+        let cut = by_bytes((0..5).map(doc).collect());
+        let sizes: Vec<usize> = cut.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2, 1], "3 MiB documents, 8 MiB a request");
+        let order: Vec<i64> = cut
+            .iter()
+            .flatten()
+            .map(|d| d.get_i64("n").expect("n"))
+            .collect();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+        assert!(by_bytes(Vec::new()).is_empty());
+    }
 
     #[test]
     fn metadata_round_trips_and_refuses_other_formats() {

@@ -8,22 +8,30 @@
 //! it skips keys matching `redis.not_restorable` (held locks and rate-limit windows: they must
 //! not come back), never resurrects a key whose expiry has passed, and raises each fencing
 //! counter to max(current, restored) + `redis.fence_margin` instead of overwriting it.
+//!
+//! An import follows the one contract of every store ([`crate::transfer`]): it writes into the
+//! database its options name (`SELECT` on a connection of its own, so a restore drill can go
+//! to a scratch database beside the live one), refuses a database that holds `lucid:*` keys
+//! unless it replaces (and then writes over the keys it restores, key by key: it never
+//! flushes — fences must be compared with their current value, and the other keys stay), and
+//! fails with the count written when its source fails.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::Stream;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::locks::FENCE_PREFIX;
 use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once, with_deadline};
 use crate::glob::glob_match;
 use crate::redact;
 use crate::supervisor::feed::{Feed, Feeder, Stopped, feed};
+use crate::transfer::{self, Admission, Batch, Skip, Source, SourceEnd, TargetState, next_batch};
 
 /// Keys read per SCAN step (a hint to Redis) and written per import pipeline: small enough
 /// that a batch of large values stays well inside the call deadline.
@@ -87,51 +95,59 @@ pub struct Export {
     pub pattern: Option<String>,
 }
 
-/// Restores the keys of `source` until it ends; answers what was done. An `Err` item from the
-/// source fails the import ([`RedisError::ImportSource`], with the keys written so far): a
-/// restore that read only half its artifact must not look complete.
+/// Restores the keys of `source` until it ends, into the database `options` names; answers
+/// what was done. The target rule ([`crate::transfer::Existing`]) reads "holds data" as "holds
+/// a `lucid:*` key" and "exists" as "holds any key": an import writes only `lucid:*`. An `Err`
+/// item from the source fails the import ([`RedisError::ImportSource`], with the keys written
+/// so far): a restore that read only half its artifact must not look complete.
 #[derive(Message)]
 #[rtype(result = "Result<ImportSummary, RedisError>")]
 pub struct Import {
-    pub source: ImportSource,
+    pub options: ImportOptions,
+    pub source: Source<ExportedKey>,
 }
-
-/// What [`Import`] reads: any stream of keys whose error is reported as text.
-pub type ImportSource = BoxStream<'static, Result<ExportedKey, String>>;
 
 impl std::fmt::Debug for Import {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Import").finish_non_exhaustive()
+        f.debug_struct("Import")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
-/// What an import did.
+/// Where a Redis import writes: a database of the server `redis.url` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportTarget {
+    /// The database index (`SELECT`); `None`: the one `redis.url` selects.
+    pub db: Option<u32>,
+}
+
+/// An import's target and rule (see [`Import`]).
+pub type ImportOptions = transfer::ImportOptions<ImportTarget>;
+
+/// What only a Redis import reports, beside the shared counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImportSummary {
-    pub restored: u64,
-    /// Matched `redis.not_restorable`.
-    pub skipped_not_restorable: u64,
-    /// Their absolute expiry had passed.
-    pub skipped_expired: u64,
-    /// Fencing counters raised to max(current, restored) + margin.
+pub struct ImportDetails {
+    /// The database written.
+    pub db: i64,
+    /// Fencing counters raised to max(current, restored) + margin (counted in `written`).
     pub fences_raised: u64,
-    /// Keys outside `lucid:*` (a backup never holds them): refused.
-    pub skipped_foreign: u64,
-    /// Keys Redis refused to restore (a corrupt payload, a module type not loaded, OOM).
-    pub failed: u64,
-    /// The first few of those, with Redis's reason.
+    /// The first few keys Redis refused (skipped as `refused`: a corrupt payload, a module
+    /// type not loaded, OOM), with Redis's reason.
     pub failures: Vec<(String, String)>,
 }
 
-impl ImportSummary {
-    /// How many failures are kept with their reason.
-    const KEEP_FAILURES: usize = 20;
+/// What an import did: keys read, written (restored, and fences raised), skipped as
+/// `not_restorable`, `expired`, `foreign` (outside `lucid:*`) or `refused`.
+pub type ImportSummary = transfer::ImportSummary<ImportDetails>;
 
-    fn fail(&mut self, key: String, reason: &str) {
-        self.failed += 1;
-        if self.failures.len() < Self::KEEP_FAILURES {
-            self.failures.push((key, redact::text(reason)));
-        }
+/// How many refused keys are kept with their reason.
+const KEEP_FAILURES: usize = 20;
+
+fn refused(summary: &mut ImportSummary, key: String, reason: &str) {
+    summary.skip(Skip::Refused);
+    if summary.details.failures.len() < KEEP_FAILURES {
+        summary.details.failures.push((key, redact::text(reason)));
     }
 }
 
@@ -167,17 +183,84 @@ impl Handler<Export> for RedisActor {
 impl Handler<Import> for RedisActor {
     type Result = ResponseFuture<Result<ImportSummary, RedisError>>;
 
+    /// Runs on the actor's arbiter, on a connection of its own to the target database.
     fn handle(&mut self, msg: Import, _: &mut Context<Self>) -> Self::Result {
-        let client = match self.shared.usable().and_then(|_| self.stream_client()) {
+        let client = match self
+            .shared
+            .usable()
+            .and_then(|_| self.stream_client())
+            .and_then(|client| on_db(client, msg.options.target.db))
+        {
             Ok(client) => client,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        let db = client.get_connection_info().redis_settings().db();
         let shared = self.shared.clone();
         Box::pin(async move {
             let settings = shared.settings();
-            let (conn, _) = connect_once(client, settings.deadline).await?;
-            import(conn, msg.source, settings).await
+            let (mut conn, _) = connect_once(client, settings.deadline).await.map_err(|e| {
+                match (e, msg.options.target.db) {
+                    // The server refused the SELECT (an index past `databases`).
+                    (RedisError::Server { message }, Some(_)) => {
+                        RedisError::invalid("target.db", message)
+                    }
+                    (e, _) => e,
+                }
+            })?;
+            let (found, keys) = target_state(&mut conn, settings.deadline).await?;
+            match msg.options.existing.admit(found) {
+                Admission::Into | Admission::Replace => {}
+                Admission::NotEmpty => return Err(RedisError::NotEmpty { db, keys }),
+                Admission::Exists => return Err(RedisError::Exists { db, keys }),
+            }
+            import(conn, msg.source, settings, db).await
         })
+    }
+}
+
+/// The client for database `db` of the same server (`None`: the client as it is).
+fn on_db(client: redis::Client, db: Option<u32>) -> Result<redis::Client, RedisError> {
+    let Some(db) = db else {
+        return Ok(client);
+    };
+    let info = client.get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_db(i64::from(db));
+    redis::Client::open(info.set_redis_settings(settings)).map_err(|e| RedisError::from_driver(&e))
+}
+
+/// What the import's database holds: nothing at all, keys but none of lucid-db's, or
+/// `lucid:*` keys; and how many keys in all.
+async fn target_state(
+    conn: &mut MultiplexedConnection,
+    deadline: Duration,
+) -> Result<(TargetState, u64), RedisError> {
+    let keys: u64 = with_deadline(deadline, async {
+        Ok(redis::cmd("DBSIZE").query_async(conn).await?)
+    })
+    .await?;
+    if keys == 0 {
+        return Ok((TargetState::Missing, 0));
+    }
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = with_deadline(deadline, async {
+            Ok(redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(DEFAULT_PATTERN)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?)
+        })
+        .await?;
+        if !found.is_empty() {
+            return Ok((TargetState::Holding, keys));
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok((TargetState::Empty, keys));
+        }
     }
 }
 
@@ -307,112 +390,125 @@ static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| {
 
 async fn import(
     mut conn: MultiplexedConnection,
-    mut source: ImportSource,
+    mut source: Source<ExportedKey>,
     settings: &Settings,
+    db: i64,
 ) -> Result<ImportSummary, RedisError> {
-    let deadline = settings.deadline;
-    let mut summary = ImportSummary::default();
-    let mut batch = Vec::with_capacity(BATCH);
-    // The source's error, held until the keys read before it are written, so the count the
-    // failure reports is what is really in Redis.
-    let mut source_failed: Option<String> = None;
+    let started = Instant::now();
+    let mut summary = ImportSummary::new(ImportDetails {
+        db,
+        ..ImportDetails::default()
+    });
     loop {
-        if let Some(reason) = source_failed.take() {
-            return Err(RedisError::ImportSource {
-                written: summary.restored + summary.fences_raised,
-                reason: redact::text(&reason),
+        let Batch { items, end } = next_batch(&mut source, BATCH, settings.stream_idle).await;
+        if let Some(SourceEnd::Idle(after)) = end {
+            return Err(RedisError::StreamIdle {
+                what: "import source sent nothing",
+                after,
             });
         }
-        batch.clear();
-        // Wait (idle timeout) for the first item, then take whatever is ready, up to BATCH.
-        match tokio::time::timeout(settings.stream_idle, source.next()).await {
-            Ok(Some(Ok(item))) => batch.push(item),
-            Ok(Some(Err(reason))) => source_failed = Some(reason),
-            Ok(None) => return Ok(summary),
-            Err(_) => {
-                return Err(RedisError::StreamIdle {
-                    what: "import source sent nothing",
-                    after: settings.stream_idle,
+        summary.read += items.len() as u64;
+        // The keys read before a source error are written first, so the count the failure
+        // reports is what is really in Redis.
+        if !items.is_empty() {
+            restore_batch(&mut conn, items, settings, &mut summary).await?;
+        }
+        match end {
+            None => {}
+            Some(SourceEnd::Failed(reason)) => {
+                return Err(RedisError::ImportSource {
+                    written: summary.written,
+                    reason: redact::text(&reason),
                 });
             }
-        }
-        while batch.len() < BATCH && source_failed.is_none() {
-            match source.next().now_or_never() {
-                Some(Some(Ok(item))) => batch.push(item),
-                Some(Some(Err(reason))) => source_failed = Some(reason),
-                // The source ended: the next wait sees it at once.
-                Some(None) | None => break,
-            }
-        }
-        let now_ms = with_deadline(deadline, async {
-            let time: redis::Value = redis::cmd("TIME").query_async(&mut conn).await?;
-            server_ms(Some(time))
-        })
-        .await?;
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut restoring = Vec::new();
-        let mut fences = Vec::new();
-        for item in batch.drain(..) {
-            // A backup holds only lucid:* keys; anything else is not ours to write.
-            if !item.key.starts_with("lucid:") {
-                summary.skipped_foreign += 1;
-                continue;
-            }
-            if settings
-                .not_restorable
-                .iter()
-                .any(|p| glob_match(p, &item.key))
-            {
-                summary.skipped_not_restorable += 1;
-                continue;
-            }
-            if item.expires_at_ms.is_some_and(|at| at <= now_ms) {
-                summary.skipped_expired += 1;
-                continue;
-            }
-            if item.key.starts_with(FENCE_PREFIX) {
-                fences.push(item);
-                continue;
-            }
-            pipe.cmd("RESTORE")
-                .arg(&item.key)
-                .arg(item.expires_at_ms.unwrap_or(0))
-                .arg(item.payload)
-                .arg("ABSTTL")
-                .arg("REPLACE");
-            restoring.push(item.key);
-        }
-        if !restoring.is_empty() {
-            // One result per key: a bad payload fails that key, not the batch.
-            let results: Vec<redis::RedisResult<redis::Value>> =
-                with_deadline(deadline, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
-            for (key, result) in restoring.into_iter().zip(results) {
-                match result {
-                    Ok(_) => summary.restored += 1,
-                    Err(e) => summary.fail(key, &e.to_string()),
-                }
-            }
-        }
-        for fence in fences {
-            let scratch = format!("{}:restoring:{:016x}", fence.key, rand::random::<u64>());
-            let raised = with_deadline(deadline, async {
-                Ok(RAISE_FENCE
-                    .key(&fence.key)
-                    .key(&scratch)
-                    .arg(settings.fence_margin)
-                    .arg(fence.payload)
-                    .invoke_async::<u64>(&mut conn)
-                    .await?)
-            })
-            .await;
-            match raised {
-                Ok(_) => summary.fences_raised += 1,
-                Err(e @ RedisError::Server { .. }) => summary.fail(fence.key, &e.to_string()),
-                Err(e) => return Err(e),
+            Some(SourceEnd::Finished | SourceEnd::Idle(_)) => {
+                summary.elapsed_ms = started.elapsed().as_millis() as u64;
+                return Ok(summary);
             }
         }
     }
+}
+
+/// Restores one batch: RESTORE … ABSTTL REPLACE in one pipeline, fences one script each.
+async fn restore_batch(
+    conn: &mut MultiplexedConnection,
+    batch: Vec<ExportedKey>,
+    settings: &Settings,
+    summary: &mut ImportSummary,
+) -> Result<(), RedisError> {
+    let deadline = settings.deadline;
+    let now_ms = with_deadline(deadline, async {
+        let time: redis::Value = redis::cmd("TIME").query_async(conn).await?;
+        server_ms(Some(time))
+    })
+    .await?;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut restoring = Vec::new();
+    let mut fences = Vec::new();
+    for item in batch {
+        // A backup holds only lucid:* keys; anything else is not ours to write.
+        if !item.key.starts_with("lucid:") {
+            summary.skip(Skip::Foreign);
+            continue;
+        }
+        if settings
+            .not_restorable
+            .iter()
+            .any(|p| glob_match(p, &item.key))
+        {
+            summary.skip(Skip::NotRestorable);
+            continue;
+        }
+        if item.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            summary.skip(Skip::Expired);
+            continue;
+        }
+        if item.key.starts_with(FENCE_PREFIX) {
+            fences.push(item);
+            continue;
+        }
+        pipe.cmd("RESTORE")
+            .arg(&item.key)
+            .arg(item.expires_at_ms.unwrap_or(0))
+            .arg(item.payload)
+            .arg("ABSTTL")
+            .arg("REPLACE");
+        restoring.push(item.key);
+    }
+    if !restoring.is_empty() {
+        // One result per key: a bad payload fails that key, not the batch.
+        let results: Vec<redis::RedisResult<redis::Value>> =
+            with_deadline(deadline, async { Ok(pipe.query_async(conn).await?) }).await?;
+        for (key, result) in restoring.into_iter().zip(results) {
+            match result {
+                Ok(_) => summary.written += 1,
+                Err(e) => refused(summary, key, &e.to_string()),
+            }
+        }
+    }
+    for fence in fences {
+        let scratch = format!("{}:restoring:{:016x}", fence.key, rand::random::<u64>());
+        let raised = with_deadline(deadline, async {
+            Ok(RAISE_FENCE
+                .key(&fence.key)
+                .key(&scratch)
+                .arg(settings.fence_margin)
+                .arg(fence.payload)
+                .invoke_async::<u64>(conn)
+                .await?)
+        })
+        .await;
+        match raised {
+            Ok(_) => {
+                summary.written += 1;
+                summary.details.fences_raised += 1;
+            }
+            Err(e @ RedisError::Server { .. }) => refused(summary, fence.key, &e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,20 +520,24 @@ impl RedisHandle {
         self.send(Export { pattern: None }).await
     }
 
-    /// Restores keys from `source`; see [`Import`]. The reply comes when the source ends, so
-    /// the call waits as long as the source takes (each step still has the call deadline, and
-    /// the source its idle timeout). An `Err` from the source fails the import.
-    pub async fn import<S, E>(&self, source: S) -> Result<ImportSummary, RedisError>
+    /// Restores keys from `source` into the database `options` names; see [`Import`]. The
+    /// import runs on the actor's arbiter; the reply comes when the source ends, so the call
+    /// waits as long as the source takes (each step still has the call deadline, and the
+    /// source its idle timeout). An `Err` from the source fails the import.
+    pub async fn import<S, E>(
+        &self,
+        options: ImportOptions,
+        source: S,
+    ) -> Result<ImportSummary, RedisError>
     where
         S: Stream<Item = Result<ExportedKey, E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let source = source.map(|item| item.map_err(|e| e.to_string())).boxed();
-        // Not `call`: its deadline is for short requests.
-        // No overall deadline: an import takes as long as its source (each step has the call
-        // deadline, the source its idle timeout).
+        let source = transfer::source(source);
+        // Not `send`: its deadline is for short requests; an import takes as long as its
+        // source.
         self.addr()
-            .send(Import { source })
+            .send(Import { options, source })
             .await
             .map_err(|e| crate::supervisor::not_delivered(crate::Backend::Redis, e))?
     }

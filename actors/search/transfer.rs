@@ -1,28 +1,43 @@
 //! Streaming export and import of one index, for backups.
 //!
-//! **Export** answers an [`IndexMetadata`] — the index's mappings, the settings worth
-//! restoring, its aliases and its document count — and an [`ExportStream`] of its documents
-//! as NDJSON lines (`{"_id": …, "_source": …}`), read with a scroll one page at a time and
-//! passed through a bounded channel: memory does not grow with the index. A reader that stops
+//! **Export** ([`Export`]) answers an [`IndexMetadata`] — the index's mappings, the settings
+//! worth restoring, its aliases and its document count — and a [`Feed`] of its documents as
+//! NDJSON lines (`{"_id": …, "_source": …}`), read with a scroll one page at a time and passed
+//! through a bounded channel: memory does not grow with the index. A reader that stops
 //! reading for `supervisor.stream_idle_timeout` ends the export (the scroll is cleared).
 //! Scroll works the same on Elasticsearch and OpenSearch (their point-in-time APIs differ).
 //!
-//! **Import** creates the index under the same name or with a prefix (a restore drill next to
-//! the live data: `drill-lucid-sessions-2026.11`), with the exported mappings and settings and
-//! the aliases renamed with the same prefix — so the live read alias never counts a drill's
-//! documents twice. `is_write_index` is not restored: the bootstrap and the lifecycle put the
-//! write alias where it belongs. An existing target is refused unless forced (then it is
-//! deleted first). The documents are bulk-loaded in requests of `bulk_max_docs` /
-//! `bulk_max_bytes`; a write block the index had is set again after the load. If anything
-//! fails, the index the import created is deleted: nothing is left half restored.
+//! **Import** ([`Import`]) follows the one contract of every store ([`crate::transfer`]). It
+//! creates the index under the same name or with a prefix (a restore drill next to the live
+//! data: `drill-lucid-sessions-2026.11`), with the exported mappings and settings and the
+//! aliases renamed with the same prefix — so the live read alias never counts a drill's
+//! documents twice. `is_write_index` is not restored from the export: the bootstrap and the
+//! lifecycle put the write alias where it belongs; an index the import replaces keeps the
+//! write flags it had on the aliases it gets back. A target that holds documents is refused
+//! unless the import replaces it (then it is deleted first); one that exists but holds nothing
+//! counts as empty — the bootstrap creates this month's index — and is recreated from the
+//! export, unless the options refuse any existing target. The documents are bulk-loaded in
+//! requests of `bulk_max_docs` / `bulk_max_bytes`, each request's body built from the lines
+//! on the blocking pool (JSON parsing is the import's CPU work); a write block the index had
+//! is set again after the load. If anything fails — a bulk error, a line that does not parse,
+//! the source's error (`import_source_failed`, with the count written) — the index the import
+//! created is deleted: nothing is left half restored.
+//!
+//! Both are messages to the actor, so their streams run on its arbiter, not in the caller's
+//! task.
 
+use std::sync::Arc;
+
+use actix::prelude::*;
 use elasticsearch::http::Method;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
-use super::{Conn, Request, SearchError, SearchHandle, within};
+use super::{Conn, Request, SearchActor, SearchError, SearchHandle, Shared, within};
 use crate::supervisor::feed::{Feed, Stopped, feed};
+use crate::transfer::{self, Admission, Batch, Source, SourceEnd, TargetState, next_batch};
 
 /// The format of [`IndexMetadata`]; bumped on incompatible changes.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -59,27 +74,58 @@ pub struct IndexMetadata {
     pub documents: u64,
 }
 
-/// An export's documents as NDJSON lines, as they arrive (see the module doc). A failure is
-/// the last item, never a silent end.
-pub type ExportStream = Feed<Vec<u8>, SearchError>;
+/// Exports one index (see the module doc): its metadata and a feed of its documents as
+/// NDJSON lines. A failure is the feed's last item, never a silent end.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError>")]
+pub struct Export {
+    /// One concrete index (not an alias, no wildcard).
+    pub index: String,
+}
 
-/// How an import goes.
-#[derive(Debug, Clone, Default)]
-pub struct ImportOptions {
+/// Imports one index from an export's lines (see the module doc); answers what was done. An
+/// `Err` item from the source fails the import ([`SearchError::ImportSource`]).
+#[derive(Message)]
+#[rtype(result = "Result<ImportSummary, SearchError>")]
+pub struct Import {
+    pub options: ImportOptions,
+    pub source: Source<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Import {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Import")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an Elasticsearch import goes: the exported index under a prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportTarget {
+    /// The index as exported: its name, mappings, settings and aliases.
+    pub metadata: IndexMetadata,
     /// Put before the index and alias names (`""`: the exported names).
     pub prefix: String,
-    /// Replace an existing target index.
-    pub force: bool,
 }
 
-/// What an import did.
+/// An import's target and rule (see [`Import`]).
+pub type ImportOptions = transfer::ImportOptions<ImportTarget>;
+
+/// What only an Elasticsearch import reports, beside the shared counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ImportSummary {
+pub struct ImportDetails {
+    /// The index written (`{prefix}{exported name}`).
     pub index: String,
+    /// Its aliases, prefixed.
     pub aliases: Vec<String>,
-    pub documents: u64,
+    /// `_bulk` requests sent.
     pub requests: u64,
 }
+
+/// What an import did: lines read, documents written (an Elasticsearch import skips none: a
+/// line it cannot write fails it).
+pub type ImportSummary = transfer::ImportSummary<ImportDetails>;
 
 fn check_prefix(prefix: &str) -> Result<(), SearchError> {
     let ok = prefix.len() <= 64
@@ -169,250 +215,371 @@ impl SearchHandle {
         Ok(indices.into_iter().map(|i| i.name).collect())
     }
 
-    /// Exports one index (see the module doc).
-    pub async fn export(&self, index: &str) -> Result<(IndexMetadata, ExportStream), SearchError> {
-        if index.is_empty() || index.contains(['/', '*', ',', '?', '#', ' ']) {
-            return Err(SearchError::invalid("index", "one concrete index name"));
-        }
-        let (conn, generation) = self.shared.usable()?;
-        let deadline = self.shared.settings.deadline;
-        let idle = self.shared.settings.stream_idle;
-        let start = async {
-            let definition = conn
-                .send(Request::new(Method::Get, format!("/{index}")))
-                .await?
-                .body;
-            if definition.get(index).is_none() {
-                return Err(SearchError::invalid(
-                    "index",
-                    format!("{index} is an alias or not an index"),
-                ));
-            }
-            let count = conn
-                .send(Request::new(Method::Get, format!("/{index}/_count")))
-                .await?
-                .body["count"]
-                .as_u64()
-                .unwrap_or(0);
-            let first = conn
-                .send(
-                    Request::new(Method::Post, format!("/{index}/_search"))
-                        .query("scroll", SCROLL_KEEP)
-                        .json(&json!({"size": PAGE, "sort": ["_doc"]})),
-                )
-                .await?
-                .body;
-            Ok::<_, SearchError>((metadata_of(index, &definition, count), first))
-        };
-        let (metadata, first) = match within(deadline, start).await {
-            Ok(v) => v,
-            Err(e) => {
-                self.shared.report(generation, &e);
-                return Err(e);
-            }
-        };
-        let (feeder, lines) = feed(256, idle);
-        tokio::spawn(async move {
-            let mut page = first;
-            let mut scroll_id = page["_scroll_id"].as_str().map(str::to_owned);
-            let outcome: Result<(), SearchError> = async {
-                loop {
-                    let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-                    if hits.is_empty() {
-                        return Ok(());
-                    }
-                    for hit in hits {
-                        let mut line = json!({"_id": hit["_id"], "_source": hit["_source"]})
-                            .to_string()
-                            .into_bytes();
-                        line.push(b'\n');
-                        match feeder.send(line).await {
-                            Ok(()) => {}
-                            // The reader dropped the stream.
-                            Err(Stopped::Gone) => return Ok(()),
-                            Err(Stopped::Idle(after)) => {
-                                return Err(SearchError::StreamIdle {
-                                    what: "the reader did not take a document",
-                                    after,
-                                });
-                            }
-                        }
-                    }
-                    let Some(id) = scroll_id.clone() else {
-                        return Ok(());
-                    };
-                    let next = conn.send(
-                        Request::new(Method::Post, "/_search/scroll")
-                            .json(&json!({"scroll": SCROLL_KEEP, "scroll_id": id})),
-                    );
-                    page = within(deadline, next).await?.body;
-                    if let Some(id) = page["_scroll_id"].as_str() {
-                        scroll_id = Some(id.to_owned());
-                    }
-                }
-            }
-            .await;
-            if let Some(id) = scroll_id {
-                let _ = tokio::time::timeout(
-                    deadline,
-                    conn.send(
-                        Request::new(Method::Delete, "/_search/scroll")
-                            .json(&json!({"scroll_id": id})),
-                    ),
-                )
-                .await;
-            }
-            if let Err(e) = outcome {
-                feeder.fail(e);
-            }
-        });
-        Ok((metadata, lines))
+    /// Exports one index (see the module doc), through the actor's mailbox.
+    pub async fn export(
+        &self,
+        index: &str,
+    ) -> Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError> {
+        self.send(Export {
+            index: index.to_owned(),
+        })
+        .await
     }
 
-    /// Imports one index from an export (see the module doc). `lines` yields the export's
-    /// NDJSON lines; one that yields nothing for `supervisor.stream_idle_timeout` fails the
-    /// import.
+    /// Imports one index from an export (see the module doc). `lines` may be any stream of
+    /// the export's NDJSON lines — the export's feed too; one that yields nothing for
+    /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it
+    /// with the count written. The import runs on the actor's arbiter; the reply comes when
+    /// the source ends.
     pub async fn import<S, E>(
         &self,
-        metadata: &IndexMetadata,
         options: ImportOptions,
         lines: S,
     ) -> Result<ImportSummary, SearchError>
     where
-        S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
+        S: Stream<Item = Result<Vec<u8>, E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        metadata.check()?;
-        check_prefix(&options.prefix)?;
-        let (conn, generation) = self.shared.usable()?;
-        let settings = self.shared.settings.clone();
-        let target = format!("{}{}", options.prefix, metadata.index);
-        let deadline = settings.deadline;
-
-        let exists = match within(
-            deadline,
-            conn.send(Request::new(Method::Get, format!("/{target}"))),
-        )
-        .await
-        {
-            Ok(_) => true,
-            Err(e) if e.status() == Some(404) => false,
-            Err(e) => {
-                self.shared.report(generation, &e);
-                return Err(e);
-            }
-        };
-        if exists {
-            if !options.force {
-                return Err(SearchError::Exists { index: target });
-            }
-            within(
-                deadline,
-                conn.send(Request::new(Method::Delete, format!("/{target}"))),
-            )
-            .await?;
-        }
-        within(
-            deadline,
-            conn.send(
-                Request::new(Method::Put, format!("/{target}"))
-                    .json(&metadata.create_body(&options.prefix)),
-            ),
-        )
-        .await?;
-
-        match load(&conn, &target, &settings, lines).await {
-            Ok((documents, requests)) => {
-                if metadata.write_blocked {
-                    within(
-                        deadline,
-                        conn.send(
-                            Request::new(Method::Put, format!("/{target}/_settings"))
-                                .json(&json!({"index": {"blocks.write": true}})),
-                        ),
-                    )
-                    .await?;
-                }
-                let mut aliases: Vec<String> = metadata
-                    .aliases
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(a, _)| format!("{}{a}", options.prefix))
-                    .collect();
-                aliases.sort();
-                Ok(ImportSummary {
-                    index: target,
-                    aliases,
-                    documents,
-                    requests,
-                })
-            }
-            Err(e) => {
-                // Nothing half restored: the index this import created goes again.
-                let _ = within(
-                    deadline,
-                    conn.send(Request::new(Method::Delete, format!("/{target}"))),
-                )
-                .await;
-                Err(e)
-            }
-        }
+        let source = transfer::source(lines);
+        // Not `send`: its deadline is for short requests; an import takes as long as its
+        // source.
+        self.addr()
+            .send(Import { options, source })
+            .await
+            .map_err(|e| crate::supervisor::not_delivered(crate::Backend::Elasticsearch, e))?
     }
 }
 
-/// Bulk-loads the lines into `target`; answers (documents, requests).
-async fn load<S, E>(
+impl Handler<Export> for SearchActor {
+    type Result = ResponseFuture<Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError>>;
+
+    fn handle(&mut self, msg: Export, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { export(&shared, &msg.index).await })
+    }
+}
+
+impl Handler<Import> for SearchActor {
+    type Result = ResponseFuture<Result<ImportSummary, SearchError>>;
+
+    fn handle(&mut self, msg: Import, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { import(&shared, msg.options, msg.source).await })
+    }
+}
+
+/// Reads the definition and the first page, then hands the scroll to a task on this arbiter.
+async fn export(
+    shared: &Arc<Shared>,
+    index: &str,
+) -> Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError> {
+    if index.is_empty() || index.contains(['/', '*', ',', '?', '#', ' ']) {
+        return Err(SearchError::invalid("index", "one concrete index name"));
+    }
+    let (conn, generation) = shared.usable()?;
+    let deadline = shared.settings.deadline;
+    let idle = shared.settings.stream_idle;
+    let start = async {
+        let definition = conn
+            .send(Request::new(Method::Get, format!("/{index}")))
+            .await?
+            .body;
+        if definition.get(index).is_none() {
+            return Err(SearchError::invalid(
+                "index",
+                format!("{index} is an alias or not an index"),
+            ));
+        }
+        let count = conn
+            .send(Request::new(Method::Get, format!("/{index}/_count")))
+            .await?
+            .body["count"]
+            .as_u64()
+            .unwrap_or(0);
+        let first = conn
+            .send(
+                Request::new(Method::Post, format!("/{index}/_search"))
+                    .query("scroll", SCROLL_KEEP)
+                    .json(&json!({"size": PAGE, "sort": ["_doc"]})),
+            )
+            .await?
+            .body;
+        Ok::<_, SearchError>((metadata_of(index, &definition, count), first))
+    };
+    let (metadata, first) = match within(deadline, start).await {
+        Ok(v) => v,
+        Err(e) => {
+            shared.report(generation, &e);
+            return Err(e);
+        }
+    };
+    let (feeder, lines) = feed(256, idle);
+    tokio::spawn(async move {
+        let mut page = first;
+        let mut scroll_id = page["_scroll_id"].as_str().map(str::to_owned);
+        let outcome: Result<(), SearchError> = async {
+            loop {
+                let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+                if hits.is_empty() {
+                    return Ok(());
+                }
+                for hit in hits {
+                    let mut line = json!({"_id": hit["_id"], "_source": hit["_source"]})
+                        .to_string()
+                        .into_bytes();
+                    line.push(b'\n');
+                    match feeder.send(line).await {
+                        Ok(()) => {}
+                        // The reader dropped the stream.
+                        Err(Stopped::Gone) => return Ok(()),
+                        Err(Stopped::Idle(after)) => {
+                            return Err(SearchError::StreamIdle {
+                                what: "the reader did not take a document",
+                                after,
+                            });
+                        }
+                    }
+                }
+                let Some(id) = scroll_id.clone() else {
+                    return Ok(());
+                };
+                let next = conn.send(
+                    Request::new(Method::Post, "/_search/scroll")
+                        .json(&json!({"scroll": SCROLL_KEEP, "scroll_id": id})),
+                );
+                page = within(deadline, next).await?.body;
+                if let Some(id) = page["_scroll_id"].as_str() {
+                    scroll_id = Some(id.to_owned());
+                }
+            }
+        }
+        .await;
+        if let Some(id) = scroll_id {
+            let _ = tokio::time::timeout(
+                deadline,
+                conn.send(
+                    Request::new(Method::Delete, "/_search/scroll").json(&json!({"scroll_id": id})),
+                ),
+            )
+            .await;
+        }
+        if let Err(e) = outcome {
+            feeder.fail(e);
+        }
+    });
+    Ok((metadata, lines))
+}
+
+/// Where the import goes, what is there, then the load; the created index goes again when
+/// anything fails.
+async fn import(
+    shared: &Arc<Shared>,
+    options: ImportOptions,
+    mut source: Source<Vec<u8>>,
+) -> Result<ImportSummary, SearchError> {
+    let started = Instant::now();
+    let ImportTarget { metadata, prefix } = &options.target;
+    metadata.check()?;
+    check_prefix(prefix)?;
+    let (conn, generation) = shared.usable()?;
+    let settings = &shared.settings;
+    let target = format!("{prefix}{}", metadata.index);
+    let deadline = settings.deadline;
+
+    let (found, write_flags) = match target_state(&conn, &target, deadline).await {
+        Ok(found) => found,
+        Err(e) => {
+            shared.report(generation, &e);
+            return Err(e);
+        }
+    };
+    match options.existing.admit(found.0) {
+        Admission::NotEmpty => {
+            return Err(SearchError::NotEmpty {
+                index: target,
+                documents: found.1,
+            });
+        }
+        Admission::Exists => return Err(SearchError::Exists { index: target }),
+        // An index that is there but empty is recreated from the export too.
+        Admission::Into | Admission::Replace => {}
+    }
+    if found.0 != TargetState::Missing {
+        within(
+            deadline,
+            conn.send(Request::new(Method::Delete, format!("/{target}"))),
+        )
+        .await?;
+    }
+    let mut body = metadata.create_body(prefix);
+    for alias in write_flags {
+        if let Some(def) = body["aliases"]
+            .get_mut(&alias)
+            .and_then(Value::as_object_mut)
+        {
+            def.insert("is_write_index".to_owned(), Value::Bool(true));
+        }
+    }
+    within(
+        deadline,
+        conn.send(Request::new(Method::Put, format!("/{target}")).json(&body)),
+    )
+    .await?;
+
+    let mut aliases: Vec<String> = body["aliases"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(a, _)| a.clone())
+        .collect();
+    aliases.sort();
+    let mut summary = ImportSummary::new(ImportDetails {
+        index: target.clone(),
+        aliases,
+        requests: 0,
+    });
+    let loaded = async {
+        load(&conn, &target, settings, &mut source, &mut summary).await?;
+        if metadata.write_blocked {
+            within(
+                deadline,
+                conn.send(
+                    Request::new(Method::Put, format!("/{target}/_settings"))
+                        .json(&json!({"index": {"blocks.write": true}})),
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = loaded {
+        // Nothing half restored: the index this import created goes again.
+        let _ = within(
+            deadline,
+            conn.send(Request::new(Method::Delete, format!("/{target}"))),
+        )
+        .await;
+        shared.report(generation, &e);
+        return Err(e);
+    }
+    summary.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(summary)
+}
+
+/// What is at `target` — nothing, an empty index, or one holding documents (and how many) —
+/// and the aliases on which it is the write index.
+async fn target_state(
+    conn: &Conn,
+    target: &str,
+    deadline: std::time::Duration,
+) -> Result<((TargetState, u64), Vec<String>), SearchError> {
+    let definition = match within(
+        deadline,
+        conn.send(Request::new(Method::Get, format!("/{target}"))),
+    )
+    .await
+    {
+        Ok(answer) => answer.body,
+        Err(e) if e.status() == Some(404) => return Ok(((TargetState::Missing, 0), Vec::new())),
+        Err(e) => return Err(e),
+    };
+    // An alias of that name answers with the indices behind it: never import over those.
+    let Some(index) = definition.get(target) else {
+        return Err(SearchError::invalid(
+            "target",
+            format!("{target} is an alias, not an index"),
+        ));
+    };
+    let write_flags = index["aliases"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, def)| def["is_write_index"] == true)
+        .map(|(alias, _)| alias.clone())
+        .collect();
+    let documents = within(
+        deadline,
+        conn.send(Request::new(Method::Get, format!("/{target}/_count"))),
+    )
+    .await?
+    .body["count"]
+        .as_u64()
+        .unwrap_or(0);
+    let found = if documents == 0 {
+        TargetState::Empty
+    } else {
+        TargetState::Holding
+    };
+    Ok(((found, documents), write_flags))
+}
+
+/// Bulk-loads the source's lines into `target`, a request per batch of `bulk_max_docs` (cut
+/// again at `bulk_max_bytes`), then refreshes it.
+async fn load(
     conn: &Conn,
     target: &str,
     settings: &super::Settings,
-    mut lines: S,
-) -> Result<(u64, u64), SearchError>
-where
-    S: Stream<Item = Result<Vec<u8>, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    let mut body = Vec::new();
-    let mut in_body = 0usize;
-    let mut documents = 0u64;
-    let mut requests = 0u64;
-    let flush = |body: Vec<u8>| async move {
-        let mut req = Request::new(Method::Post, "/_bulk").ndjson(body);
-        req.timeout = Some(settings.bulk_timeout());
-        let answer = conn.send(req).await?.body;
-        if answer["errors"] == true {
-            let first = answer["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.as_object().and_then(|o| o.values().next()))
-                .find(|r| r.get("error").is_some())
-                .cloned()
-                .unwrap_or(Value::Null);
-            return Err(SearchError::from_answer(
-                first["status"].as_u64().unwrap_or(400) as u16,
-                &json!({"error": first["error"]}),
-            ));
-        }
-        Ok(())
-    };
+    source: &mut Source<Vec<u8>>,
+    summary: &mut ImportSummary,
+) -> Result<(), SearchError> {
     loop {
-        let next = match tokio::time::timeout(settings.stream_idle, lines.next()).await {
-            Err(_) => {
+        let Batch { items, end } =
+            next_batch(source, settings.bulk_max_docs, settings.stream_idle).await;
+        match end {
+            Some(SourceEnd::Idle(after)) => {
                 return Err(SearchError::StreamIdle {
                     what: "the import's source yielded nothing",
-                    after: settings.stream_idle,
+                    after,
                 });
             }
-            Ok(next) => next,
-        };
-        let Some(line) = next else { break };
-        let line = line.map_err(|e| SearchError::invalid("import", e.to_string()))?;
-        let doc: Value = serde_json::from_slice(&line).map_err(|e| SearchError::Codec {
-            message: format!("export line {}: {e}", documents + 1),
-        })?;
-        let source = serde_json::to_vec(&doc["_source"]).map_err(|e| SearchError::Codec {
-            message: e.to_string(),
+            Some(SourceEnd::Failed(reason)) => {
+                return Err(SearchError::ImportSource {
+                    written: summary.written,
+                    reason: crate::redact::text(&reason),
+                });
+            }
+            None | Some(SourceEnd::Finished) => {}
+        }
+        let first = summary.read;
+        summary.read += items.len() as u64;
+        if !items.is_empty() {
+            let (target, max_bytes) = (target.to_owned(), settings.bulk_max_bytes);
+            let requests =
+                tokio::task::spawn_blocking(move || bulk_bodies(&target, items, first, max_bytes))
+                    .await
+                    .map_err(|e| SearchError::Codec {
+                        message: format!("building the import's bulk requests stopped: {e}"),
+                    })??;
+            for (body, documents) in requests {
+                bulk(conn, settings, body).await?;
+                summary.written += documents;
+                summary.details.requests += 1;
+            }
+        }
+        if end == Some(SourceEnd::Finished) {
+            break;
+        }
+    }
+    let refresh = Request::new(Method::Post, format!("/{target}/_refresh"));
+    within(settings.deadline, conn.send(refresh)).await?;
+    Ok(())
+}
+
+/// `_bulk` bodies for export lines (`{"_id", "_source"}`) into `target`, each with how many
+/// documents it holds: cut once a body reaches `max_bytes`. `first` numbers the lines (from
+/// 1 in errors) across batches. CPU work: run on the blocking pool.
+fn bulk_bodies(
+    target: &str,
+    lines: Vec<Vec<u8>>,
+    first: u64,
+    max_bytes: usize,
+) -> Result<Vec<(Vec<u8>, u64)>, SearchError> {
+    let mut out = Vec::new();
+    let (mut body, mut in_body) = (Vec::new(), 0u64);
+    for (i, line) in lines.iter().enumerate() {
+        let doc: Value = serde_json::from_slice(line).map_err(|e| SearchError::Codec {
+            message: format!("export line {}: {e}", first + i as u64 + 1),
         })?;
         let mut action = json!({"index": {"_index": target}});
         if let Some(id) = doc["_id"].as_str() {
@@ -420,23 +587,42 @@ where
         }
         body.extend_from_slice(action.to_string().as_bytes());
         body.push(b'\n');
-        body.extend_from_slice(&source);
+        serde_json::to_writer(&mut body, &doc["_source"]).map_err(|e| SearchError::Codec {
+            message: e.to_string(),
+        })?;
         body.push(b'\n');
         in_body += 1;
-        documents += 1;
-        if in_body >= settings.bulk_max_docs || body.len() >= settings.bulk_max_bytes {
-            flush(std::mem::take(&mut body)).await?;
-            requests += 1;
+        if body.len() >= max_bytes {
+            out.push((std::mem::take(&mut body), in_body));
             in_body = 0;
         }
     }
     if in_body > 0 {
-        flush(body).await?;
-        requests += 1;
+        out.push((body, in_body));
     }
-    let refresh = Request::new(Method::Post, format!("/{target}/_refresh"));
-    within(settings.deadline, conn.send(refresh)).await?;
-    Ok((documents, requests))
+    Ok(out)
+}
+
+/// Sends one `_bulk` request; the first item error fails it.
+async fn bulk(conn: &Conn, settings: &super::Settings, body: Vec<u8>) -> Result<(), SearchError> {
+    let mut req = Request::new(Method::Post, "/_bulk").ndjson(body);
+    req.timeout = Some(settings.bulk_timeout());
+    let answer = conn.send(req).await?.body;
+    if answer["errors"] == true {
+        let first = answer["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_object().and_then(|o| o.values().next()))
+            .find(|r| r.get("error").is_some())
+            .cloned()
+            .unwrap_or(Value::Null);
+        return Err(SearchError::from_answer(
+            first["status"].as_u64().unwrap_or(400) as u16,
+            &json!({"error": first["error"]}),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -482,6 +668,35 @@ mod tests {
         };
         assert!(later.check().is_err());
         assert!(m.check().is_ok());
+    }
+
+    #[test]
+    fn bulk_bodies_carry_ids_and_sources_and_are_cut_at_the_byte_limit() {
+        let lines: Vec<Vec<u8>> = (0..3)
+            .map(|i| format!("{{\"_id\":\"s{i}\",\"_source\":{{\"n\":{i}}}}}\n").into_bytes())
+            .collect();
+        let whole = bulk_bodies("drill-x", lines.clone(), 0, 1 << 20).expect("bodies");
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].1, 3);
+        let text = String::from_utf8(whole[0].0.clone()).expect("utf-8");
+        let first: Vec<Value> = text
+            .lines()
+            .take(2)
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                json!({"index": {"_index": "drill-x", "_id": "s0"}}),
+                json!({"n": 0})
+            ]
+        );
+        // A limit below one document's size: a request per document.
+        let cut = bulk_bodies("drill-x", lines, 0, 10).expect("bodies");
+        assert_eq!(cut.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1, 1]);
+        // Lines are numbered across batches.
+        let e = bulk_bodies("x", vec![b"{not json".to_vec()], 700, 1 << 20).expect_err("broken");
+        assert!(e.to_string().contains("export line 701"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Streams a task fills for a reader — a MongoDB cursor, an Elasticsearch scroll, a Redis
-//! `SCAN` — bounded, and never ending silently.
+//! `SCAN`, a volume's tar — bounded, and never ending silently. Every export answers one.
 //!
 //! The task holds a [`Feeder`], the reader a [`Feed`]. The channel between them is bounded, so a
 //! slow reader holds the task back instead of growing memory; a reader that takes nothing for
@@ -7,7 +7,14 @@
 //! it is queued when there is room, and otherwise handed to the reader after the items already
 //! queued — so the reader sees every item the task produced, then the error exactly once, and a
 //! feed that just stops means the task finished.
+//!
+//! A feed may start with items that were ready when it was made ([`Feed::ready`],
+//! [`Feed::after`]): a MongoDB find reads its first batch within the call, and a result that
+//! fits in it needs no task and no channel at all. A producer on a blocking thread (a tar
+//! writer) hands items over with [`Feeder::send_blocking`], which waits on its own clock: the
+//! runtime's timers do not run on a blocking thread, and stop when the runtime does.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -17,7 +24,10 @@ use tokio::sync::mpsc;
 
 /// The reading end; see the module doc. A `Stream` too.
 pub struct Feed<T, E> {
-    rx: mpsc::Receiver<Result<T, E>>,
+    /// Items that were there before the task started (or all there is, without a task).
+    ready: VecDeque<Result<T, E>>,
+    /// The task's channel; `None` when the ready items are the whole feed.
+    rx: Option<mpsc::Receiver<Result<T, E>>>,
     /// The error the task could not queue.
     failed: Arc<OnceLock<E>>,
     reported: bool,
@@ -51,7 +61,8 @@ pub fn feed<T, E>(capacity: usize, idle: Duration) -> (Feeder<T, E>, Feed<T, E>)
             idle,
         },
         Feed {
-            rx,
+            ready: VecDeque::new(),
+            rx: Some(rx),
             failed,
             reported: false,
         },
@@ -68,7 +79,31 @@ impl<T, E> Feeder<T, E> {
         }
     }
 
-    /// Ends the feed with `e` (see the module doc).
+    /// As [`Feeder::send`], for a producer on a blocking thread: it waits for room on its own
+    /// clock (see the module doc), with short growing pauses, at most the idle timeout.
+    pub fn send_blocking(&self, item: T) -> Result<(), Stopped> {
+        let mut item = Some(Ok(item));
+        let mut gone = false;
+        let sent = poll_until(self.idle, || match self.tx.try_send(item.take()?) {
+            Ok(()) => Some(()),
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                item = Some(back);
+                None
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                gone = true;
+                Some(())
+            }
+        });
+        match (sent, gone) {
+            (_, true) => Err(Stopped::Gone),
+            (Some(()), false) => Ok(()),
+            (None, false) => Err(Stopped::Idle(self.idle)),
+        }
+    }
+
+    /// Ends the feed with `e` (see the module doc). Never waits, so a blocking producer may
+    /// call it too.
     pub fn fail(self, e: E) {
         if let Err(
             mpsc::error::TrySendError::Full(Err(e)) | mpsc::error::TrySendError::Closed(Err(e)),
@@ -76,6 +111,43 @@ impl<T, E> Feeder<T, E> {
         {
             let _ = self.failed.set(e);
         }
+    }
+}
+
+/// Calls `attempt` until it answers, with growing pauses (50 µs to 5 ms) on the thread's own
+/// clock, for at most `idle`; `None` when it never did. For blocking threads only.
+pub(crate) fn poll_until<T>(idle: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + idle;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if let Some(done) = attempt() {
+            return Some(done);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+impl<T, E> Feed<T, E> {
+    /// A feed of `items` alone: a result that was complete when the call answered.
+    pub fn ready(items: impl IntoIterator<Item = Result<T, E>>) -> Self {
+        Feed {
+            ready: items.into_iter().collect(),
+            rx: None,
+            failed: Arc::new(OnceLock::new()),
+            reported: false,
+        }
+    }
+
+    /// This feed with `items` in front: what the call read before it handed the rest to a task.
+    pub fn after(mut self, items: impl IntoIterator<Item = Result<T, E>>) -> Self {
+        let mut ready: VecDeque<_> = items.into_iter().collect();
+        ready.append(&mut self.ready);
+        self.ready = ready;
+        self
     }
 }
 
@@ -96,7 +168,13 @@ impl<T, E: Clone> Feed<T, E> {
     }
 
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, E>>> {
-        match self.rx.poll_recv(cx) {
+        if let Some(item) = self.ready.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        let Some(rx) = &mut self.rx else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
             Poll::Ready(None) if !self.reported => {
                 self.reported = true;
                 Poll::Ready(self.failed.get().cloned().map(Err))
@@ -157,5 +235,59 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         drop(rx);
         assert_eq!(tx.send(3).await, Err(Stopped::Gone));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_items_come_first_and_a_ready_feed_needs_no_task() {
+        let whole = Feed::<u32, String>::ready([Ok(1), Ok(2)]);
+        assert_eq!(whole.collect().await, Ok(vec![1, 2]));
+
+        let (tx, rx) = feed::<u32, String>(4, Duration::from_secs(1));
+        let mut rx = rx.after([Ok(1), Ok(2)]);
+        tx.send(3).await.expect("send");
+        tx.fail("broken".to_owned());
+        assert_eq!(rx.next().await, Some(Ok(1)));
+        assert_eq!(rx.next().await, Some(Ok(2)));
+        assert_eq!(rx.next().await, Some(Ok(3)));
+        assert_eq!(rx.next().await, Some(Err("broken".to_owned())));
+        assert_eq!(rx.next().await, None);
+
+        // A failure read with the first batch is the last item, as from a task.
+        let failed = Feed::<u32, String>::ready([Ok(1), Err("lost".to_owned())]);
+        assert_eq!(failed.collect().await, Err("lost".to_owned()));
+    }
+
+    /// The blocking producer's clock is the thread's own (the runtime's is not there), so this
+    /// test runs a short real window.
+    #[test]
+    fn a_blocking_producer_waits_for_room_at_most_the_idle_timeout() {
+        let idle = Duration::from_millis(40);
+        let (tx, rx) = feed::<u32, String>(1, idle);
+        assert_eq!(tx.send_blocking(1), Ok(()));
+        let started = std::time::Instant::now();
+        assert_eq!(tx.send_blocking(2), Err(Stopped::Idle(idle)));
+        assert!(started.elapsed() >= idle, "{:?}", started.elapsed());
+        // A reader that takes one makes room within the wait.
+        let reader = std::thread::spawn(move || {
+            let mut rx = rx;
+            std::thread::sleep(Duration::from_millis(5));
+            let first = rx.rx.as_mut().and_then(|r| r.try_recv().ok());
+            (rx, first)
+        });
+        assert_eq!(tx.send_blocking(3), Ok(()));
+        let (rx, first) = reader.join().expect("reader");
+        assert_eq!(first, Some(Ok(1)));
+        drop(rx);
+        assert_eq!(tx.send_blocking(4), Err(Stopped::Gone));
+        // Failing from a blocking thread never waits.
+        let (tx, rx) = feed::<u32, String>(1, idle);
+        assert_eq!(tx.send_blocking(1), Ok(()));
+        tx.fail("late".to_owned());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut rx = rx;
+        let (first, last) = runtime.block_on(async { (rx.next().await, rx.next().await) });
+        assert_eq!((first, last), (Some(Ok(1)), Some(Err("late".to_owned()))));
     }
 }

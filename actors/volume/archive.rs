@@ -4,40 +4,42 @@
 //! volume's content only once it is complete. Modification times keep whole seconds, tar's own
 //! resolution (as GNU tar's default format): sub-second parts are not carried.
 //!
-//! A stream is `Result` items: a producer that fails says so with an `Err` item; a stream that
-//! just stops without tar's end-of-archive block is truncated, and refused as such. Both sides
-//! run on blocking threads and wait on the channel with their own clock (not the runtime's
-//! timers, which stop when the runtime does), up to the idle timeout.
+//! An export is a [`Feed`] like every store's: its producer, the tar writer on a blocking
+//! thread, hands chunks over with [`Feeder::send_blocking`]. An import's source is any stream
+//! of chunks; the volume actor forwards it into a bounded channel that the tar reader, on a
+//! blocking thread, drains. A source that fails says so with an `Err` item (the import fails
+//! with `import_source_failed`); a stream that just stops without tar's end-of-archive block is
+//! truncated, and refused as such. Both blocking sides wait with their own clock (not the
+//! runtime's timers, which stop when the runtime does), up to the idle timeout.
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::VolumeError;
 use super::fsops::{walk_error, walk_volume};
+use crate::supervisor::feed::{Feeder, Stopped, poll_until};
 
 /// Size of the chunks an export sends.
 pub(crate) const CHUNK: usize = 64 * 1024;
 /// Tar blocks are 512 bytes; an archive ends with zero blocks.
 const BLOCK: usize = 512;
 
-/// A tar stream in chunks; an `Err` item ends it.
-pub type TarStream = mpsc::Receiver<Result<Vec<u8>, VolumeError>>;
+/// An import's chunks as the actor forwards them from its source (errors as text).
+pub(crate) type Chunks = mpsc::Receiver<Result<Vec<u8>, String>>;
 
-/// Writes the tree at `dir` as a tar stream into `tx`; answers the bytes sent.
+/// Writes the tree at `dir` as a tar stream into `feeder`; answers the bytes sent.
 pub(crate) fn export(
     dir: &Path,
-    tx: mpsc::Sender<Result<Vec<u8>, VolumeError>>,
-    idle: Duration,
+    feeder: &Feeder<Vec<u8>, VolumeError>,
 ) -> Result<u64, VolumeError> {
     let writer = ChannelWriter {
-        tx,
+        feeder,
         buf: Vec::with_capacity(CHUNK),
         sent: 0,
-        idle,
     };
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
@@ -61,15 +63,47 @@ pub(crate) fn export(
     Ok(writer.sent)
 }
 
-/// Unpacks a tar stream from `rx` into `dst` (which must exist); answers the bytes read. More
-/// than `limit` bytes of stream exceeds `volume`'s quota.
+/// What unpacking a tar stream did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unpacked {
+    pub stream_bytes: u64,
+    /// Entries read from the stream.
+    pub entries: u64,
+    /// Entries unpacked.
+    pub unpacked: u64,
+    /// Entries whose path would leave the volume: not unpacked.
+    pub unsafe_paths: u64,
+}
+
+/// Unpacks a tar stream from `rx` into `dst` (which must exist). More than `limit` bytes of
+/// stream exceeds `volume`'s quota. A source that failed is reported with the entries
+/// unpacked before it.
 pub(crate) fn import(
     dst: &Path,
-    rx: TarStream,
+    rx: Chunks,
     volume: &str,
     limit: u64,
     idle: Duration,
-) -> Result<u64, VolumeError> {
+) -> Result<Unpacked, VolumeError> {
+    let mut done = Unpacked::default();
+    unpack(dst, rx, volume, limit, idle, &mut done).map_err(|e| match e {
+        VolumeError::ImportSource { reason, .. } => VolumeError::ImportSource {
+            written: done.unpacked,
+            reason,
+        },
+        e => e,
+    })?;
+    Ok(done)
+}
+
+fn unpack(
+    dst: &Path,
+    rx: Chunks,
+    volume: &str,
+    limit: u64,
+    idle: Duration,
+    done: &mut Unpacked,
+) -> Result<(), VolumeError> {
     let mut reader = ChannelReader {
         rx,
         chunk: Vec::new(),
@@ -102,14 +136,17 @@ pub(crate) fn import(
             .path()
             .map_err(|e| stream_error("untar", dst, e))?
             .into_owned();
+        done.entries += 1;
         // `unpack_in` strips a leading `/`, skips `..` (false) and refuses to write through a
         // link; where it put the entry is `dst` + the plain components of its name.
         if !entry
             .unpack_in(dst)
             .map_err(|e| stream_error("untar", dst, e))?
         {
+            done.unsafe_paths += 1;
             continue;
         }
+        done.unpacked += 1;
         if is_dir {
             let inside: PathBuf = path
                 .components()
@@ -129,13 +166,22 @@ pub(crate) fn import(
             what: "the tar stream ended before its end-of-archive block (truncated)".to_owned(),
         });
     }
+    // The source is read to its end (padding after tar's end, if any), so one that fails
+    // after the archive fails the import all the same.
+    let mut rest = [0u8; BLOCK];
+    while reader
+        .read(&mut rest)
+        .map_err(|e| stream_error("untar", dst, e))?
+        > 0
+    {}
     for (dir, mode, mtime) in dirs.into_iter().rev() {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
             .map_err(|e| VolumeError::io("chmod", &dir, &e))?;
         let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
         filetime::set_file_mtime(&dir, t).map_err(|e| VolumeError::io("utimes", &dir, &e))?;
     }
-    Ok(reader.read)
+    done.stream_bytes = reader.read;
+    Ok(())
 }
 
 fn stream_error(op: &'static str, path: &Path, e: std::io::Error) -> VolumeError {
@@ -154,73 +200,36 @@ fn stream_error(op: &'static str, path: &Path, e: std::io::Error) -> VolumeError
     VolumeError::io(op, path, &e)
 }
 
-/// Waits for `ready` with growing pauses (50 µs to 5 ms) until `idle` has passed.
-fn poll_until<T>(idle: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + idle;
-    let mut pause = Duration::from_micros(50);
-    loop {
-        if let Some(done) = attempt() {
-            return Some(done);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
-    }
-}
-
-struct ChannelWriter {
-    tx: mpsc::Sender<Result<Vec<u8>, VolumeError>>,
+struct ChannelWriter<'a> {
+    feeder: &'a Feeder<Vec<u8>, VolumeError>,
     buf: Vec<u8>,
     sent: u64,
-    idle: Duration,
 }
 
-impl ChannelWriter {
+impl ChannelWriter<'_> {
     fn send(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut item = Some(Ok(std::mem::replace(
-            &mut self.buf,
-            Vec::with_capacity(CHUNK),
-        )));
-        let len = item
-            .as_ref()
-            .and_then(|c| c.as_ref().ok())
-            .map_or(0, |c| c.len() as u64);
-        let mut closed = false;
-        let sent = poll_until(self.idle, || match self.tx.try_send(item.take()?) {
-            Ok(()) => Some(()),
-            Err(TrySendError::Full(back)) => {
-                item = Some(back);
-                None
-            }
-            Err(TrySendError::Closed(_)) => {
-                closed = true;
-                Some(())
-            }
-        });
-        if closed {
-            return Err(std::io::Error::other(VolumeError::Interrupted {
-                what: "the export's reader went away".to_owned(),
-            }));
-        }
-        match sent {
-            Some(()) => {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let len = chunk.len() as u64;
+        match self.feeder.send_blocking(chunk) {
+            Ok(()) => {
                 self.sent += len;
                 Ok(())
             }
-            None => Err(std::io::Error::other(VolumeError::StreamIdle {
+            Err(Stopped::Gone) => Err(std::io::Error::other(VolumeError::Interrupted {
+                what: "the export's reader went away".to_owned(),
+            })),
+            Err(Stopped::Idle(after)) => Err(std::io::Error::other(VolumeError::StreamIdle {
                 what: "export consumer stopped reading",
-                after: self.idle,
+                after,
             })),
         }
     }
 }
 
-impl Write for ChannelWriter {
+impl Write for ChannelWriter<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let room = CHUNK - self.buf.len();
         let n = room.min(data.len());
@@ -236,24 +245,8 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Sends the last word of a failed export (best effort: the reader may be gone).
-pub(crate) fn send_error(
-    tx: &mpsc::Sender<Result<Vec<u8>, VolumeError>>,
-    e: VolumeError,
-    idle: Duration,
-) {
-    let mut item = Some(Err(e));
-    let _ = poll_until(idle, || match tx.try_send(item.take()?) {
-        Ok(()) | Err(TrySendError::Closed(_)) => Some(()),
-        Err(TrySendError::Full(back)) => {
-            item = Some(back);
-            None
-        }
-    });
-}
-
 struct ChannelReader {
-    rx: TarStream,
+    rx: Chunks,
     chunk: Vec<u8>,
     pos: usize,
     read: u64,
@@ -284,7 +277,13 @@ impl Read for ChannelReader {
                     self.chunk = chunk;
                     self.pos = 0;
                 }
-                Some(Some(Err(e))) => return Err(std::io::Error::other(e)),
+                // The count written is filled in by `import`, which knows it.
+                Some(Some(Err(reason))) => {
+                    return Err(std::io::Error::other(VolumeError::ImportSource {
+                        written: 0,
+                        reason,
+                    }));
+                }
                 Some(None) => return Ok(0),
                 None => {
                     return Err(std::io::Error::other(VolumeError::StreamIdle {

@@ -279,7 +279,7 @@ async fn calls_and_exports(h: Handles) -> WorkerReport {
         .unwrap_or_default();
     let mut tar = v.call(ExportVolume { name: logs }).await.expect("export");
     let mut volume_tar = Vec::new();
-    while let Some(chunk) = tar.recv().await {
+    while let Some(chunk) = tar.next().await {
         volume_tar.extend(chunk.expect("tar chunk"));
     }
 

@@ -12,8 +12,10 @@ use futures_util::future::join_all;
 use lucid_actors::config::DownPolicy;
 use lucid_actors::events;
 use lucid_actors::redis::{
-    Key, KeyKind, PubSubMessage, RateSubject, RedisError, RedisHandle, Topic,
+    ImportOptions, ImportTarget, Key, KeyKind, PubSubMessage, RateSubject, RedisError, RedisHandle,
+    Topic,
 };
+use lucid_actors::transfer::{Existing, Skip};
 use lucid_actors::{CallError, Config, Handles, Roles};
 use lucid_testkit::{Server, free_port, redis};
 use redis::AsyncCommands;
@@ -923,18 +925,25 @@ async fn export_flushall_import_restores_every_type_and_skips_what_must_not_come
         .await
         .expect("FLUSHALL");
     // The target's own counter is ahead of the backup's: the import must keep the larger.
+    // (The counter is a lucid:* key, so the database holds data: the import replaces.)
     let ahead = guard.fence + 5000;
     let () = raw.set("lucid:locks:fence:all", ahead).await.expect("SET");
     let summary = r
-        .import(futures_util::stream::iter(
-            exported.into_iter().map(Ok::<_, String>),
-        ))
+        .import(
+            ImportOptions::new(ImportTarget::default()).existing(Existing::Replace),
+            futures_util::stream::iter(exported.into_iter().map(Ok::<_, String>)),
+        )
         .await
         .expect("import");
-    assert_eq!(summary.skipped_not_restorable, 2, "{summary:?}"); // the lock and the rate-limit window
-    assert_eq!(summary.skipped_expired, 1, "{summary:?}");
-    assert_eq!(summary.fences_raised, 1, "{summary:?}");
-    assert_eq!(summary.restored, 6, "{summary:?}");
+    assert_eq!(summary.skipped(Skip::NotRestorable), 2, "{summary:?}"); // the lock and the rate-limit window
+    assert_eq!(summary.skipped(Skip::Expired), 1, "{summary:?}");
+    assert_eq!(summary.details.fences_raised, 1, "{summary:?}");
+    assert_eq!(
+        summary.written - summary.details.fences_raised,
+        6,
+        "restored: {summary:?}"
+    );
+    assert_eq!(summary.read, summary.written + summary.skipped_total());
 
     for (k, t) in [
         ("lucid:t:string:1", "string"),
@@ -1168,12 +1177,17 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
         .await
         .expect("FLUSHALL");
     let summary = r
-        .import(futures_util::stream::iter(
-            exported.into_iter().map(Ok::<_, String>),
-        ))
+        .import(
+            ImportOptions::new(ImportTarget::default()),
+            futures_util::stream::iter(exported.into_iter().map(Ok::<_, String>)),
+        )
         .await
         .expect("import");
-    assert_eq!((summary.restored, summary.failed), (1000, 0), "{summary:?}");
+    assert_eq!(
+        (summary.written, summary.skipped(Skip::Refused)),
+        (1000, 0),
+        "{summary:?}"
+    );
     let v: i64 = raw.get("lucid:bulk:item:999").await.expect("GET");
     assert_eq!(v, 999);
 
@@ -1193,17 +1207,22 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
     good.push(bad);
     good.push(foreign);
     let summary = r
-        .import(futures_util::stream::iter(
-            good.into_iter().map(Ok::<_, String>),
-        ))
+        .import(
+            ImportOptions::new(ImportTarget::default()).existing(Existing::Replace),
+            futures_util::stream::iter(good.into_iter().map(Ok::<_, String>)),
+        )
         .await
         .expect("import");
     assert_eq!(
-        (summary.restored, summary.failed, summary.skipped_foreign),
+        (
+            summary.written,
+            summary.skipped(Skip::Refused),
+            summary.skipped(Skip::Foreign)
+        ),
         (2, 1, 1),
         "{summary:?}"
     );
-    assert_eq!(summary.failures[0].0, "lucid:bulk:corrupt:1");
+    assert_eq!(summary.details.failures[0].0, "lucid:bulk:corrupt:1");
     let exists: bool = raw.exists("other:key").await.expect("EXISTS");
     assert!(!exists);
 
@@ -1229,7 +1248,10 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
         }
         feeder.fail("the artifact ended early".to_owned());
     });
-    let err = r.import(source).await.expect_err("a failed source fails");
+    let err = r
+        .import(ImportOptions::new(ImportTarget::default()), source)
+        .await
+        .expect_err("a failed source fails");
     producer.await.expect("producer");
     assert_eq!(err.code(), "import_source_failed", "{err}");
     match err {
@@ -1244,6 +1266,124 @@ async fn export_import_of_many_keys_crosses_batches_and_scan_rounds() {
         .await
         .expect("DBSIZE");
     assert_eq!(left, 3, "the count reported is what Redis holds");
+    stop(handles).await;
+}
+
+/// A plain connection to database `db` of the test server.
+async fn raw_db(server: &Server, db: u32) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("{}/{db}", server.url()))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("inspection connection")
+}
+
+async fn dbsize(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("DBSIZE")
+        .query_async(conn)
+        .await
+        .expect("DBSIZE")
+}
+
+#[actix_rt::test]
+async fn an_export_feed_imports_into_another_database_under_the_empty_target_rule() {
+    let server = redis();
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        pipe.cmd("SET")
+            .arg(format!("lucid:bulk:item:{i}"))
+            .arg(i)
+            .ignore();
+    }
+    pipe.cmd("PEXPIRE")
+        .arg("lucid:bulk:item:7")
+        .arg(120_000)
+        .ignore();
+    let () = pipe.query_async(&mut raw).await.expect("seed");
+    let to = |db: u32| ImportOptions::new(ImportTarget { db: Some(db) });
+
+    // The export's feed is the import's source, straight into database 5: nothing collected.
+    let feed = r.export().await.expect("export");
+    let summary = r.import(to(5), feed).await.expect("import into db 5");
+    assert_eq!((summary.read, summary.written), (300, 300), "{summary:?}");
+    assert_eq!(summary.details.db, 5);
+    let mut five = raw_db(&server, 5).await;
+    assert_eq!(dbsize(&mut five).await, 300);
+    let v: i64 = five.get("lucid:bulk:item:299").await.expect("GET");
+    assert_eq!(v, 299);
+    let ttl = pttl(&mut five, "lucid:bulk:item:7").await;
+    assert!(ttl > 100_000, "the TTL came along: {ttl}");
+    assert_eq!(
+        dbsize(&mut raw).await,
+        300,
+        "the source database is untouched"
+    );
+
+    // Database 5 now holds lucid:* keys: refused, unless the import replaces.
+    let err = r
+        .import(to(5), r.export().await.expect("export"))
+        .await
+        .expect_err("not empty");
+    assert_eq!(err.code(), "not_empty", "{err}");
+    assert!(
+        matches!(err, RedisError::NotEmpty { db: 5, keys: 300 }),
+        "{err:?}"
+    );
+    let replaced = r
+        .import(
+            to(5).existing(Existing::Replace),
+            r.export().await.expect("export"),
+        )
+        .await
+        .expect("replace");
+    assert_eq!(replaced.written, 300);
+
+    // A database that exists but holds nothing of lucid-db's (a foreign key) counts as empty,
+    // unless the options refuse any database in use; one with no key at all is never refused.
+    let mut six = raw_db(&server, 6).await;
+    let () = six.set("other:app:key", "x").await.expect("SET");
+    let err = r
+        .import(
+            to(6).existing(Existing::RefuseAny),
+            r.export().await.expect("export"),
+        )
+        .await
+        .expect_err("in use");
+    assert!(
+        matches!(err, RedisError::Exists { db: 6, keys: 1 }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), "exists");
+    assert_eq!(dbsize(&mut six).await, 1, "a refused import writes nothing");
+    let summary = r
+        .import(to(6), r.export().await.expect("export"))
+        .await
+        .expect("foreign keys only: empty");
+    assert_eq!(summary.written, 300);
+    let kept: String = six.get("other:app:key").await.expect("GET");
+    assert_eq!(kept, "x");
+    let summary = r
+        .import(
+            to(7).existing(Existing::RefuseAny),
+            r.export().await.expect("export"),
+        )
+        .await
+        .expect("an unused database");
+    assert_eq!(summary.written, 300);
+
+    // A database the server does not have is bad input, named.
+    let err = r
+        .import(
+            to(99_999),
+            futures_util::stream::empty::<Result<_, String>>(),
+        )
+        .await
+        .expect_err("no such database");
+    assert!(
+        matches!(&err, RedisError::Invalid { field, .. } if *field == "target.db"),
+        "{err:?}"
+    );
     stop(handles).await;
 }
 

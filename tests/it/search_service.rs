@@ -15,9 +15,10 @@ use elasticsearch::http::headers::HeaderMap;
 use lucid_actors::health::HealthRegistry;
 use lucid_actors::search::{
     Agg, ApplyLifecycle, Bulk, BulkDoc, BulkItem, Clock, Count, Entity, Filter, GetDoc, GetStats,
-    ImportOptions, IndexDoc, IndexMetadata, Order, RunBootstrap, Search, SearchActor, SearchError,
-    SearchHandle, Templates, UpdateDoc,
+    ImportOptions, ImportTarget, IndexDoc, IndexMetadata, Order, RunBootstrap, Search, SearchActor,
+    SearchError, SearchHandle, Templates, UpdateDoc,
 };
+use lucid_actors::transfer::Existing;
 use lucid_actors::{Backend, CallError, Config, events};
 use lucid_testkit::{Server, elasticsearch};
 use serde_json::{Value, json};
@@ -1171,9 +1172,17 @@ async fn export_all(h: &SearchHandle, index: &str) -> (IndexMetadata, Vec<Vec<u8
 
 fn lines_of(
     lines: &[Vec<u8>],
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, String>> + Unpin + use<> {
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, String>> + Send + 'static + use<> {
     let owned: Vec<Vec<u8>> = lines.iter().map(|l| l.to_owned()).collect();
     futures_util::stream::iter(owned.into_iter().map(Ok))
+}
+
+/// An import of `meta`'s index under `prefix`.
+fn into(meta: &IndexMetadata, prefix: &str) -> ImportOptions {
+    ImportOptions::new(ImportTarget {
+        metadata: meta.clone(),
+        prefix: prefix.to_owned(),
+    })
 }
 
 #[actix_rt::test]
@@ -1241,11 +1250,11 @@ async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents()
 
     for (meta, lines) in [(&nov, &nov_lines), (&dec, &dec_lines)] {
         let summary = h
-            .import(meta, ImportOptions::default(), lines_of(lines))
+            .import(into(meta, ""), lines_of(lines))
             .await
             .expect("import");
-        assert_eq!(summary.documents, 1250);
-        assert!(summary.requests >= 4, "{summary:?}");
+        assert_eq!((summary.read, summary.written), (1250, 1250));
+        assert!(summary.details.requests >= 4, "{summary:?}");
     }
     assert_eq!(h.call(count()).await.expect("count"), 2500);
     let (_, mapping) = raw.get("/lucid-sessions-2026.11/_mapping").await;
@@ -1257,18 +1266,23 @@ async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents()
     assert_eq!(doc["_source"]["user_id"], "u6");
     assert_eq!(raw.alias("lucid-sessions").await.len(), 2);
 
-    // An existing target is refused unless forced.
+    // A target that holds documents is refused unless forced.
     let e = h
-        .import(&nov, ImportOptions::default(), lines_of(&nov_lines))
+        .import(into(&nov, ""), lines_of(&nov_lines))
         .await
-        .expect_err("exists");
-    assert!(matches!(e, SearchError::Exists { .. }), "{e}");
+        .expect_err("not empty");
+    assert!(
+        matches!(
+            e,
+            SearchError::NotEmpty {
+                documents: 1250,
+                ..
+            }
+        ),
+        "{e}"
+    );
     h.import(
-        &nov,
-        ImportOptions {
-            prefix: String::new(),
-            force: true,
-        },
+        into(&nov, "").existing(Existing::Replace),
         lines_of(&nov_lines),
     )
     .await
@@ -1277,18 +1291,11 @@ async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents()
 
     // A drill under a prefix: its own index and aliases; the live read alias does not see it.
     let drill = h
-        .import(
-            &nov,
-            ImportOptions {
-                prefix: "drill-".into(),
-                force: false,
-            },
-            lines_of(&nov_lines),
-        )
+        .import(into(&nov, "drill-"), lines_of(&nov_lines))
         .await
         .expect("drill");
-    assert_eq!(drill.index, "drill-lucid-sessions-2026.11");
-    assert_eq!(drill.aliases, ["drill-lucid-sessions"]);
+    assert_eq!(drill.details.index, "drill-lucid-sessions-2026.11");
+    assert_eq!(drill.details.aliases, ["drill-lucid-sessions"]);
     assert_eq!(h.call(count()).await.expect("count"), 2500);
     let (_, n) = raw.get("/drill-lucid-sessions/_count").await;
     assert_eq!(n["count"], 1250);
@@ -1297,18 +1304,100 @@ async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents()
     let mut broken = nov_lines.clone();
     broken[700] = b"{not json\n".to_vec();
     let e = h
-        .import(
-            &nov,
-            ImportOptions {
-                prefix: "bad-".into(),
-                force: false,
-            },
-            lines_of(&broken),
-        )
+        .import(into(&nov, "bad-"), lines_of(&broken))
         .await
         .expect_err("broken line");
     assert!(matches!(e, SearchError::Codec { .. }), "{e}");
     assert!(!raw.indices().await.contains("bad-lucid-sessions-2026.11"));
+}
+
+#[actix_rt::test]
+async fn an_empty_index_counts_as_empty_a_feed_imports_and_a_failing_source_fails_with_the_count() {
+    let server = elasticsearch();
+    let (h, _, raw) = start(&server, TestClock::at("2026-12-05T12:00:00Z"), |c| {
+        c.elasticsearch.bulk_max_docs = 400;
+    })
+    .await;
+    let index = "lucid-sessions-2026.12";
+    let docs: Vec<BulkDoc> = (0..1000)
+        .map(|i| BulkDoc {
+            id: Some(format!("s{i}")),
+            source: session(&format!("s{i}"), "u1", "2026-12-02T10:00:00Z"),
+        })
+        .collect();
+    h.call_within(
+        Bulk {
+            entity: Entity::Sessions,
+            docs,
+            refresh: true,
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("seed");
+    let (meta, lines) = export_all(&h, index).await;
+    assert_eq!(lines.len(), 1000);
+
+    // The export's feed is the import's source as it is: a drill beside the live index.
+    let (_, feed) = h.export(index).await.expect("export");
+    let drill = h
+        .import(into(&meta, "feed-"), feed)
+        .await
+        .expect("import from the feed");
+    assert_eq!((drill.read, drill.written), (1000, 1000));
+    let (_, n) = raw.get("/feed-lucid-sessions-2026.12/_count").await;
+    assert_eq!(n["count"], 1000);
+
+    // A source that fails mid-stream fails the import with the documents written (the first
+    // request of 400), and leaves no index behind.
+    let head: Vec<Vec<u8>> = lines[..500].to_vec();
+    let cut = futures_util::stream::iter(
+        head.into_iter()
+            .map(Ok)
+            .chain([Err("the artifact ended early".to_owned())]),
+    );
+    let err = h
+        .import(into(&meta, "cut-"), cut)
+        .await
+        .expect_err("a failed source fails");
+    assert_eq!(err.code(), "import_source_failed", "{err}");
+    assert!(
+        matches!(&err, SearchError::ImportSource { written: 400, reason } if reason.contains("ended early")),
+        "{err:?}"
+    );
+    assert!(!raw.indices().await.contains("cut-lucid-sessions-2026.12"));
+
+    // This month's index as the bootstrap makes it on a fresh node: there, and empty.
+    let (status, _) = raw.req(Method::Delete, &format!("/{index}"), None).await;
+    assert_eq!(status, 200);
+    h.call(RunBootstrap).await.expect("bootstrap");
+    let (_, n) = raw.get(&format!("/{index}/_count")).await;
+    assert_eq!(n["count"], 0);
+    assert_eq!(
+        raw.alias("lucid-sessions-write").await,
+        [(index.to_owned(), true)]
+    );
+    let err = h
+        .import(
+            into(&meta, "").existing(Existing::RefuseAny),
+            lines_of(&lines),
+        )
+        .await
+        .expect_err("exists");
+    assert!(matches!(err, SearchError::Exists { .. }), "{err:?}");
+    assert_eq!(err.code(), "exists");
+    let summary = h
+        .import(into(&meta, ""), lines_of(&lines))
+        .await
+        .expect("an empty index counts as empty");
+    assert_eq!(summary.written, 1000);
+    let (_, n) = raw.get(&format!("/{index}/_count")).await;
+    assert_eq!(n["count"], 1000);
+    // Recreated from the export, it is still where the write alias writes.
+    assert_eq!(
+        raw.alias("lucid-sessions-write").await,
+        [(index.to_owned(), true)]
+    );
 }
 
 #[actix_rt::test]

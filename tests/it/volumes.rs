@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use lucid_actors::config::ByteSize;
 use lucid_actors::events;
+use lucid_actors::transfer::{Existing, Skip};
 use lucid_actors::volume::integrity;
 use lucid_actors::volume::{
-    CheckHealth, CleanupVolume, CreateVolume, DeleteVolume, ExportVolume, ImportVolume,
+    CheckHealth, CleanupVolume, CreateVolume, DeleteVolume, ExportVolume, ImportOptions,
     InspectVolume, ListVolumes, MeasureUsage, MigrateVolume, ReserveQuota, ResizeVolume, Verify,
     VolumeActor, VolumeError, VolumeHandle, VolumeName, WriteFile,
 };
@@ -381,7 +382,7 @@ async fn export_bytes(v: &VolumeHandle, n: &str) -> Vec<u8> {
         .await
         .expect("export");
     let mut all = Vec::new();
-    while let Some(chunk) = stream.recv().await {
+    while let Some(chunk) = stream.next().await {
         all.extend(chunk.expect("chunk"));
     }
     all
@@ -394,18 +395,13 @@ async fn import_items(
     items: Vec<Result<Vec<u8>, VolumeError>>,
     force: bool,
 ) -> Result<(), VolumeError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(items.len().max(1));
-    for item in items {
-        tx.send(item).await.expect("send");
+    let mut options = ImportOptions::new(name(n));
+    if force {
+        options = options.existing(Existing::Replace);
     }
-    drop(tx);
-    v.call(ImportVolume {
-        name: name(n),
-        source: rx,
-        force,
-    })
-    .await
-    .map(|_| ())
+    v.import(options, futures_util::stream::iter(items))
+        .await
+        .map(|_| ())
 }
 
 fn plant_tree(dir: &Path) {
@@ -540,6 +536,118 @@ async fn export_import_round_trip_keeps_bytes_modes_mtimes_and_symlinks() {
         .expect("whole stream");
     assert!(!root.path().join("restored.manifest.json").exists());
     assert_eq!(manifest(&root.path().join("restored")), before);
+}
+
+#[actix_rt::test]
+async fn an_export_feed_imports_an_empty_volume_counts_as_empty_and_a_failing_source_fails_with_the_count()
+ {
+    let root = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |_| {});
+    v.call(ListVolumes).await.expect("started");
+    plant_tree(&root.path().join("chunks"));
+    let before = manifest(&root.path().join("chunks"));
+
+    // The export's feed is the import's source as it is, into a new volume.
+    let feed = v.export(name("chunks")).await.expect("export");
+    let summary = v
+        .import(ImportOptions::new(name("copy")), feed)
+        .await
+        .expect("import from the feed");
+    assert_eq!(manifest(&root.path().join("copy")), before);
+    assert_eq!(
+        (summary.read, summary.written, summary.skipped_total()),
+        (before.len() as u64, before.len() as u64, 0),
+        "{summary:?}"
+    );
+    assert!(summary.details.stream_bytes > 60_000, "{summary:?}");
+
+    // Every default volume starts there and empty: a fresh node's restore target.
+    let whole = export_bytes(&v, "chunks").await;
+    let err = v
+        .import(
+            ImportOptions::new(name("sessions")).existing(Existing::RefuseAny),
+            futures_util::stream::iter([Ok::<_, String>(whole.clone())]),
+        )
+        .await
+        .expect_err("exists");
+    assert!(matches!(err, VolumeError::Exists { .. }), "{err:?}");
+    v.import(
+        ImportOptions::new(name("sessions")),
+        futures_util::stream::iter([Ok::<_, String>(whole.clone())]),
+    )
+    .await
+    .expect("an empty volume counts as empty");
+    assert_eq!(manifest(&root.path().join("sessions")), before);
+    v.import(
+        ImportOptions::new(name("fresh")).existing(Existing::RefuseAny),
+        futures_util::stream::iter([Ok::<_, String>(whole.clone())]),
+    )
+    .await
+    .expect("a missing volume is created");
+
+    // Every entry, then the source fails before the end-of-archive blocks: the import fails
+    // with the entries unpacked, and nothing of it is left.
+    let entries = whole[..whole.len() - 1024].to_vec();
+    let err = v
+        .import(
+            ImportOptions::new(name("cut")),
+            futures_util::stream::iter([Ok(entries), Err("the backup store went away".to_owned())]),
+        )
+        .await
+        .expect_err("a failed source fails");
+    assert_eq!(err.code(), "import_source_failed", "{err}");
+    match &err {
+        VolumeError::ImportSource { written, reason } => {
+            assert_eq!(*written, before.len() as u64);
+            assert!(reason.contains("went away"), "{reason}");
+        }
+        other => panic!("expected ImportSource, got {other:?}"),
+    }
+    assert!(
+        !root.path().join("cut").exists(),
+        "the volume it created went again"
+    );
+    // An error after the end-of-archive blocks fails the import all the same.
+    let err = v
+        .import(
+            ImportOptions::new(name("late")),
+            futures_util::stream::iter([Ok(whole), Err("trailing failure".to_owned())]),
+        )
+        .await
+        .expect_err("a failed source fails, even after tar's end");
+    assert_eq!(err.code(), "import_source_failed", "{err}");
+
+    // A name that would leave the volume is skipped, and counted.
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [("../escaped.txt", &b"escaped"[..]), ("kept.txt", b"kept")] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        // `set_path` refuses `..`: the raw name field is what a hostile archive carries.
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, data).expect("append");
+    }
+    let archive = b.into_inner().expect("archive");
+    let summary = v
+        .import(
+            ImportOptions::new(name("hostile")),
+            futures_util::stream::iter([Ok::<_, String>(archive)]),
+        )
+        .await
+        .expect("import");
+    assert_eq!(
+        (
+            summary.read,
+            summary.written,
+            summary.skipped(Skip::UnsafePath)
+        ),
+        (2, 1, 1),
+        "{summary:?}"
+    );
+    assert!(root.path().join("hostile/kept.txt").exists());
+    assert!(!root.path().join("escaped.txt").exists());
 }
 
 #[actix_rt::test]

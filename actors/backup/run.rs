@@ -665,9 +665,9 @@ async fn volumes_store(
         }
         let artifact = format!("volumes/{name}.tar{}", codec.suffix());
         let result = match handle.call(ExportVolume { name: name.clone() }).await {
-            Ok(rx) => {
+            Ok(feed) => {
                 let mut code: Option<&'static str> = None;
-                let source = export_stream(rx).inspect(|item| {
+                let source = feed.inspect(|item| {
                     if let Err(e) = item {
                         code.get_or_insert(e.code());
                     }
@@ -765,13 +765,6 @@ where
         p.current = None;
     });
     Ok(record)
-}
-
-/// A volume's tar export as a stream.
-fn export_stream(
-    mut rx: crate::volume::archive::TarStream,
-) -> impl Stream<Item = Result<Vec<u8>, VolumeError>> {
-    stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// zstd workers for volumes: the cores, at most four (a Pi has four).

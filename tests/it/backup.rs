@@ -1842,3 +1842,63 @@ fn peak_memory_of_a_backup_is_the_same_for_20_mb_and_200_mb() {
         "peak RSS differs by more than 10 %: {small} KiB for 20 MB, {large} KiB for 200 MB"
     );
 }
+
+#[test]
+fn passphrase_mode_backups_verify_decoded_with_key_age_and_a_wrong_passphrase_exits_65() {
+    let mut m = Machine::new();
+    make_tree(&m.volume("chunks"));
+    let pass = m.path("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").expect("write");
+    m.set(
+        "LUCID_DB__BACKUP__PASSPHRASE_FILE",
+        pass.display().to_string(),
+    );
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 0);
+    assert_eq!(report["encrypted"], true);
+    let id = report["id"].as_str().expect("id").to_owned();
+    assert!(m.backups().join(&id).join("key.age").is_file());
+    let shown = m.json(&["show", &id], 0);
+    assert_eq!(shown["manifest"]["encryption"]["passphrase"], true);
+    // No identity given: key.age opened with the configured passphrase.
+    let verified = m.json(&["verify", &id, "--level", "decoded"], 0);
+    assert_eq!(verified["counts_as"], "decoded", "{verified}");
+    // Another passphrase opens nothing: 65, naming key.age, nothing recorded.
+    std::fs::write(&pass, "not it\n").expect("write");
+    let (code, out, err) = m.cli(&["verify", &id, "--level", "decoded"]);
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(err.contains("key.age") && !err.contains("not it"), "{err}");
+    assert_eq!(m.json(&["show", &id], 0)["counts_as"], "decoded");
+}
+
+#[test]
+fn a_backup_that_does_not_fit_is_refused_with_both_numbers() {
+    let m = Machine::new();
+    noise_file(&m.volume("chunks"), "data.bin", 3 << 20);
+    // The backups volume's quota below what the backup needs.
+    let out = Command::new(BIN)
+        .args(["volumes", "resize", "backups", "2M"])
+        .env_clear()
+        .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("resize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 1);
+    assert_eq!(report["error"]["code"], "no_room", "{report}");
+    let message = report["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("quota (2097152 bytes") && message.contains("needs about"),
+        "{message}"
+    );
+    assert_eq!(report["listed"], false);
+    assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 0);
+    // Nothing was written for it.
+    assert!(
+        walkdir(&m.backups()).is_empty(),
+        "{:?}",
+        walkdir(&m.backups())
+    );
+}

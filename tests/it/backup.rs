@@ -1902,3 +1902,30 @@ fn a_backup_that_does_not_fit_is_refused_with_both_numbers() {
         walkdir(&m.backups())
     );
 }
+
+#[test]
+fn a_backup_command_refuses_a_state_directory_another_user_owns() {
+    let mut m = Machine::new();
+    // SAFETY: geteuid cannot fail.
+    let foreign = if unsafe { libc::geteuid() } == 0 {
+        // As root (CI): a state directory that belongs to `nobody`.
+        let theirs = m.path("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+        theirs
+    } else {
+        // As anyone else: `/` belongs to root.
+        PathBuf::from("/")
+    };
+    m.set("LUCID_DB__STATE_DIR", foreign.display().to_string());
+    let (code, _, err) = m.cli(&["now"]);
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("sudo -u"), "{err}");
+    assert!(
+        std::fs::read_dir(m.path("volumes"))
+            .expect("read_dir")
+            .next()
+            .is_none(),
+        "nothing written after the refusal"
+    );
+}

@@ -312,7 +312,10 @@ impl Server {
                     self.log_tail()
                 ));
             }
-            if (self.kind.ready)(self.addr()) {
+            // The port answering is not enough: between our free-port probe (or our stop) and
+            // our bind, another test's server may have taken the port, and it answers while
+            // ours fails to bind. Only a listening socket our child holds counts.
+            if (self.kind.ready)(self.addr()) && listens_on(child.id(), self.port) {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -394,6 +397,35 @@ pub fn mongo_ping(addr: SocketAddr) -> std::io::Result<bool> {
     Ok(ok_as(0x01, &1.0f64.to_le_bytes())
         || ok_as(0x10, &1i32.to_le_bytes())
         || ok_as(0x12, &1i64.to_le_bytes()))
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6): the inodes of
+/// the listening sockets in `/proc/net/tcp{,6}` against the process's open descriptors.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address is column 1, st column 3 (0A: LISTEN), inode column 9.
+            if cols.len() > 9 && cols[1].ends_with(&want) && cols[3] == "0A" {
+                inodes.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 /// Sends an HTTP/1.1 request with an empty body (`Content-Length: 0`) and returns the status
@@ -762,5 +794,21 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_counts_as_ours_only_when_our_process_listens_on_it() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(listens_on(std::process::id(), port));
+        // Another process (init, or whatever pid 1 is here) does not hold our socket.
+        assert!(!listens_on(1, port));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
     }
 }

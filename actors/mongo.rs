@@ -63,7 +63,9 @@ use crate::supervisor::{
 };
 use crate::threads::ActorThread;
 
-pub use bootstrap::{Bootstrap, BootstrapReport, Capabilities, Plan, PlanStep};
+pub use bootstrap::{
+    Bootstrap, BootstrapReport, Capabilities, Plan, PlanBootstrap, PlanStep, RunBootstrap,
+};
 pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
 pub use crud::{
     Aggregate, Count, DeleteMany, DeleteOne, Distinct, Find, FindOne, InsertMany, InsertOne,
@@ -332,6 +334,8 @@ pub struct Shared {
     addr: OnceLock<Addr<MongoActor>>,
     /// The last bootstrap's report, for `/health` and the CLI.
     last_bootstrap: Mutex<Option<BootstrapReport>>,
+    /// Held by the bootstrap run in flight (see [`bootstrap`]): one at a time.
+    bootstrap_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -341,6 +345,13 @@ impl Shared {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    pub(crate) fn set_last_bootstrap(&self, report: BootstrapReport) {
+        *self
+            .last_bootstrap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
     fn actor(&self) -> &Addr<MongoActor> {
@@ -375,8 +386,17 @@ impl Shared {
 /// checks, the driver calls within the call deadline, and news of a lost connection back to
 /// the actor.
 async fn exec<M: MongoOp>(shared: &Arc<Shared>, msg: M) -> Result<M::Output, MongoError> {
+    exec_within(shared, msg, shared.settings.deadline).await
+}
+
+/// As [`exec`] with another deadline (a bootstrap is many commands, each with the call
+/// deadline).
+async fn exec_within<M: MongoOp>(
+    shared: &Arc<Shared>,
+    msg: M,
+    deadline: Duration,
+) -> Result<M::Output, MongoError> {
     let (conn, generation) = shared.usable()?;
-    let deadline = shared.settings.deadline;
     let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
         Ok(res) => res,
         Err(_) => Err(MongoError::deadline(deadline)),
@@ -430,6 +450,16 @@ impl MongoHandle {
         exec(&self.shared, msg)
     }
 
+    /// As [`MongoHandle::call`] with a deadline of its own, for work longer than one call
+    /// ([`RunBootstrap`], [`PlanBootstrap`]).
+    pub fn call_within<M: MongoOp>(
+        &self,
+        msg: M,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
+        exec_within(&self.shared, msg, deadline)
+    }
+
     /// Sends a message through the actor's mailbox, waiting at most the deadline plus a grace.
     pub async fn send<M, T>(&self, msg: M) -> Result<T, MongoError>
     where
@@ -465,7 +495,6 @@ pub struct MongoActor {
     options: Option<MongoConfig>,
     client: Option<Client>,
     link: Link<Conn>,
-    bootstrap_in_flight: bool,
     shared: Arc<Shared>,
 }
 
@@ -485,6 +514,7 @@ impl MongoActor {
             health,
             addr: OnceLock::new(),
             last_bootstrap: Mutex::new(None),
+            bootstrap_running: Arc::new(tokio::sync::Mutex::new(())),
         });
         let actor = MongoActor {
             options: Some(cfg.clone()),
@@ -493,7 +523,6 @@ impl MongoActor {
                 BackoffPolicy::from_config(sup),
                 Instant::now(),
             )),
-            bootstrap_in_flight: false,
             shared: shared.clone(),
         };
         let thread = ActorThread::start("lucid-mongo");
@@ -502,35 +531,31 @@ impl MongoActor {
     }
 
     /// Brings the database in line with the catalog; failures are reported, not fatal (the
-    /// next time MongoDB comes up it runs again).
+    /// next time MongoDB comes up it runs again). A run already in flight (one asked for with
+    /// [`RunBootstrap`]) does the work instead.
     fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
         let Some(conn) = self.link.conn.clone() else {
             return;
         };
-        if self.bootstrap_in_flight {
+        let Ok(running) = self.shared.bootstrap_running.clone().try_lock_owned() else {
             return;
-        }
-        self.bootstrap_in_flight = true;
+        };
         let catalog = self.shared.catalog.clone();
         let settings = self.shared.settings.clone();
         ctx.spawn(
-            async move { Bootstrap::new(&conn, &catalog, &settings).run(false).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.bootstrap_in_flight = false;
-                    match res {
-                        Ok(report) => {
-                            *act.shared
-                                .last_bootstrap
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner()) = Some(report);
-                        }
-                        Err(e) => events::emit(MongoBootstrapFailed {
-                            code: e.code(),
-                            error: e.to_string(),
-                        }),
-                    }
+            async move {
+                let res = Bootstrap::new(&conn, &catalog, &settings).run(false).await;
+                drop(running);
+                res
+            }
+            .into_actor(self)
+            .map(|res, act, _| match res {
+                Ok(report) => act.shared.set_last_bootstrap(report),
+                Err(e) => events::emit(MongoBootstrapFailed {
+                    code: e.code(),
+                    error: e.to_string(),
                 }),
+            }),
         );
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use lucid_actors::mongo::bootstrap::Bootstrap;
 use lucid_actors::mongo::bson::{
     self, Binary, Bson, DateTime, Document, RawDocumentBuf, doc, oid::ObjectId, spec::BinarySubtype,
 };
@@ -14,7 +13,7 @@ use lucid_actors::mongo::records::{User, UserRole, UserStatus};
 use lucid_actors::mongo::{
     Aggregate, Collection, Count, DeleteMany, DeleteOne, Distinct, ExportMetadata, Find, FindOne,
     GetStats, ImportOptions, ImportTarget, InsertMany, InsertOne, MongoError, MongoHandle,
-    ReplaceOne, Topology, UpdateMany, UpdateOne,
+    PlanBootstrap, ReplaceOne, RunBootstrap, Topology, UpdateMany, UpdateOne,
 };
 use lucid_actors::supervisor::StateLabel;
 use lucid_actors::transfer::Existing;
@@ -142,13 +141,8 @@ async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_n
     );
 
     // A second run, and a dry run, find nothing to do.
-    let (conn, _) =
-        lucid_actors::mongo::connect_direct(&fast_mongo_config(&server.url()).mongodb, DEADLINE)
-            .await
-            .expect("direct");
-    let settings = m.settings().clone();
-    let again = Bootstrap::new(&conn, &catalog, &settings)
-        .run(false)
+    let again = m
+        .call_within(RunBootstrap, Duration::from_secs(20))
         .await
         .expect("second run");
     assert!(again.plan.steps.is_empty(), "{:?}", again.plan.steps);
@@ -161,6 +155,47 @@ async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_n
         1,
         "no second apply"
     );
+    // A run asked for is the actor's last report too.
+    assert_eq!(m.last_bootstrap().map(|r| r.applied), Some(0));
+    stop(handles).await;
+}
+
+/// Runs asked for while the one at connect is in flight wait for it (they share the probe's
+/// scratch collection), then find nothing left to do.
+#[actix_rt::test]
+async fn bootstrap_runs_asked_for_at_once_take_turns() {
+    let server = mongo();
+    let cap = events::capture();
+    let cfg = fast_mongo_config(&server.url());
+    let handles = lucid_actors::start(&cfg, Roles::SIBLING);
+    let m = handles.mongo.clone().expect("mongodb enabled");
+    wait_until(Duration::from_secs(20), "mongodb up", || {
+        handles.registry.readiness().is_ok()
+    })
+    .await;
+    let runs = futures_util::future::join_all((0..3).map(|i| {
+        let m = m.clone();
+        async move {
+            if i == 1 {
+                m.call_within(PlanBootstrap, Duration::from_secs(20)).await
+            } else {
+                m.call_within(RunBootstrap, Duration::from_secs(20)).await
+            }
+        }
+    }))
+    .await;
+    for run in &runs {
+        let report = run.as_ref().expect("every run succeeds");
+        assert!(
+            report.applied == 0 || report.applied == report.plan.steps.len(),
+            "{report:?}"
+        );
+    }
+    assert_eq!(
+        cap.named("mongo.bootstrap_applied").len(),
+        1,
+        "applied once, whoever ran first"
+    );
     stop(handles).await;
 }
 
@@ -168,12 +203,8 @@ async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_n
 async fn dry_run_plans_without_changing_anything() {
     let server = mongo();
     let (handles, m, raw) = start(&server, |c| c.mongodb.bootstrap = false).await;
-    let (conn, _) =
-        lucid_actors::mongo::connect_direct(&fast_mongo_config(&server.url()).mongodb, DEADLINE)
-            .await
-            .expect("direct");
-    let report = Bootstrap::new(&conn, m.catalog(), m.settings())
-        .run(true)
+    let report = m
+        .call_within(PlanBootstrap, Duration::from_secs(20))
         .await
         .expect("dry run");
     assert!(report.dry_run);

@@ -413,12 +413,14 @@ impl SearchOp for RunBootstrap {
     }
 }
 
-/// The lifecycle plan at the actor's clock, applied to nothing.
+/// The lifecycle plan at the actor's clock (or at `at`), applied to nothing.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<Action>, SearchError>")]
 pub struct PlanLifecycle {
     /// Indices a verified backup holds (from the backup catalogue).
     pub backed_up: BTreeSet<String>,
+    /// Plan as of this time instead of the actor's clock (`lucid-db search lifecycle --at`).
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl sealed::Sealed for PlanLifecycle {}
@@ -433,7 +435,7 @@ impl SearchOp for PlanLifecycle {
     ) -> Result<impl Future<Output = Result<Vec<Action>, SearchError>> + Send + 'static, SearchError>
     {
         let policy = shared.settings.policy.clone();
-        let now = shared.now();
+        let now = self.at.unwrap_or_else(|| shared.now());
         Ok(async move { plan_now(&conn, &policy, now, &self.backed_up).await })
     }
 }
@@ -454,7 +456,10 @@ pub async fn plan_now(
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<LifecycleReport, SearchError>")]
 pub struct ApplyLifecycle {
+    /// Indices a verified backup holds (from the backup catalogue).
     pub backed_up: BTreeSet<String>,
+    /// Plan as of this time instead of the actor's clock (`lucid-db search lifecycle --at`).
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl sealed::Sealed for ApplyLifecycle {}
@@ -471,7 +476,7 @@ impl SearchOp for ApplyLifecycle {
         SearchError,
     > {
         let policy = shared.settings.policy.clone();
-        let now = shared.now();
+        let now = self.at.unwrap_or_else(|| shared.now());
         Ok(async move {
             let actions = plan_now(&conn, &policy, now, &self.backed_up).await?;
             Ok(execute(&conn, &actions).await)

@@ -306,6 +306,7 @@ async fn a_late_document_goes_to_the_write_index_and_is_found_through_the_read_a
         .call_within(
             ApplyLifecycle {
                 backed_up: BTreeSet::new(),
+                at: None,
             },
             Duration::from_secs(10),
         )
@@ -771,6 +772,7 @@ async fn the_executor_moves_the_write_alias_blocks_writes_changes_settings_and_d
         .call_within(
             ApplyLifecycle {
                 backed_up: backed_up.clone(),
+                at: None,
             },
             Duration::from_secs(10),
         )
@@ -822,7 +824,13 @@ async fn the_executor_moves_the_write_alias_blocks_writes_changes_settings_and_d
 
     // A second run has nothing left to change.
     let again = h
-        .call_within(ApplyLifecycle { backed_up }, Duration::from_secs(10))
+        .call_within(
+            ApplyLifecycle {
+                backed_up,
+                at: None,
+            },
+            Duration::from_secs(10),
+        )
         .await
         .expect("again");
     assert_eq!(again.applied, 0, "{again:?}");
@@ -833,6 +841,7 @@ async fn the_executor_moves_the_write_alias_blocks_writes_changes_settings_and_d
         .call_within(
             ApplyLifecycle {
                 backed_up: BTreeSet::new(),
+                at: None,
             },
             Duration::from_secs(10),
         )

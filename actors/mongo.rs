@@ -62,10 +62,9 @@ use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
 use crate::threads::ActorThread;
+use bootstrap::Bootstrap;
 
-pub use bootstrap::{
-    Bootstrap, BootstrapReport, Capabilities, Plan, PlanBootstrap, PlanStep, RunBootstrap,
-};
+pub use bootstrap::{BootstrapReport, Capabilities, Plan, PlanBootstrap, PlanStep, RunBootstrap};
 pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
 pub use crud::{
     Aggregate, Count, DeleteMany, DeleteOne, Distinct, Find, FindOne, InsertMany, InsertOne,
@@ -299,11 +298,21 @@ impl Settings {
     }
 }
 
-/// The driver's client and the Lucid database, as published for calls.
-#[derive(Clone)]
-pub struct Conn {
-    pub client: Client,
-    pub db: Database,
+pub(crate) use conn::Conn;
+
+mod conn {
+    use mongodb::{Client, Database};
+
+    /// The driver's client and the Lucid database, as published for calls. The crate's own:
+    /// callers reach MongoDB through messages ([`super::MongoOp`], [`super::MongoHandle`]),
+    /// never the driver. (`pub` in a private module, so that no one outside can name or
+    /// build it: the sealed operation trait's signature carries it, where a `pub(crate)`
+    /// type is refused.)
+    #[derive(Clone)]
+    pub struct Conn {
+        pub(crate) client: Client,
+        pub(crate) db: Database,
+    }
 }
 
 mod sealed {
@@ -737,7 +746,7 @@ pub fn check_database_name(name: &str) -> Result<(), String> {
 
 /// The driver's options from `[mongodb]`: the call deadline as server selection and connect
 /// timeout, the password from its secret, read preference and write concern.
-pub async fn client_options(
+pub(crate) async fn client_options(
     cfg: &MongoConfig,
     deadline: Duration,
     heartbeat: Duration,
@@ -798,17 +807,6 @@ async fn build_client(
         code: "invalid_config",
         message: redact::text(&e.to_string()),
     })
-}
-
-/// A client for one-shot use (CLI): the same options as the actor's.
-pub async fn connect_direct(
-    cfg: &MongoConfig,
-    deadline: Duration,
-) -> Result<(Conn, Duration), MongoError> {
-    let client = build_client(cfg, deadline, deadline).await?;
-    let db = client.database(&cfg.database);
-    let latency = ping(&db, deadline).await?;
-    Ok((Conn { client, db }, latency))
 }
 
 async fn ping(db: &Database, deadline: Duration) -> Result<Duration, MongoError> {

@@ -489,7 +489,7 @@ fn index_plan(
 // Looking and applying
 
 /// Runs the bootstrap against one database.
-pub struct Bootstrap<'a> {
+pub(crate) struct Bootstrap<'a> {
     conn: &'a Conn,
     catalog: &'a Catalog,
     database: String,
@@ -498,7 +498,7 @@ pub struct Bootstrap<'a> {
 }
 
 impl<'a> Bootstrap<'a> {
-    pub fn new(conn: &'a Conn, catalog: &'a Catalog, settings: &Settings) -> Self {
+    pub(crate) fn new(conn: &'a Conn, catalog: &'a Catalog, settings: &Settings) -> Self {
         Bootstrap {
             conn,
             catalog,
@@ -510,7 +510,7 @@ impl<'a> Bootstrap<'a> {
 
     /// Looks, plans, and (unless `dry_run`) applies; emits `mongo.drift` for each drift and
     /// `mongo.bootstrap_applied` when something changed.
-    pub async fn run(&self, dry_run: bool) -> Result<BootstrapReport, MongoError> {
+    pub(crate) async fn run(&self, dry_run: bool) -> Result<BootstrapReport, MongoError> {
         let started = Instant::now();
         let topology = hello(&self.conn.client, self.deadline).await?.topology;
         let caps = self.probe().await?;

@@ -258,7 +258,7 @@ pub struct LifecycleReport {
 
 /// Applies `actions` in order, one at a time, with an event for each; failures are
 /// collected, never a reason to stop.
-pub async fn execute(conn: &Conn, actions: &[Action]) -> LifecycleReport {
+pub(crate) async fn execute(conn: &Conn, actions: &[Action]) -> LifecycleReport {
     let started = Instant::now();
     let mut report = LifecycleReport::default();
     for action in actions {
@@ -329,7 +329,7 @@ impl BootstrapReport {
 
 /// Templates first (so new indices get them), then the current month's indices (and the
 /// next month's inside `prepare_ahead`) and the write aliases. Idempotent.
-pub async fn bootstrap_with(
+pub(crate) async fn bootstrap_with(
     conn: &Conn,
     templates: &Templates,
     settings: &Settings,
@@ -441,7 +441,7 @@ impl SearchOp for PlanLifecycle {
 }
 
 /// Plans at `now` from what the cluster has.
-pub async fn plan_now(
+pub(crate) async fn plan_now(
     conn: &Conn,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -536,7 +536,7 @@ fn number(v: &Value) -> u64 {
 }
 
 /// `_cluster/health` and `_cat/indices` for `lucid-*`, with each index's phase at `now`.
-pub async fn stats(
+pub(crate) async fn stats(
     conn: &Conn,
     policy: &Policy,
     now: DateTime<Utc>,

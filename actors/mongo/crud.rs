@@ -6,9 +6,9 @@
 //! - a document that does not match the collection's `$jsonSchema`, or over 16 MB;
 //! - an update that is not all operators (`$set`, …), or that sets a field to a value its
 //!   schema refuses, or removes a required field;
-//! - a filter or pipeline using `$where`, `$function` or `$accumulator` (server-side
-//!   JavaScript), and pipelines with `$out` or `$merge` (writes that would bypass the
-//!   validation and the typed collections).
+//! - a filter, projection or pipeline using `$where`, `$function` or `$accumulator`
+//!   (server-side JavaScript), and pipelines with `$out` or `$merge` (writes that would bypass
+//!   the validation and the typed collections).
 //!
 //! A duplicate key is `Conflict { index, key }` with the index named as in `configs/mongodb/`
 //! (servers name them differently: nx-27017 renames every index).
@@ -540,6 +540,9 @@ impl MongoOp for Find {
     ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
     {
         check_no_javascript("filter", &self.filter)?;
+        if let Some(projection) = &self.projection {
+            check_no_javascript("projection", projection)?;
+        }
         if let Some(limit) = self.limit
             && limit < 0
         {
@@ -587,6 +590,9 @@ impl MongoOp for FindOne {
         MongoError,
     > {
         check_no_javascript("filter", &self.filter)?;
+        if let Some(projection) = &self.projection {
+            check_no_javascript("projection", projection)?;
+        }
         Ok(async move {
             let mut options = FindOneOptions::default();
             options.projection = self.projection;

@@ -603,6 +603,26 @@ async fn bad_input_is_refused_before_sending() {
             .expect("refused");
         assert!(matches!(e, MongoError::Invalid { .. }), "{e}");
     }
+    // A projection takes aggregation expressions (MongoDB 4.4+), so JavaScript too.
+    let js = doc! {"$function": {"body": "function() { return 1 }", "args": [], "lang": "js"}};
+    let e = m
+        .call(Find::new(Collection::Users, doc! {}).projection(doc! {"x": js.clone()}))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, MongoError::Invalid { field, .. } if field == "projection.x.$function"),
+        "{e}"
+    );
+    let e = m
+        .call(FindOne {
+            collection: Collection::Users,
+            filter: doc! {},
+            projection: Some(doc! {"x": js}),
+        })
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, MongoError::Invalid { .. }), "{e}");
     let e = m
         .call(Aggregate {
             collection: Collection::Users,

@@ -21,6 +21,8 @@
 //! - [`schema`] — `$jsonSchema` validation in the actor, naming the field.
 //! - [`bootstrap`] — the idempotent bootstrap: plan (a pure function) and apply.
 //! - [`crud`] — insert, find (streamed), update, replace, delete, count, distinct, aggregate.
+//! - [`json`] — the same with documents, filters and pipelines as Extended JSON, for callers
+//!   that name no driver type (the HTTP API).
 //! - [`records`] — typed documents for users, sessions, blocks and transactions.
 //! - [`transfer`] — streaming export and import of a collection, for backups.
 //! - [`stats`] — collection and database stats, `hello` topology.
@@ -28,6 +30,7 @@
 pub mod bootstrap;
 pub mod collections;
 pub mod crud;
+pub mod json;
 pub mod records;
 pub mod schema;
 pub mod stats;
@@ -69,6 +72,10 @@ pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSp
 pub use crud::{
     Aggregate, Count, DeleteMany, DeleteOne, Distinct, Find, FindOne, InsertMany, InsertOne,
     ReplaceOne, UpdateMany, UpdateOne, UpdateSummary,
+};
+pub use json::{
+    AggregateJson, CountJson, DeleteJson, FindJson, InsertJson, InsertManyJson, JsonUpdateSummary,
+    UpdateJson,
 };
 pub use records::Record;
 pub use schema::{Schema, Violation};

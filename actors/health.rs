@@ -196,6 +196,29 @@ impl HealthRegistry {
         self.inner.changes.subscribe()
     }
 
+    /// Waits until `backend` is up, at most `deadline`, through failed attempts and backoff:
+    /// for a one-shot command that needs that one backend (the CLI). Answers its status then —
+    /// up, or whatever it is at the deadline, or disabled (at once) — and `None` when it has
+    /// no entry.
+    pub async fn wait_up(&self, backend: Backend, deadline: Duration) -> Option<BackendStatus> {
+        let status = || self.snapshot().into_iter().find(|s| s.backend == backend);
+        let mut changes = self.subscribe();
+        let settled = tokio::time::timeout(deadline, async {
+            loop {
+                match status() {
+                    Some(s) if s.is_up() || s.state == StateLabel::Disabled => return Some(s),
+                    None => return None,
+                    Some(_) => {}
+                }
+                if changes.changed().await.is_err() {
+                    return status();
+                }
+            }
+        })
+        .await;
+        settled.unwrap_or_else(|_| status())
+    }
+
     fn update(&self, backend: Backend, notify: bool, f: impl FnOnce(&mut Entry)) {
         if let Ok(mut entries) = self.inner.entries.write()
             && let Some(entry) = entries.get_mut(&backend)
@@ -272,4 +295,66 @@ impl HealthEntry {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(state: StateLabel, attempt: u32) -> ConnSnapshot {
+        ConnSnapshot {
+            state,
+            attempt,
+            restarts: 0,
+            retry_at: None,
+            reason: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_up_waits_through_backoff_and_gives_up_at_the_deadline() {
+        let registry = HealthRegistry::new();
+        let entry = registry.register(Backend::Mongodb, false);
+        let deadline = Duration::from_secs(5);
+
+        // Down for two attempts, up at 3 s: answered then, not at the deadline.
+        let writer = entry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            writer.error("connection_refused", "refused");
+            writer.record(snap(StateLabel::Backoff, 2));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            writer.record(snap(StateLabel::Up, 0));
+        });
+        let started = Instant::now();
+        let status = registry.wait_up(Backend::Mongodb, deadline).await;
+        assert_eq!(status.map(|s| s.state), Some(StateLabel::Up));
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+
+        // Never up: the status at the deadline, with the last error.
+        entry.record(snap(StateLabel::Backoff, 3));
+        let started = Instant::now();
+        let status = registry
+            .wait_up(Backend::Mongodb, deadline)
+            .await
+            .expect("registered");
+        assert_eq!(started.elapsed(), deadline);
+        assert_eq!(status.state, StateLabel::Backoff);
+        assert_eq!(
+            status.last_error.map(|e| e.code),
+            Some("connection_refused".to_owned())
+        );
+
+        // Disabled, or not there at all: at once.
+        registry.register_disabled(Backend::Elasticsearch, "templates: broken");
+        let started = Instant::now();
+        let status = registry
+            .wait_up(Backend::Elasticsearch, deadline)
+            .await
+            .expect("registered");
+        assert_eq!(status.state, StateLabel::Disabled);
+        assert_eq!(status.reason.as_deref(), Some("templates: broken"));
+        assert_eq!(registry.wait_up(Backend::Redis, deadline).await, None);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
 }

@@ -21,6 +21,8 @@
 //! - [`schema`] — `$jsonSchema` validation in the actor, naming the field.
 //! - [`bootstrap`] — the idempotent bootstrap: plan (a pure function) and apply.
 //! - [`crud`] — insert, find (streamed), update, replace, delete, count, distinct, aggregate.
+//! - [`json`] — the same with documents, filters and pipelines as Extended JSON, for callers
+//!   that name no driver type (the HTTP API).
 //! - [`records`] — typed documents for users, sessions, blocks and transactions.
 //! - [`transfer`] — streaming export and import of a collection, for backups.
 //! - [`stats`] — collection and database stats, `hello` topology.
@@ -28,6 +30,7 @@
 pub mod bootstrap;
 pub mod collections;
 pub mod crud;
+pub mod json;
 pub mod records;
 pub mod schema;
 pub mod stats;
@@ -62,12 +65,17 @@ use crate::supervisor::{
     Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
 };
 use crate::threads::ActorThread;
+use bootstrap::Bootstrap;
 
-pub use bootstrap::{Bootstrap, BootstrapReport, Capabilities, Plan, PlanStep};
+pub use bootstrap::{BootstrapReport, Capabilities, Plan, PlanBootstrap, PlanStep, RunBootstrap};
 pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
 pub use crud::{
     Aggregate, Count, DeleteMany, DeleteOne, Distinct, Find, FindOne, InsertMany, InsertOne,
     ReplaceOne, UpdateMany, UpdateOne, UpdateSummary,
+};
+pub use json::{
+    AggregateJson, CountJson, DeleteJson, FindJson, InsertJson, InsertManyJson, JsonUpdateSummary,
+    UpdateJson,
 };
 pub use records::Record;
 pub use schema::{Schema, Violation};
@@ -297,11 +305,21 @@ impl Settings {
     }
 }
 
-/// The driver's client and the Lucid database, as published for calls.
-#[derive(Clone)]
-pub struct Conn {
-    pub client: Client,
-    pub db: Database,
+pub(crate) use conn::Conn;
+
+mod conn {
+    use mongodb::{Client, Database};
+
+    /// The driver's client and the Lucid database, as published for calls. The crate's own:
+    /// callers reach MongoDB through messages ([`super::MongoOp`], [`super::MongoHandle`]),
+    /// never the driver. (`pub` in a private module, so that no one outside can name or
+    /// build it: the sealed operation trait's signature carries it, where a `pub(crate)`
+    /// type is refused.)
+    #[derive(Clone)]
+    pub struct Conn {
+        pub(crate) client: Client,
+        pub(crate) db: Database,
+    }
 }
 
 mod sealed {
@@ -332,6 +350,8 @@ pub struct Shared {
     addr: OnceLock<Addr<MongoActor>>,
     /// The last bootstrap's report, for `/health` and the CLI.
     last_bootstrap: Mutex<Option<BootstrapReport>>,
+    /// Held by the bootstrap run in flight (see [`bootstrap`]): one at a time.
+    bootstrap_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -341,6 +361,13 @@ impl Shared {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    pub(crate) fn set_last_bootstrap(&self, report: BootstrapReport) {
+        *self
+            .last_bootstrap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(report);
     }
 
     fn actor(&self) -> &Addr<MongoActor> {
@@ -375,8 +402,17 @@ impl Shared {
 /// checks, the driver calls within the call deadline, and news of a lost connection back to
 /// the actor.
 async fn exec<M: MongoOp>(shared: &Arc<Shared>, msg: M) -> Result<M::Output, MongoError> {
+    exec_within(shared, msg, shared.settings.deadline).await
+}
+
+/// As [`exec`] with another deadline (a bootstrap is many commands, each with the call
+/// deadline).
+async fn exec_within<M: MongoOp>(
+    shared: &Arc<Shared>,
+    msg: M,
+    deadline: Duration,
+) -> Result<M::Output, MongoError> {
     let (conn, generation) = shared.usable()?;
-    let deadline = shared.settings.deadline;
     let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
         Ok(res) => res,
         Err(_) => Err(MongoError::deadline(deadline)),
@@ -430,6 +466,16 @@ impl MongoHandle {
         exec(&self.shared, msg)
     }
 
+    /// As [`MongoHandle::call`] with a deadline of its own, for work longer than one call
+    /// ([`RunBootstrap`], [`PlanBootstrap`]).
+    pub fn call_within<M: MongoOp>(
+        &self,
+        msg: M,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
+        exec_within(&self.shared, msg, deadline)
+    }
+
     /// Sends a message through the actor's mailbox, waiting at most the deadline plus a grace.
     pub async fn send<M, T>(&self, msg: M) -> Result<T, MongoError>
     where
@@ -465,7 +511,6 @@ pub struct MongoActor {
     options: Option<MongoConfig>,
     client: Option<Client>,
     link: Link<Conn>,
-    bootstrap_in_flight: bool,
     shared: Arc<Shared>,
 }
 
@@ -485,6 +530,7 @@ impl MongoActor {
             health,
             addr: OnceLock::new(),
             last_bootstrap: Mutex::new(None),
+            bootstrap_running: Arc::new(tokio::sync::Mutex::new(())),
         });
         let actor = MongoActor {
             options: Some(cfg.clone()),
@@ -493,7 +539,6 @@ impl MongoActor {
                 BackoffPolicy::from_config(sup),
                 Instant::now(),
             )),
-            bootstrap_in_flight: false,
             shared: shared.clone(),
         };
         let thread = ActorThread::start("lucid-mongo");
@@ -502,35 +547,31 @@ impl MongoActor {
     }
 
     /// Brings the database in line with the catalog; failures are reported, not fatal (the
-    /// next time MongoDB comes up it runs again).
+    /// next time MongoDB comes up it runs again). A run already in flight (one asked for with
+    /// [`RunBootstrap`]) does the work instead.
     fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
         let Some(conn) = self.link.conn.clone() else {
             return;
         };
-        if self.bootstrap_in_flight {
+        let Ok(running) = self.shared.bootstrap_running.clone().try_lock_owned() else {
             return;
-        }
-        self.bootstrap_in_flight = true;
+        };
         let catalog = self.shared.catalog.clone();
         let settings = self.shared.settings.clone();
         ctx.spawn(
-            async move { Bootstrap::new(&conn, &catalog, &settings).run(false).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.bootstrap_in_flight = false;
-                    match res {
-                        Ok(report) => {
-                            *act.shared
-                                .last_bootstrap
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner()) = Some(report);
-                        }
-                        Err(e) => events::emit(MongoBootstrapFailed {
-                            code: e.code(),
-                            error: e.to_string(),
-                        }),
-                    }
+            async move {
+                let res = Bootstrap::new(&conn, &catalog, &settings).run(false).await;
+                drop(running);
+                res
+            }
+            .into_actor(self)
+            .map(|res, act, _| match res {
+                Ok(report) => act.shared.set_last_bootstrap(report),
+                Err(e) => events::emit(MongoBootstrapFailed {
+                    code: e.code(),
+                    error: e.to_string(),
                 }),
+            }),
         );
     }
 }
@@ -712,7 +753,7 @@ pub fn check_database_name(name: &str) -> Result<(), String> {
 
 /// The driver's options from `[mongodb]`: the call deadline as server selection and connect
 /// timeout, the password from its secret, read preference and write concern.
-pub async fn client_options(
+pub(crate) async fn client_options(
     cfg: &MongoConfig,
     deadline: Duration,
     heartbeat: Duration,
@@ -773,17 +814,6 @@ async fn build_client(
         code: "invalid_config",
         message: redact::text(&e.to_string()),
     })
-}
-
-/// A client for one-shot use (CLI): the same options as the actor's.
-pub async fn connect_direct(
-    cfg: &MongoConfig,
-    deadline: Duration,
-) -> Result<(Conn, Duration), MongoError> {
-    let client = build_client(cfg, deadline, deadline).await?;
-    let db = client.database(&cfg.database);
-    let latency = ping(&db, deadline).await?;
-    Ok((Conn { client, db }, latency))
 }
 
 async fn ping(db: &Database, deadline: Duration) -> Result<Duration, MongoError> {

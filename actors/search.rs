@@ -281,10 +281,19 @@ impl Settings {
     }
 }
 
-/// The client, as published for calls.
-#[derive(Clone)]
-pub struct Conn {
-    pub client: Elasticsearch,
+pub(crate) use conn::Conn;
+
+mod conn {
+    use elasticsearch::Elasticsearch;
+
+    /// The client, as published for calls. The crate's own: callers reach the cluster through
+    /// messages ([`super::SearchOp`], [`super::SearchHandle`]), never the client. (`pub` in a
+    /// private module, so that no one outside can name or build it: the sealed operation
+    /// trait's signature carries it, where a `pub(crate)` type is refused.)
+    #[derive(Clone)]
+    pub struct Conn {
+        pub(crate) client: Elasticsearch,
+    }
 }
 
 /// One HTTP request to the cluster.
@@ -922,7 +931,7 @@ impl Handler<Shutdown> for SearchActor {
 
 /// The client from `[elasticsearch]`: one node, the call deadline as request timeout, basic
 /// auth when a user is set, no proxy from the environment.
-pub fn build_client(
+pub(crate) fn build_client(
     cfg: &ElasticsearchConfig,
     deadline: Duration,
 ) -> Result<Elasticsearch, String> {
@@ -959,20 +968,6 @@ pub(crate) async fn ping(conn: &Conn, deadline: Duration) -> Result<Duration, Se
     let started = Instant::now();
     within(deadline, conn.send(Request::new(Method::Get, "/"))).await?;
     Ok(started.elapsed())
-}
-
-/// Connects directly (for the CLI): the client and one ping.
-pub async fn connect_direct(
-    cfg: &ElasticsearchConfig,
-    deadline: Duration,
-) -> Result<Conn, SearchError> {
-    let client = build_client(cfg, deadline).map_err(|message| SearchError::Connection {
-        code: "invalid_config",
-        message,
-    })?;
-    let conn = Conn { client };
-    ping(&conn, deadline).await?;
-    Ok(conn)
 }
 
 #[cfg(test)]

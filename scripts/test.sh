@@ -19,6 +19,15 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+step "src/ uses no driver crate (docs/architecture.md, Dependency rules)"
+# tests/it/layering.rs: the lucid-db package lists no driver crate in [dependencies], and no
+# path in src/ names one or a lucid_actors re-export of one.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked -p lucid-db -E 'test(/^layering::/)'
+else
+    cargo test --locked -p lucid-db --test it layering::
+fi
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --workspace --no-fail-fast

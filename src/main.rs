@@ -9,6 +9,8 @@
 //! - `health_cmd` — `lucid-db health`.
 //! - `backup_cmd` — `lucid-db backup …`.
 //! - `mongo_cmd` — `lucid-db mongo …`.
+//! - `search_cmd` — `lucid-db search …`.
+//! - `stores` — the one store actor a `mongo` or `search` command starts and talks to.
 //! - `volumes_cmd` — `lucid-db volumes …`.
 //! - `logging` — journald, JSON or text on stderr.
 //! - `exit` — exit codes.
@@ -24,6 +26,7 @@ mod http;
 mod logging;
 mod mongo_cmd;
 mod search_cmd;
+mod stores;
 mod volumes_cmd;
 
 use std::process::ExitCode;

@@ -1,41 +1,39 @@
-//! `lucid-db mongo …`: one-shot MongoDB tools on a connection of their own, with the same
-//! driver settings and schema files as the daemon.
+//! `lucid-db mongo …`: one-shot MongoDB tools, as messages to a MongoDB actor started here
+//! with the daemon's settings and schema files (`stores`).
 
-use lucid_actors::Config;
-use lucid_actors::mongo::bootstrap::{Bootstrap, BootstrapReport};
-use lucid_actors::mongo::bson;
-use lucid_actors::mongo::{Catalog, MongoError, MongoStats, Settings, connect_direct};
+use lucid_actors::mongo::{
+    BootstrapReport, GetStats, MongoError, MongoStats, PlanBootstrap, RunBootstrap,
+};
+use lucid_actors::{Backend, Config};
 use serde::Serialize;
 
 use crate::cli::MongoCommand;
 use crate::exit;
+use crate::stores::{self, WHOLE_RUN};
 
 pub async fn run(config: &Config, command: MongoCommand, json: bool) -> u8 {
-    let catalog = match Catalog::load(&config.mongodb) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("lucid-db mongo: schema files: {e}");
-            return exit::CONFIG;
-        }
+    let handles = match stores::connect(config, Backend::Mongodb, "mongo").await {
+        Ok(handles) => handles,
+        Err(code) => return code,
     };
-    let deadline = config.supervisor.call_deadline;
-    let conn = match connect_direct(&config.mongodb, deadline).await {
-        Ok((conn, _)) => conn,
-        Err(e) => {
-            eprintln!("lucid-db mongo: cannot reach MongoDB: {e}");
-            return exit::UNAVAILABLE;
-        }
+    let Some(mongo) = handles.mongo.clone() else {
+        return exit::CONFIG;
     };
-    let settings = Settings::from_config(&config.mongodb, &config.supervisor);
     let res = match command {
-        MongoCommand::Bootstrap { dry_run } => Bootstrap::new(&conn, &catalog, &settings)
-            .run(dry_run)
+        MongoCommand::Bootstrap { dry_run: true } => mongo
+            .call_within(PlanBootstrap, WHOLE_RUN)
             .await
             .map(|report| print(json, &report, || bootstrap_text(&report))),
-        MongoCommand::Stats => lucid_actors::mongo::stats::collect(&conn, &settings)
+        MongoCommand::Bootstrap { dry_run: false } => mongo
+            .call_within(RunBootstrap, WHOLE_RUN)
+            .await
+            .map(|report| print(json, &report, || bootstrap_text(&report))),
+        MongoCommand::Stats => mongo
+            .call(GetStats)
             .await
             .map(|stats| print(json, &stats, || stats_text(&stats))),
     };
+    handles.shutdown(config.supervisor.call_deadline).await;
     match res {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -81,7 +79,7 @@ fn bootstrap_text(r: &BootstrapReport) -> String {
             } else {
                 step.database.as_str()
             };
-            let command = mongodb_json(&step.command);
+            let command = step.command_json();
             out.push_str(&format!(
                 "  {} {} (db {db}): {command}\n",
                 step.action, step.collection
@@ -95,12 +93,6 @@ fn bootstrap_text(r: &BootstrapReport) -> String {
         ));
     }
     out
-}
-
-fn mongodb_json(d: &bson::Document) -> String {
-    bson::Bson::Document(d.clone())
-        .into_relaxed_extjson()
-        .to_string()
 }
 
 fn stats_text(s: &MongoStats) -> String {

@@ -1,16 +1,19 @@
-//! `lucid-db search …`: one-shot Elasticsearch tools on a client of their own, with the same
-//! settings and templates as the daemon.
+//! `lucid-db search …`: one-shot Elasticsearch tools, as messages to an Elasticsearch actor
+//! started here with the daemon's settings and templates (`stores`).
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use lucid_actors::Config;
-use lucid_actors::search::indices::{self, BootstrapReport, LifecycleReport, SearchStats};
-use lucid_actors::search::{Action, SearchError, Settings, Templates, connect_direct};
+use lucid_actors::search::{
+    Action, ApplyLifecycle, BootstrapReport, GetStats, LifecycleReport, PlanLifecycle,
+    RunBootstrap, SearchError, SearchStats,
+};
+use lucid_actors::{Backend, Config};
 use serde::Serialize;
 
 use crate::cli::SearchCommand;
 use crate::exit;
+use crate::stores::{self, WHOLE_RUN};
 
 /// One line of a plan, for text and JSON.
 #[derive(Debug, Serialize)]
@@ -46,13 +49,6 @@ fn row(a: &Action) -> PlanRow {
 }
 
 pub async fn run(config: &Config, command: SearchCommand, json: bool) -> u8 {
-    let templates = match Templates::builtin() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("lucid-db search: templates: {e}");
-            return exit::CONFIG;
-        }
-    };
     // Parse what can be wrong on the command line before connecting.
     let at = match &command {
         SearchCommand::Lifecycle { at: Some(t), .. } => match DateTime::parse_from_rfc3339(t) {
@@ -64,50 +60,63 @@ pub async fn run(config: &Config, command: SearchCommand, json: bool) -> u8 {
         },
         _ => None,
     };
-    let deadline = config.supervisor.call_deadline;
-    let conn = match connect_direct(&config.elasticsearch, deadline).await {
-        Ok(conn) => conn,
-        Err(e) => {
-            eprintln!("lucid-db search: cannot reach Elasticsearch: {e}");
-            return exit::UNAVAILABLE;
-        }
+    let handles = match stores::connect(config, Backend::Elasticsearch, "search").await {
+        Ok(handles) => handles,
+        Err(code) => return code,
     };
-    let settings = Settings::from_config(&config.elasticsearch, &config.supervisor);
+    let Some(search) = handles.search.clone() else {
+        return exit::CONFIG;
+    };
+    // The time the plan is printed for: the one the actor plans at (its clock is the system's).
     let now = at.unwrap_or_else(Utc::now);
     let res: Result<u8, SearchError> = match command {
-        SearchCommand::Bootstrap => indices::bootstrap_with(&conn, &templates, &settings, now)
-            .await
-            .map(|r| {
-                print(json, &r, || bootstrap_text(&r));
-                exit::OK
-            }),
+        SearchCommand::Bootstrap => search.call_within(RunBootstrap, WHOLE_RUN).await.map(|r| {
+            print(json, &r, || bootstrap_text(&r));
+            exit::OK
+        }),
         SearchCommand::Lifecycle {
-            apply, backed_up, ..
+            apply: false,
+            backed_up,
+            ..
         } => {
             let backed_up: BTreeSet<String> = backed_up.into_iter().collect();
-            match indices::plan_now(&conn, &settings.policy, now, &backed_up).await {
-                Err(e) => Err(e),
-                Ok(actions) if !apply => {
+            search
+                .call(PlanLifecycle {
+                    backed_up,
+                    at: Some(now),
+                })
+                .await
+                .map(|actions| {
                     let rows: Vec<PlanRow> = actions.iter().map(row).collect();
                     print(json, &rows, || plan_text(&rows, now));
-                    Ok(exit::OK)
-                }
-                Ok(actions) => {
-                    let report = indices::execute(&conn, &actions).await;
-                    print(json, &report, || applied_text(&report, now));
-                    Ok(if report.failed > 0 {
-                        exit::FAILED
-                    } else {
-                        exit::OK
-                    })
-                }
-            }
+                    exit::OK
+                })
         }
-        SearchCommand::Stats => indices::stats(&conn, &settings.policy, now).await.map(|s| {
+        SearchCommand::Lifecycle {
+            apply: true,
+            backed_up,
+            ..
+        } => {
+            let backed_up: BTreeSet<String> = backed_up.into_iter().collect();
+            let apply = ApplyLifecycle {
+                backed_up,
+                at: Some(now),
+            };
+            search.call_within(apply, WHOLE_RUN).await.map(|report| {
+                print(json, &report, || applied_text(&report, now));
+                if report.failed > 0 {
+                    exit::FAILED
+                } else {
+                    exit::OK
+                }
+            })
+        }
+        SearchCommand::Stats => search.call(GetStats).await.map(|s| {
             print(json, &s, || stats_text(&s));
             exit::OK
         }),
     };
+    handles.shutdown(config.supervisor.call_deadline).await;
     match res {
         Ok(code) => code,
         Err(e) => {

@@ -15,17 +15,24 @@
 //!    rename them). The plan is the list of commands, exactly as they will be sent.
 //! 3. **Apply** (unless `--dry-run`): run the commands in order; a second run finds nothing
 //!    to do.
+//!
+//! The actor runs it each time MongoDB comes up (`mongodb.bootstrap`); [`RunBootstrap`] runs
+//! it on request and [`PlanBootstrap`] looks and plans only. One run at a time per actor:
+//! even a plan creates and drops the probe's scratch collection.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix::Message;
 use mongodb::bson::{Bson, Document, doc};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use super::collections::{Catalog, Collection, CollectionSpec, IndexSpec};
 use super::stats::{Topology, hello};
-use super::{Conn, MongoError, Settings, ok_of, with_deadline};
+use super::{Conn, MongoError, MongoOp, Settings, Shared, ok_of, sealed, with_deadline};
 use crate::events::{self, MongoBootstrapApplied, MongoDrift};
 
 /// The scratch collection of the capability probe.
@@ -97,6 +104,13 @@ pub struct PlanStep {
     /// Index names for `create_indexes`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<String>,
+}
+
+impl PlanStep {
+    /// The command as relaxed Extended JSON v2, as `--dry-run` prints it.
+    pub fn command_json(&self) -> serde_json::Value {
+        Bson::Document(self.command.clone()).into_relaxed_extjson()
+    }
 }
 
 fn relaxed_json<S: serde::Serializer>(d: &Document, s: S) -> Result<S::Ok, S::Error> {
@@ -475,7 +489,7 @@ fn index_plan(
 // Looking and applying
 
 /// Runs the bootstrap against one database.
-pub struct Bootstrap<'a> {
+pub(crate) struct Bootstrap<'a> {
     conn: &'a Conn,
     catalog: &'a Catalog,
     database: String,
@@ -484,7 +498,7 @@ pub struct Bootstrap<'a> {
 }
 
 impl<'a> Bootstrap<'a> {
-    pub fn new(conn: &'a Conn, catalog: &'a Catalog, settings: &Settings) -> Self {
+    pub(crate) fn new(conn: &'a Conn, catalog: &'a Catalog, settings: &Settings) -> Self {
         Bootstrap {
             conn,
             catalog,
@@ -496,7 +510,7 @@ impl<'a> Bootstrap<'a> {
 
     /// Looks, plans, and (unless `dry_run`) applies; emits `mongo.drift` for each drift and
     /// `mongo.bootstrap_applied` when something changed.
-    pub async fn run(&self, dry_run: bool) -> Result<BootstrapReport, MongoError> {
+    pub(crate) async fn run(&self, dry_run: bool) -> Result<BootstrapReport, MongoError> {
         let started = Instant::now();
         let topology = hello(&self.conn.client, self.deadline).await?.topology;
         let caps = self.probe().await?;
@@ -712,6 +726,76 @@ impl<'a> Bootstrap<'a> {
                 },
                 e => e,
             })
+    }
+}
+
+/// Runs the bootstrap once no other run of this actor is in flight (the one at connect, or
+/// one asked for); a run that applies becomes the actor's last report.
+async fn run_exclusive(
+    conn: Conn,
+    shared: Arc<Shared>,
+    dry_run: bool,
+) -> Result<BootstrapReport, MongoError> {
+    let _running = shared.bootstrap_running.lock().await;
+    let report = Bootstrap::new(&conn, &shared.catalog, &shared.settings)
+        .run(dry_run)
+        .await?;
+    if !dry_run {
+        shared.set_last_bootstrap(report.clone());
+    }
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+/// Runs the bootstrap now: looks, plans and applies, and answers what it saw and did (it also
+/// runs each time MongoDB comes up, unless `mongodb.bootstrap = false`). Every command in it
+/// has the call deadline; the whole run takes longer than one call: send it with
+/// [`super::MongoHandle::call_within`]. Waits for a run already in flight, then finds what is
+/// left to do.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<BootstrapReport, MongoError>")]
+pub struct RunBootstrap;
+
+impl sealed::Sealed for RunBootstrap {}
+
+impl MongoOp for RunBootstrap {
+    type Output = BootstrapReport;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<
+        impl Future<Output = Result<BootstrapReport, MongoError>> + Send + 'static,
+        MongoError,
+    > {
+        Ok(run_exclusive(conn, shared.clone(), false))
+    }
+}
+
+/// The bootstrap's plan — the commands exactly as they would be sent, and the drift — with
+/// nothing applied (`lucid-db mongo bootstrap --dry-run`). It still creates and drops the
+/// probe's scratch collection ([`PROBE_COLLECTION`]). Deadlines as for [`RunBootstrap`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<BootstrapReport, MongoError>")]
+pub struct PlanBootstrap;
+
+impl sealed::Sealed for PlanBootstrap {}
+
+impl MongoOp for PlanBootstrap {
+    type Output = BootstrapReport;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<
+        impl Future<Output = Result<BootstrapReport, MongoError>> + Send + 'static,
+        MongoError,
+    > {
+        Ok(run_exclusive(conn, shared.clone(), true))
     }
 }
 

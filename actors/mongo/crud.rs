@@ -6,9 +6,9 @@
 //! - a document that does not match the collection's `$jsonSchema`, or over 16 MB;
 //! - an update that is not all operators (`$set`, …), or that sets a field to a value its
 //!   schema refuses, or removes a required field;
-//! - a filter or pipeline using `$where`, `$function` or `$accumulator` (server-side
-//!   JavaScript), and pipelines with `$out` or `$merge` (writes that would bypass the
-//!   validation and the typed collections).
+//! - a filter, projection or pipeline using `$where`, `$function` or `$accumulator`
+//!   (server-side JavaScript), and pipelines with `$out` or `$merge` (writes that would bypass
+//!   the validation and the typed collections).
 //!
 //! A duplicate key is `Conflict { index, key }` with the index named as in `configs/mongodb/`
 //! (servers name them differently: nx-27017 renames every index).
@@ -322,12 +322,27 @@ fn next_item<T: DeserializeOwned>(
 /// A failure (connection lost, a batch not in time, the reader not reading for
 /// `supervisor.stream_idle_timeout`) is the last item, never a silent end.
 pub(crate) async fn pump<T>(
-    mut cursor: Cursor<T>,
+    cursor: Cursor<T>,
     shared: &Arc<Shared>,
     generation: u64,
 ) -> Feed<T, MongoError>
 where
     T: DeserializeOwned + Send + Sync + 'static,
+{
+    pump_map(cursor, shared, generation, |doc| doc).await
+}
+
+/// As [`pump`], each document passed through `map` as it is read (relaxed Extended JSON for
+/// the JSON operations).
+pub(crate) async fn pump_map<T, U>(
+    mut cursor: Cursor<T>,
+    shared: &Arc<Shared>,
+    generation: u64,
+    map: impl Fn(T) -> U + Send + 'static,
+) -> Feed<U, MongoError>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    U: Send + 'static,
 {
     let batch = usize::try_from(shared.settings.batch_size).unwrap_or(usize::MAX);
     let mut ready = VecDeque::new();
@@ -339,7 +354,7 @@ where
                 ready.push_back(Err(e));
                 return Feed::ready(ready);
             }
-            Some(Ok(doc)) => ready.push_back(Ok(doc)),
+            Some(Ok(doc)) => ready.push_back(Ok(map(doc))),
         }
     }
 
@@ -356,7 +371,7 @@ where
                 },
             };
             match item {
-                Ok(doc) => match feeder.send(doc).await {
+                Ok(doc) => match feeder.send(map(doc)).await {
                     Ok(()) => {}
                     // The reader dropped the stream: closing the cursor is all that is left.
                     Err(Stopped::Gone) => return,
@@ -539,7 +554,25 @@ impl MongoOp for Find {
         shared: &Arc<Shared>,
     ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
     {
+        self.run(conn, shared, |doc| doc)
+    }
+}
+
+impl Find {
+    /// The checks, then the query, its documents passed through `map` as they are read.
+    pub(crate) fn run<U: Send + 'static>(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+        map: impl Fn(Document) -> U + Send + 'static,
+    ) -> Result<
+        impl Future<Output = Result<Feed<U, MongoError>, MongoError>> + Send + 'static,
+        MongoError,
+    > {
         check_no_javascript("filter", &self.filter)?;
+        if let Some(projection) = &self.projection {
+            check_no_javascript("projection", projection)?;
+        }
         if let Some(limit) = self.limit
             && limit < 0
         {
@@ -559,7 +592,7 @@ impl MongoOp for Find {
                 .find(self.filter)
                 .with_options(options)
                 .await?;
-            Ok(pump(cursor, &shared, generation).await)
+            Ok(pump_map(cursor, &shared, generation, map).await)
         })
     }
 }
@@ -587,6 +620,9 @@ impl MongoOp for FindOne {
         MongoError,
     > {
         check_no_javascript("filter", &self.filter)?;
+        if let Some(projection) = &self.projection {
+            check_no_javascript("projection", projection)?;
+        }
         Ok(async move {
             let mut options = FindOneOptions::default();
             options.projection = self.projection;
@@ -813,6 +849,21 @@ impl MongoOp for Aggregate {
         shared: &Arc<Shared>,
     ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
     {
+        self.run(conn, shared, |doc| doc)
+    }
+}
+
+impl Aggregate {
+    /// The checks, then the pipeline, its results passed through `map` as they are read.
+    pub(crate) fn run<U: Send + 'static>(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+        map: impl Fn(Document) -> U + Send + 'static,
+    ) -> Result<
+        impl Future<Output = Result<Feed<U, MongoError>, MongoError>> + Send + 'static,
+        MongoError,
+    > {
         check_pipeline(&self.pipeline)?;
         let shared = shared.clone();
         let batch = shared.settings.batch_size;
@@ -822,7 +873,7 @@ impl MongoOp for Aggregate {
                 .aggregate(self.pipeline)
                 .batch_size(batch)
                 .await?;
-            Ok(pump(cursor, &shared, generation).await)
+            Ok(pump_map(cursor, &shared, generation, map).await)
         })
     }
 }

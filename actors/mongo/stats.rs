@@ -96,7 +96,7 @@ fn uint(d: &Document, k: &str) -> u64 {
 }
 
 /// `hello` on the admin database.
-pub async fn hello(client: &Client, deadline: Duration) -> Result<Hello, MongoError> {
+pub(crate) async fn hello(client: &Client, deadline: Duration) -> Result<Hello, MongoError> {
     let reply = with_deadline(deadline, async {
         Ok(client
             .database("admin")
@@ -186,7 +186,7 @@ pub struct MongoStats {
 
 /// Topology, `dbStats` and `collStats` of every Lucid collection (each command within the
 /// call deadline).
-pub async fn collect(conn: &Conn, settings: &Settings) -> Result<MongoStats, MongoError> {
+pub(crate) async fn collect(conn: &Conn, settings: &Settings) -> Result<MongoStats, MongoError> {
     let deadline = settings.deadline;
     let hello = hello(&conn.client, deadline).await?;
     let db = with_deadline(deadline, async {

@@ -258,7 +258,7 @@ pub struct LifecycleReport {
 
 /// Applies `actions` in order, one at a time, with an event for each; failures are
 /// collected, never a reason to stop.
-pub async fn execute(conn: &Conn, actions: &[Action]) -> LifecycleReport {
+pub(crate) async fn execute(conn: &Conn, actions: &[Action]) -> LifecycleReport {
     let started = Instant::now();
     let mut report = LifecycleReport::default();
     for action in actions {
@@ -329,7 +329,7 @@ impl BootstrapReport {
 
 /// Templates first (so new indices get them), then the current month's indices (and the
 /// next month's inside `prepare_ahead`) and the write aliases. Idempotent.
-pub async fn bootstrap_with(
+pub(crate) async fn bootstrap_with(
     conn: &Conn,
     templates: &Templates,
     settings: &Settings,
@@ -413,12 +413,14 @@ impl SearchOp for RunBootstrap {
     }
 }
 
-/// The lifecycle plan at the actor's clock, applied to nothing.
+/// The lifecycle plan at the actor's clock (or at `at`), applied to nothing.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<Action>, SearchError>")]
 pub struct PlanLifecycle {
     /// Indices a verified backup holds (from the backup catalogue).
     pub backed_up: BTreeSet<String>,
+    /// Plan as of this time instead of the actor's clock (`lucid-db search lifecycle --at`).
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl sealed::Sealed for PlanLifecycle {}
@@ -433,13 +435,13 @@ impl SearchOp for PlanLifecycle {
     ) -> Result<impl Future<Output = Result<Vec<Action>, SearchError>> + Send + 'static, SearchError>
     {
         let policy = shared.settings.policy.clone();
-        let now = shared.now();
+        let now = self.at.unwrap_or_else(|| shared.now());
         Ok(async move { plan_now(&conn, &policy, now, &self.backed_up).await })
     }
 }
 
 /// Plans at `now` from what the cluster has.
-pub async fn plan_now(
+pub(crate) async fn plan_now(
     conn: &Conn,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -454,7 +456,10 @@ pub async fn plan_now(
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<LifecycleReport, SearchError>")]
 pub struct ApplyLifecycle {
+    /// Indices a verified backup holds (from the backup catalogue).
     pub backed_up: BTreeSet<String>,
+    /// Plan as of this time instead of the actor's clock (`lucid-db search lifecycle --at`).
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl sealed::Sealed for ApplyLifecycle {}
@@ -471,7 +476,7 @@ impl SearchOp for ApplyLifecycle {
         SearchError,
     > {
         let policy = shared.settings.policy.clone();
-        let now = shared.now();
+        let now = self.at.unwrap_or_else(|| shared.now());
         Ok(async move {
             let actions = plan_now(&conn, &policy, now, &self.backed_up).await?;
             Ok(execute(&conn, &actions).await)
@@ -531,7 +536,7 @@ fn number(v: &Value) -> u64 {
 }
 
 /// `_cluster/health` and `_cat/indices` for `lucid-*`, with each index's phase at `now`.
-pub async fn stats(
+pub(crate) async fn stats(
     conn: &Conn,
     policy: &Policy,
     now: DateTime<Utc>,

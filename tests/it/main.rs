@@ -9,6 +9,7 @@ mod common;
 mod config_cli;
 mod daemon;
 mod docs;
+mod layering;
 mod mongo_service;
 mod redis_service;
 mod redis_supervision;

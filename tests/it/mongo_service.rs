@@ -6,20 +6,21 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use lucid_actors::mongo::bootstrap::Bootstrap;
 use lucid_actors::mongo::bson::{
     self, Binary, Bson, DateTime, Document, RawDocumentBuf, doc, oid::ObjectId, spec::BinarySubtype,
 };
 use lucid_actors::mongo::records::{User, UserRole, UserStatus};
 use lucid_actors::mongo::{
-    Aggregate, Collection, Count, DeleteMany, DeleteOne, Distinct, ExportMetadata, Find, FindOne,
-    GetStats, ImportOptions, ImportTarget, InsertMany, InsertOne, MongoError, MongoHandle,
-    ReplaceOne, Topology, UpdateMany, UpdateOne,
+    Aggregate, AggregateJson, Collection, Count, CountJson, DeleteJson, DeleteMany, DeleteOne,
+    Distinct, ExportMetadata, Find, FindJson, FindOne, GetStats, ImportOptions, ImportTarget,
+    InsertJson, InsertMany, InsertManyJson, InsertOne, MongoError, MongoHandle, PlanBootstrap,
+    ReplaceOne, RunBootstrap, Topology, UpdateJson, UpdateMany, UpdateOne,
 };
 use lucid_actors::supervisor::StateLabel;
 use lucid_actors::transfer::Existing;
 use lucid_actors::{CallError, Config, Handles, Roles, events};
 use lucid_testkit::{Server, mongo};
+use serde_json::json;
 
 use crate::common::{DEADLINE, fast_mongo_config};
 
@@ -142,13 +143,8 @@ async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_n
     );
 
     // A second run, and a dry run, find nothing to do.
-    let (conn, _) =
-        lucid_actors::mongo::connect_direct(&fast_mongo_config(&server.url()).mongodb, DEADLINE)
-            .await
-            .expect("direct");
-    let settings = m.settings().clone();
-    let again = Bootstrap::new(&conn, &catalog, &settings)
-        .run(false)
+    let again = m
+        .call_within(RunBootstrap, Duration::from_secs(20))
         .await
         .expect("second run");
     assert!(again.plan.steps.is_empty(), "{:?}", again.plan.steps);
@@ -161,6 +157,47 @@ async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_n
         1,
         "no second apply"
     );
+    // A run asked for is the actor's last report too.
+    assert_eq!(m.last_bootstrap().map(|r| r.applied), Some(0));
+    stop(handles).await;
+}
+
+/// Runs asked for while the one at connect is in flight wait for it (they share the probe's
+/// scratch collection), then find nothing left to do.
+#[actix_rt::test]
+async fn bootstrap_runs_asked_for_at_once_take_turns() {
+    let server = mongo();
+    let cap = events::capture();
+    let cfg = fast_mongo_config(&server.url());
+    let handles = lucid_actors::start(&cfg, Roles::SIBLING);
+    let m = handles.mongo.clone().expect("mongodb enabled");
+    wait_until(Duration::from_secs(20), "mongodb up", || {
+        handles.registry.readiness().is_ok()
+    })
+    .await;
+    let runs = futures_util::future::join_all((0..3).map(|i| {
+        let m = m.clone();
+        async move {
+            if i == 1 {
+                m.call_within(PlanBootstrap, Duration::from_secs(20)).await
+            } else {
+                m.call_within(RunBootstrap, Duration::from_secs(20)).await
+            }
+        }
+    }))
+    .await;
+    for run in &runs {
+        let report = run.as_ref().expect("every run succeeds");
+        assert!(
+            report.applied == 0 || report.applied == report.plan.steps.len(),
+            "{report:?}"
+        );
+    }
+    assert_eq!(
+        cap.named("mongo.bootstrap_applied").len(),
+        1,
+        "applied once, whoever ran first"
+    );
     stop(handles).await;
 }
 
@@ -168,12 +205,8 @@ async fn bootstrap_creates_every_collection_and_index_and_a_second_run_changes_n
 async fn dry_run_plans_without_changing_anything() {
     let server = mongo();
     let (handles, m, raw) = start(&server, |c| c.mongodb.bootstrap = false).await;
-    let (conn, _) =
-        lucid_actors::mongo::connect_direct(&fast_mongo_config(&server.url()).mongodb, DEADLINE)
-            .await
-            .expect("direct");
-    let report = Bootstrap::new(&conn, m.catalog(), m.settings())
-        .run(true)
+    let report = m
+        .call_within(PlanBootstrap, Duration::from_secs(20))
         .await
         .expect("dry run");
     assert!(report.dry_run);
@@ -572,6 +605,26 @@ async fn bad_input_is_refused_before_sending() {
             .expect("refused");
         assert!(matches!(e, MongoError::Invalid { .. }), "{e}");
     }
+    // A projection takes aggregation expressions (MongoDB 4.4+), so JavaScript too.
+    let js = doc! {"$function": {"body": "function() { return 1 }", "args": [], "lang": "js"}};
+    let e = m
+        .call(Find::new(Collection::Users, doc! {}).projection(doc! {"x": js.clone()}))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&e, MongoError::Invalid { field, .. } if field == "projection.x.$function"),
+        "{e}"
+    );
+    let e = m
+        .call(FindOne {
+            collection: Collection::Users,
+            filter: doc! {},
+            projection: Some(doc! {"x": js}),
+        })
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, MongoError::Invalid { .. }), "{e}");
     let e = m
         .call(Aggregate {
             collection: Collection::Users,
@@ -597,6 +650,343 @@ async fn bad_input_is_refused_before_sending() {
         "{e}"
     );
     assert!(Collection::parse("user").is_err());
+    stop(handles).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON operations
+
+fn find_json(collection: Collection, filter: serde_json::Value) -> FindJson {
+    FindJson {
+        collection,
+        filter,
+        projection: None,
+        sort: None,
+        skip: None,
+        limit: None,
+    }
+}
+
+fn json_user(n: usize) -> serde_json::Value {
+    json!({
+        "user_id": format!("u{n}"),
+        "email": format!("user{n}@example.com"),
+        "role": "user",
+        "status": "active",
+        "created_at": {"$date": format!("2026-01-{:02}T00:00:00Z", n % 28 + 1)},
+    })
+}
+
+#[actix_rt::test]
+async fn json_documents_round_trip_as_relaxed_extended_json() {
+    let server = mongo();
+    let (handles, m, raw) = start(&server, |_| {}).await;
+    let id = json!({"$oid": "65a1b2c3d4e5f60718293a4b"});
+    let document = json!({
+        "_id": id,
+        "key": "json.types",
+        "value": {
+            "big": 5_000_000_000_i64,
+            "small": 7,
+            "ratio": 0.25,
+            "when": {"$date": "2024-02-29T12:34:56.789Z"},
+            "before_1970": {"$date": {"$numberLong": "-86400000"}},
+            "ref": {"$oid": "65a1b2c3d4e5f60718293a4c"},
+            "bytes": {"$binary": {"base64": "AAEC/w==", "subType": "00"}},
+            "list": [1, "two", null, {"nested": true}],
+        },
+        "updated_at": {"$date": "2026-01-02T03:04:05Z"},
+    });
+    let inserted = m
+        .call(InsertJson {
+            collection: Collection::SystemConfig,
+            document: document.clone(),
+        })
+        .await
+        .expect("insert");
+    assert_eq!(inserted, id);
+
+    // On the server these are BSON types, not strings or doubles.
+    let stored = raw
+        .collection::<Document>("system_config")
+        .find_one(doc! {"key": "json.types"})
+        .await
+        .expect("read")
+        .expect("stored");
+    let value = stored.get_document("value").expect("value");
+    assert_eq!(value.get("big"), Some(&Bson::Int64(5_000_000_000)));
+    assert_eq!(value.get("small"), Some(&Bson::Int32(7)));
+    assert_eq!(
+        value.get("when"),
+        Some(&Bson::DateTime(DateTime::from_millis(1_709_210_096_789)))
+    );
+    assert_eq!(
+        value.get("ref"),
+        Some(&Bson::ObjectId(
+            ObjectId::parse_str("65a1b2c3d4e5f60718293a4c").expect("oid")
+        ))
+    );
+    assert!(matches!(stored.get("_id"), Some(Bson::ObjectId(_))));
+
+    // And back, through a JSON filter on the ObjectId: exactly what went in.
+    let found = m
+        .call(find_json(Collection::SystemConfig, json!({"_id": id})))
+        .await
+        .expect("find")
+        .collect()
+        .await
+        .expect("documents");
+    assert_eq!(found, [document]);
+    let by_date = m
+        .call(CountJson {
+            collection: Collection::SystemConfig,
+            filter: json!({"value.when": {"$gte": {"$date": "2024-01-01T00:00:00Z"}}}),
+        })
+        .await
+        .expect("count");
+    assert_eq!(by_date, 1);
+
+    // Decimal128 converts (unit-tested both ways), but nx-27017 refuses to store it: the
+    // refusal is an error, never a write reported as done. (A real MongoDB stores it.)
+    let refused = m
+        .call(InsertJson {
+            collection: Collection::SystemConfig,
+            document: json!({"key": "json.decimal", "value": {"$numberDecimal": "12.50"}, "updated_at": {"$date": "2026-01-02T03:04:05Z"}}),
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(MongoError::Server { .. })),
+        "{refused:?}"
+    );
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn json_writes_are_checked_like_typed_ones_and_bad_operators_are_named() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    let invalid = |e: MongoError| match e {
+        MongoError::Invalid { field, reason } => (field, reason),
+        other => panic!("not invalid: {other}"),
+    };
+
+    // The schema: the field named as the typed insert names it, and nothing written.
+    let mut king = json_user(1);
+    king["role"] = json!("king");
+    let e = m
+        .call(InsertJson {
+            collection: Collection::Users,
+            document: king,
+        })
+        .await
+        .expect_err("schema");
+    assert_eq!(invalid(e).0, "role");
+    let mut text_date = json_user(2);
+    text_date["created_at"] = json!("2026-01-01");
+    let e = m
+        .call(InsertManyJson {
+            collection: Collection::Users,
+            documents: vec![json_user(3), text_date],
+            ordered: true,
+        })
+        .await
+        .expect_err("schema");
+    let (field, reason) = invalid(e);
+    assert_eq!(field, "documents.1.created_at");
+    assert!(reason.contains("date"), "{reason}");
+    let e = m
+        .call(InsertJson {
+            collection: Collection::Users,
+            document: json!({"user_id": {"$oid": "not hex"}}),
+        })
+        .await
+        .expect_err("not extended json");
+    assert_eq!(invalid(e).0, "user_id");
+    let count = m
+        .call(CountJson {
+            collection: Collection::Users,
+            filter: json!({}),
+        })
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "nothing written");
+
+    // Operators: unknown ones, JavaScript, writing stages, updates that are not operators.
+    let e = m
+        .call(find_json(
+            Collection::Users,
+            json!({"email": {"$regexx": "^a"}}),
+        ))
+        .await
+        .err()
+        .expect("unknown operator");
+    let (field, reason) = invalid(e);
+    assert_eq!(field, "filter.email.$regexx");
+    assert!(reason.contains("unknown query operator"), "{reason}");
+    let e = m
+        .call(find_json(
+            Collection::Users,
+            json!({"$where": "this.a > 1"}),
+        ))
+        .await
+        .err()
+        .expect("javascript");
+    let (field, reason) = invalid(e);
+    assert_eq!(field, "filter.$where");
+    assert!(reason.contains("JavaScript"), "{reason}");
+    let e = m
+        .call(UpdateJson {
+            collection: Collection::Users,
+            filter: json!({"user_id": "u1"}),
+            update: json!({"$frobnicate": {"a": 1}}),
+            upsert: false,
+            many: false,
+        })
+        .await
+        .expect_err("update operator");
+    assert_eq!(invalid(e).0, "update.$frobnicate");
+    let e = m
+        .call(UpdateJson {
+            collection: Collection::Users,
+            filter: json!({}),
+            update: json!({"$set": {"status": "gone"}}),
+            upsert: false,
+            many: true,
+        })
+        .await
+        .expect_err("schema of $set");
+    assert_eq!(invalid(e).0, "status");
+    let e = m
+        .call(AggregateJson {
+            collection: Collection::Users,
+            pipeline: vec![json!({"$match": {}}), json!({"$out": "elsewhere"})],
+        })
+        .await
+        .err()
+        .expect("writing stage");
+    assert_eq!(invalid(e).0, "pipeline.1.$out");
+    let e = m
+        .call(DeleteJson {
+            collection: Collection::Users,
+            filter: json!({"_id": {"$oid": "zz"}}),
+            many: true,
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(invalid(e).0, "filter._id");
+    stop(handles).await;
+}
+
+#[actix_rt::test]
+async fn json_crud_round_trip() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    let ids = m
+        .call(InsertManyJson {
+            collection: Collection::Users,
+            documents: (1..=5).map(json_user).collect(),
+            ordered: true,
+        })
+        .await
+        .expect("insert many");
+    assert_eq!(ids.len(), 5);
+    assert!(ids.iter().all(|id| id["$oid"].is_string()), "{ids:?}");
+
+    let mut find = find_json(Collection::Users, json!({"status": "active"}));
+    find.sort = Some(json!({"created_at": -1}));
+    find.skip = Some(1);
+    find.limit = Some(2);
+    find.projection = Some(json!({"_id": 0, "user_id": 1, "created_at": 1}));
+    let page = m
+        .call(find)
+        .await
+        .expect("find")
+        .collect()
+        .await
+        .expect("docs");
+    assert_eq!(
+        page,
+        [
+            json!({"user_id": "u4", "created_at": {"$date": "2026-01-05T00:00:00Z"}}),
+            json!({"user_id": "u3", "created_at": {"$date": "2026-01-04T00:00:00Z"}}),
+        ]
+    );
+
+    let s = m
+        .call(UpdateJson {
+            collection: Collection::Users,
+            filter: json!({"user_id": {"$in": ["u1", "u2"]}}),
+            update: json!({"$set": {"display_name": "Two", "updated_at": {"$date": "2026-02-01T00:00:00Z"}}}),
+            upsert: false,
+            many: true,
+        })
+        .await
+        .expect("update many");
+    assert_eq!((s.matched, s.modified, s.upserted_id), (2, 2, None));
+    let s = m
+        .call(UpdateJson {
+            collection: Collection::Users,
+            filter: json!({"user_id": "u99"}),
+            update: json!({"$setOnInsert": {"email": "u99@example.com", "role": "node", "status": "active", "created_at": {"$date": "2026-03-01T00:00:00Z"}}}),
+            upsert: true,
+            many: false,
+        })
+        .await
+        .expect("upsert");
+    assert!(
+        s.upserted_id
+            .as_ref()
+            .is_some_and(|id| id["$oid"].is_string()),
+        "{s:?}"
+    );
+
+    let groups = m
+        .call(AggregateJson {
+            collection: Collection::Users,
+            pipeline: vec![
+                json!({"$match": {"status": "active"}}),
+                json!({"$group": {"_id": "$role", "n": {"$sum": 1}}}),
+                json!({"$sort": {"_id": 1}}),
+            ],
+        })
+        .await
+        .expect("aggregate")
+        .collect()
+        .await
+        .expect("groups");
+    assert_eq!(
+        groups,
+        [
+            json!({"_id": "node", "n": 1}),
+            json!({"_id": "user", "n": 5})
+        ]
+    );
+
+    let one = m
+        .call(DeleteJson {
+            collection: Collection::Users,
+            filter: json!({"role": "user"}),
+            many: false,
+        })
+        .await
+        .expect("delete one");
+    let rest = m
+        .call(DeleteJson {
+            collection: Collection::Users,
+            filter: json!({"role": "user"}),
+            many: true,
+        })
+        .await
+        .expect("delete many");
+    assert_eq!((one, rest), (1, 4));
+    let left = m
+        .call(CountJson {
+            collection: Collection::Users,
+            filter: json!({}),
+        })
+        .await
+        .expect("count");
+    assert_eq!(left, 1);
     stop(handles).await;
 }
 

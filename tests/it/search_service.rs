@@ -306,6 +306,7 @@ async fn a_late_document_goes_to_the_write_index_and_is_found_through_the_read_a
         .call_within(
             ApplyLifecycle {
                 backed_up: BTreeSet::new(),
+                at: None,
             },
             Duration::from_secs(10),
         )
@@ -771,6 +772,7 @@ async fn the_executor_moves_the_write_alias_blocks_writes_changes_settings_and_d
         .call_within(
             ApplyLifecycle {
                 backed_up: backed_up.clone(),
+                at: None,
             },
             Duration::from_secs(10),
         )
@@ -822,7 +824,13 @@ async fn the_executor_moves_the_write_alias_blocks_writes_changes_settings_and_d
 
     // A second run has nothing left to change.
     let again = h
-        .call_within(ApplyLifecycle { backed_up }, Duration::from_secs(10))
+        .call_within(
+            ApplyLifecycle {
+                backed_up,
+                at: None,
+            },
+            Duration::from_secs(10),
+        )
         .await
         .expect("again");
     assert_eq!(again.applied, 0, "{again:?}");
@@ -833,6 +841,7 @@ async fn the_executor_moves_the_write_alias_blocks_writes_changes_settings_and_d
         .call_within(
             ApplyLifecycle {
                 backed_up: BTreeSet::new(),
+                at: None,
             },
             Duration::from_secs(10),
         )
@@ -1156,6 +1165,52 @@ async fn the_cli_prints_the_lifecycle_plan_changes_nothing_on_a_dry_run_and_appl
     let nobody = format!("http://127.0.0.1:{}", lucid_testkit::free_port());
     let (code, _, err) = cli(&nobody, &["stats"]);
     assert_eq!(code, Some(69), "{err}");
+}
+
+/// The command waits for its backend through failed attempts and backoff, within the call
+/// deadline: a cluster that comes up meanwhile is used, one that does not is exit 69.
+#[test]
+fn the_cli_waits_for_a_cluster_that_comes_up_within_the_deadline() {
+    const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+    let mut server = elasticsearch();
+    let root = tempfile::tempdir().expect("tempdir");
+    server.stop();
+    let started = Instant::now();
+    let child = std::process::Command::new(BIN)
+        .args(["search", "stats", "--json"])
+        .env_clear()
+        .env("LUCID_DB__VOLUMES__ROOT", root.path())
+        .env("LUCID_DB__ELASTICSEARCH__URL", server.url())
+        .env("LUCID_DB__SUPERVISOR__CALL_DEADLINE", "20s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lucid-db");
+    // Refused at first (a connect fails at once), then back while the command still waits.
+    std::thread::sleep(Duration::from_millis(500));
+    server.start_again();
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(stats["status"].is_string(), "{stats}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Down for the whole deadline: 69, once the deadline has passed, with the last error.
+    server.stop();
+    let started = Instant::now();
+    let out = std::process::Command::new(BIN)
+        .args(["search", "stats"])
+        .env_clear()
+        .env("LUCID_DB__VOLUMES__ROOT", root.path())
+        .env("LUCID_DB__ELASTICSEARCH__URL", server.url())
+        .env("LUCID_DB__SUPERVISOR__CALL_DEADLINE", "1s")
+        .output()
+        .expect("run lucid-db");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(err.contains("connection_refused"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------

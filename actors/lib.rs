@@ -80,6 +80,15 @@ pub fn config_warnings(config: &Config) -> Vec<config::ConfigError> {
     backup::config_warnings(&config.backup)
 }
 
+/// Reads fail points from the `FAILPOINTS` environment variable (`name=action;…`, the `fail`
+/// crate's syntax) in a build with the `failpoints` feature — the binary the integration tests
+/// run, so a test can slow or crash a CLI process at a named point. Without the feature (every
+/// real build) it does nothing and the variable is ignored.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}
+
 /// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the {actor} actor did not answer in time")]

@@ -37,6 +37,7 @@ use lucid_actors::config::{self, LoadOptions};
 use crate::cli::{Cli, Command, ConfigCommand};
 
 fn main() -> ExitCode {
+    lucid_actors::failpoints_from_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

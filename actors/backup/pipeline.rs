@@ -220,6 +220,10 @@ where
         while let Some(item) = source.next().await {
             match item {
                 Ok(chunk) => {
+                    // Lets a test slow an artifact down (`sleep(10)`) to kill a run mid-write
+                    // on any machine, however fast (`failpoints` builds only).
+                    #[cfg(feature = "failpoints")]
+                    fail::fail_point!("backup-artifact-chunk");
                     let chunk: Bytes = chunk.into();
                     bytes_in += chunk.len() as u64;
                     if in_tx.send(Piece::Data(chunk)).await.is_err() {

@@ -1464,6 +1464,24 @@ mod tests {
         let shown = loaded.config.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("redis://:***@h:6379/0"), "{shown}");
+        // A MongoDB URI may carry its password too (password_file wins when both are set:
+        // `mongo::client_options`); a multi-host one, which the url crate cannot parse, is
+        // redacted all the same.
+        let mongo = load_with(
+            None,
+            &[(
+                "LUCID_DB__MONGODB__URL",
+                "mongodb://lucid:hunter2@h1:27017,h2:27017/?replicaSet=rs0",
+            )],
+        )
+        .expect("a password in the MongoDB URI is accepted");
+        let shown = mongo.config.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("mongodb://lucid:***@h1:27017,h2:27017/?replicaSet=rs0"),
+            "{shown}"
+        );
+        assert!(!format!("{:?}", mongo.config.mongodb).contains("hunter2"));
         // what config check prints is itself a valid config file
         let again = load_with(Some(&shown), &[]).expect("printed config loads");
         assert_eq!(

@@ -902,5 +902,20 @@ mod tests {
             .expect("options");
         assert_eq!(o.write_concern, None);
         assert!(o.credential.is_none());
+
+        // A password in the URI is used as it is; the secret, when set too, wins.
+        cfg.url = "mongodb://lucid:from-uri@127.0.0.1:27017".into();
+        let o = client_options(&cfg, Duration::from_secs(1), Duration::from_secs(1))
+            .await
+            .expect("options");
+        let cred = o.credential.expect("credential");
+        assert_eq!(cred.username.as_deref(), Some("lucid"));
+        assert_eq!(cred.password.as_deref(), Some("from-uri"));
+        cfg.password = Some(Secret::new("from-file"));
+        let o = client_options(&cfg, Duration::from_secs(1), Duration::from_secs(1))
+            .await
+            .expect("options");
+        let cred = o.credential.expect("credential");
+        assert_eq!(cred.password.as_deref(), Some("from-file"));
     }
 }

@@ -155,8 +155,11 @@ pub struct MongoConfig {
     pub read_preference: ReadPreferenceMode,
     /// `default` (the server's), `majority`, or a number of members.
     pub write_concern: String,
-    /// Connections per server in the driver's pool.
+    /// Connections per server in the driver's pool (1–1024).
     pub max_pool_size: u32,
+    /// Documents per cursor batch of a streamed find, aggregate or export (1–100000): the
+    /// first batch is read by the call itself, so it also bounds what a call holds at once.
+    pub batch_size: u32,
     /// Run the bootstrap (collections, validators, indexes) each time MongoDB comes up.
     pub bootstrap: bool,
     /// Directory with the 15 `{collection}.json` files; empty: the ones built in.
@@ -878,8 +881,11 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             "must be \"default\", \"majority\" or a number of members".to_owned(),
         );
     }
-    if c.mongodb.max_pool_size == 0 {
-        err("mongodb.max_pool_size", "must be at least 1".to_owned());
+    if !(1..=1024).contains(&c.mongodb.max_pool_size) {
+        err("mongodb.max_pool_size", "must be 1 to 1024".to_owned());
+    }
+    if !(1..=100_000).contains(&c.mongodb.batch_size) {
+        err("mongodb.batch_size", "must be 1 to 100000".to_owned());
     }
     if !(1..=100_000).contains(&c.mongodb.import_batch) {
         err(
@@ -1315,6 +1321,15 @@ mod tests {
                 "redis.not_restorable",
             ),
             (("LUCID_DB__REDIS__CACHE_TTL", "2h"), "redis.cache_ttl"),
+            (
+                ("LUCID_DB__MONGODB__MAX_POOL_SIZE", "0"),
+                "mongodb.max_pool_size",
+            ),
+            (
+                ("LUCID_DB__MONGODB__MAX_POOL_SIZE", "1025"),
+                "mongodb.max_pool_size",
+            ),
+            (("LUCID_DB__MONGODB__BATCH_SIZE", "0"), "mongodb.batch_size"),
         ] {
             let err = load_with(None, &[env]).expect_err(env.1);
             assert_eq!(keys(&err), vec![key], "{env:?}: {err}");

@@ -271,6 +271,9 @@ impl From<mongodb::error::Error> for MongoError {
 // ---------------------------------------------------------------------------------------------
 // Settings and handle
 
+/// Documents a find, aggregate or export buffers ahead of its reader ([`Settings::stream_buffer`]).
+const STREAM_BUFFER: usize = 256;
+
 /// What the operations need from `[mongodb]` and `[supervisor]`, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -282,9 +285,12 @@ pub struct Settings {
     pub bootstrap: bool,
     pub shard_collections: bool,
     pub import_batch: usize,
-    /// Documents per cursor batch for streamed finds, aggregates and exports.
+    /// Documents per cursor batch for streamed finds, aggregates and exports
+    /// (`mongodb.batch_size`).
     pub batch_size: u32,
-    /// Documents a stream buffers ahead of its reader.
+    /// Documents a stream buffers ahead of its reader. Not a config key: the buffer only lets
+    /// the cursor task fetch the next batch while the reader works on this one, so it gains
+    /// nothing past a batch or so; what a stream holds is tuned with `mongodb.batch_size`.
     pub stream_buffer: usize,
 }
 
@@ -299,8 +305,8 @@ impl Settings {
             bootstrap: cfg.bootstrap,
             shard_collections: cfg.shard_collections,
             import_batch: cfg.import_batch,
-            batch_size: 1000,
-            stream_buffer: 256,
+            batch_size: cfg.batch_size,
+            stream_buffer: STREAM_BUFFER,
         }
     }
 }

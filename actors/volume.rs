@@ -1419,7 +1419,7 @@ impl Handler<ExportVolume> for VolumeActor {
     fn handle(&mut self, msg: ExportVolume, _: &mut Context<Self>) -> Self::Result {
         self.known(&msg.name)?;
         let s = self.settings();
-        let (feeder, chunks) = feed(16, s.stream_idle);
+        let (feeder, chunks) = feed(archive::EXPORT_BUFFER, s.stream_idle);
         tokio::task::spawn_blocking(move || {
             let exported = (|| {
                 // Shared: nothing replaces or moves the data while it is read.

@@ -36,7 +36,9 @@ use crate::transfer::{self, Admission, Batch, Skip, Source, SourceEnd, TargetSta
 /// Keys read per SCAN step (a hint to Redis) and written per import pipeline: small enough
 /// that a batch of large values stays well inside the call deadline.
 const BATCH: usize = 64;
-/// Items buffered between the producer and the consumer of a stream.
+/// Items buffered between the producer and the consumer of a stream: eight SCAN batches. Not
+/// a config key: the buffer only lets the SCAN task read ahead while the reader works, and a
+/// larger one buys no throughput, only memory (each item holds a DUMPed value).
 const CHANNEL_CAPACITY: usize = 512;
 /// How long [`RedisHandle::import_feed`]'s writer waits for room before it gives up (the
 /// import itself bounds its wait by `supervisor.stream_idle_timeout`).

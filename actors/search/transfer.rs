@@ -44,6 +44,10 @@ pub const EXPORT_FORMAT: u32 = 1;
 
 /// Hits per scroll page.
 const PAGE: usize = 1000;
+/// NDJSON lines an export buffers ahead of its reader. Not a config key: the buffer only lets
+/// the scroll task fetch the next page while the reader works, and what an export holds is a
+/// page (`PAGE` hits) plus this, whatever the index size.
+const EXPORT_BUFFER: usize = 256;
 /// How long the server keeps a scroll between pages.
 const SCROLL_KEEP: &str = "2m";
 
@@ -313,7 +317,7 @@ async fn export(
             return Err(e);
         }
     };
-    let (feeder, lines) = feed(256, idle);
+    let (feeder, lines) = feed(EXPORT_BUFFER, idle);
     tokio::spawn(async move {
         let mut page = first;
         let mut scroll_id = page["_scroll_id"].as_str().map(str::to_owned);

@@ -126,3 +126,48 @@ fn events_doc_lists_every_event_with_level_and_fields() {
         "docs/events.md and actors/events.rs disagree"
     );
 }
+
+/// The retention docs/mongodb.md states for a collection ("kept 90 days (TTL)") is the TTL
+/// index its file in configs/mongodb/ creates.
+#[test]
+fn mongodb_doc_states_the_retention_the_ttl_indexes_apply() {
+    let text = doc("mongodb.md");
+    let mut checked = 0;
+    for row in rows(&text) {
+        let Some(kept) = row.get(1).and_then(|holds| holds.split("kept ").nth(1)) else {
+            continue;
+        };
+        let collection = unquote(&row[0]);
+        let (n, unit) = kept
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("{collection}: cannot read {kept:?}"));
+        let n: u64 = n
+            .parse()
+            .unwrap_or_else(|e| panic!("{collection}: {kept:?}: {e}"));
+        let stated = match unit.trim_start_matches(['(', ' ']) {
+            u if u.starts_with("day") => n * 86_400,
+            u if u.starts_with("year") => n * 365 * 86_400,
+            u => panic!("{collection}: unit of {u:?}"),
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs/mongodb")
+            .join(format!("{collection}.json"));
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ttls: Vec<u64> = file["indexes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["expireAfterSeconds"].as_u64())
+            .collect();
+        assert_eq!(
+            ttls,
+            [stated],
+            "{collection}: docs/mongodb.md says kept {kept}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "no retention found in docs/mongodb.md");
+}

@@ -863,6 +863,22 @@ fn the_cli_manages_volumes_and_exits_65_on_a_failed_verify() {
         Some(1),
         "not empty"
     );
+    // A migration target the volume actor refuses (inside the data root, relative) is a bad
+    // command line, and the original stays where it was.
+    let inside = root.path().join("elsewhere");
+    for to in [inside.to_str().expect("utf8"), "relative/dir"] {
+        let out = run(&["volumes", "migrate", "uploads", to]);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "migrate to {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read(root.path().join("uploads/a.txt")).expect("original untouched"),
+        b"HELLO"
+    );
     let missing = std::process::Command::new(BIN)
         .args(["volumes", "ls"])
         .env_clear()

@@ -13,6 +13,7 @@
 //! - [`state`] — the state directory ([`StateDir`]) and the CLI's owner check.
 //! - [`events`] — typed events: one `emit` that logs with stable fields and counts.
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
+//! - `glob` — the one `*`/`?` matcher: Redis keys a restore skips, cleanup's file patterns.
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
 //! - [`health`] — the health registry every actor writes and `/health` reads.
 //! - `threads` — each store actor's own thread (an actix arbiter), named, tied to its starter.

@@ -90,16 +90,39 @@ pub fn failpoints_from_env() {
     std::mem::forget(fail::FailScenario::setup());
 }
 
-/// An actor that did not answer a heartbeat or a shutdown in time (or has stopped).
+/// An actor that did not answer a heartbeat or a shutdown in time, or has stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the {actor} actor did not answer in time")]
+#[error("the {actor} actor {}", if *.stopped { "has stopped" } else { "did not answer in time" })]
 pub struct Unresponsive {
     pub actor: &'static str,
+    /// The actor has stopped (its mailbox is closed); otherwise it took no message, or gave
+    /// no answer, within the deadline: its loop is wedged or its mailbox full.
+    pub stopped: bool,
 }
 
 impl Unresponsive {
+    /// `deadline_exceeded` for an actor that did not answer in time (the watchdog's usual
+    /// case: a wedged loop), `not_delivered` for one that has stopped.
     pub fn code(&self) -> &'static str {
-        "not_delivered"
+        if self.stopped {
+            "not_delivered"
+        } else {
+            "deadline_exceeded"
+        }
+    }
+
+    fn call(actor: &'static str, e: &CallError) -> Self {
+        Unresponsive {
+            actor,
+            stopped: e.actor_stopped(),
+        }
+    }
+
+    fn mailbox(actor: &'static str, e: &actix::MailboxError) -> Self {
+        Unresponsive {
+            actor,
+            stopped: matches!(e, actix::MailboxError::Closed),
+        }
     }
 }
 
@@ -220,18 +243,19 @@ impl Handles {
             redis
                 .heartbeat(deadline)
                 .await
-                .map_err(|_| Unresponsive { actor: "redis" })?;
+                .map_err(|e| Unresponsive::call("redis", &e))?;
         }
         if let Some(mongo) = &self.mongo {
             mongo
                 .heartbeat(deadline)
                 .await
-                .map_err(|_| Unresponsive { actor: "mongodb" })?;
+                .map_err(|e| Unresponsive::call("mongodb", &e))?;
         }
         if let Some(search) = &self.search {
-            search.heartbeat(deadline).await.map_err(|_| Unresponsive {
-                actor: "elasticsearch",
-            })?;
+            search
+                .heartbeat(deadline)
+                .await
+                .map_err(|e| Unresponsive::call("elasticsearch", &e))?;
         }
         if let Some(volumes) = &self.volumes {
             volumes
@@ -239,7 +263,7 @@ impl Handles {
                 .send(supervisor::Heartbeat)
                 .timeout(deadline)
                 .await
-                .map_err(|_| Unresponsive { actor: "volume" })?;
+                .map_err(|e| Unresponsive::mailbox("volume", &e))?;
         }
         if let Some(backup) = &self.backup {
             backup
@@ -247,7 +271,7 @@ impl Handles {
                 .send(supervisor::Heartbeat)
                 .timeout(deadline)
                 .await
-                .map_err(|_| Unresponsive { actor: "backup" })?;
+                .map_err(|e| Unresponsive::mailbox("backup", &e))?;
         }
         Ok(())
     }
@@ -257,41 +281,37 @@ impl Handles {
     pub async fn shutdown(&self, deadline: Duration) -> Vec<Unresponsive> {
         let mut late = Vec::new();
         if let Some(redis) = &self.redis
-            && redis.shutdown(deadline).await.is_err()
+            && let Err(e) = redis.shutdown(deadline).await
         {
-            late.push(Unresponsive { actor: "redis" });
+            late.push(Unresponsive::call("redis", &e));
         }
         if let Some(mongo) = &self.mongo
-            && mongo.shutdown(deadline).await.is_err()
+            && let Err(e) = mongo.shutdown(deadline).await
         {
-            late.push(Unresponsive { actor: "mongodb" });
+            late.push(Unresponsive::call("mongodb", &e));
         }
         if let Some(search) = &self.search
-            && search.shutdown(deadline).await.is_err()
+            && let Err(e) = search.shutdown(deadline).await
         {
-            late.push(Unresponsive {
-                actor: "elasticsearch",
-            });
+            late.push(Unresponsive::call("elasticsearch", &e));
         }
         if let Some(volumes) = &self.volumes
-            && volumes
+            && let Err(e) = volumes
                 .addr()
                 .send(supervisor::Shutdown)
                 .timeout(deadline)
                 .await
-                .is_err()
         {
-            late.push(Unresponsive { actor: "volume" });
+            late.push(Unresponsive::mailbox("volume", &e));
         }
         if let Some(backup) = &self.backup
-            && backup
+            && let Err(e) = backup
                 .addr()
                 .send(supervisor::Shutdown)
                 .timeout(deadline)
                 .await
-                .is_err()
         {
-            late.push(Unresponsive { actor: "backup" });
+            late.push(Unresponsive::mailbox("backup", &e));
         }
         late
     }
@@ -335,6 +355,42 @@ mod tests {
 
     fn keys(e: &ConfigErrors) -> Vec<&str> {
         e.0.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    /// The watchdog's code tells a wedged actor (no answer in time) from a stopped one.
+    #[test]
+    fn unresponsive_says_whether_the_actor_stopped_or_did_not_answer() {
+        let cases = [
+            (
+                Unresponsive::call(
+                    "redis",
+                    &supervisor::not_delivered(Backend::Redis, actix::MailboxError::Closed),
+                ),
+                "not_delivered",
+                "the redis actor has stopped",
+            ),
+            (
+                Unresponsive::call(
+                    "mongodb",
+                    &supervisor::not_delivered(Backend::Mongodb, actix::MailboxError::Timeout),
+                ),
+                "deadline_exceeded",
+                "the mongodb actor did not answer in time",
+            ),
+            (
+                Unresponsive::mailbox("volume", &actix::MailboxError::Timeout),
+                "deadline_exceeded",
+                "the volume actor did not answer in time",
+            ),
+            (
+                Unresponsive::mailbox("volume", &actix::MailboxError::Closed),
+                "not_delivered",
+                "the volume actor has stopped",
+            ),
+        ];
+        for (e, code, text) in cases {
+            assert_eq!((e.code(), e.to_string().as_str()), (code, text), "{e:?}");
+        }
     }
 
     #[test]

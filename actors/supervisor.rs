@@ -349,7 +349,16 @@ impl CallError {
             CallError::NotDelivered { .. } => "not_delivered",
         }
     }
+
+    /// Whether the actor has stopped (its mailbox is closed), as opposed to not answering in
+    /// time.
+    pub fn actor_stopped(&self) -> bool {
+        matches!(self, CallError::NotDelivered { reason, .. } if *reason == ACTOR_STOPPED)
+    }
 }
+
+/// Why a message to a stopped actor was not delivered.
+const ACTOR_STOPPED: &str = "actor has stopped";
 
 /// Sends `msg` and waits for the answer at most `deadline`: the bounded mailbox makes `send`
 /// wait for room, so a full mailbox turns into an error the caller sees, never an unbounded
@@ -378,7 +387,7 @@ pub fn not_delivered(backend: Backend, e: MailboxError) -> CallError {
         backend,
         reason: match e {
             MailboxError::Timeout => "no answer within the deadline (mailbox full or actor busy)",
-            MailboxError::Closed => "actor has stopped",
+            MailboxError::Closed => ACTOR_STOPPED,
         },
     }
 }

@@ -856,8 +856,7 @@ mod tests {
         c.state_dir = tmp.path().join("state");
         std::fs::create_dir_all(c.volumes.root.join("chunks/a")).expect("mkdir");
         std::fs::write(c.volumes.root.join("chunks/a/x"), vec![7u8; 300_000]).expect("write");
-        let volumes =
-            crate::volume::VolumeActor::start_with(&c.volumes, Duration::from_secs(30), 64);
+        let volumes = crate::volume::VolumeActor::start_with(&c.volumes, &c.supervisor);
         let backup = BackupActor::start_with(&c, Some(volumes), vec!["redis"]);
         assert!(!c.state_dir.exists(), "starting touches no disk");
 

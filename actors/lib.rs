@@ -206,13 +206,9 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
     } else {
         None
     };
-    let volumes = roles.contains(Part::Volumes).then(|| {
-        volume::VolumeActor::start_with(
-            &config.volumes,
-            config.supervisor.stream_idle_timeout,
-            config.supervisor.mailbox_capacity,
-        )
-    });
+    let volumes = roles
+        .contains(Part::Volumes)
+        .then(|| volume::VolumeActor::start_with(&config.volumes, &config.supervisor));
     let backup = roles.contains(Part::Backup).then(|| {
         let databases = [
             (redis.is_some(), "redis"),

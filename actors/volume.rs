@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{ByteSize, ConfigError, VolumesConfig};
+use crate::config::{ByteSize, ConfigError, SupervisorConfig, VolumesConfig};
 use crate::events::{
     self, VolumeCreated, VolumeDeleted, VolumeMigrated, VolumeThresholdCleared,
     VolumeThresholdCrossed,
@@ -178,6 +178,10 @@ pub enum VolumeError {
     ImportSource { written: u64, reason: String },
     #[error("the volume actor did not take the request: {reason}")]
     NotDelivered { reason: &'static str },
+    /// A short call ([`VolumeOp::LONG`] false) got no answer within `supervisor.call_deadline`:
+    /// the actor's loop is wedged, or the work took longer. The operation may still finish.
+    #[error("the volume actor did not answer within {}", humantime::format_duration(*.after))]
+    DeadlineExceeded { after: Duration },
     /// A writer went past the bytes it reserved ([`ReserveQuota`]): it is stopped there, so
     /// no writer can take more of a quota than it was promised.
     #[error(
@@ -211,6 +215,7 @@ impl VolumeError {
             VolumeError::StreamIdle { .. } => "stream_idle",
             VolumeError::ImportSource { .. } => "import_source_failed",
             VolumeError::NotDelivered { .. } => "not_delivered",
+            VolumeError::DeadlineExceeded { .. } => "deadline_exceeded",
             VolumeError::OverReservation { .. } => "over_reservation",
         }
     }
@@ -541,10 +546,51 @@ pub struct VolumeActor {
     mailbox_capacity: usize,
 }
 
+/// A volume message, and how long its caller waits for the answer.
+pub trait VolumeOp: Message<Result = Result<Self::Output, VolumeError>> + Send + 'static {
+    type Output: Send + 'static;
+
+    /// A long operation moves, hashes or removes a volume's data (import, migrate, verify,
+    /// cleanup, delete, a write, a walk of every volume): its caller waits as long as it
+    /// makes progress, which each bounds with `supervisor.stream_idle_timeout` where it
+    /// streams. Every other call is short and answers within `supervisor.call_deadline` —
+    /// an export too, whose call answers the stream at once.
+    const LONG: bool;
+}
+
+macro_rules! volume_ops {
+    ($($msg:ty => $out:ty, $long:expr;)*) => {$(
+        impl VolumeOp for $msg {
+            type Output = $out;
+            const LONG: bool = $long;
+        }
+    )*};
+}
+
+volume_ops! {
+    ListVolumes => Vec<VolumeInfo>, false;
+    InspectVolume => VolumeInfo, false;
+    CreateVolume => VolumeInfo, false;
+    ResizeVolume => VolumeInfo, false;
+    CheckHealth => VolumeHealth, false;
+    ExportVolume => Feed<Vec<u8>, VolumeError>, false;
+    DeleteVolume => (), true;
+    MeasureUsage => Usage, true;
+    CheckThresholds => Vec<VolumeName>, true;
+    Verify => VerifyReport, true;
+    ImportVolume => ImportSummary, true;
+    MigrateVolume => VolumeInfo, true;
+    CleanupVolume => CleanupReport, true;
+    WriteFile => (), true;
+    ReserveQuota => Reservation, true;
+}
+
 /// What callers hold.
 #[derive(Clone)]
 pub struct VolumeHandle {
     addr: Addr<VolumeActor>,
+    /// `supervisor.call_deadline`, for short calls.
+    deadline: Duration,
 }
 
 impl VolumeHandle {
@@ -552,15 +598,27 @@ impl VolumeHandle {
         &self.addr
     }
 
-    /// Sends a message and waits for its answer (volume operations can be long: an export, a
-    /// migration; each bounds its own progress with the idle timeout).
-    pub async fn call<M, T>(&self, msg: M) -> Result<T, VolumeError>
+    /// Sends a message and waits for its answer: a short call at most
+    /// `supervisor.call_deadline` (then `deadline_exceeded`, so a wedged actor never hangs
+    /// its caller), a long operation as long as it makes progress ([`VolumeOp::LONG`]).
+    pub async fn call<M>(&self, msg: M) -> Result<M::Output, VolumeError>
     where
-        M: Message<Result = Result<T, VolumeError>> + Send + 'static,
-        T: Send + 'static,
+        M: VolumeOp,
         VolumeActor: Handler<M>,
     {
-        match self.addr.send(msg).await {
+        let answer = if M::LONG {
+            self.addr.send(msg).await
+        } else {
+            match self.addr.send(msg).timeout(self.deadline).await {
+                Err(MailboxError::Timeout) => {
+                    return Err(VolumeError::DeadlineExceeded {
+                        after: self.deadline,
+                    });
+                }
+                answer => answer,
+            }
+        };
+        match answer {
             Ok(res) => res,
             Err(_) => Err(VolumeError::NotDelivered {
                 reason: "the volume actor has stopped",
@@ -622,11 +680,7 @@ impl VolumeActor {
     /// see `actors/threads.rs`; its filesystem work runs on that thread's blocking pool). It
     /// loads the volumes found under the root, finishes or undoes operations a crash
     /// interrupted, and creates missing default and extra volumes before it takes any message.
-    pub fn start_with(
-        cfg: &VolumesConfig,
-        stream_idle: Duration,
-        mailbox_capacity: usize,
-    ) -> VolumeHandle {
+    pub fn start_with(cfg: &VolumesConfig, sup: &SupervisorConfig) -> VolumeHandle {
         let mut defaults: Vec<VolumeName> = DEFAULT_VOLUMES
             .iter()
             .filter_map(|n| VolumeName::new(n).ok())
@@ -643,7 +697,7 @@ impl VolumeActor {
                 usage_max_age: cfg.usage_max_age,
                 cleanup_patterns: cfg.cleanup_patterns.clone(),
                 cleanup_age: cfg.cleanup_age,
-                stream_idle,
+                stream_idle: sup.stream_idle_timeout,
             }),
             root_error: None,
             volumes: BTreeMap::new(),
@@ -651,10 +705,11 @@ impl VolumeActor {
             reserved: reserve::Book::default(),
             creating: BTreeSet::new(),
             above: BTreeSet::new(),
-            mailbox_capacity,
+            mailbox_capacity: sup.mailbox_capacity,
         };
         VolumeHandle {
             addr: ActorThread::start("lucid-volume").start_actor(move |_| actor),
+            deadline: sup.call_deadline,
         }
     }
 
@@ -1117,6 +1172,9 @@ impl Handler<InspectVolume> for VolumeActor {
     type Result = Reply<VolumeInfo>;
 
     fn handle(&mut self, msg: InspectVolume, _: &mut Context<Self>) -> Self::Result {
+        // A wedged actor, for the test that its callers still get an answer in time.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("volume-inspect-wedged");
         if let Err(e) = self.known(&msg.name) {
             return ready(Err(e));
         }

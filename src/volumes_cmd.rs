@@ -15,8 +15,8 @@ use lucid_actors::config::ByteSize;
 use lucid_actors::state::{self, StateError};
 use lucid_actors::volume::{
     CheckThresholds, CleanupVolume, CreateVolume, DeleteVolume, InspectVolume, ListVolumes,
-    MigrateVolume, ResizeVolume, Verify, VolumeError, VolumeHandle, VolumeInfo, VolumeName,
-    check_root,
+    MeasureUsage, MigrateVolume, ResizeVolume, Verify, VolumeError, VolumeHandle, VolumeInfo,
+    VolumeName, check_root,
 };
 use lucid_actors::{Config, Roles, StateDir};
 use serde::Serialize;
@@ -98,7 +98,11 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
             print(json, &list, || table(&list));
         }
         VolumesCommand::Inspect { name: n } => {
-            let info = v.call(InspectVolume { name: name(&n)? }).await?;
+            // Measured first, without the short calls' deadline (a large volume's walk may
+            // take longer): the inspect then answers from the fresh figure.
+            let n = name(&n)?;
+            v.call(MeasureUsage { name: n.clone() }).await?;
+            let info = v.call(InspectVolume { name: n }).await?;
             print(json, &info, || inspect(&info));
         }
         VolumesCommand::Create {

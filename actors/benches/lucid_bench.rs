@@ -753,6 +753,7 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
     cfg.volumes.root = root.path().to_path_buf();
+    cfg.supervisor.mailbox_capacity = 64;
     let bytes = plant_volume(&root.path().join("chunks"));
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
@@ -761,7 +762,7 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
 
     let system = actix_rt::System::new();
     system.block_on(async {
-        let v = VolumeActor::start_with(&cfg.volumes, Duration::from_secs(30), 64);
+        let v = VolumeActor::start_with(&cfg.volumes, &cfg.supervisor);
         v.call(ListVolumes).await.unwrap_or_else(|e| panic!("start: {e}"));
 
         let actor_export = || async {
@@ -845,7 +846,7 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
         let many_root = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap_or_else(|e| panic!("{e}"));
         let mut many_cfg = cfg.volumes.clone();
         many_cfg.root = many_root.path().to_path_buf();
-        let many = VolumeActor::start_with(&many_cfg, Duration::from_secs(30), 64);
+        let many = VolumeActor::start_with(&many_cfg, &cfg.supervisor);
         many.call(ListVolumes).await.unwrap_or_else(|e| panic!("{e}"));
         for d in 0..100 {
             let sub = many_root.path().join(format!("blocks/d{d:03}"));

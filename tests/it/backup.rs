@@ -660,7 +660,8 @@ async fn fs_partials_are_cleaned_up_and_a_writer_stops_at_its_reservation() {
     let mut c = Config::defaults().expect("defaults");
     c.volumes.root = tmp.path().join("volumes");
     std::fs::create_dir(&c.volumes.root).expect("mkdir");
-    let volumes = VolumeActor::start_with(&c.volumes, Duration::from_secs(5), 64);
+    c.supervisor.stream_idle_timeout = Duration::from_secs(5);
+    let volumes = VolumeActor::start_with(&c.volumes, &c.supervisor);
     let reservation = volumes
         .call(ReserveQuota {
             name: VolumeName::new("backups").expect("name"),

@@ -16,7 +16,9 @@ use lucid_actors::volume::{
     InspectVolume, ListVolumes, MeasureUsage, MigrateVolume, ReserveQuota, ResizeVolume, Verify,
     VolumeActor, VolumeError, VolumeHandle, VolumeName, WriteFile,
 };
-use lucid_actors::{Config, volume};
+use lucid_actors::{Config, Roles, volume};
+
+use crate::common::SLACK;
 
 fn name(n: &str) -> VolumeName {
     VolumeName::new(n).expect("valid name")
@@ -26,8 +28,10 @@ fn name(n: &str) -> VolumeName {
 fn start(root: &Path, tweak: impl FnOnce(&mut Config)) -> VolumeHandle {
     let mut c = Config::defaults().expect("defaults");
     c.volumes.root = root.to_path_buf();
+    c.supervisor.stream_idle_timeout = Duration::from_secs(5);
+    c.supervisor.mailbox_capacity = 64;
     tweak(&mut c);
-    VolumeActor::start_with(&c.volumes, Duration::from_secs(5), 64)
+    VolumeActor::start_with(&c.volumes, &c.supervisor)
 }
 
 async fn create(v: &VolumeHandle, n: &str, quota: Option<&str>) {
@@ -648,6 +652,66 @@ async fn an_export_feed_imports_an_empty_volume_counts_as_empty_and_a_failing_so
     );
     assert!(root.path().join("hostile/kept.txt").exists());
     assert!(!root.path().join("escaped.txt").exists());
+}
+
+/// A wedged volume actor (its loop blocked inside a handler by a fail point) does not hang its
+/// callers: short calls answer `deadline_exceeded` after `supervisor.call_deadline`, the
+/// watchdog's round trip reports a timeout, not a stopped actor, and once the loop turns
+/// again every call answers as before.
+#[actix_rt::test]
+async fn a_wedged_volume_actor_answers_short_calls_with_deadline_exceeded() {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    let scenario = fail::FailScenario::setup();
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cfg = Config::defaults().expect("defaults");
+    cfg.volumes.root = root.path().to_path_buf();
+    cfg.supervisor.call_deadline = DEADLINE;
+    let handles = lucid_actors::start(&cfg, Roles::VOLUMES);
+    let v = handles.volumes.clone().expect("the volumes part runs");
+    v.call(ListVolumes).await.expect("started");
+
+    fail::cfg("volume-inspect-wedged", "pause").expect("fail point");
+    let started = Instant::now();
+    let err = v
+        .call(InspectVolume { name: name("logs") })
+        .await
+        .expect_err("the actor is wedged");
+    let took = started.elapsed();
+    // The deadline fired (the error names it), not some other clock; the wall-clock bound
+    // only tells an answer from a hang.
+    assert_eq!(err, VolumeError::DeadlineExceeded { after: DEADLINE });
+    assert_eq!(err.code(), "deadline_exceeded");
+    assert!(took >= DEADLINE && took < DEADLINE + SLACK, "{took:?}");
+    // Still wedged: another short call answers the same, and the watchdog sees a timeout.
+    let err = v.call(ListVolumes).await.expect_err("still wedged");
+    assert!(
+        matches!(err, VolumeError::DeadlineExceeded { .. }),
+        "{err:?}"
+    );
+    let late = handles
+        .heartbeat(DEADLINE)
+        .await
+        .expect_err("no round trip");
+    assert_eq!((late.actor, late.code()), ("volume", "deadline_exceeded"));
+
+    // The loop turns again: everything answers.
+    fail::remove("volume-inspect-wedged");
+    let info = v
+        .call(InspectVolume { name: name("logs") })
+        .await
+        .expect("inspect once unwedged");
+    assert_eq!(info.meta.name, name("logs"));
+    handles.heartbeat(DEADLINE).await.expect("round trip");
+    assert!(
+        handles.shutdown(DEADLINE).await.is_empty(),
+        "actors must quit"
+    );
+    // Stopped is told apart from wedged.
+    let gone = handles.heartbeat(DEADLINE).await.expect_err("stopped");
+    assert_eq!((gone.actor, gone.code()), ("volume", "not_delivered"));
+    let err = v.call(ListVolumes).await.expect_err("stopped");
+    assert!(matches!(err, VolumeError::NotDelivered { .. }), "{err:?}");
+    scenario.teardown();
 }
 
 #[actix_rt::test]

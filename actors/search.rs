@@ -124,9 +124,12 @@ pub enum SearchError {
     /// An export or import made no progress for `supervisor.stream_idle_timeout`.
     #[error("stream idle for {} ms: {what}", .after.as_millis())]
     StreamIdle { what: &'static str, after: Duration },
-    /// The bulk indexer holds all it may (backpressure); try again later.
-    #[error("the bulk indexer is full ({budget_bytes} bytes queued or in flight); try again later")]
-    Busy { budget_bytes: u64 },
+    /// The bulk indexer holds all it may (backpressure): its byte budget or its queue is
+    /// full; try again later.
+    #[error(
+        "the bulk indexer is full (at most {budget_bytes} bytes held, {queue_docs} documents queued); try again later"
+    )]
+    Busy { budget_bytes: u64, queue_docs: u64 },
 }
 
 impl SearchError {

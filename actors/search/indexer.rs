@@ -12,11 +12,14 @@
 //! comes first. At most `bulk_in_flight` requests are out at once; while they all are, the
 //! task takes nothing more from the queue.
 //!
-//! **Memory is bounded**: before a document is queued its caller reserves its size from a
-//! budget of (`bulk_in_flight` + 1) × `bulk_max_bytes`, given back when the document's outcome
-//! is known. A full budget is the backpressure: `submit` waits for room (at most the call
-//! deadline, then `busy`); `try_submit` answers `busy` at once. Refusals are counted
-//! ([`IndexerStats::busy`]), not logged one by one.
+//! **Memory is bounded**, in bytes and in documents: before a document is queued its caller
+//! reserves its size from a budget of (`bulk_in_flight` + 1) × `bulk_max_bytes`, given back
+//! when the document's outcome is known, and a place in the queue, a bounded channel of
+//! `bulk_max_docs` places (the budget alone would let a flood of tiny documents queue by the
+//! hundred thousand, each with its reply channel). A full budget or a full queue is the
+//! backpressure: `submit` waits for room (at most the call deadline for both, then `busy`);
+//! `try_submit` answers `busy` at once. Refusals are counted ([`IndexerStats::busy`]), not
+//! logged one by one.
 //!
 //! [`Indexer::flush`] sends what is queued now and waits until everything sent before has its
 //! outcome; the daemon flushes before it stops, so queued documents are not dropped.
@@ -51,6 +54,13 @@ impl Limits {
             .saturating_mul(self.in_flight + 1)
             .min(Semaphore::MAX_PERMITS)
     }
+
+    /// Documents waiting for the batching task at most: one batch's worth. With the batches in
+    /// flight and the one being gathered, the indexer holds at most (`bulk_in_flight` + 2) ×
+    /// `bulk_max_docs` documents, however small.
+    pub fn queue(&self) -> usize {
+        self.max_docs.max(1)
+    }
 }
 
 /// What the indexer has done, read in process.
@@ -60,12 +70,16 @@ pub struct IndexerStats {
     pub held_bytes: u64,
     /// The most it may hold: (`bulk_in_flight` + 1) × `bulk_max_bytes`.
     pub budget_bytes: u64,
+    /// Documents in the queue now, not yet taken into a batch.
+    pub queued: u64,
+    /// The queue's places: `bulk_max_docs`.
+    pub queue_capacity: u64,
     /// Documents taken and answered since start.
     pub submitted: u64,
     pub answered: u64,
     /// Batches handed to the sender (one or more bulk requests each, with retries).
     pub batches: u64,
-    /// Submissions refused because the budget stayed full.
+    /// Submissions refused because the budget or the queue stayed full.
     pub busy: u64,
 }
 
@@ -92,7 +106,7 @@ enum Command {
 /// The queue's sending side; see the module doc. Cheap to clone.
 #[derive(Clone)]
 pub struct Indexer {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
     room: Arc<Semaphore>,
     limits: Limits,
     counters: Arc<Counters>,
@@ -110,7 +124,7 @@ impl Indexer {
         S: Fn(Vec<Prepared>) -> F + Send + Sync + 'static,
         F: Future<Output = Vec<Outcome>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(limits.queue());
         let counters = Arc::new(Counters::default());
         let batching = run(rx, limits, send, counters.clone());
         let indexer = Indexer {
@@ -134,23 +148,32 @@ impl Indexer {
         indexer
     }
 
-    /// Queues a document, waiting at most `wait` for room; answers its outcome.
+    /// Queues a document, waiting at most `wait` for room in the budget and the queue;
+    /// answers its outcome.
     pub(crate) async fn submit(
         &self,
         doc: Prepared,
         wait: Duration,
     ) -> Result<IndexReply, SearchError> {
+        let until = Instant::now() + wait;
         let need = self.need(&doc);
-        let room =
-            match tokio::time::timeout(wait, self.room.clone().acquire_many_owned(need)).await {
-                Ok(Ok(room)) => room,
-                Ok(Err(_)) => return Err(stopped()),
-                Err(_) => return Err(self.busy()),
-            };
-        self.enqueue(doc, room).await
+        let room = match tokio::time::timeout_at(until, self.room.clone().acquire_many_owned(need))
+            .await
+        {
+            Ok(Ok(room)) => room,
+            Ok(Err(_)) => return Err(stopped()),
+            Err(_) => return Err(self.busy()),
+        };
+        let place = match tokio::time::timeout_at(until, self.tx.reserve()).await {
+            Ok(Ok(place)) => place,
+            Ok(Err(_)) => return Err(stopped()),
+            Err(_) => return Err(self.busy()),
+        };
+        self.enqueue(place, doc, room).await
     }
 
-    /// Queues a document if there is room now, else `busy`; answers its outcome.
+    /// Queues a document if there is room in the budget and the queue now, else `busy`;
+    /// answers its outcome.
     pub(crate) async fn try_submit(&self, doc: Prepared) -> Result<IndexReply, SearchError> {
         let need = self.need(&doc);
         let room = match self.room.clone().try_acquire_many_owned(need) {
@@ -158,13 +181,23 @@ impl Indexer {
             Err(TryAcquireError::NoPermits) => return Err(self.busy()),
             Err(TryAcquireError::Closed) => return Err(stopped()),
         };
-        self.enqueue(doc, room).await
+        let place = match self.tx.try_reserve() {
+            Ok(place) => place,
+            Err(mpsc::error::TrySendError::Full(())) => return Err(self.busy()),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(stopped()),
+        };
+        self.enqueue(place, doc, room).await
     }
 
-    /// Sends what is queued now and waits until everything sent before has its outcome.
+    /// Sends what is queued now and waits until everything sent before has its outcome. (It
+    /// waits for a place in the queue like a document, however long: the batching task is
+    /// emptying it.)
     pub async fn flush(&self) -> Result<(), SearchError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Flush(tx)).map_err(|_| stopped())?;
+        self.tx
+            .send(Command::Flush(tx))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
 
@@ -173,6 +206,8 @@ impl Indexer {
         IndexerStats {
             held_bytes: budget.saturating_sub(self.room.available_permits()) as u64,
             budget_bytes: budget as u64,
+            queued: self.tx.max_capacity().saturating_sub(self.tx.capacity()) as u64,
+            queue_capacity: self.tx.max_capacity() as u64,
             submitted: self.counters.submitted.load(Ordering::Relaxed),
             answered: self.counters.answered.load(Ordering::Relaxed),
             batches: self.counters.batches.load(Ordering::Relaxed),
@@ -191,18 +226,18 @@ impl Indexer {
         self.counters.busy.fetch_add(1, Ordering::Relaxed);
         SearchError::Busy {
             budget_bytes: self.limits.budget() as u64,
+            queue_docs: self.limits.queue() as u64,
         }
     }
 
     async fn enqueue(
         &self,
+        place: mpsc::Permit<'_, Command>,
         doc: Prepared,
         room: OwnedSemaphorePermit,
     ) -> Result<IndexReply, SearchError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Doc(Queued { doc, reply, room }))
-            .map_err(|_| stopped())?;
+        place.send(Command::Doc(Queued { doc, reply, room }));
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
         answer.await.map_err(|_| stopped())?
     }
@@ -218,7 +253,7 @@ fn stopped() -> SearchError {
 /// The batching task: gathers documents, sends a batch when it is full or due, and never has
 /// more than `in_flight` batches out.
 async fn run<S, F>(
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: mpsc::Receiver<Command>,
     limits: Limits,
     send: S,
     counters: Arc<Counters>,
@@ -531,7 +566,13 @@ mod tests {
         // Full: try_submit answers busy at once, submit after its wait.
         let refused = ix.try_submit(doc("f4")).await;
         assert!(
-            matches!(refused, Err(SearchError::Busy { budget_bytes: 800 })),
+            matches!(
+                refused,
+                Err(SearchError::Busy {
+                    budget_bytes: 800,
+                    ..
+                })
+            ),
             "{refused:?}"
         );
         let started = Instant::now();
@@ -569,6 +610,76 @@ mod tests {
             batches,
             vec![ids(&["f0", "f1"]), ids(&["f2", "f3"]), ids(&["f6"])]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_bounds_how_many_documents_wait_and_callers_wait_or_get_busy() {
+        // Two documents a batch and one batch in flight, with a budget far from full: only
+        // the queue (two places) holds documents back.
+        let gate = Arc::new(Semaphore::new(0));
+        let (ix, sent, _) = indexer(limits(2, 1 << 20, 1), Some(gate.clone()));
+        assert_eq!(ix.stats().queue_capacity, 2);
+        let mut waiting = Vec::new();
+        for n in ["g0", "g1", "g2", "g3", "g4", "g5"] {
+            waiting.push(spawn_submit(&ix, n, Duration::from_secs(60)));
+            // Every task runs until it waits (paused time moves on only then).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // g0 and g1 in flight (held by the gate), g2 and g3 the next batch, waiting for the
+        // slot; g4 and g5 fill the queue.
+        assert_eq!(ids_sent(&sent), vec![ids(&["g0", "g1"])]);
+        let stats = ix.stats();
+        assert_eq!(stats.queued, 2, "{stats:?}");
+        assert_eq!(stats.held_bytes, 6 * SIZE as u64, "{stats:?}");
+        assert!(stats.held_bytes < stats.budget_bytes / 100, "{stats:?}");
+
+        // The queue is full, the budget is not: try_submit answers busy at once, submit
+        // after its wait, and neither takes any of the budget.
+        let refused = ix.try_submit(doc("g6")).await;
+        assert!(
+            matches!(refused, Err(SearchError::Busy { queue_docs: 2, .. })),
+            "{refused:?}"
+        );
+        let started = Instant::now();
+        let refused = ix.submit(doc("g7"), Duration::from_millis(300)).await;
+        assert!(
+            matches!(refused, Err(SearchError::Busy { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(ix.stats().busy, 2);
+        assert_eq!(ix.stats().held_bytes, 6 * SIZE as u64);
+
+        // A patient caller gets a place once the server answers and the queue moves.
+        let patient = spawn_submit(&ix, "g8", Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!patient.is_finished());
+        gate.add_permits(10);
+        for w in waiting {
+            w.await.expect("join").expect("indexed");
+        }
+        patient.await.expect("join").expect("g8 indexed");
+        ix.flush().await.expect("flush");
+        let stats = ix.stats();
+        assert_eq!((stats.queued, stats.held_bytes), (0, 0), "{stats:?}");
+        assert_eq!(
+            ids_sent(&sent),
+            vec![
+                ids(&["g0", "g1"]),
+                ids(&["g2", "g3"]),
+                ids(&["g4", "g5"]),
+                ids(&["g8"])
+            ]
+        );
+    }
+
+    /// The ids of each batch sent, in order.
+    fn ids_sent(sent: &Sent) -> Vec<Vec<String>> {
+        sent.lock()
+            .expect("sent")
+            .iter()
+            .map(|(_, ids)| ids.clone())
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]

@@ -1670,7 +1670,9 @@ async fn the_bulk_indexer_answers_busy_while_a_blocked_cluster_holds_its_budget(
     assert_eq!(status, 200);
     let busy = answers
         .iter()
-        .filter(|a| matches!(a, Err(SearchError::Busy { budget_bytes }) if *budget_bytes == budget))
+        .filter(
+            |a| matches!(a, Err(SearchError::Busy { budget_bytes, .. }) if *budget_bytes == budget),
+        )
         .count();
     let ok = answers.iter().filter(|a| a.is_ok()).count();
     assert!(busy > 0, "nothing refused: {:?}", h.indexer_stats());

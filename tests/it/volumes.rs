@@ -827,6 +827,7 @@ async fn a_walk_over_100000_files_does_not_hold_up_other_messages() {
     }
     // `Addr::send` puts each message in the mailbox at once, in this order: the walk is taken
     // first, and the list must still be answered before the walk ends.
+    let walk_asked = Instant::now();
     let walking = v.addr().send(MeasureUsage { name: name("many") });
     let list = v.addr().send(ListVolumes);
     tokio::pin!(walking);
@@ -837,20 +838,33 @@ async fn a_walk_over_100000_files_does_not_hold_up_other_messages() {
     };
     assert!(answered.len() >= 10);
     let usage = walking.await.expect("delivered").expect("usage");
+    let walked = Instant::now();
     assert_eq!(usage.tally.files, 100_000);
     assert_eq!(usage.tally.dirs, 100);
-    // Measured once, then served from the cache within volumes.usage_max_age.
-    let inspect_started = Instant::now();
+    assert_eq!(usage.age_ms, 0, "a walk answers a fresh figure");
+    // Measured once, then served from the cache within volumes.usage_max_age: a file added
+    // behind the actor's back after the walk is not in the inspect's figure (a re-walk would
+    // count it), and the figure's age is that walk's — no less than the time since the walk
+    // answered, no more than the time since it was asked for.
+    std::fs::write(dir.join("d000/added-after-the-walk"), b"x").expect("write");
+    let since_walk = walked.elapsed();
     let info = v
         .call(InspectVolume { name: name("many") })
         .await
         .expect("inspect");
-    assert_eq!(info.usage.expect("usage").tally.files, 100_000);
+    let cached = info.usage.expect("usage");
+    assert_eq!(cached.tally.files, 100_000, "inspect re-walked: {cached:?}");
+    let age = Duration::from_millis(cached.age_ms);
     assert!(
-        inspect_started.elapsed() < Duration::from_secs(1),
-        "inspect re-walked: {:?}",
-        inspect_started.elapsed()
+        age >= Duration::from_millis(since_walk.as_millis() as u64) && age <= walk_asked.elapsed(),
+        "age {age:?} is not the walk's ({since_walk:?} since it answered)"
     );
+    // A walk does see the added file: the figure above is the cache, not a blind spot.
+    let fresh = v
+        .call(MeasureUsage { name: name("many") })
+        .await
+        .expect("usage");
+    assert_eq!((fresh.tally.files, fresh.age_ms), (100_001, 0));
 }
 
 #[test]

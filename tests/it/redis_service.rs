@@ -21,7 +21,7 @@ use lucid_testkit::{Server, free_port, redis};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DEADLINE, fast_config as config};
+use crate::common::{DEADLINE, SLACK, at_once, fast_config as config};
 
 /// The actors on a fresh server, once Redis is up, and a plain connection for inspection.
 async fn start(
@@ -1150,8 +1150,10 @@ async fn a_rate_limit_check_lost_on_the_way_follows_the_policy_and_says_so() {
         )
         .await
         .expect("decision");
-    assert!(started.elapsed() < DEADLINE + Duration::from_millis(200));
+    // The policy answered (and said so) instead of an error; the wall clock only tells an
+    // answer from a hang.
     assert!(d.allowed && d.degraded == Some(DownPolicy::Open), "{d:?}");
+    assert!(started.elapsed() < DEADLINE + SLACK);
     assert_eq!(cap.named("ratelimit.degraded").len(), 1);
     server.resume();
     stop(handles).await;
@@ -1433,20 +1435,22 @@ async fn service_calls_never_hang_on_a_frozen_or_dead_server() {
         }),
     ])
     .await;
-    assert!(
-        started.elapsed() < DEADLINE + Duration::from_millis(300),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Each ran into the deadline (the error names it); the wall clock only tells an answer
+    // from a hang.
     for res in calls {
         assert!(
             matches!(
                 res,
-                Err(RedisError::Call(CallError::DeadlineExceeded { .. }))
+                Err(RedisError::Call(CallError::DeadlineExceeded { after, .. })) if after == DEADLINE
             ),
             "{res:?}"
         );
     }
+    assert!(
+        started.elapsed() < DEADLINE + SLACK,
+        "took {:?}",
+        started.elapsed()
+    );
     server.resume();
     wait_until(Duration::from_secs(3), "up after SIGCONT", || {
         handles.registry.readiness().is_ok()
@@ -1462,15 +1466,15 @@ async fn service_calls_never_hang_on_a_frozen_or_dead_server() {
         handles.registry.readiness().is_err()
     })
     .await;
-    let started = Instant::now();
     assert!(matches!(
-        r.cache_get::<String>(&key).await,
+        at_once(r.cache_get::<String>(&key)),
         Err(RedisError::Call(CallError::Unavailable { .. }))
     ));
-    assert!(started.elapsed() < Duration::from_millis(100));
     server.start_again();
+    // Back within a retry at the backoff cap (400 ms) and a connect, give or take a loaded
+    // machine; that no retry waits longer than the cap is redis_supervision.rs's to show.
     wait_until(
-        Duration::from_millis(400) + DEADLINE + Duration::from_millis(500),
+        Duration::from_millis(400) + DEADLINE + SLACK,
         "recovered within the backoff bound",
         || handles.registry.readiness().is_ok(),
     )

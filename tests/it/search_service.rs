@@ -23,7 +23,7 @@ use lucid_actors::{Backend, CallError, Config, events};
 use lucid_testkit::{Server, elasticsearch};
 use serde_json::{Value, json};
 
-use crate::common::{DEADLINE, fast_config};
+use crate::common::{DEADLINE, SLACK, at_once, fast_config};
 
 /// A clock the test moves.
 struct TestClock(Mutex<DateTime<Utc>>);
@@ -1011,24 +1011,35 @@ async fn kill_sigstop_and_restart_never_hang_a_call_and_recover_within_the_bound
         text: None,
     };
 
+    // Killed: calls fail within the deadline (the wall clock only tells an answer from a
+    // hang), then at once once the actor knows.
     server.stop();
     let started = Instant::now();
     assert!(h.ping().await.is_err());
-    assert!(started.elapsed() < DEADLINE + Duration::from_millis(300));
+    assert!(started.elapsed() < DEADLINE + SLACK);
     wait_until(Duration::from_secs(3), "marked down", || !is_up(&registry)).await;
-    let started = Instant::now();
-    let e = h.call(count()).await.expect_err("unavailable");
+    let e = at_once(h.call(count())).expect_err("unavailable");
     assert!(
         matches!(e, SearchError::Call(CallError::Unavailable { .. })),
         "{e}"
     );
-    assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(cap.named("backend.down").len(), 1);
 
     // osmem keeps nothing across a restart: back up, the bootstrap puts everything again.
+    // What bounds the recovery is the schedule — no retry is scheduled further out than the
+    // cap —; the wall clock is given a loaded machine's slack.
     server.start_again();
-    let back = wait_until(Duration::from_secs(10), "back up", || is_up(&registry)).await;
-    assert!(back < Duration::from_secs(3), "recovered in {back:?}");
+    let test_cap = config(&server).supervisor.backoff_cap;
+    wait_until(test_cap + DEADLINE + SLACK, "back up", || is_up(&registry)).await;
+    let delays: Vec<u64> = cap
+        .named("backend.retry_scheduled")
+        .iter()
+        .filter_map(|e| e.field("retry_in_ms")?.parse().ok())
+        .collect();
+    assert!(
+        !delays.is_empty() && delays.iter().all(|&ms| ms <= test_cap.as_millis() as u64),
+        "retries beyond the cap: {delays:?}"
+    );
     wait_until(Duration::from_secs(5), "bootstrapped again", || {
         cap.named("search.bootstrap_applied").len() == 2
     })
@@ -1038,9 +1049,9 @@ async fn kill_sigstop_and_restart_never_hang_a_call_and_recover_within_the_bound
     server.pause();
     let started = Instant::now();
     let calls = futures_util::future::join_all((0..8).map(|_| h.call(count()))).await;
-    assert!(calls.iter().all(Result::is_err));
+    assert!(calls.iter().all(Result::is_err), "{calls:?}");
     assert!(
-        started.elapsed() < DEADLINE + Duration::from_millis(300),
+        started.elapsed() < DEADLINE + SLACK,
         "{:?}",
         started.elapsed()
     );
@@ -1692,16 +1703,11 @@ async fn the_bulk_indexer_answers_busy_while_a_blocked_cluster_holds_its_budget(
         registry.readiness().is_err()
     })
     .await;
-    let started = Instant::now();
-    let e = h
-        .submit(Entity::Transactions, transaction(7))
-        .await
-        .expect_err("unavailable");
+    let e = at_once(h.submit(Entity::Transactions, transaction(7))).expect_err("unavailable");
     assert!(
         matches!(e, SearchError::Call(CallError::Unavailable { .. })),
         "{e}"
     );
-    assert!(started.elapsed() < Duration::from_millis(100));
     assert_eq!(h.indexer_stats().held_bytes, 0);
 }
 

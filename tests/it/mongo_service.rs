@@ -1090,9 +1090,15 @@ async fn a_stream_the_reader_abandons_ends_with_an_error_not_silently() {
         .call(Find::new(Collection::Analytics, doc! {}))
         .await
         .expect("find");
-    // Read one, then stall well past the idle timeout with the channel full.
+    // Read one, then take nothing until the pump has given up on this reader (its feed fills
+    // up, and nobody takes from it for the idle timeout).
     assert!(stream.next().await.is_some());
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    wait_until(
+        Duration::from_millis(300) + SLACK,
+        "the pump to give up on the stalled reader",
+        || stream.finished(),
+    )
+    .await;
     let mut n = 1;
     let mut last = None;
     while let Some(item) = stream.next().await {
@@ -1101,7 +1107,11 @@ async fn a_stream_the_reader_abandons_ends_with_an_error_not_silently() {
             Err(e) => last = Some(e),
         }
     }
-    assert!(n < 3000, "the pump stopped early ({n} read)");
+    // Cut short by the stall: the first batch and what was queued, then the error.
+    assert!(
+        n < 3000,
+        "all {n} documents arrived: the stall past the idle timeout did not end the stream"
+    );
     assert!(
         matches!(last, Some(MongoError::StreamIdle { .. })),
         "{last:?}"

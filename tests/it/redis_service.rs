@@ -1500,9 +1500,15 @@ async fn an_export_the_reader_abandons_ends_with_an_error_not_silently() {
     }
     let () = pipe.query_async(&mut raw).await.expect("seed");
     let mut keys = r.export().await.expect("export");
-    // Read one, then stall well past the idle timeout with the channel full.
+    // Read one, then take nothing until the export has given up on this reader (its feed
+    // fills up, and nobody takes from it for the idle timeout).
     assert!(matches!(keys.next().await, Some(Ok(_))));
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    wait_until(
+        Duration::from_millis(300) + SLACK,
+        "the export to give up on the stalled reader",
+        || keys.finished(),
+    )
+    .await;
     let (mut n, mut errors) = (1, Vec::new());
     while let Some(item) = keys.next().await {
         match item {
@@ -1510,7 +1516,11 @@ async fn an_export_the_reader_abandons_ends_with_an_error_not_silently() {
             Err(e) => errors.push(e),
         }
     }
-    assert!(n < 3000, "the export stopped early ({n} read)");
+    // Cut short by the stall: what was queued when it gave up, then the error, once.
+    assert!(
+        n < 3000,
+        "all {n} keys arrived: the stall past the idle timeout did not end the export"
+    );
     assert!(
         matches!(errors.as_slice(), [RedisError::StreamIdle { .. }]),
         "one stream_idle error at the end: {errors:?}"

@@ -55,6 +55,66 @@ async fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool)
     }
 }
 
+/// Redis's clock (`TIME`) in milliseconds, as the rate-limit script reads it.
+async fn server_ms(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(raw).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
+/// Checks `subject` against `limit` per `window` until a request is admitted (within a
+/// deadline), holding every decision to the window's `edge` on the server's clock — the
+/// clock the script decides by. Each check is bracketed by two readings of that clock (Redis
+/// runs one command at a time, so the script's reading lies between them): a refusal must
+/// come before the edge and point `retry_after` at it, an admission must come at or after
+/// it, and a refusal adds nothing to the window (`key` holds none but the `admitted`
+/// members). Answers how many refusals there were.
+async fn check_until_admitted(
+    r: &RedisHandle,
+    raw: &mut redis::aio::MultiplexedConnection,
+    (subject, limit, window): (RateSubject, u32, Duration),
+    edge: u64,
+    (key, admitted): (&str, &[String]),
+) -> u32 {
+    let deadline = Instant::now() + window + SLACK;
+    let mut refusals = 0;
+    loop {
+        let before = server_ms(raw).await;
+        let d = r
+            .check_rate_limit(subject.clone(), limit, window)
+            .await
+            .expect("check");
+        let after = server_ms(raw).await;
+        if d.allowed {
+            assert!(
+                after >= edge,
+                "admitted in {before}..={after} ms, before the edge at {edge} ms: {d:?}"
+            );
+            return refusals;
+        }
+        assert!(
+            before < edge,
+            "refused in {before}..={after} ms, at or after the edge at {edge} ms: {d:?}"
+        );
+        let retry = d.retry_after.as_millis() as u64;
+        assert!(
+            (edge.saturating_sub(after).max(1)..=edge - before).contains(&retry),
+            "retry_after {retry} ms does not point at the edge ({edge} ms) from {before}..={after} ms"
+        );
+        assert_eq!(d.remaining, 0);
+        let held: Vec<String> = raw.zrange(key, 0, -1).await.expect("ZRANGE");
+        assert!(
+            held.iter().all(|m| admitted.contains(m)),
+            "a refusal was added to the window: {held:?}"
+        );
+        refusals += 1;
+        assert!(
+            Instant::now() < deadline,
+            "still refused {refusals} times, past the edge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn pttl(raw: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     raw.pttl(key).await.expect("PTTL")
 }
@@ -328,9 +388,12 @@ async fn sessions_ttl_extend_and_an_index_consistent_with_expiry() {
 #[actix_rt::test]
 async fn rate_limit_is_exact_at_the_window_edge() {
     let server = redis();
-    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let (handles, r, mut raw) = start(&server, |_| {}).await;
     let who = RateSubject::Ip("192.0.2.7".parse().expect("ip"));
-    let window = Duration::from_millis(600);
+    // Long enough that the check right after the third admission comes before the edge even
+    // on a loaded machine: the test waits for the edge, not for a fixed time.
+    let window = Duration::from_millis(1500);
+    let key = "lucid:ratelimit:ip:192.0.2.7:3per1500ms";
 
     let mut remaining = Vec::new();
     for _ in 0..3 {
@@ -342,42 +405,17 @@ async fn rate_limit_is_exact_at_the_window_edge() {
         remaining.push(d.remaining);
     }
     assert_eq!(remaining, [2, 1, 0]);
-    let refused_at = Instant::now();
-    let d = r
-        .check_rate_limit(who.clone(), 3, window)
-        .await
-        .expect("check");
-    assert!(!d.allowed);
-    assert_eq!(d.remaining, 0);
-    assert!(
-        d.retry_after > Duration::ZERO && d.retry_after <= window,
-        "{d:?}"
-    );
-
-    // Just before retry_after: still refused (and a refusal does not consume anything).
-    tokio::time::sleep(
-        d.retry_after
-            .saturating_sub(Duration::from_millis(120))
-            .saturating_sub(refused_at.elapsed()),
-    )
-    .await;
-    assert!(
-        !r.check_rate_limit(who.clone(), 3, window)
-            .await
-            .expect("check")
-            .allowed,
-        "admitted before the edge"
-    );
-    // Just after: admitted again, the window having slid past the first three.
-    tokio::time::sleep(
-        (d.retry_after + Duration::from_millis(60)).saturating_sub(refused_at.elapsed()),
-    )
-    .await;
-    let after = r
-        .check_rate_limit(who.clone(), 3, window)
-        .await
-        .expect("check");
-    assert!(after.allowed, "not admitted after the edge: {after:?}");
+    // The edge: the oldest admission leaves the window `window` after it was admitted, on the
+    // server's clock (its score).
+    let admitted: Vec<(String, f64)> = raw.zrange_withscores(key, 0, -1).await.expect("ZRANGE");
+    assert_eq!(admitted.len(), 3, "{admitted:?}");
+    let edge = admitted[0].1 as u64 + window.as_millis() as u64;
+    // Refused (consuming nothing) up to the edge, admitted from it on: the window slid past
+    // the first admission.
+    let members: Vec<String> = admitted.into_iter().map(|(m, _)| m).collect();
+    let refusals =
+        check_until_admitted(&r, &mut raw, (who, 3, window), edge, (key, &members)).await;
+    assert!(refusals >= 1, "never checked before the edge");
     stop(handles).await;
 }
 
@@ -1085,52 +1123,30 @@ async fn two_policies_on_one_subject_keep_separate_windows_and_a_lowered_limit_w
     );
 
     // A window holding more than the limit (the limit was lowered): retry_after is when enough
-    // entries have left, not when the oldest one does.
+    // entries have left, not when the oldest one does. The window of a limit of 1 is written
+    // as the script leaves it after three admissions 500 ms apart on the server's clock (a
+    // window key belongs to one policy, so the lowered limit cannot be reached through the
+    // actor): the newest, whose leaving admits again, is 1,000 ms younger than the oldest, so
+    // pointing at the oldest would be off by far more than a clock reading's bracket.
     let lowered = || RateSubject::User("lowered".into());
-    let window = Duration::from_millis(900);
-    for _ in 0..3 {
-        assert!(
-            r.check_rate_limit(lowered(), 10, window)
-                .await
-                .expect("check")
-                .allowed
-        );
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    // Same window key needs the same policy; emulate the lowered limit by 3 admissions then a
-    // limit of 1 on that key: write the window through the policy key of limit 1.
+    let window = Duration::from_millis(1200);
+    let key = "lucid:ratelimit:user:lowered:1per1200ms";
     let mut raw = redis::Client::open(server.url())
         .expect("client")
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let from: Vec<(String, f64)> = raw
-        .zrange_withscores("lucid:ratelimit:user:lowered:10per900ms", 0, -1)
-        .await
-        .expect("ZRANGE");
-    for (member, score) in &from {
-        let () = raw
-            .zadd("lucid:ratelimit:user:lowered:1per900ms", member, *score)
-            .await
-            .expect("ZADD");
+    let now = server_ms(&mut raw).await;
+    let mut members = Vec::new();
+    for admitted in [now - 1000, now - 500, now] {
+        let member = format!("{admitted}:{admitted}");
+        let () = raw.zadd(key, &member, admitted).await.expect("ZADD");
+        members.push(member);
     }
-    let refused = r
-        .check_rate_limit(lowered(), 1, window)
-        .await
-        .expect("check");
-    assert!(!refused.allowed);
-    let waited = Instant::now();
-    tokio::time::sleep(refused.retry_after + Duration::from_millis(30)).await;
-    let again = r
-        .check_rate_limit(lowered(), 1, window)
-        .await
-        .expect("check");
-    assert!(
-        again.allowed,
-        "refused after waiting retry_after = {:?} ({:?} waited)",
-        refused.retry_after,
-        waited.elapsed()
-    );
+    let edge = now + window.as_millis() as u64;
+    let refusals =
+        check_until_admitted(&r, &mut raw, (lowered(), 1, window), edge, (key, &members)).await;
+    assert!(refusals >= 1, "never checked before the edge");
     stop(handles).await;
 }
 

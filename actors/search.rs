@@ -444,6 +444,8 @@ pub struct Shared {
     last_bootstrap: Mutex<Option<BootstrapReport>>,
     /// Documents whose month was no longer writable, sent to the write index instead.
     late_documents: AtomicU64,
+    /// Bulk items sent again after the server refused them with 429 or 503.
+    retried_documents: AtomicU64,
     indexer: Indexer,
 }
 
@@ -462,6 +464,10 @@ impl Shared {
 
     pub(crate) fn count_late(&self, n: u64) {
         self.late_documents.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_retried(&self, n: u64) {
+        self.retried_documents.fetch_add(n, Ordering::Relaxed);
     }
 
     fn actor(&self) -> &Addr<SearchActor> {
@@ -569,6 +575,12 @@ impl SearchHandle {
     /// Documents sent to the write index because their own month was no longer writable.
     pub fn late_documents(&self) -> u64 {
         self.shared.late_documents.load(Ordering::Relaxed)
+    }
+
+    /// Bulk items (of `Bulk` calls and of the bulk indexer) sent again because the server
+    /// refused them with 429 or 503 (`elasticsearch.bulk_retries`), since start.
+    pub fn retried_documents(&self) -> u64 {
+        self.shared.retried_documents.load(Ordering::Relaxed)
     }
 
     /// Indexes one document through the bulk indexer (see [`indexer`]): it is checked and
@@ -751,6 +763,7 @@ impl SearchActor {
                 addr: OnceLock::new(),
                 last_bootstrap: Mutex::new(None),
                 late_documents: AtomicU64::new(0),
+                retried_documents: AtomicU64::new(0),
             }
         });
         let actor = SearchActor {

@@ -606,6 +606,7 @@ pub(crate) async fn send_batch(
         requests += 1;
         let answer = conn.send(req).await;
         let mut again = Vec::new();
+        let mut refused = 0;
         match answer {
             Ok(answer) => {
                 // Read in place: no copy of the answer per item.
@@ -638,6 +639,7 @@ pub(crate) async fn send_batch(
                     let error =
                         SearchError::from_answer(status, &json!({"error": result["error"]}));
                     if (status == 429 || status == 503) && attempt < retries {
+                        refused += 1;
                         again.push(d);
                     } else if is_write_block(&error) && !d.target.late() {
                         again.push(Prepared {
@@ -650,6 +652,7 @@ pub(crate) async fn send_batch(
                 }
             }
             Err(e) if matches!(e.status(), Some(429) | Some(503)) && attempt < retries => {
+                refused = pending.len();
                 again = pending;
             }
             Err(e) => {
@@ -658,6 +661,7 @@ pub(crate) async fn send_batch(
                 }
             }
         }
+        shared.count_retried(refused as u64);
         if !again.is_empty() {
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;

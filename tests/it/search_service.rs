@@ -1502,8 +1502,13 @@ async fn bulk_items_refused_with_429_are_retried_with_backoff_and_reported_when_
         },
         Duration::from_secs(20),
     );
+    // Lifted once the block has refused the bulk: the retries are what this is about.
+    let retried_before = h.retried_documents();
     let lift = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_until(Duration::from_secs(10), "a 429 to be retried", || {
+            h.retried_documents() > retried_before
+        })
+        .await;
         block(false).await
     };
     let (reply, (status, _)) = futures_util::future::join(bulk, lift).await;
@@ -1673,8 +1678,13 @@ async fn the_bulk_indexer_answers_busy_while_a_blocked_cluster_holds_its_budget(
             answer
         }
     }));
+    // Lifted once a refused batch is being retried: until then the budget stays held by the
+    // blocked cluster.
     let lift = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        wait_until(Duration::from_secs(10), "a 429 to be retried", || {
+            h.retried_documents() > 0
+        })
+        .await;
         block(false).await
     };
     let (answers, (status, _)) = futures_util::future::join(submits, lift).await;

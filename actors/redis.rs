@@ -712,8 +712,24 @@ pub(crate) fn millis(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A command's arguments as text, name first: what Redis would be sent.
+    pub(crate) fn args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<cursor>".to_owned(),
+            })
+            .collect()
+    }
+
+    /// The operations' settings from the default configuration.
+    pub(crate) fn settings() -> Settings {
+        let cfg = crate::Config::defaults().expect("defaults");
+        Settings::from_config(&cfg.redis, &cfg.supervisor)
+    }
 
     #[test]
     fn codes_are_low_cardinality() {

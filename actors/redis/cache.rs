@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use redis::AsyncCommands;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
@@ -54,6 +53,46 @@ pub struct CacheExists {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Commands (pure: built and checked before anything is sent)
+
+impl CacheGet {
+    fn command(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&self.key);
+        cmd
+    }
+}
+
+impl CacheSet {
+    /// `PSETEX key ttl_ms value`, the TTL resolved (`None`: `redis.cache_ttl`); refused when
+    /// the TTL is above `redis.cache_max_ttl` or the value above `redis.max_value_bytes`.
+    fn command(self, settings: &Settings) -> Result<redis::Cmd, RedisError> {
+        let ttl = self.ttl.unwrap_or(settings.cache_ttl);
+        Settings::check_ttl("ttl", ttl, Some(settings.cache_max_ttl))?;
+        settings.check_value_size(self.value.len())?;
+        let mut cmd = redis::cmd("PSETEX");
+        cmd.arg(&self.key).arg(millis(ttl)).arg(self.value);
+        Ok(cmd)
+    }
+}
+
+impl CacheDelete {
+    fn command(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&self.key);
+        cmd
+    }
+}
+
+impl CacheExists {
+    fn command(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(&self.key);
+        cmd
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Operations
 
 impl Sealed for CacheGet {}
@@ -69,7 +108,8 @@ impl RedisOp for CacheGet {
         mut conn: MultiplexedConnection,
         _: &Shared,
     ) -> Result<impl Future<Output = Result<Self::Output, RedisError>> + 'static, RedisError> {
-        Ok(async move { Ok(conn.get(&self.key).await?) })
+        let cmd = self.command();
+        Ok(async move { Ok(cmd.query_async(&mut conn).await?) })
     }
 }
 
@@ -81,12 +121,9 @@ impl RedisOp for CacheSet {
         mut conn: MultiplexedConnection,
         shared: &Shared,
     ) -> Result<impl Future<Output = Result<(), RedisError>> + 'static, RedisError> {
-        let settings = shared.settings();
-        let ttl = self.ttl.unwrap_or(settings.cache_ttl);
-        Settings::check_ttl("ttl", ttl, Some(settings.cache_max_ttl))?;
-        settings.check_value_size(self.value.len())?;
+        let cmd = self.command(shared.settings())?;
         Ok(async move {
-            let () = conn.pset_ex(&self.key, self.value, millis(ttl)).await?;
+            let () = cmd.query_async(&mut conn).await?;
             Ok(())
         })
     }
@@ -100,8 +137,9 @@ impl RedisOp for CacheDelete {
         mut conn: MultiplexedConnection,
         _: &Shared,
     ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
+        let cmd = self.command();
         Ok(async move {
-            let n: u64 = conn.del(&self.key).await?;
+            let n: u64 = cmd.query_async(&mut conn).await?;
             Ok(n > 0)
         })
     }
@@ -115,7 +153,8 @@ impl RedisOp for CacheExists {
         mut conn: MultiplexedConnection,
         _: &Shared,
     ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
-        Ok(async move { Ok(conn.exists(&self.key).await?) })
+        let cmd = self.command();
+        Ok(async move { Ok(cmd.query_async(&mut conn).await?) })
     }
 }
 
@@ -262,5 +301,69 @@ impl RedisHandle {
             .await
             .map(|bytes| decode::<T>(key, bytes));
         result?.map_err(E::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::{args, settings};
+
+    fn key() -> Key {
+        Key::new("cache", "profile", "42").expect("key")
+    }
+
+    #[test]
+    fn each_command_names_the_key_as_built() {
+        assert_eq!(
+            args(&CacheGet { key: key() }.command()),
+            ["GET", "lucid:cache:profile:42"]
+        );
+        assert_eq!(
+            args(&CacheDelete { key: key() }.command()),
+            ["DEL", "lucid:cache:profile:42"]
+        );
+        assert_eq!(
+            args(&CacheExists { key: key() }.command()),
+            ["EXISTS", "lucid:cache:profile:42"]
+        );
+    }
+
+    #[test]
+    fn set_resolves_the_ttl_in_milliseconds_and_checks_ttl_and_size() {
+        let s = settings();
+        let set = |ttl: Option<Duration>, value: &[u8]| {
+            CacheSet {
+                key: key(),
+                value: value.to_vec(),
+                ttl,
+            }
+            .command(&s)
+        };
+        // No TTL given: redis.cache_ttl (5 min by default).
+        let cmd = set(None, b"{}").expect("default ttl");
+        assert_eq!(
+            args(&cmd),
+            ["PSETEX", "lucid:cache:profile:42", "300000", "{}"]
+        );
+        // A caller's TTL, to the millisecond; below a millisecond is refused, not rounded up.
+        let cmd = set(Some(Duration::from_millis(1500)), b"1").expect("1.5 s");
+        assert_eq!(args(&cmd)[2], "1500");
+        assert!(matches!(
+            set(Some(Duration::from_micros(999)), b"1"),
+            Err(RedisError::Invalid { field: "ttl", .. })
+        ));
+        // Above redis.cache_max_ttl (1 h), or a value above redis.max_value_bytes: refused.
+        assert!(matches!(
+            set(Some(s.cache_max_ttl + Duration::from_millis(1)), b"1"),
+            Err(RedisError::Invalid { field: "ttl", .. })
+        ));
+        assert!(set(Some(s.cache_max_ttl), b"1").is_ok());
+        let big = vec![b'x'; s.max_value_bytes + 1];
+        assert!(matches!(
+            set(None, &big),
+            Err(RedisError::Invalid { field: "value", .. })
+        ));
+        assert!(set(None, &big[1..]).is_ok());
     }
 }

@@ -129,11 +129,34 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Operations
+// Script arguments (pure: built and checked before anything is sent)
 
 fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
+
+impl AcquireLock {
+    /// The lock's key and the lease (`None`: `redis.lock_lease`) [`ACQUIRE`] is given. KEYS:
+    /// lock, [`FENCE_KEY`]; ARGV: a new token, lease_ms.
+    fn script_args(&self, settings: &Settings) -> Result<(Key, Duration), RedisError> {
+        let lease = self.lease.unwrap_or(settings.lock_lease);
+        Settings::check_ttl("lease", lease, None)?;
+        Ok((lock_key(&self.name)?, lease))
+    }
+}
+
+impl ExtendLock {
+    /// As [`AcquireLock::script_args`], for [`EXTEND`]. KEYS: lock; ARGV: the guard's token,
+    /// lease_ms.
+    fn script_args(&self, settings: &Settings) -> Result<(Key, Duration), RedisError> {
+        let lease = self.lease.unwrap_or(settings.lock_lease);
+        Settings::check_ttl("lease", lease, None)?;
+        Ok((lock_key(&self.guard.name)?, lease))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
 
 impl Sealed for AcquireLock {}
 impl Sealed for ReleaseLock {}
@@ -147,9 +170,8 @@ impl RedisOp for AcquireLock {
         mut conn: MultiplexedConnection,
         shared: &Shared,
     ) -> Result<impl Future<Output = Result<LockAttempt, RedisError>> + 'static, RedisError> {
-        let lease = self.lease.unwrap_or(shared.settings().lock_lease);
-        Settings::check_ttl("lease", lease, None)?;
-        let (lock, fence) = (lock_key(&self.name)?, fence_key());
+        let (lock, lease) = self.script_args(shared.settings())?;
+        let fence = fence_key();
         Ok(async move {
             let token = new_token();
             let (acquired, value): (u8, i64) = ACQUIRE
@@ -215,9 +237,7 @@ impl RedisOp for ExtendLock {
         mut conn: MultiplexedConnection,
         shared: &Shared,
     ) -> Result<impl Future<Output = Result<LockGuard, RedisError>> + 'static, RedisError> {
-        let lease = self.lease.unwrap_or(shared.settings().lock_lease);
-        Settings::check_ttl("lease", lease, None)?;
-        let lock = lock_key(&self.guard.name)?;
+        let (lock, lease) = self.script_args(shared.settings())?;
         Ok(async move {
             let n: u64 = EXTEND
                 .key(&lock)
@@ -299,5 +319,84 @@ impl RedisHandle {
             guard: guard.clone(),
             lease,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::settings;
+
+    fn guard(name: &str) -> LockGuard {
+        LockGuard {
+            name: name.to_owned(),
+            token: new_token(),
+            fence: 1,
+            lease: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn acquire_and_extend_name_the_lock_and_resolve_the_lease() {
+        let s = settings();
+        let acquire = |lease| AcquireLock {
+            name: "nightly".to_owned(),
+            lease,
+        };
+        let (key, lease) = acquire(None).script_args(&s).expect("valid");
+        assert_eq!(
+            (key.as_str(), lease),
+            ("lucid:locks:lock:nightly", s.lock_lease)
+        );
+        let (_, lease) = acquire(Some(Duration::from_millis(250)))
+            .script_args(&s)
+            .expect("valid");
+        assert_eq!(lease, Duration::from_millis(250));
+        let extend = ExtendLock {
+            guard: guard("nightly"),
+            lease: Some(Duration::from_secs(60)),
+        };
+        let (key, lease) = extend.script_args(&s).expect("valid");
+        assert_eq!(
+            (key.as_str(), lease),
+            ("lucid:locks:lock:nightly", Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn bad_names_and_leases_are_refused_before_sending() {
+        let s = settings();
+        let field = |r: Result<(Key, Duration), RedisError>| match r {
+            Err(RedisError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let acquire = |name: &str, lease| AcquireLock {
+            name: name.to_owned(),
+            lease,
+        };
+        assert_eq!(field(acquire("", None).script_args(&s)), "name");
+        assert_eq!(field(acquire("a b", None).script_args(&s)), "name");
+        assert_eq!(
+            field(acquire("job", Some(Duration::ZERO)).script_args(&s)),
+            "lease"
+        );
+        let extend = ExtendLock {
+            guard: guard("job"),
+            lease: Some(crate::redis::MAX_TTL + Duration::from_secs(1)),
+        };
+        assert_eq!(field(extend.script_args(&s)), "lease");
+    }
+
+    /// One fencing counter for every name, under the prefix an import raises instead of
+    /// overwriting; tokens are 128 random bits, so two holders never share one.
+    #[test]
+    fn the_fence_key_and_tokens() {
+        assert_eq!(fence_key().as_str(), FENCE_KEY);
+        assert!(FENCE_KEY.starts_with(FENCE_PREFIX));
+        assert!(FENCE_KEY.starts_with("lucid:locks:"));
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 }

@@ -15,7 +15,6 @@ use std::future::Future;
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use futures_util::StreamExt;
-use redis::AsyncCommands;
 use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +22,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::keys::check_id;
 use super::sealed::Sealed;
-use super::{RedisActor, RedisError, RedisHandle, RedisOp, Shared, with_deadline};
+use super::{RedisActor, RedisError, RedisHandle, RedisOp, Settings, Shared, with_deadline};
 use crate::events::{self, PubSubOverflow, PubSubResubscribed, PubSubSubscribeFailed};
 use crate::supervisor::link::{self, LinkError};
 
@@ -251,8 +250,7 @@ impl RedisActor {
             return;
         };
         let wanted = subs.topics();
-        let missing: BTreeSet<Topic> = wanted.difference(&subs.active).cloned().collect();
-        let stale: BTreeSet<Topic> = subs.active.difference(&wanted).cloned().collect();
+        let (missing, stale) = topic_changes(&wanted, &subs.active);
         if missing.is_empty() && stale.is_empty() {
             return;
         }
@@ -274,6 +272,30 @@ impl RedisActor {
     }
 }
 
+/// What the subscriber connection must subscribe (`wanted`, not yet `active`) and
+/// unsubscribe (`active`, no longer `wanted`).
+fn topic_changes(
+    wanted: &BTreeSet<Topic>,
+    active: &BTreeSet<Topic>,
+) -> (BTreeSet<Topic>, BTreeSet<Topic>) {
+    (
+        wanted.difference(active).cloned().collect(),
+        active.difference(wanted).cloned().collect(),
+    )
+}
+
+/// Whether a subscription to `topic` gets a message on `channel`, delivered through
+/// `pattern` (a `PSUBSCRIBE` match) or not: a channel subscription gets the channel's own
+/// messages, a pattern subscription those its pattern matched — never both for one message.
+fn listens(topic: &Topic, channel: &str, pattern: Option<&str>) -> bool {
+    match (topic, pattern) {
+        (Topic::Channel(c), None) => c == channel,
+        (Topic::Pattern(p), Some(matched)) => p == matched,
+        _ => false,
+    }
+}
+
+/// The channel names and the patterns of `topics`, for `SUBSCRIBE` and `PSUBSCRIBE`.
 fn split_topics(topics: &BTreeSet<Topic>) -> (Vec<String>, Vec<String>) {
     let mut channels = Vec::new();
     let mut patterns = Vec::new();
@@ -376,6 +398,18 @@ impl Handler<Unsubscribe> for RedisActor {
     }
 }
 
+impl Publish {
+    /// `PUBLISH channel payload`; refused for a bad channel name or a payload above
+    /// `redis.max_value_bytes`.
+    fn command(self, settings: &Settings) -> Result<redis::Cmd, RedisError> {
+        check_id("channel", &self.channel)?;
+        settings.check_value_size(self.payload.len())?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel).arg(self.payload);
+        Ok(cmd)
+    }
+}
+
 impl Sealed for Publish {}
 
 impl RedisOp for Publish {
@@ -386,9 +420,8 @@ impl RedisOp for Publish {
         mut conn: MultiplexedConnection,
         shared: &Shared,
     ) -> Result<impl Future<Output = Result<u64, RedisError>> + 'static, RedisError> {
-        check_id("channel", &self.channel)?;
-        shared.settings().check_value_size(self.payload.len())?;
-        Ok(async move { Ok(conn.publish(self.channel, self.payload).await?) })
+        let cmd = self.command(shared.settings())?;
+        Ok(async move { Ok(cmd.query_async(&mut conn).await?) })
     }
 }
 
@@ -418,12 +451,7 @@ impl StreamHandler<Delivery> for RedisActor {
         };
         let mut closed = Vec::new();
         for (id, sub) in subs.subs.iter_mut() {
-            let matches = match (&sub.topic, &pattern) {
-                (Topic::Channel(c), None) => *c == channel,
-                (Topic::Pattern(p), Some(matched)) => p == matched,
-                _ => false,
-            };
-            if !matches {
+            if !listens(&sub.topic, &channel, pattern.as_deref()) {
                 continue;
             }
             let delivery = PubSubMessage {
@@ -500,5 +528,109 @@ impl RedisHandle {
     /// Dropped-message counts per subscription.
     pub async fn pubsub_drops(&self) -> Result<Vec<(SubscriptionId, u64)>, RedisError> {
         self.send(PubSubDrops).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::{args, settings};
+
+    fn channel(c: &str) -> Topic {
+        Topic::Channel(c.to_owned())
+    }
+
+    fn pattern(p: &str) -> Topic {
+        Topic::Pattern(p.to_owned())
+    }
+
+    #[test]
+    fn publish_sends_the_channel_and_payload_as_given_and_checks_them() {
+        let s = settings();
+        let publish = |c: &str, payload: &[u8]| {
+            Publish {
+                channel: c.to_owned(),
+                payload: payload.to_vec(),
+            }
+            .command(&s)
+        };
+        let cmd = publish("lucid:blocks:new", b"block-1").expect("valid");
+        assert_eq!(args(&cmd), ["PUBLISH", "lucid:blocks:new", "block-1"]);
+        assert!(matches!(
+            publish("two words", b"x"),
+            Err(RedisError::Invalid {
+                field: "channel",
+                ..
+            })
+        ));
+        assert!(matches!(
+            publish("c", &vec![0; s.max_value_bytes + 1]),
+            Err(RedisError::Invalid { field: "value", .. })
+        ));
+    }
+
+    #[test]
+    fn topics_are_checked_and_split_for_subscribe_and_psubscribe() {
+        assert!(channel("lucid:blocks:new").check().is_ok());
+        assert!(pattern("lucid:alerts:*").check().is_ok());
+        assert!(matches!(
+            channel("").check(),
+            Err(RedisError::Invalid {
+                field: "channel",
+                ..
+            })
+        ));
+        assert!(matches!(
+            pattern("a\nb").check(),
+            Err(RedisError::Invalid {
+                field: "pattern",
+                ..
+            })
+        ));
+        let topics = BTreeSet::from([channel("b"), pattern("p:*"), channel("a")]);
+        assert_eq!(
+            split_topics(&topics),
+            (vec!["a".to_owned(), "b".to_owned()], vec!["p:*".to_owned()])
+        );
+    }
+
+    /// Bringing the subscriber connection in line: subscribe what is wanted and not active,
+    /// unsubscribe what is active and no longer wanted, leave the rest alone.
+    #[test]
+    fn topic_changes_subscribe_the_missing_and_drop_the_stale() {
+        let wanted = BTreeSet::from([channel("a"), pattern("p:*"), channel("new")]);
+        let active = BTreeSet::from([channel("a"), pattern("p:*"), channel("old")]);
+        assert_eq!(
+            topic_changes(&wanted, &active),
+            (
+                BTreeSet::from([channel("new")]),
+                BTreeSet::from([channel("old")])
+            )
+        );
+        assert_eq!(
+            topic_changes(&wanted, &wanted),
+            (BTreeSet::new(), BTreeSet::new())
+        );
+    }
+
+    /// A message that matched a pattern reaches the pattern's subscribers only, a plain one
+    /// the channel's only: one subscriber of both gets it once per way it was sent.
+    #[test]
+    fn a_message_reaches_the_subscriptions_it_was_sent_for() {
+        let table = [
+            (channel("lucid:x"), "lucid:x", None, true),
+            (channel("lucid:x"), "lucid:y", None, false),
+            (channel("lucid:x"), "lucid:x", Some("lucid:*"), false),
+            (pattern("lucid:*"), "lucid:x", Some("lucid:*"), true),
+            (pattern("lucid:*"), "lucid:x", Some("other:*"), false),
+            (pattern("lucid:*"), "lucid:x", None, false),
+        ];
+        for (topic, ch, matched, want) in table {
+            assert_eq!(
+                listens(&topic, ch, matched),
+                want,
+                "{topic} {ch} {matched:?}"
+            );
+        }
     }
 }

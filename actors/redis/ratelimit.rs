@@ -208,3 +208,125 @@ impl RedisHandle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::settings;
+
+    fn check(subject: RateSubject, limit: u32, window: Duration) -> CheckRateLimit {
+        CheckRateLimit {
+            subject,
+            limit,
+            window,
+        }
+    }
+
+    fn key(subject: &str, limit: u32, window: Duration) -> String {
+        let subject = match subject.parse::<IpAddr>() {
+            Ok(ip) => RateSubject::Ip(ip),
+            Err(_) => RateSubject::User(subject.to_owned()),
+        };
+        check(subject, limit, window)
+            .validated_key()
+            .expect("valid")
+            .as_str()
+            .to_owned()
+    }
+
+    /// One window per subject and policy; an IPv4 client is one address however it arrives,
+    /// an IPv6 client is its /64.
+    #[test]
+    fn keys_per_subject_and_policy() {
+        let minute = Duration::from_secs(60);
+        let table = [
+            ("u-1", 5, minute, "lucid:ratelimit:user:u-1:5per60000ms"),
+            ("u-1", 100, minute, "lucid:ratelimit:user:u-1:100per60000ms"),
+            (
+                "u-1",
+                5,
+                Duration::from_millis(1500),
+                "lucid:ratelimit:user:u-1:5per1500ms",
+            ),
+            (
+                "192.0.2.7",
+                3,
+                minute,
+                "lucid:ratelimit:ip:192.0.2.7:3per60000ms",
+            ),
+            (
+                "::ffff:192.0.2.7",
+                3,
+                minute,
+                "lucid:ratelimit:ip:192.0.2.7:3per60000ms",
+            ),
+            (
+                "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+                3,
+                minute,
+                "lucid:ratelimit:ip:2001:db8:1:2::/64:3per60000ms",
+            ),
+            (
+                "2001:db8:1:2::1",
+                3,
+                minute,
+                "lucid:ratelimit:ip:2001:db8:1:2::/64:3per60000ms",
+            ),
+            ("::1", 3, minute, "lucid:ratelimit:ip:::/64:3per60000ms"),
+        ];
+        for (subject, limit, window, want) in table {
+            assert_eq!(
+                key(subject, limit, window),
+                want,
+                "{subject} {limit}/{window:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_limits_windows_and_ids_are_refused_before_sending() {
+        let user = || RateSubject::User("u-1".to_owned());
+        let field = |c: CheckRateLimit| match c.check() {
+            Err(RedisError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(check(user(), 0, Duration::from_secs(1))), "limit");
+        assert_eq!(field(check(user(), 1, Duration::ZERO)), "window");
+        assert_eq!(field(check(user(), 1, crate::redis::MAX_TTL * 2)), "window");
+        assert_eq!(
+            field(check(
+                RateSubject::User("has space".to_owned()),
+                1,
+                Duration::from_secs(1)
+            )),
+            "user_id"
+        );
+    }
+
+    /// While Redis is down the configured policy answers, and says so.
+    #[test]
+    fn the_policy_answers_while_redis_is_down() {
+        let mut s = settings();
+        let c = check(RateSubject::User("u".to_owned()), 7, Duration::from_secs(9));
+        s.when_down = DownPolicy::Closed;
+        assert_eq!(
+            c.when_down(&s),
+            Some(RateLimitDecision {
+                allowed: false,
+                remaining: 0,
+                retry_after: Duration::from_secs(9),
+                degraded: Some(DownPolicy::Closed),
+            })
+        );
+        s.when_down = DownPolicy::Open;
+        assert_eq!(
+            c.when_down(&s),
+            Some(RateLimitDecision {
+                allowed: true,
+                remaining: 7,
+                retry_after: Duration::ZERO,
+                degraded: Some(DownPolicy::Open),
+            })
+        );
+    }
+}

@@ -170,6 +170,63 @@ static LIST: LazyLock<Script> = LazyLock::new(|| {
 });
 
 // ---------------------------------------------------------------------------------------------
+// Script arguments (pure: built and checked before anything is sent)
+
+/// What [`CREATE`] is given. KEYS: session, index; ARGV: id, user_id, data, ttl_ms.
+#[derive(Debug)]
+struct CreateArgs {
+    session: Key,
+    index: Key,
+    data: String,
+    ttl: Duration,
+}
+
+impl CreateSession {
+    /// The keys, the data as JSON and the TTL (`None`: `redis.session_ttl`); refused for a bad
+    /// id or user id, a TTL out of range, or data above `redis.max_value_bytes`.
+    fn script_args(&self, settings: &Settings) -> Result<CreateArgs, RedisError> {
+        let ttl = self.ttl.unwrap_or(settings.session_ttl);
+        let (session, index) = (session_key(&self.id)?, index_key(&self.user_id)?);
+        Settings::check_ttl("ttl", ttl, None)?;
+        let data = self.data.to_string();
+        settings.check_value_size(data.len())?;
+        Ok(CreateArgs {
+            session,
+            index,
+            data,
+            ttl,
+        })
+    }
+}
+
+impl GetSession {
+    /// `HMGET session user_id data created_ms` and `PTTL session`, in one round trip.
+    fn pipeline(&self) -> Result<(Key, redis::Pipeline), RedisError> {
+        let key = session_key(&self.id)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(&key)
+            .arg("user_id")
+            .arg("data")
+            .arg("created_ms")
+            .cmd("PTTL")
+            .arg(&key);
+        Ok((key, pipe))
+    }
+}
+
+impl ExtendSession {
+    /// The session key and the TTL (`None`: `redis.session_ttl`) [`EXTEND`] is given. KEYS:
+    /// session; ARGV: id, ttl_ms, [`INDEX_PREFIX`].
+    fn script_args(&self, settings: &Settings) -> Result<(Key, Duration), RedisError> {
+        let ttl = self.ttl.unwrap_or(settings.session_ttl);
+        let key = session_key(&self.id)?;
+        Settings::check_ttl("ttl", ttl, None)?;
+        Ok((key, ttl))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Operations
 
 impl Sealed for CreateSession {}
@@ -186,12 +243,12 @@ impl RedisOp for CreateSession {
         mut conn: MultiplexedConnection,
         shared: &Shared,
     ) -> Result<impl Future<Output = Result<Session, RedisError>> + 'static, RedisError> {
-        let settings = shared.settings();
-        let ttl = self.ttl.unwrap_or(settings.session_ttl);
-        let (session, index) = (session_key(&self.id)?, index_key(&self.user_id)?);
-        Settings::check_ttl("ttl", ttl, None)?;
-        let data = self.data.to_string();
-        settings.check_value_size(data.len())?;
+        let CreateArgs {
+            session,
+            index,
+            data,
+            ttl,
+        } = self.script_args(shared.settings())?;
         Ok(async move {
             let created: Option<u64> = CREATE
                 .key(&session)
@@ -227,18 +284,9 @@ impl RedisOp for GetSession {
         _: &Shared,
     ) -> Result<impl Future<Output = Result<Option<Session>, RedisError>> + 'static, RedisError>
     {
-        let key = session_key(&self.id)?;
+        let (key, pipe) = self.pipeline()?;
         Ok(async move {
-            let (fields, pttl): (StoredFields, i64) = redis::pipe()
-                .cmd("HMGET")
-                .arg(&key)
-                .arg("user_id")
-                .arg("data")
-                .arg("created_ms")
-                .cmd("PTTL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await?;
+            let (fields, pttl): (StoredFields, i64) = pipe.query_async(&mut conn).await?;
             let (user_id, data, created_ms) = fields;
             let (Some(user_id), Some(data)) = (user_id, data) else {
                 return Ok(None);
@@ -269,9 +317,7 @@ impl RedisOp for ExtendSession {
         mut conn: MultiplexedConnection,
         shared: &Shared,
     ) -> Result<impl Future<Output = Result<Duration, RedisError>> + 'static, RedisError> {
-        let ttl = self.ttl.unwrap_or(shared.settings().session_ttl);
-        let key = session_key(&self.id)?;
-        Settings::check_ttl("ttl", ttl, None)?;
+        let (key, ttl) = self.script_args(shared.settings())?;
         Ok(async move {
             let extended: Option<u64> = EXTEND
                 .key(&key)
@@ -379,5 +425,111 @@ impl RedisHandle {
         self.call(ListSessions {
             user_id: user_id.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::tests::{args, settings};
+
+    fn create(id: &str, user_id: &str, ttl: Option<Duration>) -> CreateSession {
+        CreateSession {
+            id: id.to_owned(),
+            user_id: user_id.to_owned(),
+            data: serde_json::json!({"role": "admin"}),
+            ttl,
+        }
+    }
+
+    #[test]
+    fn create_names_the_session_and_its_users_index_and_resolves_the_ttl() {
+        let s = settings();
+        let a = create("sess-a", "user-1", None)
+            .script_args(&s)
+            .expect("valid");
+        assert_eq!(a.session.as_str(), "lucid:sessions:session:sess-a");
+        assert_eq!(a.index.as_str(), "lucid:sessions:user:user-1");
+        assert_eq!(a.data, r#"{"role":"admin"}"#);
+        assert_eq!(a.ttl, s.session_ttl);
+        let a = create("sess-a", "user-1", Some(Duration::from_secs(60)))
+            .script_args(&s)
+            .expect("valid");
+        assert_eq!(a.ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn create_refuses_bad_ids_ttls_and_oversized_data_before_sending() {
+        let s = settings();
+        let refused = |c: CreateSession| match c.script_args(&s) {
+            Err(RedisError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(create("has space", "u", None)), "id");
+        assert_eq!(refused(create("s", "", None)), "user_id");
+        assert_eq!(refused(create("s", "u", Some(Duration::ZERO))), "ttl");
+        assert_eq!(
+            refused(create("s", "u", Some(crate::redis::MAX_TTL * 2))),
+            "ttl"
+        );
+        let mut big = create("s", "u", None);
+        big.data = serde_json::Value::String("x".repeat(s.max_value_bytes));
+        assert_eq!(refused(big), "value");
+    }
+
+    #[test]
+    fn get_reads_the_three_fields_and_the_ttl_in_one_round_trip() {
+        let (key, pipe) = GetSession {
+            id: "sess-a".to_owned(),
+        }
+        .pipeline()
+        .expect("valid");
+        assert_eq!(key.as_str(), "lucid:sessions:session:sess-a");
+        let cmds: Vec<Vec<String>> = pipe.cmd_iter().map(args).collect();
+        assert_eq!(
+            cmds,
+            [
+                vec![
+                    "HMGET",
+                    "lucid:sessions:session:sess-a",
+                    "user_id",
+                    "data",
+                    "created_ms"
+                ],
+                vec!["PTTL", "lucid:sessions:session:sess-a"],
+            ]
+        );
+    }
+
+    #[test]
+    fn extend_resolves_the_ttl_and_refuses_one_out_of_range() {
+        let s = settings();
+        let extend = |ttl| ExtendSession {
+            id: "sess-a".to_owned(),
+            ttl,
+        };
+        let (key, ttl) = extend(None).script_args(&s).expect("valid");
+        assert_eq!(
+            (key.as_str(), ttl),
+            ("lucid:sessions:session:sess-a", s.session_ttl)
+        );
+        assert!(matches!(
+            extend(Some(Duration::ZERO)).script_args(&s),
+            Err(RedisError::Invalid { field: "ttl", .. })
+        ));
+    }
+
+    /// The scripts build keys from ids they read (a session's user, an index's session ids)
+    /// with these prefixes: they must be the key builder's.
+    #[test]
+    fn the_scripts_prefixes_are_the_key_builders() {
+        assert_eq!(
+            format!("{INDEX_PREFIX}user-1"),
+            index_key("user-1").expect("key").as_str()
+        );
+        assert_eq!(
+            format!("{SESSION_PREFIX}sess-a"),
+            session_key("sess-a").expect("key").as_str()
+        );
     }
 }

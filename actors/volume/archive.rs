@@ -114,6 +114,7 @@ fn unpack(
         pos: 0,
         read: 0,
         tail: Vec::with_capacity(BLOCK),
+        source_ended: false,
         volume: volume.to_owned(),
         limit,
         idle,
@@ -128,6 +129,45 @@ fn unpack(
     // Directories: owner-writable while their entries are unpacked (a 0555 directory in the
     // archive must still be filled), their own mode and mtime set last, deepest first.
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    let unpacked = unpack_entries(&mut archive, dst, done, &mut dirs);
+    let truncated = || VolumeError::Interrupted {
+        what: "the tar stream ended before its end-of-archive block (truncated)".to_owned(),
+    };
+    match unpacked {
+        // Cut off inside an entry: tar only sees a file shorter than its header says.
+        Err(_) if reader.source_ended && !reader.ended_properly() => return Err(truncated()),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    if !reader.ended_properly() {
+        return Err(truncated());
+    }
+    // The source is read to its end (padding after tar's end, if any), so one that fails
+    // after the archive fails the import all the same.
+    let mut rest = [0u8; BLOCK];
+    while reader
+        .read(&mut rest)
+        .map_err(|e| stream_error("untar", dst, e))?
+        > 0
+    {}
+    for (dir, mode, mtime) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| VolumeError::io("chmod", &dir, &e))?;
+        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+        filetime::set_file_mtime(&dir, t).map_err(|e| VolumeError::io("utimes", &dir, &e))?;
+    }
+    done.stream_bytes = reader.read;
+    Ok(())
+}
+
+/// Unpacks every entry of `archive` into `dst`, counting in `done`; directories go into
+/// `dirs`, for their own mode and mtime once everything is in.
+fn unpack_entries(
+    archive: &mut tar::Archive<&mut ChannelReader>,
+    dst: &Path,
+    done: &mut Unpacked,
+    dirs: &mut Vec<(PathBuf, u32, u64)>,
+) -> Result<(), VolumeError> {
     for entry in archive
         .entries()
         .map_err(|e| stream_error("untar", dst, e))?
@@ -165,26 +205,6 @@ fn unpack(
             dirs.push((full, mode & 0o7777, mtime));
         }
     }
-    if !reader.ended_properly() {
-        return Err(VolumeError::Interrupted {
-            what: "the tar stream ended before its end-of-archive block (truncated)".to_owned(),
-        });
-    }
-    // The source is read to its end (padding after tar's end, if any), so one that fails
-    // after the archive fails the import all the same.
-    let mut rest = [0u8; BLOCK];
-    while reader
-        .read(&mut rest)
-        .map_err(|e| stream_error("untar", dst, e))?
-        > 0
-    {}
-    for (dir, mode, mtime) in dirs.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| VolumeError::io("chmod", &dir, &e))?;
-        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-        filetime::set_file_mtime(&dir, t).map_err(|e| VolumeError::io("utimes", &dir, &e))?;
-    }
-    done.stream_bytes = reader.read;
     Ok(())
 }
 
@@ -256,6 +276,8 @@ struct ChannelReader {
     read: u64,
     /// The last bytes read (up to a block): tar's end is a zero block.
     tail: Vec<u8>,
+    /// The source has ended (without an error).
+    source_ended: bool,
     volume: String,
     limit: u64,
     idle: Duration,
@@ -288,7 +310,10 @@ impl Read for ChannelReader {
                         reason,
                     }));
                 }
-                Some(None) => return Ok(0),
+                Some(None) => {
+                    self.source_ended = true;
+                    return Ok(0);
+                }
                 None => {
                     return Err(std::io::Error::other(VolumeError::StreamIdle {
                         what: "import source sent nothing",
@@ -319,5 +344,210 @@ impl Read for ChannelReader {
             }));
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The stream logic on real temp directories: the export's chunking, and the import's
+    //! reader — tar's end found across any chunking, truncation, the quota, a failing or
+    //! silent source. The volume actor around them is tested in `tests/it/volumes.rs`.
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::supervisor::feed::{Feed, feed};
+
+    /// A tree with a nested file larger than a chunk, a read-only directory, a symlink and a
+    /// socket (not data: skipped). Answers the large file's content.
+    fn plant(dir: &Path) -> Vec<u8> {
+        let big: Vec<u8> = (0..CHUNK * 2 + 1234).map(|i| (i % 251) as u8).collect();
+        std::fs::create_dir_all(dir.join("a/b")).expect("mkdir");
+        std::fs::write(dir.join("a/b/big.bin"), &big).expect("write");
+        std::fs::write(dir.join("small.txt"), b"hello").expect("write");
+        std::fs::set_permissions(dir.join("small.txt"), PermissionsExt::from_mode(0o640))
+            .expect("chmod");
+        filetime::set_file_mtime(
+            dir.join("small.txt"),
+            filetime::FileTime::from_unix_time(1_600_000_000, 0),
+        )
+        .expect("utimes");
+        std::os::unix::fs::symlink("small.txt", dir.join("link")).expect("symlink");
+        std::os::unix::net::UnixListener::bind(dir.join("socket")).expect("socket");
+        std::fs::set_permissions(dir.join("a"), PermissionsExt::from_mode(0o555)).expect("chmod");
+        big
+    }
+
+    /// Makes `dir/a` writable again, so the temp dir can go.
+    fn unlock(dir: &Path) {
+        let _ = std::fs::set_permissions(dir.join("a"), PermissionsExt::from_mode(0o755));
+    }
+
+    /// Exports `dir` on a thread of its own (the tar writer blocks) and reads the feed here.
+    fn export_chunks(dir: &Path) -> (Vec<Vec<u8>>, u64) {
+        let (feeder, chunks): (_, Feed<Vec<u8>, VolumeError>) = feed(4, Duration::from_secs(30));
+        let dir = dir.to_owned();
+        let writer = std::thread::spawn(move || export(&dir, &feeder));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let chunks = runtime.block_on(chunks.collect()).expect("chunks");
+        let sent = writer.join().expect("writer").expect("export");
+        (chunks, sent)
+    }
+
+    /// Unpacks a source that sends `items` and ends.
+    fn import_items(
+        dst: &Path,
+        items: Vec<Result<Vec<u8>, String>>,
+        limit: u64,
+    ) -> Result<Unpacked, VolumeError> {
+        let (tx, rx) = mpsc::channel(items.len().max(1));
+        for item in items {
+            tx.try_send(item).expect("room");
+        }
+        drop(tx);
+        import(dst, rx, "v", limit, Duration::from_secs(30))
+    }
+
+    /// Unpacks `stream` cut into pieces of `piece` bytes.
+    fn import_pieces(
+        dst: &Path,
+        stream: &[u8],
+        piece: usize,
+        limit: u64,
+    ) -> Result<Unpacked, VolumeError> {
+        let pieces = stream.chunks(piece).map(|c| Ok(c.to_vec())).collect();
+        import_items(dst, pieces, limit)
+    }
+
+    #[test]
+    fn an_export_is_full_chunks_and_unpacks_to_the_same_tree_however_it_is_cut() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let big = plant(src.path());
+        let (chunks, sent) = export_chunks(src.path());
+        unlock(src.path());
+        // Every chunk but the last is exactly CHUNK bytes; the count is what was sent.
+        let (last, full) = chunks.split_last().expect("chunks");
+        assert!(full.iter().all(|c| c.len() == CHUNK));
+        assert!(!last.is_empty() && last.len() <= CHUNK);
+        let stream: Vec<u8> = chunks.concat();
+        assert_eq!(sent, stream.len() as u64);
+        assert_eq!(stream.len() % BLOCK, 0, "tar is whole blocks");
+
+        // Cut at the export's own size, at odd sizes (tar's end-of-archive block straddles
+        // pieces) and a byte at a time: tar's end is always found, the tree always the same.
+        for piece in [CHUNK, 1000, BLOCK, 7, 1] {
+            let dst = tempfile::tempdir().expect("tempdir");
+            let done = import_pieces(dst.path(), &stream, piece, u64::MAX)
+                .unwrap_or_else(|e| panic!("pieces of {piece}: {e}"));
+            assert_eq!(done.stream_bytes, stream.len() as u64, "pieces of {piece}");
+            // a, a/b, a/b/big.bin, link, small.txt: the socket is not data.
+            assert_eq!((done.entries, done.unpacked, done.unsafe_paths), (5, 5, 0));
+            let d = dst.path();
+            assert_eq!(std::fs::read(d.join("a/b/big.bin")).expect("read"), big);
+            assert_eq!(std::fs::read(d.join("small.txt")).expect("read"), b"hello");
+            let meta = std::fs::metadata(d.join("small.txt")).expect("stat");
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+            assert_eq!(
+                filetime::FileTime::from_last_modification_time(&meta).unix_seconds(),
+                1_600_000_000
+            );
+            assert_eq!(
+                std::fs::read_link(d.join("link")).expect("link"),
+                PathBuf::from("small.txt")
+            );
+            assert!(!d.join("socket").exists());
+            // The read-only directory was filled, then given its own mode.
+            let a = std::fs::metadata(d.join("a")).expect("stat");
+            assert_eq!(a.permissions().mode() & 0o7777, 0o555);
+            unlock(d);
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_anywhere_or_past_the_quota_is_refused() {
+        let src = tempfile::tempdir().expect("tempdir");
+        plant(src.path());
+        let (chunks, _) = export_chunks(src.path());
+        unlock(src.path());
+        let stream: Vec<u8> = chunks.concat();
+
+        // Without tar's two end blocks (cut between entries), and cut inside the large
+        // file's data (tar itself only sees a short file): truncated, both.
+        for cut_blocks in [2, 6] {
+            let dst = tempfile::tempdir().expect("tempdir");
+            let cut = &stream[..stream.len() - cut_blocks * BLOCK];
+            let err = import_pieces(dst.path(), cut, 1000, u64::MAX).expect_err("truncated");
+            assert!(
+                matches!(&err, VolumeError::Interrupted { what } if what.contains("truncated")),
+                "{cut_blocks} blocks short: {err:?}"
+            );
+            unlock(dst.path());
+        }
+
+        // One byte more than allowed: over quota, naming the limit; exactly the limit fits.
+        let dst = tempfile::tempdir().expect("tempdir");
+        let limit = stream.len() as u64 - 1;
+        let err = import_pieces(dst.path(), &stream, 1000, limit).expect_err("over");
+        assert!(
+            matches!(err, VolumeError::OverQuota { quota, .. } if quota == limit),
+            "{err:?}"
+        );
+        unlock(dst.path());
+        let dst = tempfile::tempdir().expect("tempdir");
+        import_pieces(dst.path(), &stream, 1000, stream.len() as u64).expect("exactly fits");
+        unlock(dst.path());
+    }
+
+    #[test]
+    fn a_failing_source_fails_with_the_count_and_a_silent_one_after_the_idle_timeout() {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::write(src.path().join("one.txt"), b"1").expect("write");
+        std::fs::write(src.path().join("two.txt"), b"2").expect("write");
+        let (chunks, _) = export_chunks(src.path());
+        let stream: Vec<u8> = chunks.concat();
+        // Both entries (a header and a data block each), then the source fails.
+        let two_entries = stream[..4 * BLOCK].to_vec();
+        let dst = tempfile::tempdir().expect("tempdir");
+        let err = import_items(
+            dst.path(),
+            vec![Ok(two_entries), Err("disk gone".to_owned())],
+            u64::MAX,
+        )
+        .expect_err("source failed");
+        assert_eq!(
+            err,
+            VolumeError::ImportSource {
+                written: 2,
+                reason: "disk gone".to_owned()
+            }
+        );
+        // A source that fails after tar's end fails the import all the same.
+        let dst = tempfile::tempdir().expect("tempdir");
+        let err = import_items(
+            dst.path(),
+            vec![Ok(stream), Err("late".to_owned())],
+            u64::MAX,
+        )
+        .expect_err("source failed after the end");
+        assert!(
+            matches!(&err, VolumeError::ImportSource { written: 2, reason } if reason == "late"),
+            "{err:?}"
+        );
+
+        // A source that stays open and sends nothing: idle, after the idle timeout (on the
+        // reader's own clock: this runs on a blocking thread, outside any runtime).
+        let dst = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = mpsc::channel(1);
+        let idle = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let err = import(dst.path(), rx, "v", u64::MAX, idle).expect_err("idle");
+        assert!(started.elapsed() >= idle);
+        assert!(
+            matches!(err, VolumeError::StreamIdle { after, .. } if after == idle),
+            "{err:?}"
+        );
+        drop(tx);
     }
 }

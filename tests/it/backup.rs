@@ -1775,6 +1775,63 @@ async fn a_second_backup_while_one_runs_exits_75() {
     scenario.teardown();
 }
 
+/// Changing `backup.recipients` rotates keys: the next backup is encrypted to the new set
+/// only, and the one before still opens with its own identity and not with the new one.
+#[test]
+fn changing_the_recipients_rotates_keys_and_old_backups_stay_readable_with_old_identities() {
+    let mut m = Machine::new();
+    std::fs::create_dir_all(m.volume("chunks")).expect("mkdir");
+    std::fs::write(m.volume("chunks").join("x"), b"rotate me").expect("write");
+    let recipients_of = |key: &Path| {
+        serde_json::json!(
+            Identities::load(key)
+                .expect("identity")
+                .recipients()
+                .to_strings()
+        )
+    };
+    let old_key = m.encrypt_to_new_key();
+    let old = m.json(&["now", "--stores", "volumes:chunks"], 0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let new_key = m.encrypt_to_new_key();
+    let new = m.json(&["now", "--stores", "volumes:chunks"], 0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_ne!(recipients_of(&old_key), recipients_of(&new_key));
+    for (id, key) in [(&old, &old_key), (&new, &new_key)] {
+        assert_eq!(
+            m.json(&["show", id], 0)["manifest"]["encryption"]["recipients"],
+            recipients_of(key),
+            "{id}"
+        );
+    }
+
+    let decoded = |id: &str, key: &Path| {
+        let key = key.display().to_string();
+        m.cli(&["verify", id, "--level", "decoded", "--identity", &key])
+    };
+    for (id, wrong) in [(&old, &new_key), (&new, &old_key)] {
+        let (code, out, err) = decoded(id, wrong);
+        assert_eq!(code, 65, "{id}: {out}{err}");
+        assert!(out.contains("(wrong_identity)"), "{id}: {out}");
+    }
+    for (id, right) in [(&old, &old_key), (&new, &new_key)] {
+        let (code, out, err) = decoded(id, right);
+        assert_eq!(code, 0, "{id}: {out}{err}");
+    }
+    let list = m.json(&["list"], 0);
+    let counts: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|b| b["counts_as"].as_str())
+        .collect();
+    assert_eq!(counts, ["decoded", "decoded"], "{list}");
+}
+
 /// Starts `backup now` on a volume big enough to take seconds, kills it (SIGKILL) while it
 /// writes the volume's artifact, and checks that nothing is listed and the next run cleans up.
 fn killed_mid_backup(m: &Machine, leftovers: impl Fn(&str) -> usize) {

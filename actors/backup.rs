@@ -13,6 +13,8 @@
 //! - [`storage`] — opendal over a directory (the `backups` volume, `.partial` names renamed
 //!   when complete, bytes charged to a quota reservation) or an S3 bucket (multipart, final
 //!   names, the manifest alone decides completeness); listing, deleting, cleanup.
+//! - `uploads` — S3's open multipart uploads, which opendal cannot list: listed and aborted
+//!   by the next run's cleanup (SigV4 through reqsign, opendal's own signer).
 //! - [`pipeline`] — one artifact's bytes: any byte stream → compress → encrypt → hash →
 //!   storage on a blocking thread behind bounded channels (memory flat whatever the size), and
 //!   back: checksum, decrypt, decompress, parse.
@@ -49,6 +51,7 @@ pub mod pipeline;
 pub mod run;
 pub mod select;
 pub mod storage;
+mod uploads;
 pub mod verify;
 
 pub use catalogue::{Catalogue, CatalogueError, Entry, SyncReport};

@@ -279,11 +279,13 @@ events! {
         /// Bytes stored by the artifacts already complete.
         bytes_stored: u64,
     }
-    /// A run removed what interrupted runs left: `.partial` files and backups without a manifest.
+    /// A run removed what interrupted runs left: `.partial` files, backups without a manifest,
+    /// open multipart uploads (S3).
     BackupCleanedUp = "backup.cleaned_up", INFO {
         id: String,
         partials: u64,
         incomplete: u64,
+        uploads: u64,
     }
     /// Every selected store is backed up; the manifest is written.
     BackupCompleted = "backup.completed", INFO {

@@ -268,6 +268,7 @@ fn report_json(r: &RunReport) -> serde_json::Value {
         "cleaned_up": {
             "partials": r.cleaned.partials,
             "incomplete": r.cleaned.incomplete,
+            "uploads": r.cleaned.uploads,
         },
         "error": r.error.as_ref().map(|e| json!({"code": e.code(), "message": e.to_string()})),
     })
@@ -278,13 +279,14 @@ fn print_report(r: &RunReport, json: bool) {
         print_json(&report_json(r));
         return;
     }
-    let removed = r.cleaned.partials.len() + r.cleaned.incomplete.len();
+    let removed = r.cleaned.partials.len() + r.cleaned.incomplete.len() + r.cleaned.uploads.len();
     if removed > 0 {
         eprintln!(
             "lucid-db backup: removed what interrupted runs left: {} partial files, {} \
-             incomplete backups",
+             incomplete backups, {} open uploads",
             r.cleaned.partials.len(),
-            r.cleaned.incomplete.len()
+            r.cleaned.incomplete.len(),
+            r.cleaned.uploads.len()
         );
     }
     println!(

@@ -375,11 +375,13 @@ async fn execute(
     let base = shared.storage().await?;
     base.check().await?;
     let cleaned = base.cleanup(Some(&job.id)).await?;
-    if !cleaned.partials.is_empty() || !cleaned.incomplete.is_empty() {
+    if !cleaned.partials.is_empty() || !cleaned.incomplete.is_empty() || !cleaned.uploads.is_empty()
+    {
         events::emit(BackupCleanedUp {
             id: job.id.to_string(),
             partials: cleaned.partials.len() as u64,
             incomplete: cleaned.incomplete.len() as u64,
+            uploads: cleaned.uploads.len() as u64,
         });
     }
     record.cleaned = cleaned;

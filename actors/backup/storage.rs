@@ -14,11 +14,11 @@
 //!   completed; the manifest alone says a backup is complete.
 //!
 //! A backup without `manifest.json` is never listed ([`Storage::list_backups`]); the next run
-//! removes what a crashed one left ([`Storage::cleanup`]). What opendal cannot do: list and
-//! abort multipart uploads that a killed process left open (it has no API for
-//! ListMultipartUploads); an upload that fails in process is aborted, one orphaned by SIGKILL
-//! stays invisible but billed until the bucket's `AbortIncompleteMultipartUpload` lifecycle
-//! rule removes it (docs/backup.md).
+//! removes what a crashed one left ([`Storage::cleanup`]): `.partial` files, backups without a
+//! manifest, and on S3 the multipart uploads a killed process left open — invisible to every
+//! object listing but stored and billed. opendal has no call for those, so
+//! `super::uploads` lists and aborts them itself (an upload that fails in process is
+//! aborted through opendal at once).
 //!
 //! Errors name the directory or the endpoint and bucket, never a key.
 
@@ -32,6 +32,7 @@ use opendal::{ErrorKind, Operator};
 
 use super::id::BackupId;
 use super::manifest::check_artifact_name;
+use super::uploads::{Uploads, UploadsError};
 use crate::redact::{self, Secret};
 use crate::volume::{Reservation, VolumeError};
 
@@ -139,6 +140,9 @@ pub struct Cleanup {
     pub partials: Vec<String>,
     /// Backups without a manifest: a run that crashed or was killed before its end.
     pub incomplete: Vec<BackupId>,
+    /// Multipart uploads (S3) left open by a writer that never finished, aborted: the
+    /// artifacts' names relative to the storage root.
+    pub uploads: Vec<String>,
 }
 
 /// Backup storage; see the module doc. Cheap to clone.
@@ -147,6 +151,8 @@ pub struct Storage {
     op: Operator,
     place: Arc<Place>,
     reservation: Option<Arc<Reservation>>,
+    /// S3: the multipart uploads opendal cannot list.
+    uploads: Option<Arc<Uploads>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -176,6 +182,7 @@ impl Storage {
             op,
             place: Arc::new(place),
             reservation: None,
+            uploads: None,
         })
     }
 
@@ -206,8 +213,16 @@ impl Storage {
             })?
             .layer(timeouts(io_timeout))
             .finish();
+        let uploads =
+            Uploads::new(s, Duration::from_secs(60).max(io_timeout)).map_err(|reason| {
+                StorageError::Config {
+                    key: "backup.s3.endpoint",
+                    reason,
+                }
+            })?;
         Ok(Storage {
             op,
+            uploads: Some(Arc::new(uploads)),
             place: Arc::new(Place::S3 {
                 endpoint,
                 bucket: s.bucket.clone(),
@@ -536,7 +551,74 @@ impl Storage {
             self.delete_backup(id).await?;
             report.incomplete.push(*id);
         }
+        if let Some(uploads) = &self.uploads {
+            let open = uploads
+                .list()
+                .await
+                .map_err(|e| self.uploads_error("/", e))?;
+            for upload in open {
+                // Only what a backup run writes: `<id>/…` under an id that is not running.
+                let stale = upload
+                    .name
+                    .split_once('/')
+                    .and_then(|(id, _)| id.parse::<BackupId>().ok())
+                    .is_some_and(|id| Some(&id) != running);
+                if stale {
+                    uploads
+                        .abort(&upload)
+                        .await
+                        .map_err(|e| self.uploads_error(&upload.name, e))?;
+                    report.uploads.push(upload.name);
+                }
+            }
+        }
         Ok(report)
+    }
+
+    /// The multipart uploads open under this storage's prefix (S3; none on fs), by artifact
+    /// name relative to the root: what [`Storage::cleanup`] aborts.
+    pub async fn open_uploads(&self) -> Result<Vec<String>, StorageError> {
+        let Some(uploads) = &self.uploads else {
+            return Ok(Vec::new());
+        };
+        let open = uploads
+            .list()
+            .await
+            .map_err(|e| self.uploads_error("/", e))?;
+        Ok(open.into_iter().map(|u| u.name).collect())
+    }
+
+    /// Maps a failed uploads call like [`Storage::error`] maps opendal's.
+    fn uploads_error(&self, name: &str, e: UploadsError) -> StorageError {
+        let place = self.describe();
+        if let Place::S3 {
+            endpoint, bucket, ..
+        } = &*self.place
+            && e.reason.contains("NoSuchBucket")
+        {
+            return StorageError::NoBucket {
+                bucket: bucket.clone(),
+                endpoint: endpoint.clone(),
+            };
+        }
+        match e.status {
+            _ if e.unreachable => StorageError::Unreachable {
+                place,
+                reason: e.reason,
+            },
+            Some(401 | 403) => StorageError::Denied {
+                place,
+                op: e.op,
+                name: name.to_owned(),
+                reason: e.reason,
+            },
+            _ => StorageError::Io {
+                place,
+                op: e.op,
+                name: name.to_owned(),
+                reason: e.reason,
+            },
+        }
     }
 }
 

@@ -427,6 +427,10 @@ fn pin(pid: u32, cpu: usize) -> bool {
 }
 
 fn main() {
+    if let Ok(job) = std::env::var(BACKUP_CHILD) {
+        backup_child(&job);
+        return;
+    }
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let seconds: f64 = std::env::var("LUCID_BENCH_SECONDS")
         .ok()
@@ -444,6 +448,11 @@ fn main() {
         .unwrap_or(1);
     let volume = if wants("volume") {
         volume_bench(duration)
+    } else {
+        json!(null)
+    };
+    let backup = if wants("backup") {
+        backup_bench()
     } else {
         json!(null)
     };
@@ -476,6 +485,7 @@ fn main() {
         "results": rows,
         "redis_benchmark_c64": redis_bench,
         "volume": volume,
+        "backup": backup,
     }));
 }
 
@@ -705,11 +715,11 @@ fn print_row(r: &Row) {
 
 /// A tree like a Lucid volume's: a few hundred chunk files of half-compressible data and a few
 /// thousand small ones.
-fn plant_volume(dir: &std::path::Path) -> u64 {
+fn plant_volume(dir: &std::path::Path, chunk_files: usize) -> u64 {
     let mut total = 0u64;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut chunk = vec![0u8; 512 * 1024];
-    for i in 0..200 {
+    for i in 0..chunk_files {
         // Half random bytes, half text: compresses roughly 2:1, like real chunks and logs.
         for (j, b) in chunk.iter_mut().enumerate() {
             state ^= state << 13;
@@ -754,7 +764,7 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
     let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
     cfg.volumes.root = root.path().to_path_buf();
     cfg.supervisor.mailbox_capacity = 64;
-    let bytes = plant_volume(&root.path().join("chunks"));
+    let bytes = plant_volume(&root.path().join("chunks"), 200);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -873,6 +883,182 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
             "quick_ms": quick,
         })
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backup
+
+/// Set in the environment of the child this benchmark starts to run one backup (see
+/// [`backup_child`]): `<volumes root>\t<volume>\t<output dir>\t<recipient>`.
+const BACKUP_CHILD: &str = "LUCID_BENCH_BACKUP_CHILD";
+
+/// One encrypted volume backup through the real pipeline — the volume actor's export, zstd -3
+/// multithreaded as a backup run uses it, age to one recipient, fs storage (synced before its
+/// rename) — in a process of its own, so its CPU time and peak RSS are its own.
+fn backup_child(job: &str) {
+    use lucid_actors::backup::{BackupId, Codec, Recipients, Storage, pipeline};
+    use lucid_actors::volume::{VolumeActor, VolumeName};
+    let [root, volume, out, recipient] = job.split('\t').collect::<Vec<_>>()[..] else {
+        panic!("{BACKUP_CHILD}={job:?}: want root, volume, output dir, recipient")
+    };
+    let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+    cfg.volumes.root = root.into();
+    let recipients = Recipients::parse("bench", &[recipient.to_owned()])
+        .unwrap_or_else(|e| panic!("recipient: {e}"));
+    let codec = Codec {
+        compression: lucid_actors::config::Compression::Zstd,
+        // As a backup run does for volumes: the cores, at most four.
+        zstd_workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32),
+        recipients,
+    };
+    let storage = Storage::fs(std::path::Path::new(out), Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("storage: {e}"));
+    actix_rt::System::new().block_on(async {
+        cfg.supervisor.stream_idle_timeout = Duration::from_secs(30);
+        cfg.supervisor.mailbox_capacity = 64;
+        let v = VolumeActor::start_with(&cfg.volumes, &cfg.supervisor);
+        let name = VolumeName::new(volume).unwrap_or_else(|e| panic!("{e}"));
+        let export = v
+            .export(name)
+            .await
+            .unwrap_or_else(|e| panic!("export: {e}"));
+        let id = BackupId::new(chrono::Utc::now());
+        let artifact = format!("volumes/{volume}.tar{}", codec.suffix());
+        pipeline::write_artifact(&storage, &id, &artifact, volume, &codec, export)
+            .await
+            .unwrap_or_else(|e| panic!("backup: {e}"));
+    });
+}
+
+/// What one child process took: wall time, CPU (user + system, its threads and children),
+/// peak RSS (`ru_maxrss` from `wait4`: the largest single process of a pipeline).
+struct ChildCost {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: u64,
+}
+
+fn run_child(mut cmd: std::process::Command) -> ChildCost {
+    let started = Instant::now();
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn: {e}"));
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waits for our own unreaped child; status and rusage are plain structs that
+    // wait4 fills.
+    let (status, usage) = unsafe {
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let rc = libc::wait4(pid, &mut status, 0, &mut usage);
+        assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+        (status, usage)
+    };
+    // Reaped by wait4: the Child must not be waited for again.
+    std::mem::forget(child);
+    let wall = started.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed: status {status:#x}"
+    );
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    ChildCost {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+    }
+}
+
+/// Encrypted volume backup to fs through lucid-db's pipeline against the stock
+/// `tar | zstd -3 -T0 | age | tee >(sha256sum) > FILE && sync FILE` on the same tree, for each
+/// size in `LUCID_BENCH_BACKUP_MB` (default `100`; docs/benchmark.md used `100,500`): the
+/// median of `ROUNDS` interleaved runs of each, each run a process of its own.
+fn backup_bench() -> serde_json::Value {
+    let sizes: Vec<u64> = std::env::var("LUCID_BENCH_BACKUP_MB")
+        .unwrap_or_else(|_| "100".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("LUCID_BENCH_BACKUP_MB={s:?}: {e}"))
+        })
+        .collect();
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let recipient = lucid_actors::backup::BackupKey::generate()
+        .recipient()
+        .to_string();
+    let mut results = Vec::new();
+    for mb in sizes {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        // 512 KiB chunk files, plus the 2,000 small ones plant_volume always adds.
+        let bytes = plant_volume(&root.path().join("chunks"), (mb * 2) as usize);
+        let mib = bytes as f64 / (1 << 20) as f64;
+        let ours = || {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.env(
+                BACKUP_CHILD,
+                format!(
+                    "{}\tchunks\t{}\t{recipient}",
+                    root.path().display(),
+                    out.path().display()
+                ),
+            );
+            let cost = run_child(cmd);
+            std::fs::remove_dir_all(out.path()).unwrap_or_else(|e| panic!("rm: {e}"));
+            cost
+        };
+        let stock = || {
+            let file = out.path().join("chunks.tar.zst.age");
+            std::fs::create_dir_all(out.path()).unwrap_or_else(|e| panic!("mkdir: {e}"));
+            let mut cmd = std::process::Command::new("bash");
+            // `wait` at the end: bash does not wait for a process substitution by itself, and
+            // the hash is part of the work (and of the CPU counted).
+            cmd.arg("-c").arg(format!(
+                "tar -cf - -C '{}' . | zstd -3 -T0 -q | age -r {recipient} \
+                 | tee >(sha256sum >/dev/null) > '{f}' && sync '{f}'; wait",
+                root.path().join("chunks").display(),
+                f = file.display()
+            ));
+            let cost = run_child(cmd);
+            std::fs::remove_dir_all(out.path()).unwrap_or_else(|e| panic!("rm: {e}"));
+            cost
+        };
+        let _ = (ours(), stock()); // warm the page cache and both binaries
+        let (mut a, mut d) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            if round % 2 == 0 {
+                a.push(ours());
+                d.push(stock());
+            } else {
+                d.push(stock());
+                a.push(ours());
+            }
+        }
+        let summary = |runs: &[ChildCost]| {
+            (
+                median(runs.iter().map(|c| mib / c.wall.as_secs_f64()).collect()),
+                median(runs.iter().map(|c| c.cpu.as_secs_f64()).collect()),
+                median(runs.iter().map(|c| c.max_rss_kib as f64 / 1024.0).collect()),
+            )
+        };
+        let ((a_rate, a_cpu, a_rss), (d_rate, d_cpu, d_rss)) = (summary(&a), summary(&d));
+        println!(
+            "\nencrypted volume backup to fs, {mib:.0} MiB tree, lucid-db pipeline vs `tar | zstd -3 -T0 | age | tee >(sha256sum) > FILE && sync FILE`:"
+        );
+        println!(
+            "  lucid-db {a_rate:.1} MiB/s, {a_cpu:.2} s CPU, peak RSS {a_rss:.1} MiB; stock {d_rate:.1} MiB/s, {d_cpu:.2} s CPU, peak RSS {d_rss:.1} MiB (largest process); throughput ratio {:.2}",
+            a_rate / d_rate
+        );
+        results.push(json!({
+            "tree_mib": mib,
+            "lucid_mib_per_s": a_rate,
+            "stock_mib_per_s": d_rate,
+            "throughput_ratio": a_rate / d_rate,
+            "lucid_cpu_s": a_cpu,
+            "stock_cpu_s": d_cpu,
+            "lucid_peak_rss_mib": a_rss,
+            "stock_peak_rss_mib_largest_process": d_rss,
+        }));
+    }
+    json!(results)
 }
 
 // ---------------------------------------------------------------------------------------------

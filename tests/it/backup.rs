@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::stream;
-use lucid_actors::backup::storage::{KEY, MANIFEST, VERIFY};
+use lucid_actors::backup::storage::{KEY, MANIFEST, S3_PART_SIZE, VERIFY};
 use lucid_actors::backup::{
     ArtifactCheck, ArtifactRecord, BackupId, BackupKey, Catalogue, Codec, Decoding, Encryption,
     Identities, Level, LevelResult, Manifest, Outcome, Recipients, S3Settings, Storage,
@@ -833,6 +833,85 @@ async fn s3_incomplete_backups_are_never_listed_and_are_cleaned_up() {
     assert_eq!(storage.list_backup(&complete).await.expect("list").len(), 2);
     storage.delete_backup(&complete).await.expect("delete");
     assert!(storage.list_backups().await.expect("list").is_empty());
+}
+
+/// Starts artifact `name` of `id` and writes two parts' worth, so a multipart upload is open,
+/// then drops the writer without finishing or aborting it: what a SIGKILL leaves on S3.
+async fn open_upload(storage: &Storage, id: &BackupId, name: &str) {
+    let mut w = storage.writer(id, name).await.expect("writer");
+    w.write(bytes::Bytes::from(vec![7u8; 2 * S3_PART_SIZE + 1]))
+        .await
+        .expect("write");
+    drop(w);
+}
+
+#[tokio::test]
+async fn s3_cleanup_aborts_the_multipart_uploads_a_killed_writer_left_open() {
+    let s3 = S3::start();
+    let storage = s3.storage("lucid/pi");
+    let elsewhere = s3.storage("elsewhere");
+    let crashed = BackupId::new(Utc::now());
+    let running = BackupId::new(Utc::now() + chrono::Duration::seconds(1));
+    open_upload(&storage, &crashed, "volumes/a.tar.zst").await;
+    open_upload(&storage, &running, "volumes/b.tar.zst").await;
+    open_upload(&elsewhere, &crashed, "volumes/c.tar.zst").await;
+    let mut open = storage.open_uploads().await.expect("list uploads");
+    open.sort();
+    assert_eq!(
+        open,
+        [
+            format!("{crashed}/volumes/a.tar.zst"),
+            format!("{running}/volumes/b.tar.zst")
+        ],
+        "an upload left open is invisible to listings of objects, not to this one"
+    );
+    assert!(
+        storage
+            .list_backup(&crashed)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    let report = storage.cleanup(Some(&running)).await.expect("cleanup");
+    assert_eq!(report.uploads, [format!("{crashed}/volumes/a.tar.zst")]);
+    assert_eq!(
+        storage.open_uploads().await.expect("list uploads"),
+        [format!("{running}/volumes/b.tar.zst")],
+        "the running backup's upload is spared"
+    );
+    assert_eq!(
+        elsewhere.open_uploads().await.expect("list uploads"),
+        [format!("{crashed}/volumes/c.tar.zst")],
+        "another prefix is not ours"
+    );
+
+    // Once that run is over (killed too), the next one leaves no upload open.
+    let report = storage.cleanup(None).await.expect("cleanup");
+    assert_eq!(report.uploads, [format!("{running}/volumes/b.tar.zst")]);
+    assert!(
+        storage
+            .open_uploads()
+            .await
+            .expect("list uploads")
+            .is_empty()
+    );
+    assert_eq!(
+        elsewhere
+            .cleanup(None)
+            .await
+            .expect("cleanup")
+            .uploads
+            .len(),
+        1
+    );
+    assert!(
+        elsewhere
+            .open_uploads()
+            .await
+            .expect("list uploads")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -1697,6 +1776,63 @@ async fn a_second_backup_while_one_runs_exits_75() {
     scenario.teardown();
 }
 
+/// Changing `backup.recipients` rotates keys: the next backup is encrypted to the new set
+/// only, and the one before still opens with its own identity and not with the new one.
+#[test]
+fn changing_the_recipients_rotates_keys_and_old_backups_stay_readable_with_old_identities() {
+    let mut m = Machine::new();
+    std::fs::create_dir_all(m.volume("chunks")).expect("mkdir");
+    std::fs::write(m.volume("chunks").join("x"), b"rotate me").expect("write");
+    let recipients_of = |key: &Path| {
+        serde_json::json!(
+            Identities::load(key)
+                .expect("identity")
+                .recipients()
+                .to_strings()
+        )
+    };
+    let old_key = m.encrypt_to_new_key();
+    let old = m.json(&["now", "--stores", "volumes:chunks"], 0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let new_key = m.encrypt_to_new_key();
+    let new = m.json(&["now", "--stores", "volumes:chunks"], 0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_ne!(recipients_of(&old_key), recipients_of(&new_key));
+    for (id, key) in [(&old, &old_key), (&new, &new_key)] {
+        assert_eq!(
+            m.json(&["show", id], 0)["manifest"]["encryption"]["recipients"],
+            recipients_of(key),
+            "{id}"
+        );
+    }
+
+    let decoded = |id: &str, key: &Path| {
+        let key = key.display().to_string();
+        m.cli(&["verify", id, "--level", "decoded", "--identity", &key])
+    };
+    for (id, wrong) in [(&old, &new_key), (&new, &old_key)] {
+        let (code, out, err) = decoded(id, wrong);
+        assert_eq!(code, 65, "{id}: {out}{err}");
+        assert!(out.contains("(wrong_identity)"), "{id}: {out}");
+    }
+    for (id, right) in [(&old, &old_key), (&new, &new_key)] {
+        let (code, out, err) = decoded(id, right);
+        assert_eq!(code, 0, "{id}: {out}{err}");
+    }
+    let list = m.json(&["list"], 0);
+    let counts: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|b| b["counts_as"].as_str())
+        .collect();
+    assert_eq!(counts, ["decoded", "decoded"], "{list}");
+}
+
 /// Starts `backup now` on a volume big enough to take seconds, kills it (SIGKILL) while it
 /// writes the volume's artifact, and checks that nothing is listed and the next run cleans up.
 fn killed_mid_backup(m: &Machine, leftovers: impl Fn(&str) -> usize) {
@@ -1800,8 +1936,14 @@ fn a_cli_killed_mid_backup_leaves_nothing_listed_and_the_next_run_cleans_up_on_s
         .build()
         .expect("runtime");
     killed_mid_backup(&m, |id| {
-        let id: BackupId = id.parse().expect("id");
-        rt.block_on(storage.list_backup(&id)).expect("list").len()
+        let parsed: BackupId = id.parse().expect("id");
+        let objects = rt
+            .block_on(storage.list_backup(&parsed))
+            .expect("list")
+            .len();
+        // The volume's artifact was a multipart upload in progress at the kill.
+        let uploads = rt.block_on(storage.open_uploads()).expect("list uploads");
+        objects + uploads.iter().filter(|u| u.starts_with(id)).count()
     });
 }
 

@@ -95,10 +95,19 @@ fn the_daemons_allowances_stay() {
         "redis_password",
         "mongodb_password",
         "elasticsearch_password",
+        "backup_passphrase",
+        "backup_identity",
+        "backup_s3_access_key_id",
+        "backup_s3_secret_access_key",
     ] {
         assert!(
             creds.iter().any(|c| c == name),
             "LoadCredential lacks {name}"
+        );
+        // Each is optional: a missing source falls back to this instead of failing the start.
+        assert!(
+            values("SetCredential").contains(&format!("{name}:\\n")),
+            "SetCredential lacks {name}"
         );
     }
 }

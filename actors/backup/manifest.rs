@@ -102,8 +102,8 @@ impl Trigger {
 }
 
 /// How the artifacts were encrypted: to these recipients (public keys), and/or to a per-backup
-/// identity wrapped with the passphrase in `key.age`. Neither: not encrypted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// identity wrapped with the passphrase in `key.age`. Neither (the default): not encrypted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
     pub recipients: Vec<String>,

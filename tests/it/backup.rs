@@ -695,15 +695,7 @@ async fn fs_partials_are_cleaned_up_and_a_writer_stops_at_its_reservation() {
         .put_file(
             &done,
             MANIFEST,
-            manifest_for(
-                done,
-                vec![record],
-                Encryption {
-                    recipients: vec![],
-                    passphrase: false,
-                },
-            )
-            .to_json(),
+            manifest_for(done, vec![record], Encryption::default()).to_json(),
         )
         .await
         .expect("manifest");
@@ -803,15 +795,7 @@ async fn s3_incomplete_backups_are_never_listed_and_are_cleaned_up() {
         .put_file(
             &complete,
             MANIFEST,
-            manifest_for(
-                complete,
-                vec![],
-                Encryption {
-                    recipients: vec![],
-                    passphrase: false,
-                },
-            )
-            .to_json(),
+            manifest_for(complete, vec![], Encryption::default()).to_json(),
         )
         .await
         .expect("manifest");

@@ -153,8 +153,13 @@ pub fn s3() -> Server {
 /// Creates `bucket` on an S3 test server (moto takes unsigned requests); panics when the
 /// server refuses.
 pub fn create_bucket(server: &Server, bucket: &str) {
-    let status = http_request(server.addr(), "PUT", &format!("/{bucket}"))
-        .unwrap_or_else(|e| panic!("cannot create bucket {bucket}: {e}"));
+    let status = http_status_within(
+        server.addr(),
+        "PUT",
+        &format!("/{bucket}"),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("cannot create bucket {bucket}: {e}"));
     assert!(
         status == 200,
         "creating bucket {bucket} answered HTTP {status}"
@@ -428,31 +433,26 @@ fn listens_on(pid: u32, port: u16) -> bool {
     })
 }
 
-/// Sends an HTTP/1.1 request with an empty body (`Content-Length: 0`) and returns the status
-/// code.
-pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// Sends an HTTP/1.1 request with an empty body and returns the status code; a readiness
+/// probe, so it waits a second at most for the answer.
+pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
+    http_status_within(addr, method, path, Duration::from_millis(1000))
+}
+
+/// [`http_status`], waiting up to `wait` for the answer (creating a bucket takes longer than a
+/// probe).
+fn http_status_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    wait: Duration,
+) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(wait))?;
+    // `Content-Length: 0`: a PUT without it is refused by some servers (moto's bucket create).
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf)?;
-    std::str::from_utf8(&buf[..n])
-        .ok()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))
-}
-
-/// Sends an HTTP/1.1 request without a body and returns the status code.
-pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-    s.set_read_timeout(Some(Duration::from_millis(1000)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf)?;

@@ -270,9 +270,21 @@ impl Server {
         }
     }
 
-    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    /// SIGSTOP: the server keeps its sockets but answers nothing. Returns once every thread of
+    /// the process is stopped: the signal is only queued when kill(2) returns, and a thread
+    /// still running could answer one more request.
     pub fn pause(&self) {
         self.signal(libc::SIGSTOP);
+        let Some(pid) = self.pid() else { return };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{} (pid {pid}) did not stop within 5 s of SIGSTOP",
+                self.kind.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT after [`Server::pause`].
@@ -402,6 +414,22 @@ pub fn mongo_ping(addr: SocketAddr) -> std::io::Result<bool> {
     Ok(ok_as(0x01, &1.0f64.to_le_bytes())
         || ok_as(0x10, &1i32.to_le_bytes())
         || ok_as(0x12, &1i64.to_le_bytes()))
+}
+
+/// Whether every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // "TID (comm) STATE …": the state follows the last ')' (comm may hold one).
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T")
+        })
+    })
 }
 
 /// Whether process `pid` holds a socket listening on TCP `port` (IPv4 or IPv6): the inodes of
@@ -810,5 +838,21 @@ mod listen_tests {
         assert!(!listens_on(1, port));
         drop(listener);
         assert!(!listens_on(std::process::id(), port));
+    }
+
+    #[test]
+    fn a_running_process_is_not_stopped_and_a_sigstopped_one_is() {
+        assert!(!all_threads_stopped(std::process::id()));
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "sleep never showed as stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -2,17 +2,20 @@
 //! this process, with the daemon's settings, state directory and lock files: a backup here and
 //! one in the daemon never overlap (the second is refused, exit 75).
 //!
-//! `now` waits for the outcome and prints progress on stderr as plain lines, at most one a
-//! second (no progress bar: a line per second reads the same on a terminal, in a pipe and in
-//! the journal); the result goes to stdout, as text or `--json`. Exit codes: docs/cli.md.
+//! `now` waits for the outcome and shows progress on stderr: a progress bar (indicatif) when
+//! stderr is a terminal, plain lines at most one a second otherwise (a pipe, a file, the
+//! journal: a bar's redraws would be noise there). The result goes to stdout, as text or
+//! `--json`. Exit codes: docs/cli.md.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lucid_actors::backup::{
     BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, Entry, Identities, KeyError,
-    Level, ListBackups, Outcome, RunReport, RunStatus, ShowBackup, StartBackup, Trigger,
+    Level, ListBackups, Outcome, Progress, RunReport, RunStatus, ShowBackup, StartBackup, Trigger,
     VerifyBackup, VerifyReport, keygen,
 };
 use lucid_actors::config::BackupStorage;
@@ -213,37 +216,116 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
     }
 }
 
-/// Waits for run `id` to end, printing a progress line on stderr at most once a second.
+/// Waits for run `id` to end, showing its progress on stderr (see the module doc).
 async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError> {
+    let mut shown = Shown::new(id, std::io::stderr().is_terminal());
     let mut ticks = tokio::time::interval(POLL);
-    let mut last_line: Option<tokio::time::Instant> = None;
-    let mut last_text = String::new();
     loop {
         ticks.tick().await;
-        match b.call(BackupStatus { id }).await? {
-            RunStatus::Finished(report) => return Ok(report),
-            RunStatus::Running { progress, .. } => {
+        match b.call(BackupStatus { id }).await {
+            Ok(RunStatus::Finished(report)) => {
+                shown.finish();
+                return Ok(report);
+            }
+            Ok(RunStatus::Running { progress, .. }) => shown.update(&progress),
+            Err(e) => {
+                shown.finish();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// How `follow` shows progress: a bar on a terminal, otherwise a line at most once a second
+/// and only when it changed.
+enum Shown {
+    Bar(ProgressBar),
+    Lines {
+        id: BackupId,
+        last_line: Option<tokio::time::Instant>,
+        last_text: String,
+    },
+}
+
+impl Shown {
+    fn new(id: BackupId, terminal: bool) -> Shown {
+        if !terminal {
+            return Shown::Lines {
+                id,
+                last_line: None,
+                last_text: String::new(),
+            };
+        }
+        // A spinner until the run has its estimate, then a bar of bytes read against it. Four
+        // redraws a second are plenty and cost a Pi nothing; `wide_msg` cuts the message to
+        // the terminal's width, so a long artifact name never wraps the line.
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
+        // The id is on the "started" line above; the bar leaves the width to the artifacts.
+        bar.set_style(style("{spinner} {bytes} read, {wide_msg}"));
+        bar.enable_steady_tick(Duration::from_millis(250));
+        Shown::Bar(bar)
+    }
+
+    fn update(&mut self, p: &Progress) {
+        let artifacts = format!(
+            "{}/{} artifacts",
+            p.artifacts_done,
+            p.artifacts_planned.max(p.artifacts_done)
+        );
+        let writing = p
+            .current
+            .as_deref()
+            .map(|a| format!(", writing {a}"))
+            .unwrap_or_default();
+        match self {
+            Shown::Bar(bar) => {
+                if p.estimate_bytes > 0 && bar.length().is_none() {
+                    bar.set_style(style(
+                        "[{bar:20}] {bytes}/~{total_bytes} {binary_bytes_per_sec}, {wide_msg}",
+                    ));
+                }
+                // The estimate may fall short of what is read (it is an estimate): the bar
+                // then ends full rather than past its end.
+                if p.estimate_bytes > 0 {
+                    bar.set_length(p.estimate_bytes.max(p.bytes_in));
+                }
+                bar.set_position(p.bytes_in);
+                bar.set_message(format!("{artifacts}{writing}"));
+            }
+            Shown::Lines {
+                id,
+                last_line,
+                last_text,
+            } => {
                 let text = format!(
-                    "lucid-db backup: {id}: {}/{} artifacts, {} read, {} stored{}",
-                    progress.artifacts_done,
-                    progress.artifacts_planned.max(progress.artifacts_done),
-                    human(progress.bytes_in),
-                    human(progress.bytes_stored),
-                    progress
-                        .current
-                        .as_deref()
-                        .map(|a| format!(", writing {a}"))
-                        .unwrap_or_default()
+                    "lucid-db backup: {id}: {artifacts}, {} read, {} stored{writing}",
+                    human(p.bytes_in),
+                    human(p.bytes_stored),
                 );
                 let due = last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
-                if due && text != last_text {
+                if due && text != *last_text {
                     eprintln!("{text}");
-                    last_line = Some(tokio::time::Instant::now());
-                    last_text = text;
+                    *last_line = Some(tokio::time::Instant::now());
+                    *last_text = text;
                 }
             }
         }
     }
+
+    /// Removes the bar, so the report that follows starts on a clean line.
+    fn finish(&self) {
+        if let Shown::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A progress style from a template; the templates are constants, so the fallback (the
+/// default bar) is only there not to panic.
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 fn print_json(value: &impl serde::Serialize) {

@@ -1891,6 +1891,65 @@ fn killed_mid_backup(m: &Machine, leftovers: impl Fn(&str) -> usize) {
     assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 1);
 }
 
+/// On a terminal `backup now` draws a progress bar (redrawn in place: carriage returns and
+/// erase-line sequences, the bar's brackets and the artifact count) and erases it before the
+/// report; through a pipe the same run writes plain lines with no control characters (the
+/// other tests read those lines).
+#[test]
+fn backup_now_draws_a_progress_bar_on_a_terminal_and_plain_lines_in_a_pipe() {
+    let mut m = Machine::new();
+    m.set("LUCID_DB__VOLUMES__EXTRA", "big");
+    noise_file(&m.volume("big"), "data.bin", 8 << 20);
+    // 128 chunks of 64 KiB, 10 ms each: the run lasts over a second, so both kinds of
+    // progress have something to show however fast the machine is.
+    let slow = ("FAILPOINTS", "backup-artifact-chunk=sleep(10)");
+    let command = format!("{BIN} backup now --stores volumes:big");
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(slow.0, slow.1)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("] ") && tty.contains("/3 artifacts"),
+        "no bar drawn: {tty:?}"
+    );
+    assert!(
+        tty.contains("\x1b["),
+        "the bar is not redrawn in place: {tty:?}"
+    );
+    assert!(
+        !tty.lines()
+            .any(|l| l.starts_with("lucid-db backup: ") && l.contains(" artifacts")),
+        "a plain progress line on a tty: {tty:?}"
+    );
+    assert!(tty.contains("complete"), "no report after the bar: {tty:?}");
+
+    let out = m
+        .command(&["now", "--stores", "volumes:big"])
+        .env(slow.0, slow.1)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(" artifacts, ") && l.contains(" read, ")),
+        "no progress line: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains('\r'),
+        "control characters in a pipe: {stderr:?}"
+    );
+}
+
 #[test]
 fn a_cli_killed_mid_backup_leaves_nothing_listed_and_the_next_run_cleans_up_on_fs() {
     let mut m = Machine::new();

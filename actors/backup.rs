@@ -22,7 +22,11 @@
 //!   `state_dir/backup/catalogue/`, rebuilt from storage when missing or stale.
 //! - [`select`] — which stores a run takes ([`StoreSelector`], `backup.volumes`).
 //! - [`lock`] — the cross-process backup lock (`state_dir/locks/backup.lock`).
+//! - [`readers`] — who reads a backup (a verify, restore or drill), so nothing deletes it
+//!   under them.
 //! - [`run`] — one run, from the lock to the manifest.
+//! - [`retention`] — the retention plan, a pure function; [`prune`] applies it, deletes by
+//!   hand and pins.
 //! - [`verify`] — `checksummed` and `decoded` verification, recorded in `verify.json`.
 //!
 //! # The actor
@@ -48,6 +52,9 @@ pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod pipeline;
+pub mod prune;
+pub mod readers;
+pub mod retention;
 pub mod run;
 pub mod select;
 pub mod storage;
@@ -60,9 +67,11 @@ pub use keys::{BackupKey, Identities, KeyError, Recipients, keygen};
 pub use lock::{LockError, RunLock};
 pub use manifest::{
     ArtifactCheck, ArtifactRecord, Encryption, Level, LevelResult, Manifest, ManifestError,
-    Outcome, StoreRecord, Trigger, VerifyRecord,
+    Outcome, Pin, PinRecord, StoreRecord, Trigger, VerifyRecord,
 };
 pub use pipeline::{Codec, Decoding, PipelineError, TarSummary, walk_tar};
+pub use prune::{DeleteReport, Planned, PruneReport};
+pub use retention::{Reason, Refusal};
 pub use run::{BackupOutcome, Progress, RunReport, outcome_of};
 pub use select::{Plan, SelectionError, StoreSelector};
 pub use storage::{S3Settings, Storage, StorageError};
@@ -203,6 +212,38 @@ pub struct VerifyBackup {
     pub identity: Option<Identities>,
 }
 
+/// Applies the retention plan (`backup.retention_days`, `keep_*`, `min_level`; see
+/// [`retention`]): deletes every backup no rule keeps, or with `dry_run` only says which.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<PruneReport, BackupError>")]
+pub struct PruneBackups {
+    pub dry_run: bool,
+}
+
+/// Deletes one backup. Without `force`, refused (`guarded`) when it is pinned or the newest
+/// good copy of something; never while it is being read (`busy`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<DeleteReport, BackupError>")]
+pub struct DeleteBackup {
+    pub id: BackupId,
+    pub force: bool,
+}
+
+/// Pins a backup (retention keeps it); answers the backup with its pins.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Entry, BackupError>")]
+pub struct PinBackup {
+    pub id: BackupId,
+    pub reason: Option<String>,
+}
+
+/// Removes every pin of a backup.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Entry, BackupError>")]
+pub struct UnpinBackup {
+    pub id: BackupId,
+}
+
 /// Where a run is.
 #[derive(Debug, Clone)]
 pub enum RunStatus {
@@ -281,6 +322,12 @@ pub enum BackupError {
     Interrupted { reason: String },
     #[error("the backup actor did not take the request: it has stopped")]
     NotDelivered,
+    /// Retention refused to plan: the clock cannot be trusted yet.
+    #[error(transparent)]
+    Retention(Refusal),
+    /// `backup delete` without `--force` of a backup that is pinned or a newest good copy.
+    #[error("backup {id} is kept: {reasons}; give --force to delete it all the same")]
+    Guarded { id: String, reasons: String },
 }
 
 fn describe_failures(failures: &[(String, String, String)]) -> String {
@@ -322,6 +369,8 @@ impl BackupError {
             BackupError::NothingBackedUp { .. } => "nothing_backed_up",
             BackupError::Interrupted { .. } => "interrupted",
             BackupError::NotDelivered => "not_delivered",
+            BackupError::Retention(r) => r.code(),
+            BackupError::Guarded { .. } => "guarded",
         }
     }
 
@@ -452,6 +501,26 @@ impl Shared {
         Ok(storage_for(&self.config.backup, &dir, self.io_timeout)?)
     }
 
+    /// Takes the backup lock (`busy` when another run, restore or prune holds it).
+    async fn lock(&self) -> Result<RunLock, BackupError> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            state.ensure()?;
+            RunLock::try_acquire(&state.lock_file("backup")).map_err(|e| match e {
+                LockError::Busy { .. } => BackupError::Busy {
+                    reason: e.to_string(),
+                },
+                LockError::Io { path, reason } => {
+                    BackupError::State(StateError::Unusable { path, reason })
+                }
+            })
+        })
+        .await
+        .map_err(|e| BackupError::Interrupted {
+            reason: format!("taking the backup lock: {e}"),
+        })?
+    }
+
     /// What runs here, for the store selection.
     async fn available(&self) -> Result<select::Available, BackupError> {
         let volumes = match &self.volumes {
@@ -516,6 +585,7 @@ impl Shared {
             cat.insert(Entry {
                 manifest,
                 verify: None,
+                pins: None,
             })
             .await?;
         }
@@ -681,22 +751,7 @@ impl Handler<StartBackup> for BackupActor {
         let prepare = async move {
             let available = shared.available().await?;
             let plan = select::resolve(&msg.stores, &available, &shared.config.backup.volumes)?;
-            let state = shared.state.clone();
-            let lock = tokio::task::spawn_blocking(move || {
-                state.ensure()?;
-                RunLock::try_acquire(&state.lock_file("backup")).map_err(|e| match e {
-                    LockError::Busy { .. } => BackupError::Busy {
-                        reason: e.to_string(),
-                    },
-                    LockError::Io { path, reason } => {
-                        BackupError::State(StateError::Unusable { path, reason })
-                    }
-                })
-            })
-            .await
-            .map_err(|e| BackupError::Interrupted {
-                reason: format!("taking the backup lock: {e}"),
-            })??;
+            let lock = shared.lock().await?;
             Ok::<_, BackupError>((plan, lock, msg.trigger))
         };
         Box::pin(prepare.into_actor(self).map(|prepared, act, ctx| {
@@ -819,9 +874,82 @@ impl Handler<VerifyBackup> for BackupActor {
     fn handle(&mut self, msg: VerifyBackup, _: &mut Context<Self>) -> Self::Result {
         let shared = self.shared.clone();
         Box::pin(
-            async move { verify::verify(&shared, msg.id, msg.level, msg.identity).await }
-                .into_actor(self),
+            async move {
+                // Marks the backup as read, so that retention keeps it until the verify ends.
+                let state = shared.state.clone();
+                let id = msg.id;
+                let _reader = tokio::task::spawn_blocking(move || {
+                    state.ensure()?;
+                    readers::ReadLock::shared(&state, &id)
+                })
+                .await
+                .map_err(|e| BackupError::Interrupted {
+                    reason: format!("marking the backup as read: {e}"),
+                })??;
+                verify::verify(&shared, msg.id, msg.level, msg.identity).await
+            }
+            .into_actor(self),
         )
+    }
+}
+
+impl Handler<PruneBackups> for BackupActor {
+    type Result = Reply<PruneReport>;
+
+    fn handle(&mut self, msg: PruneBackups, _: &mut Context<Self>) -> Self::Result {
+        if let Some(id) = self.running {
+            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
+                reason: format!("backup {id} is running in this process"),
+            })));
+        }
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let lock = shared.lock().await?;
+                let storage = shared.storage().await?;
+                prune::prune_locked(&shared, &storage, msg.dry_run, &lock).await
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<DeleteBackup> for BackupActor {
+    type Result = Reply<DeleteReport>;
+
+    fn handle(&mut self, msg: DeleteBackup, _: &mut Context<Self>) -> Self::Result {
+        if let Some(id) = self.running {
+            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
+                reason: format!("backup {id} is running in this process"),
+            })));
+        }
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let lock = shared.lock().await?;
+                let storage = shared.storage().await?;
+                prune::delete_locked(&shared, &storage, msg.id, msg.force, &lock).await
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<PinBackup> for BackupActor {
+    type Result = Reply<Entry>;
+
+    fn handle(&mut self, msg: PinBackup, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { prune::pin(&shared, msg.id, msg.reason).await }.into_actor(self))
+    }
+}
+
+impl Handler<UnpinBackup> for BackupActor {
+    type Result = Reply<Entry>;
+
+    fn handle(&mut self, msg: UnpinBackup, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(async move { prune::unpin(&shared, msg.id).await }.into_actor(self))
     }
 }
 

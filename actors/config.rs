@@ -325,6 +325,15 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct BackupConfig {
     pub compression: Compression,
     pub retention_days: u32,
+    /// Retention's count rules (0: off); see `backup::retention`.
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    /// The verification level a good copy must have reached.
+    pub min_level: MinLevel,
+    /// A backup that does not fit runs the retention plan first and tries again, once.
+    pub prune_before: bool,
     /// Where backups are written: the `backups` volume (`fs`) or an S3 bucket (`s3`).
     pub storage: BackupStorage,
     /// age X25519 public keys (`age1…`) every artifact is encrypted to. Parsed by the backup
@@ -342,6 +351,17 @@ pub struct BackupConfig {
     /// The identity file's text, read like a secret (never printed).
     #[serde(skip)]
     pub identity: Option<Secret>,
+}
+
+/// `backup.min_level`: what a backup must have been verified to, to count as a good copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MinLevel {
+    /// `decoded` when the daemon has an identity (`backup.identity_file`), else `checksummed`.
+    Auto,
+    Checksummed,
+    Decoded,
+    Drilled,
 }
 
 /// Where backups are stored.

@@ -339,6 +339,34 @@ events! {
         duration_ms: u64,
         encrypted: bool,
     }
+    /// Retention ran (`backup prune`, the scheduler's retention job, or a backup that did not
+    /// fit with `backup.prune_before`); each deletion has its own `backup.deleted`.
+    BackupPruned = "backup.pruned", INFO {
+        kept: u64,
+        deleted: u64,
+        bytes_freed: u64,
+        /// A dry run deletes nothing: `deleted` is what it would delete.
+        dry_run: bool,
+        duration_ms: u64,
+    }
+    /// Retention did not run: the clock is not synchronised, or reads earlier than the newest
+    /// backup (a Pi without a hardware clock may boot in the past).
+    BackupPruneRefused = "backup.prune_refused", WARN, code = code {
+        code: &'static str,
+        error: String,
+    }
+    /// A backup was deleted: by retention (`rule` expired) or by hand (`rule` delete, or
+    /// `delete_forced` when `--force` overrode a pin or a newest good copy).
+    BackupDeleted = "backup.deleted", INFO {
+        id: String,
+        rule: &'static str,
+        bytes_stored: u64,
+    }
+    /// A backup was pinned or unpinned.
+    BackupPinned = "backup.pinned", INFO {
+        id: String,
+        pinned: bool,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,

@@ -14,8 +14,9 @@ use std::time::Duration;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lucid_actors::backup::{
-    BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, Entry, Identities, KeyError,
-    Level, ListBackups, Outcome, Progress, RunReport, RunStatus, ShowBackup, StartBackup, Trigger,
+    BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, DeleteBackup, Entry,
+    Identities, KeyError, Level, ListBackups, Outcome, PinBackup, Progress, PruneBackups,
+    PruneReport, Reason, RunReport, RunStatus, ShowBackup, StartBackup, Trigger, UnpinBackup,
     VerifyBackup, VerifyReport, keygen,
 };
 use lucid_actors::config::BackupStorage;
@@ -59,7 +60,7 @@ pub async fn run(config: &Config, command: BackupCommand, json: bool) -> u8 {
 
 /// The exit code for an error (docs/cli.md).
 fn exit_for(e: &BackupError) -> u8 {
-    if e.code() == "busy" {
+    if e.code() == "busy" || matches!(e, BackupError::Retention(_)) {
         exit::TEMPFAIL
     } else if e.is_corrupt() {
         exit::DATAERR
@@ -212,8 +213,117 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                 exit::DATAERR
             })
         }
+        BackupCommand::Prune { dry_run } => {
+            let report = b.call(PruneBackups { dry_run }).await?;
+            print_prune(&report, json);
+            Ok(exit::OK)
+        }
+        BackupCommand::Pin { id, reason } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return Ok(code),
+            };
+            let entry = b.call(PinBackup { id, reason }).await?;
+            print_entry(&entry, json);
+            Ok(exit::OK)
+        }
+        BackupCommand::Unpin { id } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return Ok(code),
+            };
+            let entry = b.call(UnpinBackup { id }).await?;
+            print_entry(&entry, json);
+            Ok(exit::OK)
+        }
+        BackupCommand::Delete { id, force } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return Ok(code),
+            };
+            let report = b.call(DeleteBackup { id, force }).await?;
+            if json {
+                print_json(&report);
+            } else {
+                println!(
+                    "deleted {} ({} stored){}",
+                    report.id,
+                    human(report.bytes_stored),
+                    if report.overrode.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; --force overrode: {}",
+                            report
+                                .overrode
+                                .iter()
+                                .map(Reason::rule)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+            }
+            Ok(exit::OK)
+        }
         BackupCommand::Keygen { .. } => Ok(exit::USAGE),
     }
+}
+
+fn print_entry(entry: &Entry, json: bool) {
+    if json {
+        print_json(&entry_json(entry));
+    } else {
+        show(entry);
+    }
+}
+
+/// `backup prune`: one line per backup, newest first, with the rules that decided.
+fn print_prune(r: &PruneReport, json: bool) {
+    if json {
+        print_json(r);
+        return;
+    }
+    println!(
+        "{:<22} {:<8} {:>9} {:<12} RULES",
+        "ID", "ACTION", "STORED", "VERIFIED"
+    );
+    for b in &r.backups {
+        let action = match (b.keep, r.dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would-delete",
+            (false, false) => "deleted",
+        };
+        let rules: Vec<String> = b
+            .reasons
+            .iter()
+            .map(|reason| match reason {
+                Reason::NewestGoodCopy { of } => format!("newest_good_copy({})", of.join(",")),
+                Reason::NoGoodCopy { of } => format!("no_good_copy({})", of.join(",")),
+                Reason::Daily { day } => format!("daily({day})"),
+                Reason::Weekly { week } => format!("weekly({week})"),
+                Reason::Monthly { month } => format!("monthly({month})"),
+                Reason::Recent { days } => format!("recent(<{days}d)"),
+                Reason::Expired { age_days } => format!("expired({age_days}d old)"),
+                other => other.rule().to_owned(),
+            })
+            .collect();
+        println!(
+            "{:<22} {:<8} {:>9} {:<12} {}",
+            b.id.to_string(),
+            action,
+            human(b.bytes_stored),
+            b.counts_as.map_or("-", |l| l.as_str()),
+            rules.join(" ")
+        );
+    }
+    println!(
+        "{} {} backups, {} (good copies: verified to {})",
+        if r.dry_run { "would delete" } else { "deleted" },
+        r.deleted.len(),
+        human(r.bytes_freed),
+        r.min_level.as_str()
+    );
 }
 
 /// Waits for run `id` to end, showing its progress on stderr (see the module doc).
@@ -413,6 +523,7 @@ fn entry_json(e: &Entry) -> serde_json::Value {
         "counts_as": e.effective_level(),
         "manifest": e.manifest,
         "verify": e.verify,
+        "pins": e.pins.as_ref().map(|p| &p.pins),
     })
 }
 
@@ -469,6 +580,18 @@ fn show(e: &Entry) {
         "counts as    {}",
         e.effective_level().map_or("unverified", |l| l.as_str())
     );
+    if let Some(p) = &e.pins {
+        for pin in &p.pins {
+            println!(
+                "pinned       at {}{}",
+                pin.at.to_rfc3339(),
+                pin.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(v) = &e.verify {
         for (level, r) in &v.levels {
             println!(

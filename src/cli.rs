@@ -158,6 +158,33 @@ pub enum BackupCommand {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+    /// Apply retention: delete every backup no rule keeps (backup.retention_days, keep_last,
+    /// keep_daily, keep_weekly, keep_monthly), never a pinned one, one being read, or the
+    /// newest good copy (verified to backup.min_level) of any volume, collection, index or
+    /// Redis database. Prints each backup, kept or deleted, and the rules that decided.
+    /// Exit 75 while the clock cannot be trusted, or another backup, restore or prune runs.
+    Prune {
+        /// Print the plan and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Pin a backup: retention keeps it until it is unpinned. Stored beside the backup.
+    Pin {
+        id: String,
+        /// Why (shown by `backup show`).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Remove every pin of a backup.
+    Unpin { id: String },
+    /// Delete one backup. Refused (exit 1) when it is pinned or the newest good copy of
+    /// something, unless --force; refused (exit 75) while it is being read.
+    Delete {
+        id: String,
+        /// Delete it even when pinned or the newest good copy of something.
+        #[arg(long)]
+        force: bool,
+    },
     /// Write a new age identity to FILE (mode 0600; never overwrites) and print its public
     /// key, for backup.recipients. Keep FILE off the Pi.
     Keygen {

@@ -21,8 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::id::BackupId;
-use super::manifest::{Level, Manifest, VerifyRecord};
-use super::storage::{MANIFEST, Storage, StorageError, VERIFY};
+use super::manifest::{Level, Manifest, PinRecord, VerifyRecord};
+use super::storage::{MANIFEST, PINS, Storage, StorageError, VERIFY};
 
 /// The catalogue files' format.
 const FORMAT: u32 = 1;
@@ -50,12 +50,19 @@ impl CatalogueError {
 pub struct Entry {
     pub manifest: Manifest,
     pub verify: Option<VerifyRecord>,
+    /// pins.json; `None`: not pinned. Defaulted, so cache files from before pins still load.
+    #[serde(default)]
+    pub pins: Option<PinRecord>,
 }
 
 impl Entry {
     /// What the backup counts as ([`VerifyRecord::effective_level`]); `None` when unverified.
     pub fn effective_level(&self) -> Option<Level> {
         self.verify.as_ref().and_then(VerifyRecord::effective_level)
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pins.as_ref().is_some_and(|p| !p.pins.is_empty())
     }
 }
 
@@ -208,6 +215,21 @@ impl Catalogue {
         self.insert(entry).await
     }
 
+    /// Records a backup's pins (`None`: unpinned; the caller writes or removes pins.json in
+    /// storage too). Unknown ids change nothing.
+    pub async fn set_pins(
+        &mut self,
+        id: &BackupId,
+        pins: Option<PinRecord>,
+    ) -> Result<(), CatalogueError> {
+        let Some(entry) = self.entries.get(id) else {
+            return Ok(());
+        };
+        let mut entry = entry.clone();
+        entry.pins = pins;
+        self.insert(entry).await
+    }
+
     /// Forgets one backup: after retention deleted it.
     pub async fn remove(&mut self, id: &BackupId) -> Result<(), CatalogueError> {
         let path = self.dir.join(entry_file(id));
@@ -267,7 +289,41 @@ async fn fetch(
             }
         },
     };
-    Ok(Some(Entry { manifest, verify }))
+    // Pins that cannot be read keep the backup all the same: an unreadable pins.json is
+    // reported and counts as a pin without a reason, so retention never deletes what someone
+    // meant to keep because a file was damaged.
+    let pins = match storage.get_file(id, PINS).await? {
+        None => None,
+        Some(bytes) => match PinRecord::parse(&bytes) {
+            Ok(p) if p.id == *id => Some(p),
+            Ok(_) => {
+                report.unreadable.push((
+                    *id,
+                    "bad_manifest",
+                    "pins.json names another backup".into(),
+                ));
+                Some(unreadable_pins(*id))
+            }
+            Err(e) => {
+                report.unreadable.push((*id, e.code(), e.to_string()));
+                Some(unreadable_pins(*id))
+            }
+        },
+    };
+    Ok(Some(Entry {
+        manifest,
+        verify,
+        pins,
+    }))
+}
+
+fn unreadable_pins(id: BackupId) -> PinRecord {
+    let mut record = PinRecord::new(id);
+    record.pins.push(super::manifest::Pin {
+        at: Utc::now(),
+        reason: Some("pins.json could not be read; kept until it is unpinned".into()),
+    });
+    record
 }
 
 fn entry_file(id: &BackupId) -> String {

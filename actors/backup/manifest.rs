@@ -61,6 +61,8 @@ pub mod rfc3339 {
 pub const FORMAT: u32 = 1;
 /// The verify.json format this version writes and reads.
 pub const VERIFY_FORMAT: u32 = 1;
+/// The format of `pins.json`.
+pub const PINS_FORMAT: u32 = 1;
 
 /// A manifest or verify.json that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -494,6 +496,46 @@ impl VerifyRecord {
 
     pub fn parse(bytes: &[u8]) -> Result<VerifyRecord, ManifestError> {
         parse_versioned("verify.json", bytes, VERIFY_FORMAT)
+    }
+}
+
+// pins.json
+
+/// One pin: when, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    #[serde(with = "rfc3339")]
+    pub at: DateTime<Utc>,
+    pub reason: Option<String>,
+}
+
+/// `<id>/pins.json`: the pins that keep a backup from retention. Stored beside the backup
+/// (written after the manifest, like verify.json), so they survive a catalogue rebuild; the
+/// file is removed when the last pin is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRecord {
+    pub format: u32,
+    pub id: BackupId,
+    pub pins: Vec<Pin>,
+}
+
+impl PinRecord {
+    pub fn new(id: BackupId) -> PinRecord {
+        PinRecord {
+            format: PINS_FORMAT,
+            id,
+            pins: Vec::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<PinRecord, ManifestError> {
+        parse_versioned("pins.json", bytes, PINS_FORMAT)
     }
 }
 

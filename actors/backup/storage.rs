@@ -506,11 +506,30 @@ impl Storage {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(self.error("delete", &manifest, e)),
         }
+        // An interrupted deletion, for the tests: the backup is unlisted, its files remain.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("backup-delete-after-manifest", |_| Err(StorageError::Io {
+            place: self.describe(),
+            op: "delete",
+            name: format!("{id}/"),
+            reason: "interrupted (fail point backup-delete-after-manifest)".into(),
+        }));
         let dir = format!("{id}/");
         self.op
             .remove_all(&dir)
             .await
             .map_err(|e| self.error("delete", &dir, e))
+    }
+
+    /// Deletes one small file of backup `id` (`pins.json` when the last pin goes); a file
+    /// that is not there is no error.
+    pub async fn delete_file(&self, id: &BackupId, name: &str) -> Result<(), StorageError> {
+        let path = format!("{id}/{name}");
+        match self.op.delete(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.error("delete", &path, e)),
+        }
     }
 
     /// Removes what an interrupted run left: every `.partial` file, and every backup without

@@ -846,7 +846,11 @@ impl Handler<ListBackups> for BackupActor {
             async move {
                 let storage = shared.storage().await?;
                 let cat = shared.catalogue(&storage, true).await?;
-                Ok(cat.entries().map(|(_, e)| e.clone()).collect())
+                let mut entries: Vec<Entry> = cat.entries().map(|(_, e)| e.clone()).collect();
+                // Ids sort by their second, then a random suffix: two backups of one second
+                // are listed in the order they were made.
+                entries.sort_by_key(|e| (e.manifest.created, e.manifest.id));
+                Ok(entries)
             }
             .into_actor(self),
         )

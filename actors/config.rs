@@ -987,9 +987,6 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             format!("must be an absolute path, got {:?}", c.volumes.root),
         );
     }
-    if c.backup.retention_days == 0 {
-        err("backup.retention_days", "must be at least 1".to_owned());
-    }
     // Recipients and the identity are parsed by the backup module (it knows the age format),
     // the volume names by it too (`backup::check_config`).
     if c.backup.storage == BackupStorage::S3 {

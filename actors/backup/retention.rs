@@ -187,7 +187,8 @@ pub fn plan(
         return Err(Refusal::ClockUnsynchronised);
     }
     let mut sorted: Vec<&Candidate<'_>> = candidates.iter().collect();
-    sorted.sort_by_key(|c| std::cmp::Reverse(c.entry.manifest.id));
+    // By creation time (with its fractions: two backups of one second are ordered), then id.
+    sorted.sort_by_key(|c| std::cmp::Reverse((c.entry.manifest.created, c.entry.manifest.id)));
     if let Some(newest) = sorted.first()
         && newest.entry.manifest.created > now
     {

@@ -2119,3 +2119,5 @@ fn a_backup_command_refuses_a_state_directory_another_user_owns() {
         "nothing written after the refusal"
     );
 }
+
+mod retention;

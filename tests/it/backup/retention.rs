@@ -206,7 +206,7 @@ fn pins_and_deletes_are_guarded_and_survive_a_catalogue_rebuild() {
         forced["overrode"][0]["rule"], "newest_good_copy",
         "{forced}"
     );
-    assert_eq!(listed(&m), [c.clone()]);
+    assert_eq!(listed(&m), [c]);
 }
 
 #[test]

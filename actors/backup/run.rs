@@ -415,7 +415,15 @@ async fn execute(
         p.artifacts_planned = planned;
     });
     let storage = match shared.config.backup.storage {
-        BackupStorage::Fs => base.charged_to(Arc::new(reserve(shared, estimate).await?)),
+        BackupStorage::Fs => {
+            let reservation = match reserve(shared, estimate).await {
+                Err(no_room @ BackupError::NoRoom { .. }) if shared.config.backup.prune_before => {
+                    make_room(job, &base, estimate, no_room).await?
+                }
+                other => other?,
+            };
+            base.charged_to(Arc::new(reservation))
+        }
         BackupStorage::S3 => base,
     };
     record.storage = Some(storage.clone());
@@ -535,6 +543,38 @@ async fn usage_of(handle: &VolumeHandle, name: &VolumeName) -> Result<u64, Volum
     Ok(t.apparent_bytes
         .saturating_add(entries.saturating_mul(TAR_PER_ENTRY))
         .saturating_add(1024))
+}
+
+/// `backup.prune_before`: the estimate did not fit (`no_room`), so the retention plan runs
+/// (under this run's lock) and the reservation is tried again, once. When retention cannot
+/// run or frees too little, the run fails with the first `no_room` (its numbers are the ones
+/// the operator needs), and the prune's own outcome is in its events.
+async fn make_room(
+    job: &Job,
+    storage: &Storage,
+    estimate: u64,
+    no_room: BackupError,
+) -> Result<crate::volume::Reservation, BackupError> {
+    let shared = &job.shared;
+    match super::prune::prune_locked(shared, storage, false, &job.lock).await {
+        Ok(report) if !report.deleted.is_empty() => {
+            tracing::info!(
+                id = %job.id,
+                deleted = report.deleted.len(),
+                bytes_freed = report.bytes_freed,
+                "the backup did not fit: retention deleted expired backups, trying again"
+            );
+            match reserve(shared, estimate).await {
+                Err(BackupError::NoRoom { .. }) => Err(no_room),
+                other => other,
+            }
+        }
+        Ok(_) => Err(no_room),
+        Err(e) => {
+            tracing::warn!(id = %job.id, code = e.code(), error = %e, "the backup did not fit and retention could not run");
+            Err(no_room)
+        }
+    }
 }
 
 /// Checks the estimate against the backups volume's free space and quota, then reserves it.

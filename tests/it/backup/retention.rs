@@ -274,3 +274,44 @@ fn prune_waits_while_the_clock_reads_earlier_than_the_newest_backup() {
     );
     assert_eq!(listed(&m).len(), 2, "nothing is deleted");
 }
+
+/// With `backup.prune_before`, a backup that does not fit runs retention first and tries
+/// again; without it, the same backup is refused `no_room`.
+#[test]
+fn prune_before_makes_room_for_a_backup_that_does_not_fit() {
+    let mut m = Machine::new();
+    m.set("LUCID_DB__BACKUP__RETENTION_DAYS", "0");
+    noise_file(&m.volume("chunks"), "data.bin", 3 << 20);
+    let old = m.json(&["now", "--stores", "volumes:chunks"], 0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let good = m.json(&["now", "--stores", "volumes:chunks"], 0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(m.json(&["verify", &good], 0)["passed"], true);
+    // Two 3 MiB backups stored; a third needs about 7.4 MB (its data, 1 %, 4 MiB for the
+    // small files): 12 MiB leaves about 6 MB, so it fits only once `old` (expired) is gone.
+    let out = Command::new(BIN)
+        .args(["volumes", "resize", "backups", "12M"])
+        .env_clear()
+        .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("resize");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = m.json(&["now", "--stores", "volumes:chunks"], 1);
+    assert_eq!(refused["error"]["code"], "no_room", "{refused}");
+    assert_eq!(listed(&m), [old.clone(), good.clone()]);
+
+    m.set("LUCID_DB__BACKUP__PRUNE_BEFORE", "true");
+    let report = m.json(&["now", "--stores", "volumes:chunks"], 0);
+    assert_eq!(report["outcome"], "complete", "{report}");
+    let new = report["id"].as_str().expect("id").to_owned();
+    assert_eq!(listed(&m), [good, new]);
+    assert!(!m.backups().join(&old).exists());
+}

@@ -25,6 +25,8 @@
 //! - [`readers`] — who reads a backup (a verify, restore or drill), so nothing deletes it
 //!   under them.
 //! - [`run`] — one run, from the lock to the manifest.
+//! - [`restore`] — a backup back into the stores: checksums and targets checked before
+//!   anything is written, then each artifact streamed into its store's import.
 //! - [`retention`] — the retention plan, a pure function; [`prune`] applies it, deletes by
 //!   hand and pins.
 //! - [`verify`] — `checksummed` and `decoded` verification, recorded in `verify.json`.
@@ -54,6 +56,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod prune;
 pub mod readers;
+pub mod restore;
 pub mod retention;
 pub mod run;
 pub mod select;
@@ -71,6 +74,7 @@ pub use manifest::{
 };
 pub use pipeline::{Codec, Decoding, PipelineError, TarSummary, walk_tar};
 pub use prune::{DeleteReport, Planned, PruneReport};
+pub use restore::{RestoreReport, Restored, Targets};
 pub use retention::{Reason, Refusal};
 pub use run::{BackupOutcome, Progress, RunReport, outcome_of};
 pub use select::{Plan, SelectionError, StoreSelector};
@@ -244,6 +248,19 @@ pub struct UnpinBackup {
     pub id: BackupId,
 }
 
+/// Restores backup `id` (see [`restore`]): `stores` empty means every store the backup holds
+/// complete; `force` replaces non-empty targets. Holds the backup lock: `busy` while a backup,
+/// prune or another restore runs.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<RestoreReport, BackupError>")]
+pub struct RestoreBackup {
+    pub id: BackupId,
+    pub stores: Vec<StoreSelector>,
+    pub identity: Option<Identities>,
+    pub targets: Targets,
+    pub force: bool,
+}
+
 /// Where a run is.
 #[derive(Debug, Clone)]
 pub enum RunStatus {
@@ -325,6 +342,15 @@ pub enum BackupError {
     /// Retention refused to plan: the clock cannot be trusted yet.
     #[error(transparent)]
     Retention(Refusal),
+    /// A restore's target holds data, and `--force` was not given.
+    #[error("{target} is not empty ({holds}): give --force to replace it")]
+    TargetNotEmpty { target: String, holds: String },
+    /// The selection names something the backup does not hold (complete).
+    #[error("backup {id} holds no {what}")]
+    NotInBackup { what: String, id: String },
+    /// Arguments that do not go together.
+    #[error("{what}")]
+    BadRequest { what: String },
     /// `backup delete` without `--force` of a backup that is pinned or a newest good copy.
     #[error("backup {id} is kept: {reasons}; give --force to delete it all the same")]
     Guarded { id: String, reasons: String },
@@ -371,6 +397,9 @@ impl BackupError {
             BackupError::NotDelivered => "not_delivered",
             BackupError::Retention(r) => r.code(),
             BackupError::Guarded { .. } => "guarded",
+            BackupError::TargetNotEmpty { .. } => "target_not_empty",
+            BackupError::NotInBackup { .. } => "not_in_backup",
+            BackupError::BadRequest { .. } => "bad_request",
         }
     }
 
@@ -933,6 +962,34 @@ impl Handler<DeleteBackup> for BackupActor {
                 let lock = shared.lock().await?;
                 let storage = shared.storage().await?;
                 prune::delete_locked(&shared, &storage, msg.id, msg.force, &lock).await
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<RestoreBackup> for BackupActor {
+    type Result = Reply<RestoreReport>;
+
+    fn handle(&mut self, msg: RestoreBackup, _: &mut Context<Self>) -> Self::Result {
+        if let Some(id) = self.running {
+            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
+                reason: format!("backup {id} is running in this process"),
+            })));
+        }
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let _lock = shared.lock().await?;
+                restore::restore(
+                    &shared,
+                    msg.id,
+                    &msg.stores,
+                    msg.identity,
+                    &msg.targets,
+                    msg.force,
+                )
+                .await
             }
             .into_actor(self),
         )

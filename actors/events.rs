@@ -362,6 +362,22 @@ events! {
         rule: &'static str,
         bytes_stored: u64,
     }
+    /// A restore wrote every selected artifact into its store.
+    BackupRestored = "backup.restored", INFO {
+        id: String,
+        artifacts: u64,
+        /// Items written: files, documents, keys.
+        written: u64,
+        duration_ms: u64,
+    }
+    /// A restore stopped: a damaged artifact, a non-empty target, a store that refused. What
+    /// an artifact's import wrote before it failed is removed by the store's import.
+    BackupRestoreFailed = "backup.restore_failed", WARN, code = code {
+        id: String,
+        code: &'static str,
+        error: String,
+        duration_ms: u64,
+    }
     /// A backup was pinned or unpinned.
     BackupPinned = "backup.pinned", INFO {
         id: String,

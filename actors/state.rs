@@ -112,6 +112,61 @@ impl StateDir {
     }
 }
 
+/// The daemon's presence: `lucid-db run` holds `locks/daemon.lock` (an `flock`, dropped by
+/// the kernel when the daemon exits or is killed) for as long as it runs, so a CLI command
+/// that must not run beside it (a restore writing into the stores the daemon serves) can tell.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+impl DaemonLock {
+    /// Takes the lock; `Ok(None)` when another daemon holds it. The directory must exist
+    /// ([`StateDir::ensure`]).
+    pub fn acquire(state: &StateDir) -> Result<Option<DaemonLock>, StateError> {
+        let path = state.lock_file("daemon");
+        let file = open_lock(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(DaemonLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Unusable {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Whether a daemon runs with this state directory (holds its lock) right now.
+    pub fn held(state: &StateDir) -> Result<bool, StateError> {
+        let path = state.lock_file("daemon");
+        if !path.exists() {
+            return Ok(false);
+        }
+        let file = open_lock(&path)?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Unusable {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn open_lock(path: &Path) -> Result<std::fs::File, StateError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StateError::Unusable {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Refuses a directory that exists and belongs to another user than the one this process
 /// runs as (its effective uid). A missing directory passes: whoever creates it owns it.
 pub fn check_owner(path: &Path) -> Result<(), StateError> {
@@ -180,6 +235,22 @@ mod tests {
             s.token_file(),
             Path::new("/var/lib/lucid-db/http/tokens.toml")
         );
+    }
+
+    #[test]
+    fn the_daemon_lock_tells_a_cli_whether_a_daemon_runs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = StateDir::new(tmp.path().join("state"));
+        s.ensure().expect("create");
+        assert!(!DaemonLock::held(&s).expect("probe"));
+        let daemon = DaemonLock::acquire(&s).expect("acquire").expect("free");
+        assert!(DaemonLock::held(&s).expect("probe"));
+        assert!(
+            DaemonLock::acquire(&s).expect("acquire").is_none(),
+            "a second daemon"
+        );
+        drop(daemon);
+        assert!(!DaemonLock::held(&s).expect("probe"));
     }
 
     #[test]

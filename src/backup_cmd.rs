@@ -16,11 +16,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lucid_actors::backup::{
     BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, DeleteBackup, Entry,
     Identities, KeyError, Level, ListBackups, Outcome, PinBackup, Progress, PruneBackups,
-    PruneReport, Reason, RunReport, RunStatus, ShowBackup, StartBackup, Trigger, UnpinBackup,
-    VerifyBackup, VerifyReport, keygen,
+    PruneReport, Reason, RestoreBackup, RunReport, RunStatus, ShowBackup, StartBackup, Targets,
+    Trigger, UnpinBackup, VerifyBackup, VerifyReport, keygen,
 };
 use lucid_actors::config::BackupStorage;
-use lucid_actors::state::{self, StateError};
+use lucid_actors::state::{self, DaemonLock, StateError};
 use lucid_actors::volume::check_root;
 use lucid_actors::{Config, Roles, StateDir};
 use serde_json::json;
@@ -39,6 +39,23 @@ pub async fn run(config: &Config, command: BackupCommand, json: bool) -> u8 {
     }
     if let Err(code) = prepare(config) {
         return code;
+    }
+    if matches!(command, BackupCommand::Restore { .. }) {
+        match DaemonLock::held(&StateDir::new(&config.state_dir)) {
+            Ok(false) => {}
+            Ok(true) => {
+                eprintln!(
+                    "lucid-db backup restore: the lucid-db daemon runs with this state directory: \
+                     a restore must not write into the stores it serves. Stop it first \
+                     (systemctl stop lucid-db), restore, then start it again"
+                );
+                return exit::TEMPFAIL;
+            }
+            Err(e) => {
+                eprintln!("lucid-db backup: {e}");
+                return exit::CONFIG;
+            }
+        }
     }
     let handles = lucid_actors::start(config, Roles::CLI);
     let Some(backup) = handles.backup.clone() else {
@@ -68,8 +85,10 @@ fn exit_for(e: &BackupError) -> u8 {
         exit::UNAVAILABLE
     } else if e.is_config() {
         exit::CONFIG
-    } else if matches!(e.code(), "not_supported" | "not_found")
-        && !matches!(e, BackupError::Volume(_))
+    } else if matches!(
+        e.code(),
+        "not_supported" | "not_found" | "not_in_backup" | "bad_request"
+    ) && !matches!(e, BackupError::Volume(_))
     {
         exit::USAGE
     } else {
@@ -212,6 +231,60 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
             } else {
                 exit::DATAERR
             })
+        }
+        BackupCommand::Restore {
+            id,
+            stores,
+            identity,
+            to_volume,
+            force,
+        } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return Ok(code),
+            };
+            let identity = match identity.map(|path| Identities::load(&path)).transpose() {
+                Ok(ids) => ids,
+                Err(e) => {
+                    eprintln!("lucid-db backup restore: --identity: {e}");
+                    return Ok(exit::CONFIG);
+                }
+            };
+            eprintln!("lucid-db backup: restoring {id}: checking every artifact first");
+            let report = b
+                .call(RestoreBackup {
+                    id,
+                    stores,
+                    identity,
+                    targets: Targets { to_volume },
+                    force,
+                })
+                .await?;
+            if json {
+                print_json(&report);
+            } else {
+                for r in &report.restored {
+                    println!(
+                        "restored {:<44} -> {} {}: {} written{}",
+                        r.artifact,
+                        r.store,
+                        r.target,
+                        r.written,
+                        if r.skipped > 0 {
+                            format!(", {} skipped", r.skipped)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                println!(
+                    "backup {}: {} artifacts restored in {:.1}s",
+                    report.id,
+                    report.restored.len(),
+                    report.elapsed_ms as f64 / 1000.0
+                );
+            }
+            Ok(exit::OK)
         }
         BackupCommand::Prune { dry_run } => {
             let report = b.call(PruneBackups { dry_run }).await?;

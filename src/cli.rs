@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lucid_actors::backup::StoreSelector;
+use lucid_actors::volume::VolumeName;
 
 /// lucid-db: the storage layer of the Lucid system.
 #[derive(Debug, Parser)]
@@ -158,6 +159,27 @@ pub enum BackupCommand {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+    /// Restore a backup into the stores. Every selected artifact's SHA-256 is checked and
+    /// every target looked at before anything is written; a target that holds data is refused
+    /// (exit 1, naming it) unless --force. Refused while the daemon runs (exit 75): stop it
+    /// first. Exit 65 when an artifact is damaged, 64 when the selection names what the backup
+    /// does not hold.
+    Restore {
+        id: String,
+        /// What to restore, comma-separated: volumes, volumes:NAME [default: everything the
+        /// backup holds complete].
+        #[arg(long, value_delimiter = ',', value_name = "STORES", value_parser = parse_store)]
+        stores: Vec<StoreSelector>,
+        /// An age identity file (as `backup keygen` or `age-keygen` write).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Restore the one selected volume into this volume instead.
+        #[arg(long, value_name = "NAME", value_parser = parse_volume)]
+        to_volume: Option<VolumeName>,
+        /// Replace targets that hold data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Apply retention: delete every backup no rule keeps (backup.retention_days, keep_last,
     /// keep_daily, keep_weekly, keep_monthly), never a pinned one, one being read, or the
     /// newest good copy (verified to backup.min_level) of any volume, collection, index or
@@ -201,6 +223,10 @@ pub enum VerifyLevel {
 
 fn parse_store(text: &str) -> Result<StoreSelector, String> {
     text.parse()
+}
+
+fn parse_volume(text: &str) -> Result<VolumeName, String> {
+    VolumeName::new(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

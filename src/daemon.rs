@@ -12,6 +12,7 @@ use lucid_actors::config::Loaded;
 use lucid_actors::events::{
     self, DaemonReady, DaemonStarted, DaemonStopped, DaemonStopping, WatchdogSkipped,
 };
+use lucid_actors::state::DaemonLock;
 use lucid_actors::{Handles, HealthRegistry, Roles, StateDir};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
@@ -39,11 +40,32 @@ pub async fn run(loaded: Loaded) -> u8 {
     }
     // The daemon writes its catalogue, run records and lock files here (systemd creates it as
     // StateDirectory=; outside systemd the daemon does, mode 0750).
-    if let Err(e) = StateDir::new(&config.state_dir).ensure() {
+    let state_dir = StateDir::new(&config.state_dir);
+    if let Err(e) = state_dir.ensure() {
         tracing::error!(key = "state_dir", error = %e, "cannot use the state directory");
         eprintln!("lucid-db: state_dir: {e}");
         return exit::CONFIG;
     }
+    // Held until the daemon exits: CLI commands that must not run beside it (a restore) ask.
+    let _daemon_lock = match DaemonLock::acquire(&state_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::error!(
+                key = "state_dir",
+                "another lucid-db daemon runs with this state directory"
+            );
+            eprintln!(
+                "lucid-db: another lucid-db daemon runs with state_dir {}",
+                config.state_dir.display()
+            );
+            return exit::TEMPFAIL;
+        }
+        Err(e) => {
+            tracing::error!(key = "state_dir", error = %e, "cannot use the state directory");
+            eprintln!("lucid-db: state_dir: {e}");
+            return exit::CONFIG;
+        }
+    };
     events::emit(DaemonStarted {
         version: env!("CARGO_PKG_VERSION"),
         config_sources: loaded.sources.join(","),

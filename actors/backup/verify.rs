@@ -171,7 +171,7 @@ pub(super) async fn verify(
 
 /// Every identity at hand for `manifest` (see the module doc); `None` when the backup is not
 /// encrypted.
-async fn keys_for(
+pub(super) async fn keys_for(
     shared: &Shared,
     storage: &super::Storage,
     manifest: &Manifest,

@@ -2120,4 +2120,5 @@ fn a_backup_command_refuses_a_state_directory_another_user_owns() {
     );
 }
 
+mod restore;
 mod retention;

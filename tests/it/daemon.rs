@@ -222,3 +222,57 @@ fn a_missing_data_root_is_a_configuration_error() {
         "READY=1 sent anyway"
     );
 }
+
+/// The daemon holds `locks/daemon.lock` while it runs: a restore from the CLI (which would
+/// write into the stores it serves) is refused with exit 75, and a second daemon with the same
+/// state directory does not start. Once it stopped, both may run.
+#[test]
+fn a_running_daemon_keeps_restores_and_a_second_daemon_out() {
+    let server = redis();
+    let config = config_for(&server.url());
+    let mut d = Daemon::start(Path::new(BIN), &config, &[], &[]);
+    assert!(
+        d.notify
+            .wait_for(Duration::from_secs(10), |l| l == "READY=1")
+            .is_some()
+    );
+    let dir = d.dir().to_owned();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(dir.join("lucid-db.toml"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LUCID_DB__STATE_DIR", dir.join("state"))
+            .env("LUCID_DB__VOLUMES__ROOT", dir.join("volumes"))
+            .env("LUCID_DB__HTTP__BIND", format!("127.0.0.1:{}", free_port()))
+            .output()
+            .expect("run lucid-db")
+    };
+    let out = cli(&["backup", "restore", "20261130T020000Z-3f9a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("systemctl stop lucid-db"), "{stderr}");
+    let second = cli(&["run"]);
+    assert_eq!(
+        second.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+    // No daemon: the restore gets as far as looking for the backup.
+    let out = cli(&["backup", "restore", "20261130T020000Z-3f9a"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("no backup 20261130T020000Z-3f9a"),
+        "{stderr}"
+    );
+}

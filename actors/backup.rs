@@ -29,7 +29,8 @@
 //!   anything is written, then each artifact streamed into its store's import.
 //! - [`retention`] — the retention plan, a pure function; [`prune`] applies it, deletes by
 //!   hand and pins.
-//! - [`verify`] — `checksummed` and `decoded` verification, recorded in `verify.json`.
+//! - [`verify`] — `checksummed` and `decoded` verification, recorded in `verify.json`;
+//!   [`drill`] — `drilled`: restored into scratch targets, compared, removed.
 //!
 //! # The actor
 //!
@@ -49,6 +50,7 @@
 //! warns about.
 
 pub mod catalogue;
+pub mod drill;
 pub mod id;
 pub mod keys;
 pub mod lock;
@@ -342,6 +344,9 @@ pub enum BackupError {
     /// Retention refused to plan: the clock cannot be trusted yet.
     #[error(transparent)]
     Retention(Refusal),
+    /// A drill restored an artifact and what came back differs from it.
+    #[error("drill of {artifact}: {reason}")]
+    DrillMismatch { artifact: String, reason: String },
     /// A restore's target holds data, and `--force` was not given.
     #[error("{target} is not empty ({holds}): give --force to replace it")]
     TargetNotEmpty { target: String, holds: String },
@@ -398,6 +403,7 @@ impl BackupError {
             BackupError::Retention(r) => r.code(),
             BackupError::Guarded { .. } => "guarded",
             BackupError::TargetNotEmpty { .. } => "target_not_empty",
+            BackupError::DrillMismatch { .. } => "drill_mismatch",
             BackupError::NotInBackup { .. } => "not_in_backup",
             BackupError::BadRequest { .. } => "bad_request",
         }
@@ -407,7 +413,9 @@ impl BackupError {
     /// not parse, an artifact or `key.age` that is missing, cut, changed or does not open.
     pub fn is_corrupt(&self) -> bool {
         match self {
-            BackupError::Manifest(_) | BackupError::KeyAge { .. } => true,
+            BackupError::Manifest(_)
+            | BackupError::KeyAge { .. }
+            | BackupError::DrillMismatch { .. } => true,
             BackupError::Pipeline(e) => e.is_corrupt(),
             _ => false,
         }
@@ -919,6 +927,11 @@ impl Handler<VerifyBackup> for BackupActor {
                 .map_err(|e| BackupError::Interrupted {
                     reason: format!("marking the backup as read: {e}"),
                 })??;
+                if msg.level == Level::Drilled {
+                    // A drill writes scratch targets: one heavy operation at a time.
+                    let lock = shared.lock().await?;
+                    return drill::drill(&shared, msg.id, msg.identity, &lock).await;
+                }
                 verify::verify(&shared, msg.id, msg.level, msg.identity).await
             }
             .into_actor(self),

@@ -378,6 +378,24 @@ events! {
         error: String,
         duration_ms: u64,
     }
+    /// A drill restored every store of a backup into scratch targets, found them equal to
+    /// the artifacts, and removed them; recorded as `drilled`.
+    BackupDrilled = "backup.drilled", INFO {
+        id: String,
+        stores: String,
+        /// Items restored: files, documents, keys.
+        restored: u64,
+        duration_ms: u64,
+    }
+    /// A drill found a store that did not come back as backed up (or an artifact that does
+    /// not open); the scratch targets are removed all the same.
+    BackupDrillFailed = "backup.drill_failed", WARN, code = code {
+        id: String,
+        code: &'static str,
+        store: String,
+        artifact: String,
+        duration_ms: u64,
+    }
     /// A backup was pinned or unpinned.
     BackupPinned = "backup.pinned", INFO {
         id: String,

@@ -217,6 +217,7 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
             let level = match level {
                 VerifyLevel::Checksummed => Level::Checksummed,
                 VerifyLevel::Decoded => Level::Decoded,
+                VerifyLevel::Drilled => Level::Drilled,
             };
             let report = b
                 .call(VerifyBackup {
@@ -688,6 +689,7 @@ fn print_verify(r: &VerifyReport, json: bool) {
             "recorded": r.recorded,
             "counts_as": r.counts_as,
             "artifacts": r.result.artifacts,
+            "stores": r.result.stores,
             "first_failure": r.first_failure.as_ref().map(|(artifact, code, message)| json!({
                 "artifact": artifact, "code": code, "message": message,
             })),
@@ -701,6 +703,14 @@ fn print_verify(r: &VerifyReport, json: bool) {
                 println!("FAILED  {name} ({code}): {message}")
             }
         }
+    }
+    for (store, d) in &r.result.stores {
+        println!(
+            "{}  {store}: {} restored into scratch targets in {:.1}s",
+            if d.passed { "ok    " } else { "FAILED" },
+            d.restored,
+            d.restore_ms as f64 / 1000.0
+        );
     }
     println!(
         "backup {}: {} {} ({} artifacts){}; counts as {}",

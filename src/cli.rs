@@ -152,7 +152,8 @@ pub enum BackupCommand {
         id: String,
         /// checksummed: sizes and SHA-256, no key needed; decoded: also decrypt, decompress and
         /// parse every artifact (needs an identity: --identity, backup.identity_file, or
-        /// passphrase mode's key.age with the configured passphrase).
+        /// passphrase mode's key.age with the configured passphrase); drilled: also restore
+        /// every store into scratch targets (drill-…), compare, and remove them.
         #[arg(long, value_enum, default_value = "checksummed")]
         level: VerifyLevel,
         /// An age identity file (as `backup keygen` or `age-keygen` write).
@@ -219,6 +220,7 @@ pub enum BackupCommand {
 pub enum VerifyLevel {
     Checksummed,
     Decoded,
+    Drilled,
 }
 
 fn parse_store(text: &str) -> Result<StoreSelector, String> {

@@ -432,6 +432,9 @@ pub struct LevelResult {
     pub passed: bool,
     /// Per artifact name.
     pub artifacts: BTreeMap<String, ArtifactCheck>,
+    /// `drilled` only: per store, its outcome and restore time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<String, super::drill::StoreDrill>,
 }
 
 impl LevelResult {
@@ -443,6 +446,7 @@ impl LevelResult {
             at,
             passed,
             artifacts,
+            stores: BTreeMap::new(),
         }
     }
 }

@@ -472,6 +472,7 @@ mod tests {
                         at: at("2026-03-02T00:00:00Z"),
                         passed: false,
                         artifacts: BTreeMap::new(),
+                        stores: BTreeMap::new(),
                     },
                 );
             }

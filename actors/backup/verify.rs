@@ -61,8 +61,7 @@ pub(super) async fn verify(
 ) -> Result<VerifyReport, BackupError> {
     if level == Level::Drilled {
         return Err(BackupError::NotSupported {
-            what: "drilled verification (restoring into scratch targets) is not built yet"
-                .to_owned(),
+            what: "drilled verification runs as a drill (backup::drill), not here".to_owned(),
         });
     }
     let clock = Instant::now();
@@ -123,19 +122,7 @@ pub(super) async fn verify(
     let mut counts_as = None;
     let recorded = !about_the_key;
     if recorded {
-        let mut record = match storage.get_file(&id, VERIFY).await? {
-            Some(bytes) => VerifyRecord::parse(&bytes)
-                .ok()
-                .filter(|v| v.id == id)
-                .unwrap_or_else(|| VerifyRecord::new(id)),
-            None => VerifyRecord::new(id),
-        };
-        record.record(level, result.clone());
-        counts_as = record.effective_level();
-        storage.put_file(&id, VERIFY, record.to_json()).await?;
-        if let Err(e) = shared.catalogue_verify(&storage, record).await {
-            tracing::warn!(%id, error = %e, code = e.code(), "backup catalogue not updated");
-        }
+        counts_as = record(shared, &storage, id, level, result.clone()).await?;
     }
     match &first_failure {
         None => events::emit(BackupVerified {
@@ -167,6 +154,31 @@ pub(super) async fn verify(
         recorded,
         counts_as,
     })
+}
+
+/// Keeps `result` as the latest at `level` in the backup's verify.json (storage, then the
+/// catalogue); answers what the backup counts as now.
+pub(super) async fn record(
+    shared: &Shared,
+    storage: &super::Storage,
+    id: BackupId,
+    level: Level,
+    result: LevelResult,
+) -> Result<Option<Level>, BackupError> {
+    let mut record = match storage.get_file(&id, VERIFY).await? {
+        Some(bytes) => VerifyRecord::parse(&bytes)
+            .ok()
+            .filter(|v| v.id == id)
+            .unwrap_or_else(|| VerifyRecord::new(id)),
+        None => VerifyRecord::new(id),
+    };
+    record.record(level, result);
+    let counts_as = record.effective_level();
+    storage.put_file(&id, VERIFY, record.to_json()).await?;
+    if let Err(e) = shared.catalogue_verify(storage, record).await {
+        tracing::warn!(%id, error = %e, code = e.code(), "backup catalogue not updated");
+    }
+    Ok(counts_as)
 }
 
 /// Every identity at hand for `manifest` (see the module doc); `None` when the backup is not
@@ -216,11 +228,11 @@ pub(super) async fn keys_for(
     Ok(Some(ids))
 }
 
-type Parser = fn(&mut dyn Read) -> io::Result<()>;
+pub(super) type Parser = fn(&mut dyn Read) -> io::Result<()>;
 
 /// How an artifact's plain bytes are checked, by its name: tar streams walked entry by entry,
 /// the configuration parsed as TOML, anything else read to its end.
-fn parser_for(name: &str) -> Parser {
+pub(super) fn parser_for(name: &str) -> Parser {
     let stem = name
         .trim_end_matches(".age")
         .trim_end_matches(".zst")
@@ -244,7 +256,7 @@ fn parse_toml(r: &mut dyn Read) -> io::Result<()> {
 }
 
 /// The codes a verification reports, as the static strings events carry.
-fn static_code(code: &str) -> &'static str {
+pub(super) fn static_code(code: &str) -> &'static str {
     [
         "missing",
         "truncated",

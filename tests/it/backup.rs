@@ -2120,5 +2120,6 @@ fn a_backup_command_refuses_a_state_directory_another_user_owns() {
     );
 }
 
+mod drill;
 mod restore;
 mod retention;

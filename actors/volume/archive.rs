@@ -32,6 +32,9 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 /// keeps the tar writer busy while the reader (a backup's compressor) takes a chunk, and a
 /// larger one buys no throughput, only memory.
 pub(crate) const EXPORT_BUFFER: usize = 16;
+/// Chunks of an import's source the actor forwards ahead of the tar reader; fixed for the same
+/// reason.
+pub(crate) const IMPORT_BUFFER: usize = 16;
 /// Tar blocks are 512 bytes; an archive ends with zero blocks.
 const BLOCK: usize = 512;
 

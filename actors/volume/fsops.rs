@@ -4,6 +4,7 @@
 //! The system calls std lacks (statvfs, syncfs, flock) go through `rustix`: no `unsafe` here.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -118,6 +119,58 @@ pub struct FsStats {
     pub total_inodes: u64,
     pub free_inodes: u64,
     pub read_only: bool,
+}
+
+/// Why a filesystem cannot take the daemon's writes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FsProblem {
+    ReadOnly,
+    /// Fewer bytes available to the daemon than `volumes.min_free`.
+    Full {
+        free_bytes: u64,
+        min_free: u64,
+    },
+    NoInodes,
+}
+
+impl fmt::Display for FsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsProblem::ReadOnly => f.write_str("the filesystem is mounted read-only"),
+            FsProblem::Full {
+                free_bytes,
+                min_free,
+            } => write!(
+                f,
+                "the filesystem is full: {free_bytes} bytes free, below volumes.min_free \
+                 ({min_free} bytes)"
+            ),
+            FsProblem::NoInodes => f.write_str("no free inodes"),
+        }
+    }
+}
+
+impl FsStats {
+    /// What keeps this filesystem from taking writes: mounted read-only, fewer than
+    /// `min_free` bytes available to the daemon (or none at all), no inode left. Empty when
+    /// it can take them.
+    pub(crate) fn problems(&self, min_free: u64) -> Vec<FsProblem> {
+        let mut problems = Vec::new();
+        if self.read_only {
+            problems.push(FsProblem::ReadOnly);
+        }
+        if self.free_bytes < min_free.max(1) {
+            problems.push(FsProblem::Full {
+                free_bytes: self.free_bytes,
+                min_free,
+            });
+        }
+        // A filesystem without fixed inodes (btrfs) reports none at all: not a problem.
+        if self.free_inodes == 0 && self.total_inodes > 0 {
+            problems.push(FsProblem::NoInodes);
+        }
+        problems
+    }
 }
 
 pub(crate) fn statvfs(path: &Path) -> Result<FsStats, VolumeError> {

@@ -11,13 +11,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The backends lucid-db owns. Names match the config sections and metric labels.
+/// The backends lucid-db owns, and what else has an entry in the health registry. Names match
+/// the config sections and metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Redis,
     Mongodb,
     Elasticsearch,
+    /// Not a connection: the volume actor's data root (`volumes.root`), probed like one.
+    Volumes,
 }
 
 impl Backend {
@@ -26,6 +29,7 @@ impl Backend {
             Backend::Redis => "redis",
             Backend::Mongodb => "mongodb",
             Backend::Elasticsearch => "elasticsearch",
+            Backend::Volumes => "volumes",
         }
     }
 }
@@ -45,6 +49,9 @@ pub enum StateLabel {
     Up,
     Backoff,
     Disabled,
+    /// Not a connection's: what runs here cannot do its work now and is probed again (the
+    /// volumes' data root missing, read-only or full).
+    Down,
 }
 
 impl fmt::Display for StateLabel {
@@ -54,6 +61,7 @@ impl fmt::Display for StateLabel {
             StateLabel::Up => "up",
             StateLabel::Backoff => "backoff",
             StateLabel::Disabled => "disabled",
+            StateLabel::Down => "down",
         })
     }
 }

@@ -244,6 +244,9 @@ pub struct VolumesConfig {
     pub cleanup_patterns: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub cleanup_age: Duration,
+    /// A filesystem with fewer bytes free than this counts as full (the data root's health
+    /// entry, a volume's health).
+    pub min_free: ByteSize,
 }
 
 /// A size in bytes, written `10G`, `512M`, `64K`, `2T` or a plain number of bytes. The units

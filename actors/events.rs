@@ -193,6 +193,18 @@ events! {
         missing: u64,
         changed: u64,
     }
+    /// The data root (`volumes.root`) cannot hold the volumes: missing, not a directory,
+    /// read-only, full (below `volumes.min_free`) or not writable; once per outage.
+    VolumeRootDown = "volume.root_down", WARN, code = code {
+        /// `root_missing`, `root_not_directory`, `root_read_only`, `root_full`,
+        /// `root_not_writable`, `root_unavailable`, `io`.
+        code: &'static str,
+        error: String,
+    }
+    /// The data root is usable again after a `volume.root_down`.
+    VolumeRootUp = "volume.root_up", INFO {
+        down_ms: u64,
+    }
     /// The MongoDB bootstrap brought the database in line with `configs/mongodb/`
     /// (emitted only when it changed something).
     MongoBootstrapApplied = "mongo.bootstrap_applied", INFO {

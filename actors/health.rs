@@ -1,6 +1,7 @@
 //! The health registry: one entry per backend actor, written by the actor on every state change
-//! and read by `/health`, `/ready`, `lucid-db health`, the systemd STATUS= line and (later) the
-//! metrics. Readers get snapshots; [`HealthRegistry::subscribe`] wakes on every state change
+//! — and one for the volumes' data root ([`Backend::Volumes`], written by the volume actor's
+//! probe) — and read by `/health`, `/ready`, `lucid-db health`, the systemd STATUS= line and
+//! (later) the metrics. Readers get snapshots; [`HealthRegistry::subscribe`] wakes on every state change
 //! (not on every probe latency, so STATUS= is not rewritten every few seconds).
 
 use std::collections::BTreeMap;

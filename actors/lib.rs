@@ -15,7 +15,8 @@
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - `glob` — the one `*`/`?` matcher: Redis keys a restore skips, cleanup's file patterns.
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
-//! - [`health`] — the health registry every actor writes and `/health` reads.
+//! - [`health`] — the health registry the backend actors and the volume actor (its data root)
+//!   write and `/health` reads.
 //! - `threads` — each store actor's own thread (an actix arbiter), named, tied to its starter.
 //! - [`transfer`] — the one import contract of every store: options, summary, sources.
 //! - [`redis`] — the Redis actor.
@@ -147,7 +148,7 @@ pub struct Handles {
 
 /// Starts the actors of the parts in `roles` (call it inside an actix `System`): for `stores`,
 /// the enabled store actors; for `volumes`, the volume actor (which creates the default
-/// volumes); for `backup`, the backup actor (which reaches the others through their handles,
+/// volumes, and reports its data root in the registry as `volumes`); for `backup`, the backup actor (which reaches the others through their handles,
 /// and writes nothing until asked). Nothing else is started and, without `volumes`, nothing is
 /// written to disk.
 /// Starting never fails on a backend that is down: the actor keeps trying under backoff and
@@ -206,9 +207,11 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
     } else {
         None
     };
-    let volumes = roles
-        .contains(Part::Volumes)
-        .then(|| volume::VolumeActor::start_with(&config.volumes, &config.supervisor));
+    let volumes = roles.contains(Part::Volumes).then(|| {
+        // Required: a daemon whose data root is missing, read-only or full is not ready.
+        let entry = registry.register(Backend::Volumes, true);
+        volume::VolumeActor::start_reporting(&config.volumes, &config.supervisor, entry)
+    });
     let backup = roles.contains(Part::Backup).then(|| {
         let databases = [
             (redis.is_some(), "redis"),

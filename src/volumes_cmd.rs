@@ -99,9 +99,12 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
         }
         VolumesCommand::Inspect { name: n } => {
             // Measured first, without the short calls' deadline (a large volume's walk may
-            // take longer): the inspect then answers from the fresh figure.
+            // take longer): the inspect then answers from the fresh figure. A measurement that
+            // fails is not the answer: a volume whose directory is gone has nothing to walk,
+            // and the inspect shows that in its health; any other failure the inspect meets
+            // again, walking itself, and answers.
             let n = name(&n)?;
-            v.call(MeasureUsage { name: n.clone() }).await?;
+            let _ = v.call(MeasureUsage { name: n.clone() }).await;
             let info = v.call(InspectVolume { name: n }).await?;
             print(json, &info, || inspect(&info));
         }
@@ -295,6 +298,9 @@ fn inspect(info: &VolumeInfo) {
             u.fs.free_inodes,
             if u.fs.read_only { ", READ-ONLY" } else { "" }
         );
+    }
+    if info.usage.is_none() {
+        println!("used     - (not measured)");
     }
     if let Some(h) = &info.health {
         if h.healthy() {

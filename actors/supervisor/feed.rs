@@ -12,12 +12,13 @@
 //! [`Feed::after`]): a MongoDB find reads its first batch within the call, and a result that
 //! fits in it needs no task and no channel at all. A producer on a blocking thread (a tar
 //! writer) hands items over with [`Feeder::send_blocking`], which waits on its own clock: the
-//! runtime's timers do not run on a blocking thread, and stop when the runtime does.
+//! runtime's timers do not run on a blocking thread, and stop when the runtime does. It is
+//! parked meanwhile, and woken by the reader taking an item (`block_until`), not polling.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -80,25 +81,16 @@ impl<T, E> Feeder<T, E> {
     }
 
     /// As [`Feeder::send`], for a producer on a blocking thread: it waits for room on its own
-    /// clock (see the module doc), with short growing pauses, at most the idle timeout.
+    /// clock (see the module doc), parked until the reader makes room, at most the idle
+    /// timeout.
     pub fn send_blocking(&self, item: T) -> Result<(), Stopped> {
-        let mut item = Some(Ok(item));
-        let mut gone = false;
-        let sent = poll_until(self.idle, || match self.tx.try_send(item.take()?) {
-            Ok(()) => Some(()),
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                item = Some(back);
-                None
+        match block_until(self.idle, self.tx.reserve()) {
+            Some(Ok(permit)) => {
+                permit.send(Ok(item));
+                Ok(())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                gone = true;
-                Some(())
-            }
-        });
-        match (sent, gone) {
-            (_, true) => Err(Stopped::Gone),
-            (Some(()), false) => Ok(()),
-            (None, false) => Err(Stopped::Idle(self.idle)),
+            Some(Err(_)) => Err(Stopped::Gone),
+            None => Err(Stopped::Idle(self.idle)),
         }
     }
 
@@ -114,20 +106,35 @@ impl<T, E> Feeder<T, E> {
     }
 }
 
-/// Calls `attempt` until it answers, with growing pauses (50 µs to 5 ms) on the thread's own
-/// clock, for at most `idle`; `None` when it never did. For blocking threads only.
-pub(crate) fn poll_until<T>(idle: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = std::time::Instant::now() + idle;
-    let mut pause = Duration::from_micros(50);
-    loop {
-        if let Some(done) = attempt() {
-            return Some(done);
+/// Runs `fut` on this thread until it completes, for at most `idle` on the thread's own clock;
+/// `None` when it did not finish in time. The thread is parked between polls and the
+/// future's waker unparks it — a channel wakes it when an item or room arrives —, so the wait
+/// costs nothing and ends at once, with no pause guessed in between. For blocking threads
+/// only: a runtime's own thread must never park.
+pub(crate) fn block_until<F: Future>(idle: Duration, fut: F) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
         }
-        if std::time::Instant::now() >= deadline {
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let deadline = std::time::Instant::now() + idle;
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return Some(out);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
             return None;
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(5));
+        // Returns on an unpark, at the deadline, or spuriously: the loop polls again.
+        std::thread::park_timeout(left);
     }
 }
 
@@ -329,5 +336,44 @@ mod tests {
         let mut rx = rx;
         let (first, last) = runtime.block_on(async { (rx.next().await, rx.next().await) });
         assert_eq!((first, last), (Some(Ok(1)), Some(Err("late".to_owned()))));
+    }
+
+    /// A blocking wait is woken by the channel, not by polling: a receive that waits for an
+    /// item sent later is polled once before it parks and once after the send woke it (a
+    /// spurious wake-up may add one), however long the sender takes; one that never completes
+    /// gives up at its deadline.
+    #[test]
+    fn a_blocking_wait_parks_until_woken_and_gives_up_at_its_deadline() {
+        struct Counted<F>(F, Arc<std::sync::atomic::AtomicU32>);
+        impl<F: Future + Unpin> Future for Counted<F> {
+            type Output = F::Output;
+            fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Pin::new(&mut self.0).poll(cx)
+            }
+        }
+        let (tx, mut rx) = mpsc::channel::<u32>(1);
+        let sender = std::thread::spawn(move || {
+            // Most likely sent after the receiver parked; a polling wait (pauses of at most
+            // 5 ms) would look dozens of times meanwhile.
+            std::thread::sleep(Duration::from_millis(100));
+            tx.blocking_send(7).expect("send");
+        });
+        let polls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let got = block_until(
+            Duration::from_secs(30),
+            Counted(Box::pin(rx.recv()), polls.clone()),
+        );
+        sender.join().expect("sender");
+        assert_eq!(got, Some(Some(7)));
+        // One poll when a loaded machine started this thread after the send.
+        let polls = polls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((1..=3).contains(&polls), "polled {polls} times");
+
+        // Never ready: `None` once the deadline has passed on the thread's own clock.
+        let idle = Duration::from_millis(30);
+        let started = std::time::Instant::now();
+        assert_eq!(block_until(idle, std::future::pending::<()>()), None);
+        assert!(started.elapsed() >= idle);
     }
 }

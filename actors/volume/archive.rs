@@ -4,24 +4,27 @@
 //! volume's content only once it is complete. Modification times keep whole seconds, tar's own
 //! resolution (as GNU tar's default format): sub-second parts are not carried.
 //!
-//! An export is a [`Feed`] like every store's: its producer, the tar writer on a blocking
-//! thread, hands chunks over with [`Feeder::send_blocking`]. An import's source is any stream
-//! of chunks; the volume actor forwards it into a bounded channel that the tar reader, on a
-//! blocking thread, drains. A source that fails says so with an `Err` item (the import fails
-//! with `import_source_failed`); a stream that just stops without tar's end-of-archive block is
-//! truncated, and refused as such. Both blocking sides wait with their own clock (not the
-//! runtime's timers, which stop when the runtime does), up to the idle timeout.
+//! An export is a [`Feed`](crate::supervisor::feed::Feed) like every store's: its producer,
+//! the tar writer on a blocking thread, hands chunks over with [`Feeder::send_blocking`]. An
+//! import's source is any stream of chunks; the volume actor forwards it into a bounded
+//! channel that the tar reader, on a blocking thread, drains. A source that fails says so with
+//! an `Err` item (the import fails with `import_source_failed`); a stream that just stops
+//! without tar's end-of-archive block is truncated, and refused as such. Both blocking sides
+//! wait with their own clock (not the runtime's timers, which stop when the runtime does), up
+//! to the idle timeout, parked until the channel wakes them (`block_until`): no sleeping
+//! between polls. (Not tokio-util's `SyncIoBridge`: its reads run through the runtime's
+//! handle, so an idle timeout inside them would be a runtime timer, and polling one after the
+//! runtime shut down under a stream panics — an abort in the release build.)
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TryRecvError;
 
 use super::VolumeError;
 use super::fsops::{walk_error, walk_volume};
-use crate::supervisor::feed::{Feeder, Stopped, poll_until};
+use crate::supervisor::feed::{Feeder, Stopped, block_until};
 
 /// Size of the chunks an export sends.
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -29,6 +32,9 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 /// keeps the tar writer busy while the reader (a backup's compressor) takes a chunk, and a
 /// larger one buys no throughput, only memory.
 pub(crate) const EXPORT_BUFFER: usize = 16;
+/// Chunks of an import's source the actor forwards ahead of the tar reader; fixed for the same
+/// reason.
+pub(crate) const IMPORT_BUFFER: usize = 16;
 /// Tar blocks are 512 bytes; an archive ends with zero blocks.
 const BLOCK: usize = 512;
 
@@ -293,12 +299,9 @@ impl ChannelReader {
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.chunk.len() {
-            let next = poll_until(self.idle, || match self.rx.try_recv() {
-                Ok(item) => Some(Some(item)),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => Some(None),
-            });
-            match next {
+            // Parked until the actor forwards a chunk or the source ends, at most the idle
+            // timeout.
+            match block_until(self.idle, self.rx.recv()) {
                 Some(Some(Ok(chunk))) => {
                     self.chunk = chunk;
                     self.pos = 0;
@@ -549,5 +552,186 @@ mod tests {
             "{err:?}"
         );
         drop(tx);
+    }
+
+    /// Reads a tar stream back with the `tar` crate's own reader: (name, kind, mode, mtime,
+    /// link target, size) of each entry.
+    fn listing(stream: &[u8]) -> Vec<(String, tar::EntryType, u32, u64, Option<String>, u64)> {
+        let mut archive = tar::Archive::new(stream);
+        archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                let h = e.header();
+                (
+                    e.path().expect("path").display().to_string(),
+                    h.entry_type(),
+                    h.mode().expect("mode") & 0o7777,
+                    h.mtime().expect("mtime"),
+                    e.link_name()
+                        .expect("link")
+                        .map(|l| l.display().to_string()),
+                    h.size().expect("size"),
+                )
+            })
+            .collect()
+    }
+
+    /// What the export writes: every entry in name order (the same tree gives the same
+    /// bytes), files with their mode, mtime and size, a symlink as a link (never followed,
+    /// no content), directories before what is in them; lucid-db's own short-lived files and
+    /// sockets left out; tar's two zero blocks at the end.
+    #[test]
+    fn an_export_is_the_tree_in_name_order_links_as_links_without_temp_files_or_sockets() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let big = plant(src.path());
+        std::fs::write(src.path().join(".lucid-tmp-0123"), b"half a write").expect("write");
+        let (chunks, _) = export_chunks(src.path());
+        let (again, _) = export_chunks(src.path());
+        unlock(src.path());
+        let stream = chunks.concat();
+        assert_eq!(stream, again.concat(), "the same tree, the same archive");
+        assert!(stream.ends_with(&[0u8; 2 * BLOCK]));
+
+        let entries = listing(&stream);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["a", "a/b", "a/b/big.bin", "link", "small.txt"]);
+        let by_name = |n: &str| entries.iter().find(|e| e.0 == n).expect("entry").clone();
+        let (_, kind, mode, _, _, _) = by_name("a");
+        assert_eq!((kind, mode), (tar::EntryType::Directory, 0o555));
+        let (_, kind, _, _, _, size) = by_name("a/b/big.bin");
+        assert_eq!((kind, size), (tar::EntryType::Regular, big.len() as u64));
+        assert_eq!(
+            by_name("small.txt"),
+            (
+                "small.txt".to_owned(),
+                tar::EntryType::Regular,
+                0o640,
+                1_600_000_000,
+                None,
+                5
+            )
+        );
+        let (_, kind, _, _, target, size) = by_name("link");
+        assert_eq!(
+            (kind, target.as_deref(), size),
+            (tar::EntryType::Symlink, Some("small.txt"), 0)
+        );
+    }
+
+    /// An archive as an attacker (or a corrupted artifact) would write it: names a careful
+    /// builder refuses, written raw into the header.
+    fn raw_archive(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(1);
+            if let Some(target) = link {
+                h.set_link_name(target).expect("link name");
+            }
+            let name = h.as_old_mut().name.as_mut();
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.into_inner().expect("archive")
+    }
+
+    /// What the import refuses and how it counts it: a `..` name is skipped and counted as
+    /// unsafe, an absolute one lands inside (made relative), a file through a link that
+    /// leads out fails the import — and nothing is ever written outside the directory.
+    #[test]
+    fn an_import_keeps_every_entry_inside_and_counts_what_it_skipped() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dst = parent.path().join("volume");
+        std::fs::create_dir(&dst).expect("mkdir");
+        let regular = tar::EntryType::Regular;
+        let stream = raw_archive(&[
+            ("../escaped.txt", regular, b"escaped", None),
+            ("/abs/inside.txt", regular, b"inside", None),
+            ("plain.txt", regular, b"plain", None),
+        ]);
+        let done = import_items(&dst, vec![Ok(stream.clone())], u64::MAX).expect("import");
+        assert_eq!((done.entries, done.unpacked, done.unsafe_paths), (3, 2, 1));
+        assert_eq!(done.stream_bytes, stream.len() as u64);
+        assert!(!parent.path().join("escaped.txt").exists());
+        assert_eq!(
+            std::fs::read(dst.join("abs/inside.txt")).expect("read"),
+            b"inside"
+        );
+        assert_eq!(
+            std::fs::read(dst.join("plain.txt")).expect("read"),
+            b"plain"
+        );
+
+        let outside = tempfile::tempdir().expect("tempdir");
+        let target = outside.path().display().to_string();
+        let dst = parent.path().join("other");
+        std::fs::create_dir(&dst).expect("mkdir");
+        let stream = raw_archive(&[
+            ("link", tar::EntryType::Symlink, b"", Some(&target)),
+            ("link/through.txt", regular, b"through", None),
+        ]);
+        let err = import_items(&dst, vec![Ok(stream)], u64::MAX).expect_err("through a link");
+        assert!(
+            matches!(err, VolumeError::Io { op: "untar", .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("ls").count(),
+            0,
+            "written outside"
+        );
+    }
+
+    /// A source that is not tar, and one that ends before sending anything: refused, with
+    /// nothing unpacked.
+    #[test]
+    fn garbage_and_an_empty_source_are_refused() {
+        let dst = tempfile::tempdir().expect("tempdir");
+        let garbage: Vec<u8> = (0..4 * BLOCK).map(|i| (i % 7 + 1) as u8).collect();
+        let err = import_items(dst.path(), vec![Ok(garbage)], u64::MAX).expect_err("garbage");
+        assert!(
+            matches!(&err, VolumeError::Io { op: "untar", .. }),
+            "{err:?}"
+        );
+        let err = import_items(dst.path(), vec![], u64::MAX).expect_err("empty");
+        assert!(
+            matches!(&err, VolumeError::Interrupted { what } if what.contains("truncated")),
+            "{err:?}"
+        );
+        assert_eq!(std::fs::read_dir(dst.path()).expect("ls").count(), 0);
+    }
+
+    /// The tar reader waits for a source that is slow but alive (each chunk well inside the
+    /// idle timeout) and unpacks it all: it is woken by each chunk, not ended early.
+    #[test]
+    fn the_reader_waits_for_a_slow_source_within_the_idle_timeout() {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::write(src.path().join("one.txt"), b"1").expect("write");
+        let (chunks, _) = export_chunks(src.path());
+        let stream = chunks.concat();
+        let (tx, rx) = mpsc::channel(1);
+        let sender = std::thread::spawn(move || {
+            for piece in stream.chunks(BLOCK) {
+                // Slower than the reader: it waits for every piece.
+                std::thread::sleep(Duration::from_millis(2));
+                if tx.blocking_send(Ok(piece.to_vec())).is_err() {
+                    return;
+                }
+            }
+        });
+        let dst = tempfile::tempdir().expect("tempdir");
+        let done = import(dst.path(), rx, "v", u64::MAX, Duration::from_secs(30)).expect("import");
+        sender.join().expect("sender");
+        assert_eq!((done.entries, done.unpacked), (1, 1));
+        assert_eq!(
+            std::fs::read(dst.path().join("one.txt")).expect("read"),
+            b"1"
+        );
     }
 }

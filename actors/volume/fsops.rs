@@ -1,16 +1,18 @@
 //! Filesystem work for the volume actor, all of it blocking (run with `spawn_blocking`):
 //! names and paths that cannot escape a volume, atomic and durable writes, statvfs, usage
 //! walks, the cross-process lock, and copying a tree with its modes, mtimes and symlinks.
+//! The system calls std lacks (statvfs, syncfs, flock) go through `rustix`: no `unsafe` here.
 
 use std::collections::HashSet;
-use std::ffi::CString;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::VolumeError;
@@ -119,34 +121,68 @@ pub struct FsStats {
     pub read_only: bool,
 }
 
-// statvfs's fields are 32-bit on 32-bit ARM (Raspberry Pi OS) and 64-bit here: the
-// conversions are needed there and look useless here.
-#[allow(clippy::useless_conversion)]
-pub(crate) fn statvfs(path: &Path) -> Result<FsStats, VolumeError> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| VolumeError::PathEscape {
-        path: path.display().to_string(),
-        reason: "contains NUL".to_owned(),
-    })?;
-    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid C string.
-    let (rc, st) = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(c.as_ptr(), &mut st), st)
-    };
-    if rc != 0 {
-        return Err(VolumeError::io(
-            "statvfs",
-            path,
-            &std::io::Error::last_os_error(),
-        ));
+/// Why a filesystem cannot take the daemon's writes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FsProblem {
+    ReadOnly,
+    /// Fewer bytes available to the daemon than `volumes.min_free`.
+    Full {
+        free_bytes: u64,
+        min_free: u64,
+    },
+    NoInodes,
+}
+
+impl fmt::Display for FsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsProblem::ReadOnly => f.write_str("the filesystem is mounted read-only"),
+            FsProblem::Full {
+                free_bytes,
+                min_free,
+            } => write!(
+                f,
+                "the filesystem is full: {free_bytes} bytes free, below volumes.min_free \
+                 ({min_free} bytes)"
+            ),
+            FsProblem::NoInodes => f.write_str("no free inodes"),
+        }
     }
-    let frsize = u64::from(st.f_frsize);
+}
+
+impl FsStats {
+    /// What keeps this filesystem from taking writes: mounted read-only, fewer than
+    /// `min_free` bytes available to the daemon (or none at all), no inode left. Empty when
+    /// it can take them.
+    pub(crate) fn problems(&self, min_free: u64) -> Vec<FsProblem> {
+        let mut problems = Vec::new();
+        if self.read_only {
+            problems.push(FsProblem::ReadOnly);
+        }
+        if self.free_bytes < min_free.max(1) {
+            problems.push(FsProblem::Full {
+                free_bytes: self.free_bytes,
+                min_free,
+            });
+        }
+        // A filesystem without fixed inodes (btrfs) reports none at all: not a problem.
+        if self.free_inodes == 0 && self.total_inodes > 0 {
+            problems.push(FsProblem::NoInodes);
+        }
+        problems
+    }
+}
+
+pub(crate) fn statvfs(path: &Path) -> Result<FsStats, VolumeError> {
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| VolumeError::io("statvfs", path, &std::io::Error::from(e)))?;
     Ok(FsStats {
-        total_bytes: u64::from(st.f_blocks) * frsize,
+        total_bytes: st.f_blocks * st.f_frsize,
         // f_bavail: what an unprivileged writer (the daemon) can still use.
-        free_bytes: u64::from(st.f_bavail) * frsize,
-        total_inodes: u64::from(st.f_files),
-        free_inodes: u64::from(st.f_favail),
-        read_only: st.f_flag & libc::ST_RDONLY != 0,
+        free_bytes: st.f_bavail * st.f_frsize,
+        total_inodes: st.f_files,
+        free_inodes: st.f_favail,
+        read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
     })
 }
 
@@ -154,15 +190,7 @@ pub(crate) fn statvfs(path: &Path) -> Result<FsStats, VolumeError> {
 /// place next is on the disk, not only in the page cache.
 pub(crate) fn sync_filesystem(dir: &Path) -> Result<(), VolumeError> {
     let f = File::open(dir).map_err(|e| VolumeError::io("open", dir, &e))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(VolumeError::io(
-            "syncfs",
-            dir,
-            &std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::fs::syncfs(&f).map_err(|e| VolumeError::io("syncfs", dir, &e.into()))
 }
 
 /// fsync of a directory: makes renames and removals inside it durable.
@@ -276,16 +304,19 @@ pub(crate) fn lock(
         .open(path)
         .map_err(|e| VolumeError::io("open lock", path, &e))?;
     let how = if exclusive {
-        libc::LOCK_EX
+        FlockOperation::NonBlockingLockExclusive
     } else {
-        libc::LOCK_SH
+        FlockOperation::NonBlockingLockShared
     };
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
-        return Err(VolumeError::Busy {
-            volume: volume.to_owned(),
-            operation,
-        });
+    match rustix::fs::flock(&file, how) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => {
+            return Err(VolumeError::Busy {
+                volume: volume.to_owned(),
+                operation,
+            });
+        }
+        Err(e) => return Err(VolumeError::io("flock", path, &e.into())),
     }
     Ok(LockFile { _file: file })
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::VolumeError;
-use super::fsops::{walk_error, walk_volume};
+use super::fsops::{self, walk_error, walk_volume};
+use super::{Settings, VolumeError, VolumeName, store};
 
 /// One entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +182,51 @@ pub(crate) fn compare(volume: &str, sealed: &Manifest, now: &Manifest) -> Verify
         .cloned()
         .collect();
     report
+}
+
+/// Compares volume `name` with its manifest, building and sealing one when there is none;
+/// `update` re-seals a volume that changed.
+pub(super) fn verify(
+    s: &Settings,
+    name: &VolumeName,
+    update: bool,
+) -> Result<VerifyReport, VolumeError> {
+    // Exclusive when it may write the manifest; shared otherwise (the data must not be
+    // replaced or moved while it is read).
+    let sealing = update || !store::manifest_path(&s.root, name).exists();
+    let _lock = store::lock(s, name, "verify", sealing)?;
+    let meta = store::fresh_meta(s, name)?;
+    let dir = store::data_dir(&s.root, &meta);
+    fsops::check_data_dir(&dir)?;
+    let manifest_file = store::manifest_path(&s.root, name);
+    let now = build(&dir)?;
+    let seal = |m: &Manifest| -> Result<(), VolumeError> {
+        let bytes = serde_json::to_vec(m).map_err(|e| VolumeError::Corrupt {
+            what: format!("cannot encode the manifest of {name}: {e}"),
+        })?;
+        fsops::write_atomic(&manifest_file, &bytes, 0o640)
+    };
+    let sealed: Manifest = match std::fs::read(&manifest_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| VolumeError::Corrupt {
+            what: format!("{}: {e}", manifest_file.display()),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            seal(&now)?;
+            return Ok(VerifyReport {
+                volume: name.to_string(),
+                sealed: true,
+                entries: now.entries.len() as u64,
+                ..VerifyReport::default()
+            });
+        }
+        Err(e) => return Err(VolumeError::io("read", &manifest_file, &e)),
+    };
+    let mut report = compare(name.as_str(), &sealed, &now);
+    if update && !report.clean() {
+        seal(&now)?;
+        report.updated = true;
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

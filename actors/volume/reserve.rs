@@ -1,7 +1,11 @@
-//! Quota reservations for writers outside the actor: the backup's artifact writer streams
-//! gigabytes into the `backups` volume through its own file handles (opendal's fs service rooted
-//! at the volume's directory), so it cannot go through [`super::WriteFile`], which holds a whole
-//! file in memory and is for small files only.
+//! The quota of the daemon's own writes: the check every such write passes (`make_room`:
+//! a [`super::WriteFile`] and a reservation alike), and reservations for writers outside the
+//! actor.
+//!
+//! The backup's artifact writer streams gigabytes into the `backups` volume through its own
+//! file handles (opendal's fs service rooted at the volume's directory), so it cannot go
+//! through [`super::WriteFile`], which holds a whole file in memory and is for small files
+//! only.
 //!
 //! [`ReserveQuota`] promises a writer `bytes` of a volume's quota up front — refused at once
 //! when the volume's use plus every other promise in flight would pass the quota, so a backup
@@ -19,11 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 
-use super::fsops::LockFile;
-use super::{Reply, VolumeActor, VolumeError, VolumeName, blocking, make_room, ready};
+use super::fsops::{self, LockFile};
+use super::{Settings, Usage, VolumeActor, VolumeError, VolumeMeta, VolumeName, store};
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -199,49 +202,125 @@ impl<W: Write> Write for ReservedWriter<'_, W> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The quota check
+
+/// What [`make_room`] found, held while the writer writes.
+pub(super) struct Room {
+    /// The volume's lock, shared: a migrate, import or delete (exclusive) cannot move the data
+    /// away under the writer.
+    pub lock: LockFile,
+    pub found: Found,
+    pub dir: PathBuf,
+}
+
+/// The metadata and usage a [`Room`] found, for the actor to take in ([`VolumeActor::take_in`]).
+pub(super) struct Found {
+    meta: VolumeMeta,
+    usage: Usage,
+    /// Whether `usage` was measured now (not the cached figure).
+    walked: bool,
+}
+
+/// The quota check of every write the daemon makes itself ([`WriteFile`], a
+/// [`Reservation`]), on a blocking thread: the volume's lock shared, its metadata
+/// re-read, its usage (`cached` while it is for the same quota, else measured now), and room
+/// for `needed` bytes beside the `promised` ones of other writers in flight.
+pub(super) fn make_room(
+    s: &Settings,
+    name: &VolumeName,
+    operation: &'static str,
+    cached: Option<Usage>,
+    promised: u64,
+    needed: u64,
+) -> Result<Room, VolumeError> {
+    let lock = store::lock(s, name, operation, false)?;
+    let meta = store::fresh_meta(s, name)?;
+    let (usage, walked) = match cached {
+        Some(u) if u.quota_bytes == meta.quota_bytes => (u, false),
+        _ => (store::measure(s, &meta)?, true),
+    };
+    if usage.tally.bytes + promised + needed > meta.quota_bytes {
+        return Err(VolumeError::OverQuota {
+            volume: name.to_string(),
+            used: usage.tally.bytes + promised,
+            quota: meta.quota_bytes,
+            needed,
+        });
+    }
+    let dir = store::data_dir(&s.root, &meta);
+    fsops::check_data_dir(&dir)?;
+    Ok(Room {
+        lock,
+        found: Found {
+            meta,
+            usage,
+            walked,
+        },
+        dir,
+    })
+}
+
+impl VolumeActor {
+    /// Takes in what a write's quota check ([`make_room`]) found on disk.
+    pub(super) fn take_in(&mut self, name: &VolumeName, found: Found) {
+        self.remember(&found.meta);
+        if found.walked {
+            self.record_walk(name, found.usage);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Handlers
 
 impl Handler<ReserveQuota> for VolumeActor {
-    type Result = Reply<Reservation>;
+    type Result = super::Reply<Reservation>;
 
     fn handle(&mut self, msg: ReserveQuota, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.known(&msg.name) {
-            return ready(Err(e));
-        }
-        if msg.bytes == 0 {
-            return ready(Err(VolumeError::Invalid {
-                field: "bytes",
-                reason: "a reservation must be at least one byte".to_owned(),
-            }));
-        }
+        let check = self.known(&msg.name).and_then(|()| {
+            if msg.bytes == 0 {
+                return Err(VolumeError::Invalid {
+                    field: "bytes",
+                    reason: "a reservation must be at least one byte".to_owned(),
+                });
+            }
+            Ok(())
+        });
         // Promised now, before the check: reservations asked for together cannot all pass
         // one quota.
-        let before = self.reserved.add(&msg.name, msg.bytes);
-        let s = self.settings();
+        let before = match check {
+            Ok(()) => self.reserved.add(&msg.name, msg.bytes),
+            Err(_) => 0,
+        };
         let cached = self.fresh_usage(&msg.name);
-        let name = msg.name.clone();
-        let needed = msg.bytes;
-        let work = blocking(move || make_room(&s, &name, "reserve", cached, before, needed));
+        let (name, needed) = (msg.name, msg.bytes);
         let actor = ctx.address();
-        Box::pin(work.into_actor(self).map(move |res, act, _| {
-            let room = match res {
-                Ok(room) => room,
-                Err(e) => {
-                    act.reserved.sub(&msg.name, msg.bytes);
-                    return Err(e);
-                }
-            };
-            act.take_in(&msg.name, room.found);
-            Ok(Reservation {
-                volume: msg.name,
-                data_dir: room.dir,
-                granted: msg.bytes,
-                used: AtomicU64::new(0),
-                book: act.reserved.clone(),
-                actor,
-                _lock: room.lock,
-            })
-        }))
+        self.on_disk(
+            check,
+            {
+                let name = name.clone();
+                move |s| make_room(s, &name, "reserve", cached, before, needed)
+            },
+            move |act, res| {
+                let room = match res {
+                    Ok(room) => room,
+                    Err(e) => {
+                        act.reserved.sub(&name, needed);
+                        return Err(e);
+                    }
+                };
+                act.take_in(&name, room.found);
+                Ok(Reservation {
+                    volume: name,
+                    data_dir: room.dir,
+                    granted: needed,
+                    used: AtomicU64::new(0),
+                    book: act.reserved.clone(),
+                    actor,
+                    _lock: room.lock,
+                })
+            },
+        )
     }
 }
 

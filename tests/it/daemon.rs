@@ -133,7 +133,9 @@ fn live_redis_makes_the_daemon_ready_and_health_cli_asks_it() {
             .is_some()
     );
     d.notify
-        .wait_for(Duration::from_secs(5), |l| l == "STATUS=redis up")
+        .wait_for(Duration::from_secs(5), |l| {
+            l == "STATUS=redis up; volumes up"
+        })
         .unwrap_or_else(|| panic!("no STATUS=redis up: {:?}", d.notify.seen()));
     let (code, body) = http_get(d.http, "/ready").expect("GET /ready");
     assert_eq!((code, body.as_str()), (200, "{\"ready\":true}"));

@@ -54,10 +54,20 @@ async fn each_preset_starts_exactly_its_actors() {
         assert_eq!(h.search.is_some(), stores, "elasticsearch for {roles}");
         assert_eq!(h.volumes.is_some(), volumes, "volume actor for {roles}");
         assert_eq!(h.backup.is_some(), backup, "backup actor for {roles}");
+        let registered: Vec<lucid_actors::Backend> =
+            h.registry.snapshot().iter().map(|s| s.backend).collect();
         assert_eq!(
-            h.registry.snapshot().len(),
+            registered
+                .iter()
+                .filter(|b| **b != lucid_actors::Backend::Volumes)
+                .count(),
             if stores { 3 } else { 0 },
             "registered backends for {roles}"
+        );
+        assert_eq!(
+            registered.contains(&lucid_actors::Backend::Volumes),
+            volumes,
+            "the data root's entry for {roles}"
         );
         h.heartbeat(Duration::from_secs(5))
             .await

@@ -1,6 +1,7 @@
 //! The volume actor on a real filesystem (temp dirs): names and paths that cannot escape,
 //! quotas, thresholds with hysteresis, integrity, tar round trips, migration interrupted by a
-//! fail point, cleanup, and a 100,000-file walk that does not hold up other messages.
+//! fail point, cleanup, a 100,000-file walk that does not hold up other messages, and the data
+//! root's entry in the health registry (and the daemon's `/ready`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use lucid_actors::config::ByteSize;
 use lucid_actors::events;
+use lucid_actors::supervisor::StateLabel;
 use lucid_actors::transfer::{Existing, Skip};
 use lucid_actors::volume::integrity;
 use lucid_actors::volume::{
@@ -16,7 +18,8 @@ use lucid_actors::volume::{
     InspectVolume, ListVolumes, MeasureUsage, MigrateVolume, ReserveQuota, ResizeVolume, Verify,
     VolumeActor, VolumeError, VolumeHandle, VolumeName, WriteFile,
 };
-use lucid_actors::{Config, Roles, volume};
+use lucid_actors::{Backend, BackendStatus, Config, HealthRegistry, Roles, volume};
+use lucid_testkit::{Daemon, http_get};
 
 use crate::common::SLACK;
 
@@ -1181,4 +1184,301 @@ async fn a_crash_in_the_middle_of_an_import_swap_is_undone_at_start() {
             .join(".sessions.import-00000000000000bb")
             .exists()
     );
+}
+
+/// The `volumes` entry of the registry once `pred` holds for it, waiting on the registry's
+/// changes (no sleeps), at most 10 s.
+async fn volumes_entry(
+    registry: &HealthRegistry,
+    pred: impl Fn(&BackendStatus) -> bool,
+) -> BackendStatus {
+    let entry = || {
+        registry
+            .snapshot()
+            .into_iter()
+            .find(|s| s.backend == Backend::Volumes)
+    };
+    let mut changes = registry.subscribe();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(s) = entry().filter(|s| pred(s)) {
+                return s;
+            }
+            changes.changed().await.expect("registry alive");
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("the volumes entry never got there: {:?}", entry()))
+}
+
+fn probing(root: &Path) -> Config {
+    let mut c = Config::defaults().expect("defaults");
+    c.volumes.root = root.to_path_buf();
+    c.supervisor.probe_interval = Duration::from_millis(50);
+    c
+}
+
+/// The data root has a required entry in the health registry, as the backends do: `up` while
+/// usable; `down` with `root_missing` once it is gone, `root_not_directory` while a file
+/// stands in its place — `/ready`'s reasons name it —; `up` again when it is back, one outage
+/// counted and one pair of events.
+#[actix_rt::test]
+async fn the_data_root_is_in_the_health_registry_down_while_missing_or_not_a_directory() {
+    let cap = events::capture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("volumes");
+    std::fs::create_dir(&root).expect("mkdir");
+    let h = lucid_actors::start(&probing(&root), Roles::VOLUMES);
+    let up = volumes_entry(&h.registry, BackendStatus::is_up).await;
+    assert!(up.required, "{up:?}");
+    assert_eq!(h.registry.readiness(), Ok(()));
+
+    let moved = dir.path().join("moved");
+    std::fs::rename(&root, &moved).expect("rename");
+    let down = volumes_entry(&h.registry, |s| s.state == StateLabel::Down).await;
+    let error = down.last_error.expect("last error");
+    assert_eq!(error.code, "root_missing");
+    assert!(
+        error.message.contains(&root.display().to_string()),
+        "{error:?}"
+    );
+    assert_eq!(
+        h.registry.readiness(),
+        Err(vec!["volumes down (root_missing)".to_owned()])
+    );
+
+    std::fs::write(&root, b"not a directory").expect("write");
+    volumes_entry(&h.registry, |s| {
+        s.last_error
+            .as_ref()
+            .is_some_and(|e| e.code == "root_not_directory")
+    })
+    .await;
+    std::fs::remove_file(&root).expect("rm");
+    std::fs::rename(&moved, &root).expect("rename back");
+    let back = volumes_entry(&h.registry, BackendStatus::is_up).await;
+    assert_eq!(back.restarts, 1);
+    assert_eq!(h.registry.readiness(), Ok(()));
+
+    // One outage: one `volume.root_down` (with the first finding), one `volume.root_up`.
+    let downs = cap.named("volume.root_down");
+    assert_eq!(downs.len(), 1, "{:?}", cap.events());
+    assert_eq!(downs[0].code, Some("root_missing"));
+    assert_eq!(cap.named("volume.root_up").len(), 1);
+    assert!(h.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+/// A data root whose filesystem has fewer free bytes than `volumes.min_free` is full: its
+/// entry is `down` with `root_full`, and every volume's health lists it — while the volumes
+/// keep working (full is a warning to act on, not a refusal).
+#[actix_rt::test]
+async fn a_data_root_below_min_free_is_full_in_the_registry_and_in_volume_health() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cfg = probing(root.path());
+    // More than any filesystem has free: the honest way to be full without filling a disk.
+    cfg.volumes.min_free = ByteSize(u64::MAX);
+    let h = lucid_actors::start(&cfg, Roles::VOLUMES);
+    let down = volumes_entry(&h.registry, |s| s.state == StateLabel::Down).await;
+    let error = down.last_error.expect("last error");
+    assert_eq!(error.code, "root_full");
+    assert!(error.message.contains("volumes.min_free"), "{error:?}");
+    assert!(h.registry.readiness().is_err());
+
+    let v = h.volumes.clone().expect("volumes part");
+    let health = v
+        .call(CheckHealth {
+            name: name("chunks"),
+        })
+        .await
+        .expect("health");
+    assert!(
+        health.exists && health.writable && !health.healthy(),
+        "{health:?}"
+    );
+    assert!(
+        health.problems.iter().any(|p| p.contains("full")),
+        "{health:?}"
+    );
+    write(&v, "chunks", "still.txt", 10)
+        .await
+        .expect("writes go on");
+    assert!(h.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+/// An embedder that starts the volume actor before its data root is there (a disk mounted
+/// late): the entry is `down` (`root_missing`), calls answer `root_unavailable`; once the root
+/// appears, the next probe loads the volumes (the defaults created) and the entry is `up`.
+#[actix_rt::test]
+async fn volumes_missing_at_start_are_loaded_once_the_root_appears() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("late");
+    let h = lucid_actors::start(&probing(&root), Roles::VOLUMES);
+    let v = h.volumes.clone().expect("volumes part");
+    let down = volumes_entry(&h.registry, |s| s.state == StateLabel::Down).await;
+    assert_eq!(
+        down.last_error.map(|e| e.code),
+        Some("root_missing".to_owned())
+    );
+    let err = v.call(ListVolumes).await.expect_err("no root");
+    assert_eq!(err.code(), "root_unavailable");
+
+    std::fs::create_dir(&root).expect("mkdir");
+    volumes_entry(&h.registry, BackendStatus::is_up).await;
+    let list = v.call(ListVolumes).await.expect("loaded");
+    assert_eq!(list.len(), volume::DEFAULT_VOLUMES.len());
+    assert!(root.join("chunks").is_dir());
+    assert!(h.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+/// The daemon end to end: `/ready` answers 503 naming the data root while it is missing,
+/// `/health` shows the `volumes` entry `down` (`root_missing`) and STATUS= says so; both are
+/// back once the root is.
+#[test]
+fn the_daemon_is_not_ready_while_its_data_root_is_missing() {
+    const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+    let mut d = Daemon::start(
+        Path::new(BIN),
+        "[redis]\nenabled = false\n[mongodb]\nenabled = false\n[elasticsearch]\nenabled = false\n[supervisor]\nprobe_interval = \"100ms\"\n",
+        &[],
+        &[],
+    );
+    let status = |d: &mut Daemon, text: &'static str| {
+        d.notify
+            .wait_for(Duration::from_secs(10), |l| l == format!("STATUS={text}"))
+            .unwrap_or_else(|| panic!("no STATUS={text}: {:?}", d.notify.seen()));
+    };
+    status(&mut d, "volumes up");
+    let (code, body) = http_get(d.http, "/ready").expect("GET /ready");
+    assert_eq!((code, body.as_str()), (200, "{\"ready\":true}"));
+
+    let root = d.dir().join("volumes");
+    let moved = d.dir().join("moved");
+    std::fs::rename(&root, &moved).expect("rename");
+    status(&mut d, "volumes down (root_missing)");
+    let (code, body) = http_get(d.http, "/ready").expect("GET /ready");
+    assert_eq!(code, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        ready["reasons"],
+        serde_json::json!(["volumes down (root_missing)"])
+    );
+    let (code, body) = http_get(d.http, "/health").expect("GET /health");
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["status"], "degraded");
+    let entry = &health["backends"][0];
+    assert_eq!(
+        (&entry["backend"], &entry["state"], &entry["required"]),
+        (
+            &serde_json::json!("volumes"),
+            &serde_json::json!("down"),
+            &serde_json::json!(true)
+        )
+    );
+    assert_eq!(entry["last_error"]["code"], "root_missing");
+
+    std::fs::rename(&moved, &root).expect("rename back");
+    // A STATUS= line after the outage's (the summary is sent again on every change).
+    let up = |l: &str| l == "STATUS=volumes up";
+    let before = d.notify.seen().iter().filter(|l| up(l)).count();
+    assert_eq!(
+        d.notify.wait_count(Duration::from_secs(10), before + 1, up),
+        before + 1,
+        "{:?}",
+        d.notify.seen()
+    );
+    let (code, _) = http_get(d.http, "/ready").expect("GET /ready");
+    assert_eq!(code, 200);
+    d.signal(libc::SIGTERM);
+    assert!(
+        d.wait_exit(Duration::from_secs(5))
+            .is_some_and(|s| s.success()),
+        "{}",
+        d.stderr()
+    );
+}
+
+/// `inspect` of a volume whose directory vanished answers its health — `exists: false`, the
+/// missing directory named, no usage — instead of failing on the walk; so does the CLI
+/// (exit 0, JSON without usage), though a measurement of it fails.
+#[actix_rt::test]
+async fn inspect_of_a_volume_whose_directory_vanished_shows_it_in_health() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |_| {});
+    // Measured first: a cached figure must not stand in for a directory that is gone.
+    v.call(MeasureUsage { name: name("logs") })
+        .await
+        .expect("measured");
+    std::fs::remove_dir(root.path().join("logs")).expect("rmdir");
+    let info = v
+        .call(InspectVolume { name: name("logs") })
+        .await
+        .expect("inspect answers");
+    let health = info.health.expect("health");
+    assert!(!health.exists && !health.writable, "{health:?}");
+    assert!(health.metadata_ok, "{health:?}");
+    assert!(
+        health.problems.iter().any(|p| p.contains("does not exist")),
+        "{health:?}"
+    );
+    assert_eq!(info.usage, None);
+    let err = v
+        .call(MeasureUsage { name: name("logs") })
+        .await
+        .expect_err("nothing to walk");
+    assert_eq!(err.code(), "io");
+
+    const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .args(["volumes", "inspect", "logs", "--json"])
+        .env_clear()
+        .env("LUCID_DB__VOLUMES__ROOT", root.path())
+        .env("LUCID_DB__STATE_DIR", state.path())
+        .output()
+        .expect("run lucid-db");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["health"]["exists"], false, "{shown}");
+    assert!(shown.get("usage").is_none(), "{shown}");
+}
+
+/// Resize is a long call (its walk and the write of the new quota are waited for), inspect a
+/// short one: with a walk slower than `supervisor.call_deadline`, the resize answers its new
+/// quota — never `deadline_exceeded` while the quota is still written — and an inspect that
+/// has to walk answers `deadline_exceeded`.
+#[actix_rt::test]
+async fn resize_waits_for_its_walk_past_the_call_deadline_and_inspect_does_not() {
+    const DEADLINE: Duration = Duration::from_millis(200);
+    let scenario = fail::FailScenario::setup();
+    let root = tempfile::tempdir().expect("tempdir");
+    let v = start(root.path(), |c| c.supervisor.call_deadline = DEADLINE);
+    v.call(ListVolumes).await.expect("started");
+    // Every walk takes three deadlines.
+    fail::cfg("volume-measure-slow", "sleep(600)").expect("fail point");
+    let info = v
+        .call(ResizeVolume {
+            name: name("chunks"),
+            quota: ByteSize::parse("2G").expect("size"),
+        })
+        .await
+        .expect("resize is waited for");
+    assert_eq!(info.meta.quota_bytes, 2 << 30);
+    let on_disk: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("chunks.volume.json")).expect("metadata"),
+    )
+    .expect("json");
+    assert_eq!(on_disk["quota_bytes"], 2u64 << 30);
+    let err = v
+        .call(InspectVolume { name: name("logs") })
+        .await
+        .expect_err("inspect walks past the deadline");
+    assert_eq!(err, VolumeError::DeadlineExceeded { after: DEADLINE });
+    fail::remove("volume-measure-slow");
+    scenario.teardown();
 }

@@ -2021,10 +2021,22 @@ fn peak_memory_of_a_backup_is_the_same_for_20_mb_and_200_mb() {
     // A first run creates the volumes' metadata, so both measured runs do the same work.
     let (code, _, err) = m.cli(&["list"]);
     assert_eq!(code, 0, "{err}");
-    let (code, small) = peak_rss_kib(&m, &["now", "--stores", "volumes:small"]);
-    assert_eq!(code, 0);
-    let (code, large) = peak_rss_kib(&m, &["now", "--stores", "volumes:large"]);
-    assert_eq!(code, 0);
+    // Each size's peak is the higher of two runs: on a loaded machine a short run can end
+    // before every compression worker has filled its buffers, which reads as a smaller peak
+    // than the pipeline really holds (seen at 51 MB against a steady 56 MB) and is no sign
+    // of memory growing with the data.
+    let peak = |store: &str| {
+        (0..2)
+            .map(|_| {
+                let (code, kib) = peak_rss_kib(&m, &["now", "--stores", store]);
+                assert_eq!(code, 0, "backup of {store}");
+                kib
+            })
+            .max()
+            .unwrap_or_default()
+    };
+    let small = peak("volumes:small");
+    let large = peak("volumes:large");
     eprintln!("peak RSS of `backup now`: 20 MB volume {small} KiB, 200 MB volume {large} KiB");
     let (lo, hi) = (small.min(large) as f64, small.max(large) as f64);
     assert!(

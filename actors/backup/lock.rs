@@ -5,11 +5,11 @@
 //! finds what the crashed one wrote and cleans it up under the lock.
 //!
 //! The holder writes its pid into the file, so a refusal can say who holds it. Taking the lock
-//! is a `flock(LOCK_NB)`: it never waits; a second run is refused at once (`busy`).
+//! is a non-blocking `flock` (std's `File::try_lock`): it never waits; a second run is refused
+//! at once (`busy`).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -46,11 +46,9 @@ impl RunLock {
             .mode(0o640)
             .open(path)
             .map_err(io)?;
-        // SAFETY: the descriptor is open for the duration of the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 let holder = match text.trim().parse::<u32>() {
@@ -62,7 +60,7 @@ impl RunLock {
                     holder,
                 });
             }
-            return Err(io(e));
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         // Ours now: say who holds it.
         file.set_len(0)

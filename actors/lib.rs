@@ -7,6 +7,7 @@
 //!
 //! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
 //! - [`backup`] — the backup actor and its format, keys, pipeline, storage and catalogue.
+//! - [`clock`] — where "now" comes from for the lifecycle and the scheduler ([`clock::Clock`]).
 //! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
 //!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
 //! - [`roles`] — which parts run in a process ([`Roles`]: stores, volumes, backup, scheduler).
@@ -33,6 +34,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod events;
 mod glob;
@@ -538,6 +540,7 @@ mod tests {
         assert_names_only("redact.rs", include_str!("redact.rs"), &[]);
         assert_names_only("backend.rs", include_str!("backend.rs"), &[]);
         assert_names_only("transfer.rs", include_str!("transfer.rs"), &[]);
+        assert_names_only("clock.rs", include_str!("clock.rs"), &[]);
     }
 
     /// The supervisor reports into the health registry and the events; they must not name it

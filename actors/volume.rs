@@ -24,6 +24,7 @@
 pub mod archive;
 pub mod fsops;
 pub mod integrity;
+pub mod maintain;
 pub mod reserve;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -49,6 +50,7 @@ use crate::threads::ActorThread;
 use crate::transfer::{self, Admission, Skip, Source, TargetState};
 use fsops::{FsStats, Tally};
 pub use integrity::VerifyReport;
+pub use maintain::{Maintain, MaintenanceFailure, MaintenanceReport};
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
 
 /// The volumes every Lucid node has.

@@ -23,6 +23,7 @@
 //! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
 //! - [`search`] — the Elasticsearch actor: monthly indices, routed writes, bulk, lifecycle.
 //! - [`volume`] — the volume actor: named volumes, quotas, usage, integrity, tar streams.
+//! - [`scheduler`] — the scheduler actor: cron jobs, their run records, catch-up, the clock.
 //!
 //! # Use
 //!
@@ -43,6 +44,7 @@ pub mod mongo;
 pub mod redact;
 pub mod redis;
 pub mod roles;
+pub mod scheduler;
 pub mod search;
 pub mod state;
 pub mod supervisor;
@@ -75,6 +77,7 @@ pub fn check_config(config: &Config, errors: &mut Vec<config::ConfigError>) {
     search::check_config(&config.elasticsearch, errors);
     volume::check_config(&config.volumes, errors);
     backup::check_config(&config.backup, errors);
+    scheduler::check_config(&config.scheduler, errors);
 }
 
 /// What `config check` warns about: a configuration that works, but probably not as meant
@@ -145,6 +148,8 @@ pub struct Handles {
     pub volumes: Option<volume::VolumeHandle>,
     /// `None` unless the `backup` part runs.
     pub backup: Option<backup::BackupHandle>,
+    /// `None` unless the `scheduler` part runs.
+    pub scheduler: Option<scheduler::SchedulerHandle>,
 }
 
 /// Starts the actors of the parts in `roles` (call it inside an actix `System`): for `stores`,
@@ -222,6 +227,18 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         .collect();
         backup::BackupActor::start_with(config, volumes.clone(), databases)
     });
+    let scheduler = roles.contains(Part::Scheduler).then(|| {
+        let peers = scheduler::Peers {
+            registry: registry.clone(),
+            backup: backup.clone(),
+            search: search.clone(),
+            volumes: volumes.clone(),
+            // The lifecycle's deletion gate: the backup catalogue's backed-up indices arrive
+            // with issue #12; until then no index is deleted.
+            backed_up_indices: None,
+        };
+        scheduler::SchedulerActor::start_with(config, peers, scheduler::Options::daemon())
+    });
     Handles {
         roles,
         registry,
@@ -230,6 +247,7 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         search,
         volumes,
         backup,
+        scheduler,
     }
 }
 
@@ -271,6 +289,14 @@ impl Handles {
                 .await
                 .map_err(|e| Unresponsive::mailbox("backup", &e))?;
         }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler
+                .addr()
+                .send(supervisor::Heartbeat)
+                .timeout(deadline)
+                .await
+                .map_err(|e| Unresponsive::mailbox("scheduler", &e))?;
+        }
         Ok(())
     }
 
@@ -278,6 +304,16 @@ impl Handles {
     /// Returns the actors that did not confirm in time.
     pub async fn shutdown(&self, deadline: Duration) -> Vec<Unresponsive> {
         let mut late = Vec::new();
+        // The scheduler first: no new run starts while the others drain.
+        if let Some(scheduler) = &self.scheduler
+            && let Err(e) = scheduler
+                .addr()
+                .send(supervisor::Shutdown)
+                .timeout(deadline)
+                .await
+        {
+            late.push(Unresponsive::mailbox("scheduler", &e));
+        }
         if let Some(redis) = &self.redis
             && let Err(e) = redis.shutdown(deadline).await
         {

@@ -62,15 +62,17 @@ impl Clock for ManualClock {
     }
 }
 
+/// An RFC 3339 time, for tables of times in tests.
+#[cfg(test)]
+pub(crate) fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .with_timezone(&Utc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
-    }
 
     #[test]
     fn each_clock_says_its_time() {

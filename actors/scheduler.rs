@@ -1031,14 +1031,8 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{ManualClock, at};
     use crate::events::Recorded;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
-    }
 
     /// A state directory, a clock and a synchronisation flag the test moves.
     struct Fixture {

@@ -344,12 +344,7 @@ pub fn check_config(cfg: &SchedulerConfig, errors: &mut Vec<ConfigError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
-    }
+    use crate::clock::at;
 
     #[test]
     fn names_round_trip_and_unknown_ones_list_the_jobs() {

@@ -280,12 +280,7 @@ pub fn write(dir: &Path, job: JobName, runs: &[RunRecord]) -> Result<(), Records
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
-    }
+    use crate::clock::at;
 
     fn record(i: i64, outcome: RunOutcome) -> RunRecord {
         let started = at("2026-11-01T02:00:00Z") + chrono::Duration::days(i);

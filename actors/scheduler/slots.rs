@@ -115,12 +115,7 @@ pub fn clock_doubt(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("rfc3339")
-            .with_timezone(&Utc)
-    }
+    use crate::clock::at;
 
     #[test]
     fn ticks_run_each_slot_once_and_report_clock_jumps() {

@@ -377,12 +377,9 @@ fn health_summary(registry: &HealthRegistry) -> Ended {
 mod tests {
     use super::*;
     use crate::backup::{Encryption, LevelResult, Manifest, VerifyRecord};
-    use chrono::{DateTime, Utc};
 
     fn entry(created: &str, level: Option<Level>) -> Entry {
-        let created: DateTime<Utc> = DateTime::parse_from_rfc3339(created)
-            .expect("rfc3339")
-            .with_timezone(&Utc);
+        let created = crate::clock::at(created);
         let id = BackupId::new(created);
         let verify = level.map(|level| {
             let mut record = VerifyRecord::new(id);

@@ -413,15 +413,42 @@ pub enum Compression {
     Gzip,
 }
 
-/// Job schedules: standard 5-field cron strings, UTC.
+/// Job schedules: standard 5-field cron strings (or a nickname such as `@daily`), UTC, or
+/// `"off"`. Parsed and checked by the scheduler (`scheduler::check_config`), which owns what
+/// a schedule means.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     pub backup: String,
+    pub verify: String,
     pub retention: String,
     pub lifecycle: String,
     pub volume_usage: String,
+    pub volume_maintenance: String,
     pub health_summary: String,
+    pub jitter: SchedulerJitter,
+}
+
+/// Per job, how long after its slot a scheduled run may start at random (0: at the slot):
+/// many Pis backing up to one bucket at 02:00 need not all arrive at once. Shorter than the
+/// job's shortest interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerJitter {
+    #[serde(with = "humantime_serde")]
+    pub backup: Duration,
+    #[serde(with = "humantime_serde")]
+    pub verify: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lifecycle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub volume_usage: Duration,
+    #[serde(with = "humantime_serde")]
+    pub volume_maintenance: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_summary: Duration,
 }
 
 /// One problem with the configuration, naming the key (`redis.url`) or the file.
@@ -998,18 +1025,7 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
 
-    let sch = &c.scheduler;
-    for (key, value) in [
-        ("scheduler.backup", &sch.backup),
-        ("scheduler.retention", &sch.retention),
-        ("scheduler.lifecycle", &sch.lifecycle),
-        ("scheduler.volume_usage", &sch.volume_usage),
-        ("scheduler.health_summary", &sch.health_summary),
-    ] {
-        if let Err(reason) = check_cron(value) {
-            err(key, reason);
-        }
-    }
+    // Cron strings and jitters are the scheduler's (`scheduler::check_config`).
 }
 
 /// `backup.s3` with `backup.storage = "s3"`: what a value alone decides.
@@ -1083,24 +1099,6 @@ fn check_s3(s3: &BackupS3Config) -> Vec<(&'static str, String)> {
         }
     }
     problems
-}
-
-/// A standard 5-field cron string (no seconds, no year), as the scheduler will read it.
-pub fn check_cron(pattern: &str) -> Result<(), String> {
-    use croner::parser::{CronParser, Seconds, Year};
-    let fields = pattern.split_whitespace().count();
-    if fields != 5 && !pattern.trim_start().starts_with('@') {
-        return Err(format!(
-            "{pattern:?} is not a 5-field cron string (minute hour day-of-month month day-of-week), it has {fields} fields"
-        ));
-    }
-    CronParser::builder()
-        .seconds(Seconds::Disallowed)
-        .year(Year::Disallowed)
-        .build()
-        .parse(pattern)
-        .map(|_| ())
-        .map_err(|e| format!("{pattern:?} is not a valid cron string: {e}"))
 }
 
 /// The same parser the daemon's log filter uses, so what passes here works there.
@@ -1263,14 +1261,14 @@ mod tests {
             ("bogus = 1\n", &[], "bogus"),
             ("[redis]\nurl = \"::not a url\"\n", &[], "redis.url"),
             (
-                "[scheduler]\nbackup = \"0 2 * *\"\n",
+                "[scheduler]\nnightly = \"0 2 * * *\"\n",
                 &[],
-                "scheduler.backup",
+                "scheduler.nightly",
             ),
             (
-                "[scheduler]\nretention = \"0 0 2 * * *\"\n",
+                "[scheduler.jitter]\nbackup = \"ten minutes\"\n",
                 &[],
-                "scheduler.retention",
+                "scheduler.jitter.backup",
             ),
             (
                 "[supervisor]\ncall_deadline = \"5 parsecs\"\n",

@@ -413,6 +413,87 @@ events! {
         id: String,
         pinned: bool,
     }
+    /// A scheduled job's work starts (after any wait for the clock and any jitter).
+    JobStarted = "job.started", INFO {
+        job: &'static str,
+        run_id: String,
+        /// `schedule`, `catch_up` or `manual`.
+        trigger: &'static str,
+        /// The cron slot it runs for (RFC 3339); empty for a run by hand.
+        slot: String,
+    }
+    /// A job's run ended well.
+    JobCompleted = "job.completed", INFO {
+        job: &'static str,
+        run_id: String,
+        duration_ms: u64,
+        /// What it did, in a line (the backup id, what a prune deleted, …).
+        detail: String,
+    }
+    /// A job's run failed; it is recorded and the scheduler goes on.
+    JobFailed = "job.failed", WARN, code = code {
+        job: &'static str,
+        run_id: String,
+        /// The failing actor's error code (`busy`, `unavailable`, `partial`, …).
+        code: &'static str,
+        error: String,
+        duration_ms: u64,
+    }
+    /// A run did not happen and is recorded as skipped: its job was still running
+    /// (`overlap`) or waiting for the clock (`waiting_for_clock`), the clock went back to a
+    /// slot already handled (`clock_went_back`), or what the job needs does not run in this
+    /// process (`not_running`).
+    JobSkipped = "job.skipped", WARN, code = why {
+        job: &'static str,
+        /// Empty for a run by hand.
+        slot: String,
+        why: &'static str,
+    }
+    /// One run stands for slots that passed without one: the daemon was down (`downtime`,
+    /// at start) or the clock jumped forward (`clock_jump`). It runs once, however many.
+    JobCaughtUp = "job.caught_up", INFO {
+        job: &'static str,
+        /// The slot the run is for (the newest that passed).
+        slot: String,
+        /// Earlier slots that passed too, without a run of their own (counted up to 10,000).
+        missed: u64,
+        reason: &'static str,
+    }
+    /// A trigger found the scheduler's mailbox full and dropped its tick (the count is the
+    /// total since start).
+    JobTickDropped = "job.tick_dropped", WARN {
+        job: &'static str,
+        dropped: u64,
+    }
+    /// A run of a time-based job (backup, retention, lifecycle) waits: the clock is not
+    /// synchronised yet, or reads earlier than the newest run record. It starts once the
+    /// clock can be trusted.
+    JobWaiting = "job.waiting", WARN, code = code {
+        job: &'static str,
+        slot: String,
+        /// `clock_unsynchronised` or `clock_behind`.
+        code: &'static str,
+        error: String,
+    }
+    /// A job's run record file could not be read: it was set aside (renamed to `path`) and
+    /// the job starts with no history.
+    JobHistorySetAside = "job.history_set_aside", WARN, code = code {
+        job: &'static str,
+        /// `records_corrupt` or `records_unusable`.
+        code: &'static str,
+        /// Where the file is now; empty when it could not be moved.
+        path: String,
+        error: String,
+    }
+    /// The scheduler's `health_summary` job: every backend's state in one event.
+    HealthSummary = "health.summary", INFO {
+        /// Backends up.
+        up: u64,
+        /// Backends registered (enabled or disabled).
+        total: u64,
+        /// `redis up; mongodb backoff (connection_refused), retry 3 in 2.0s; …`
+        summary: String,
+    }
     /// The watchdog ping was withheld because the supervision loop did not answer in time.
     WatchdogSkipped = "watchdog.skipped", WARN, code = code {
         code: &'static str,

@@ -7,6 +7,7 @@
 //!
 //! - [`backend`] — the names the others share: [`Backend`] and its connection's `StateLabel`.
 //! - [`backup`] — the backup actor and its format, keys, pipeline, storage and catalogue.
+//! - [`clock`] — where "now" comes from for the lifecycle and the scheduler ([`clock::Clock`]).
 //! - [`config`] — the typed configuration (docs/configuration.md): layers, validation, secrets.
 //!   Plain data: it names no actor; each actor checks its own section, [`load_config`] runs all.
 //! - [`roles`] — which parts run in a process ([`Roles`]: stores, volumes, backup, scheduler).
@@ -23,6 +24,7 @@
 //! - [`mongo`] — the MongoDB actor: the 15 collections, validated CRUD, bootstrap, export/import.
 //! - [`search`] — the Elasticsearch actor: monthly indices, routed writes, bulk, lifecycle.
 //! - [`volume`] — the volume actor: named volumes, quotas, usage, integrity, tar streams.
+//! - [`scheduler`] — the scheduler actor: cron jobs, their run records, catch-up, the clock.
 //!
 //! # Use
 //!
@@ -34,6 +36,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod clock;
 pub mod config;
 pub mod events;
 mod glob;
@@ -42,6 +45,7 @@ pub mod mongo;
 pub mod redact;
 pub mod redis;
 pub mod roles;
+pub mod scheduler;
 pub mod search;
 pub mod state;
 pub mod supervisor;
@@ -74,6 +78,7 @@ pub fn check_config(config: &Config, errors: &mut Vec<config::ConfigError>) {
     search::check_config(&config.elasticsearch, errors);
     volume::check_config(&config.volumes, errors);
     backup::check_config(&config.backup, errors);
+    scheduler::check_config(&config.scheduler, errors);
 }
 
 /// What `config check` warns about: a configuration that works, but probably not as meant
@@ -144,6 +149,8 @@ pub struct Handles {
     pub volumes: Option<volume::VolumeHandle>,
     /// `None` unless the `backup` part runs.
     pub backup: Option<backup::BackupHandle>,
+    /// `None` unless the `scheduler` part runs.
+    pub scheduler: Option<scheduler::SchedulerHandle>,
 }
 
 /// Starts the actors of the parts in `roles` (call it inside an actix `System`): for `stores`,
@@ -223,6 +230,18 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         .collect();
         backup::BackupActor::start_with(config, volumes.clone(), databases)
     });
+    let scheduler = roles.contains(Part::Scheduler).then(|| {
+        let peers = scheduler::Peers {
+            registry: registry.clone(),
+            backup: backup.clone(),
+            search: search.clone(),
+            volumes: volumes.clone(),
+            // The lifecycle's deletion gate: the backup catalogue's backed-up indices arrive
+            // with issue #12; until then no index is deleted.
+            backed_up_indices: None,
+        };
+        scheduler::SchedulerActor::start_with(config, peers, scheduler::Options::daemon())
+    });
     Handles {
         roles,
         registry,
@@ -231,6 +250,7 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         search,
         volumes,
         backup,
+        scheduler,
     }
 }
 
@@ -272,6 +292,14 @@ impl Handles {
                 .await
                 .map_err(|e| Unresponsive::mailbox("backup", &e))?;
         }
+        if let Some(scheduler) = &self.scheduler {
+            scheduler
+                .addr()
+                .send(supervisor::Heartbeat)
+                .timeout(deadline)
+                .await
+                .map_err(|e| Unresponsive::mailbox("scheduler", &e))?;
+        }
         Ok(())
     }
 
@@ -279,6 +307,16 @@ impl Handles {
     /// Returns the actors that did not confirm in time.
     pub async fn shutdown(&self, deadline: Duration) -> Vec<Unresponsive> {
         let mut late = Vec::new();
+        // The scheduler first: no new run starts while the others drain.
+        if let Some(scheduler) = &self.scheduler
+            && let Err(e) = scheduler
+                .addr()
+                .send(supervisor::Shutdown)
+                .timeout(deadline)
+                .await
+        {
+            late.push(Unresponsive::mailbox("scheduler", &e));
+        }
         if let Some(redis) = &self.redis
             && let Err(e) = redis.shutdown(deadline).await
         {
@@ -541,6 +579,7 @@ mod tests {
         assert_names_only("redact.rs", include_str!("redact.rs"), &[]);
         assert_names_only("backend.rs", include_str!("backend.rs"), &[]);
         assert_names_only("transfer.rs", include_str!("transfer.rs"), &[]);
+        assert_names_only("clock.rs", include_str!("clock.rs"), &[]);
     }
 
     /// The supervisor reports into the health registry and the events; they must not name it

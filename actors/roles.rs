@@ -26,7 +26,7 @@ pub enum Part {
     Volumes,
     /// The backup actor: backups and their verification; never in an embedding sibling.
     Backup,
-    /// The scheduler actor (issue #13; not built yet, so asking for it starts nothing).
+    /// The scheduler actor: cron jobs and their run records; only the daemon runs it.
     Scheduler,
 }
 
@@ -78,7 +78,7 @@ impl Roles {
     pub const CLI: Roles = Roles::STORES.with(Roles::VOLUMES).with(Roles::BACKUP);
 
     /// The parts that have an actor today; [`crate::start`] starts at most these.
-    pub const BUILT: Roles = Roles::STORES.with(Roles::VOLUMES).with(Roles::BACKUP);
+    pub const BUILT: Roles = Roles::DAEMON;
 
     pub const fn of(part: Part) -> Roles {
         Roles(part.bit())
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn only_built_parts_start() {
-        assert_eq!(Roles::DAEMON.and(Roles::BUILT), Roles::CLI);
+        assert_eq!(Roles::DAEMON.and(Roles::BUILT), Roles::DAEMON);
         assert_eq!(Roles::SIBLING.and(Roles::BUILT), Roles::STORES);
     }
 }

@@ -36,6 +36,7 @@ mod cleanup;
 pub mod fsops;
 mod import;
 pub mod integrity;
+pub mod maintain;
 mod migrate;
 pub mod reserve;
 mod root;
@@ -61,6 +62,7 @@ use crate::supervisor::feed::{Feed, feed};
 use crate::threads::ActorThread;
 use crate::transfer::{self, Source};
 pub use integrity::VerifyReport;
+pub use maintain::{Maintain, MaintenanceFailure, MaintenanceReport};
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
 pub use root::check_root;
 pub use types::{

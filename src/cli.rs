@@ -62,6 +62,14 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The scheduler's jobs: their schedules and recorded runs; run one now.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// The data volumes under `volumes.root`.
     Volumes {
         #[command(subcommand)]
@@ -229,6 +237,23 @@ fn parse_store(text: &str) -> Result<StoreSelector, String> {
 
 fn parse_volume(text: &str) -> Result<VolumeName, String> {
     VolumeName::new(text).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Every job: its schedule (UTC), next run, last run, outcome and duration, from the run
+    /// records the daemon wrote.
+    Ls,
+    /// A job's recorded runs (the last 100), oldest first.
+    History {
+        /// backup, verify, retention, lifecycle, volume_usage, volume_maintenance,
+        /// health_summary.
+        job: String,
+    },
+    /// Run a job now, in this process, and record it. Only while no daemon runs (exit 75
+    /// otherwise). Exit 0 ok, 1 failed, 3 a partial backup, 69 unavailable, 75 busy or the
+    /// clock cannot be trusted.
+    Run { job: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,7 @@
 //! - `backup_cmd` — `lucid-db backup …`.
 //! - `mongo_cmd` — `lucid-db mongo …`.
 //! - `search_cmd` — `lucid-db search …`.
+//! - `schedule_cmd` — `lucid-db schedule …`.
 //! - `stores` — the one store actor a `mongo` or `search` command starts and talks to.
 //! - `volumes_cmd` — `lucid-db volumes …`.
 //! - `logging` — journald, JSON or text on stderr.
@@ -25,6 +26,7 @@ mod health_cmd;
 mod http;
 mod logging;
 mod mongo_cmd;
+mod schedule_cmd;
 mod search_cmd;
 mod stores;
 mod volumes_cmd;
@@ -80,6 +82,12 @@ fn main() -> ExitCode {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
             let code = system.block_on(backup_cmd::run(&loaded.config, command, json));
+            exit_now(code)
+        }
+        Command::Schedule { command, json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            let system = actix_rt::System::new();
+            let code = system.block_on(schedule_cmd::run(&loaded.config, command, json));
             exit_now(code)
         }
         Command::Volumes { command, json } => {

@@ -14,6 +14,7 @@ mod mongo_service;
 mod redis_service;
 mod redis_supervision;
 mod roles;
+mod scheduler;
 mod search_service;
 mod systemd_unit;
 mod volumes;

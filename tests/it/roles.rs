@@ -34,16 +34,23 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[actix_rt::test]
 async fn each_preset_starts_exactly_its_actors() {
-    // (preset, store actors, volume actor, backup actor, parts reported as running)
+    // (preset, store actors, volume actor, backup actor, scheduler, parts reported as running)
     let table = [
-        (Roles::DAEMON, true, true, true, "stores+volumes+backup"),
-        (Roles::SIBLING, true, false, false, "stores"),
-        (Roles::CLI, true, true, true, "stores+volumes+backup"),
-        (Roles::VOLUMES, false, true, false, "volumes"),
-        (Roles::BACKUP, false, false, true, "backup"),
-        (Roles::SCHEDULER, false, false, false, "none"),
+        (
+            Roles::DAEMON,
+            true,
+            true,
+            true,
+            true,
+            "stores+volumes+backup+scheduler",
+        ),
+        (Roles::SIBLING, true, false, false, false, "stores"),
+        (Roles::CLI, true, true, true, false, "stores+volumes+backup"),
+        (Roles::VOLUMES, false, true, false, false, "volumes"),
+        (Roles::BACKUP, false, false, true, false, "backup"),
+        (Roles::SCHEDULER, false, false, false, true, "scheduler"),
     ];
-    for (roles, stores, volumes, backup, running) in table {
+    for (roles, stores, volumes, backup, scheduler, running) in table {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config_in(dir.path());
         std::fs::create_dir(&cfg.volumes.root).expect("mkdir root");
@@ -54,6 +61,7 @@ async fn each_preset_starts_exactly_its_actors() {
         assert_eq!(h.search.is_some(), stores, "elasticsearch for {roles}");
         assert_eq!(h.volumes.is_some(), volumes, "volume actor for {roles}");
         assert_eq!(h.backup.is_some(), backup, "backup actor for {roles}");
+        assert_eq!(h.scheduler.is_some(), scheduler, "scheduler for {roles}");
         let registered: Vec<lucid_actors::Backend> =
             h.registry.snapshot().iter().map(|s| s.backend).collect();
         assert_eq!(
@@ -87,9 +95,12 @@ async fn each_preset_starts_exactly_its_actors() {
             volumes,
             "default volumes for {roles}: {created:?}"
         );
-        assert!(
-            !cfg.state_dir.exists(),
-            "start itself never creates the state directory ({roles})"
+        // Only the scheduler takes its lock and reads its run records at start; every other
+        // part writes to the state directory only when asked to.
+        assert_eq!(
+            cfg.state_dir.exists(),
+            scheduler,
+            "the state directory after start ({roles})"
         );
     }
     assert!(!Roles::CLI.contains(Part::Scheduler));
@@ -221,7 +232,7 @@ fn health_lists_the_parts_the_daemon_runs() {
     let report: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
         report["parts"],
-        serde_json::json!(["stores", "volumes", "backup"])
+        serde_json::json!(["stores", "volumes", "backup", "scheduler"])
     );
     assert!(
         d.dir().join("state").join("locks").is_dir(),

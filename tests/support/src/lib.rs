@@ -700,7 +700,7 @@ impl Daemon {
     /// Runs `bin run --config <file>` with `config` as the file's content and `env` added to
     /// an otherwise clean environment (PATH only). `http.bind`, `state_dir` and
     /// `volumes.root` point into the temp dir (through the environment, so `config` may hold
-    /// any section).
+    /// any section); the scheduler's daily jobs are off unless `env` turns them on.
     pub fn start(bin: &Path, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lucid-testkit-daemon-")
@@ -723,6 +723,18 @@ impl Daemon {
             .env("LUCID_DB__STATE_DIR", dir.path().join("state"))
             .env("LUCID_DB__VOLUMES__ROOT", dir.path().join("volumes"))
             .env("NOTIFY_SOCKET", notify.path())
+            // The scheduler's daily jobs off: a test daemon that happens to run at 02:00 UTC
+            // must not start a backup under the test. A test that wants one sets it in `env`.
+            .envs(
+                [
+                    "BACKUP",
+                    "VERIFY",
+                    "RETENTION",
+                    "LIFECYCLE",
+                    "VOLUME_MAINTENANCE",
+                ]
+                .map(|job| (format!("LUCID_DB__SCHEDULER__{job}"), "off")),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -64,7 +64,8 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn from_type(name: &str) -> KeyKind {
+    /// The kind `TYPE` names.
+    pub fn from_type(name: &str) -> KeyKind {
         match name {
             "string" => KeyKind::String,
             "hash" => KeyKind::Hash,
@@ -73,6 +74,33 @@ impl KeyKind {
             "zset" => KeyKind::Zset,
             "stream" => KeyKind::Stream,
             other => KeyKind::Other(other.to_owned()),
+        }
+    }
+
+    /// The kind a `DUMP` payload's first byte (its RDB object type) says, for a key read back
+    /// from a backup (Redis 7.4's types; a module's value, or anything newer, is `Other`).
+    pub fn from_rdb_type(byte: u8) -> KeyKind {
+        match byte {
+            0 => KeyKind::String,
+            1 | 10 | 14 | 18 => KeyKind::List,
+            2 | 11 | 20 => KeyKind::Set,
+            3 | 5 | 12 | 17 => KeyKind::Zset,
+            4 | 9 | 13 | 16 | 22..=25 => KeyKind::Hash,
+            15 | 19 | 21 => KeyKind::Stream,
+            other => KeyKind::Other(format!("rdb-type-{other}")),
+        }
+    }
+
+    /// The name `TYPE` gives it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyKind::String => "string",
+            KeyKind::Hash => "hash",
+            KeyKind::List => "list",
+            KeyKind::Set => "set",
+            KeyKind::Zset => "zset",
+            KeyKind::Stream => "stream",
+            KeyKind::Other(name) => name,
         }
     }
 }
@@ -572,7 +600,22 @@ mod tests {
             ("ReJSON-RL", KeyKind::Other("ReJSON-RL".into())),
         ] {
             assert_eq!(KeyKind::from_type(name), kind);
+            assert_eq!(kind.as_str(), name);
         }
+        // The type bytes `DUMP` writes on Redis 7 (string, listpack hash, quicklist list,
+        // intset, listpack zset, stream listpacks 3).
+        for (byte, kind) in [
+            (0, KeyKind::String),
+            (16, KeyKind::Hash),
+            (18, KeyKind::List),
+            (11, KeyKind::Set),
+            (2, KeyKind::Set),
+            (17, KeyKind::Zset),
+            (21, KeyKind::Stream),
+        ] {
+            assert_eq!(KeyKind::from_rdb_type(byte), kind, "{byte}");
+        }
+        assert_eq!(KeyKind::from_rdb_type(7).as_str(), "rdb-type-7");
     }
 
     #[test]

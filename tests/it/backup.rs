@@ -1575,10 +1575,11 @@ fn a_volume_that_cannot_be_exported_makes_the_backup_partial() {
     assert_eq!(report["listed"], false);
     assert_eq!(report["error"]["code"], "nothing_backed_up");
     assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 1);
-    // A database store named explicitly: refused, not silently skipped.
+    // A database store the configuration turns off, named explicitly: refused (a configuration
+    // matter), not silently skipped.
     let (code, _, err) = m.cli(&["now", "--stores", "mongodb"]);
-    assert_eq!(code, 64, "{err}");
-    assert!(err.contains("not backed up by this version"), "{err}");
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("mongodb.enabled = false"), "{err}");
 }
 
 #[test]

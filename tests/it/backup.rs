@@ -1107,13 +1107,13 @@ fn config_check_warns_when_backups_would_be_unencrypted() {
 // ---------------------------------------------------------------------------------------------
 // The backup actor, through the CLI and in process
 
-const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
 
 /// A machine for the CLI: its own data root, state directory and keys in a temporary
 /// directory, every database store off (`backup_stores` turns them on, against real servers).
 pub(crate) struct Machine {
     dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Machine {

@@ -21,23 +21,33 @@ pub const MAX_BULK: usize = 512 << 20;
 /// A header line (`*6`, `$1048576`) is short; a longer one is not RESP.
 const MAX_HEADER: usize = 24;
 
-/// Appends the `RESTORE … ABSTTL REPLACE` command for `key`.
+/// Appends the `RESTORE … ABSTTL REPLACE` command for `key`. (No allocation: an export
+/// encodes every key.)
 pub fn encode_restore(key: &ExportedKey, out: &mut Vec<u8>) {
-    let expiry = key.expires_at_ms.unwrap_or(0).to_string();
-    out.extend_from_slice(b"*6\r\n");
-    for arg in [
-        &b"RESTORE"[..],
-        key.key.as_bytes(),
-        expiry.as_bytes(),
-        &key.payload,
-        b"ABSTTL",
-        b"REPLACE",
-    ] {
+    let mut digits = [0u8; 20];
+    let expiry = decimal(key.expires_at_ms.unwrap_or(0), &mut digits);
+    out.extend_from_slice(b"*6\r\n$7\r\nRESTORE\r\n");
+    for arg in [key.key.as_bytes(), expiry, &key.payload] {
+        let mut len = [0u8; 20];
         out.push(b'$');
-        out.extend_from_slice(arg.len().to_string().as_bytes());
+        out.extend_from_slice(decimal(arg.len() as u64, &mut len));
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"$6\r\nABSTTL\r\n$7\r\nREPLACE\r\n");
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
     }
 }
 

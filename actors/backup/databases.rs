@@ -16,9 +16,8 @@
 //! Within a store the first failure ends it: a backend that went away fails every later
 //! export too, each after a timeout.
 
-use std::collections::BTreeMap;
-
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -161,48 +160,79 @@ enum Written {
     Failed(Failure),
 }
 
-/// Writes one artifact from a store's feed, already encoded into chunks; a source failure is
-/// the store's, named with `what` and the code the feed's error carried.
-#[allow(clippy::too_many_arguments)]
-async fn write_from_feed<S>(
-    job: &Job,
-    storage: &Storage,
-    name: &str,
-    logical: &str,
-    codec: &Codec,
-    chunks: S,
-    tally: &Tally,
-    what: &str,
-    meter: &Meter,
-) -> Result<Written, BackupError>
-where
-    S: Stream<Item = Result<Bytes, String>>,
-{
-    match write(job, storage, name, logical, codec, chunks, meter).await {
-        Ok(r) => Ok(Written::Done(r)),
-        Err(BackupError::Pipeline(PipelineError::Source { reason, .. })) => Ok(Written::Failed((
-            tally.code.get().unwrap_or("source_failed"),
-            format!(
-                "{what}: the export failed: {}",
-                crate::redact::text(&reason)
-            ),
-        ))),
-        Err(e) => Err(e),
-    }
+/// Where a store's artifacts go: the run, its storage and codec, the progress.
+#[derive(Clone, Copy)]
+struct Sink<'a> {
+    job: &'a Job,
+    storage: &'a Storage,
+    codec: &'a Codec,
+    meter: &'a Meter,
 }
 
-/// A small artifact of one piece (a metadata file).
-async fn write_small(
-    job: &Job,
-    storage: &Storage,
-    name: &str,
-    logical: &str,
-    codec: &Codec,
-    bytes: Vec<u8>,
-    meter: &Meter,
-) -> Result<ArtifactRecord, BackupError> {
-    let source = stream::iter([Ok::<_, String>(Bytes::from(bytes))]);
-    write(job, storage, name, logical, codec, source, meter).await
+impl Sink<'_> {
+    /// Writes artifact `stem` (the codec's suffix added) from a store's `feed`, each item
+    /// encoded with `encode` and seen by `each`; answers how it ended and how many items
+    /// passed. A failure of the feed is the store's, named with `what` and the code its error
+    /// carried.
+    async fn feed<T, E>(
+        &self,
+        stem: &str,
+        logical: &str,
+        what: &str,
+        feed: impl Stream<Item = Result<T, E>>,
+        encode: fn(&T, &mut Vec<u8>),
+        each: impl FnMut(&T),
+    ) -> Result<(Written, u64), BackupError>
+    where
+        E: StoreErrorLike,
+    {
+        let tally = Tally::default();
+        let chunks = chunked(tally.count(feed, each), encode);
+        let name = format!("{stem}{}", self.codec.suffix());
+        let written = match write(
+            self.job,
+            self.storage,
+            &name,
+            logical,
+            self.codec,
+            chunks,
+            self.meter,
+        )
+        .await
+        {
+            Ok(r) => Written::Done(r),
+            Err(BackupError::Pipeline(PipelineError::Source { reason, .. })) => Written::Failed((
+                tally.code.get().unwrap_or("source_failed"),
+                format!(
+                    "{what}: the export failed: {}",
+                    crate::redact::text(&reason)
+                ),
+            )),
+            Err(e) => return Err(e),
+        };
+        Ok((written, tally.items.get()))
+    }
+
+    /// A small artifact of one piece (a metadata file), `stem` plus the codec's suffix.
+    async fn small(
+        &self,
+        stem: &str,
+        logical: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ArtifactRecord, BackupError> {
+        let name = format!("{stem}{}", self.codec.suffix());
+        let source = stream::iter([Ok::<_, String>(Bytes::from(bytes))]);
+        write(
+            self.job,
+            self.storage,
+            &name,
+            logical,
+            self.codec,
+            source,
+            self.meter,
+        )
+        .await
+    }
 }
 
 /// Ends a store's record: complete, or failed with `failure`.
@@ -272,6 +302,12 @@ pub(super) async fn mongodb_store(
     codec: &Codec,
     meter: &Meter,
 ) -> Result<StoreRecord, BackupError> {
+    let sink = Sink {
+        job,
+        storage,
+        codec,
+        meter,
+    };
     let started = Utc::now();
     let database = mongo.settings().database.clone();
     let mut facts = probe.facts;
@@ -288,14 +324,18 @@ pub(super) async fn mongodb_store(
                 break;
             }
         };
-        let tally = Tally::default();
-        let chunks = chunked(tally.count(feed, |_| {}), mongodump::encode_document);
-        let artifact = format!("mongodb/{database}/{name}.bson{}", codec.suffix());
+        let stem = format!("mongodb/{database}/{name}");
         let logical = format!("{database}.{name}");
-        let written = write_from_feed(
-            job, storage, &artifact, &logical, codec, chunks, &tally, &what, meter,
-        )
-        .await?;
+        let (written, documents) = sink
+            .feed(
+                &format!("{stem}.bson"),
+                &logical,
+                &what,
+                feed,
+                mongodump::encode_document,
+                |_| {},
+            )
+            .await?;
         let bson = match written {
             Written::Done(r) => r,
             Written::Failed(f) => {
@@ -304,26 +344,22 @@ pub(super) async fn mongodb_store(
             }
         };
         let meta = mongodump::CollectionMetadata::from_export(&metadata);
-        let meta_record = write_small(
-            job,
-            storage,
-            &format!("mongodb/{database}/{name}.metadata.json{}", codec.suffix()),
-            &format!("{logical}.metadata"),
-            codec,
-            meta.to_json(),
-            meter,
-        )
-        .await?;
+        let meta_record = sink
+            .small(
+                &format!("{stem}.metadata.json"),
+                &format!("{logical}.metadata"),
+                meta.to_json(),
+            )
+            .await?;
         per_collection.insert(
             name.to_owned(),
             json!({
-                "documents": tally.items.get(),
+                "documents": documents,
                 "server_count": metadata.documents,
                 "indexes": meta.index_names(),
             }),
         );
-        artifacts.push(bson);
-        artifacts.push(meta_record);
+        artifacts.extend([bson, meta_record]);
     }
     facts.insert("collections".into(), Value::Object(per_collection));
     Ok(record(started, failure, facts, artifacts))
@@ -360,6 +396,12 @@ pub(super) async fn redis_store(
     codec: &Codec,
     meter: &Meter,
 ) -> Result<StoreRecord, BackupError> {
+    let sink = Sink {
+        job,
+        storage,
+        codec,
+        meter,
+    };
     let started = Utc::now();
     let mut facts = probe.facts;
     let db = redis.database();
@@ -368,32 +410,26 @@ pub(super) async fn redis_store(
         Ok(feed) => feed,
         Err(e) => return Ok(record(started, Some(failed(&what, e)), facts, Vec::new())),
     };
-    let tally = Tally::default();
     let by_type = RefCell::new(BTreeMap::<String, u64>::new());
-    let counted = tally.count(feed, |key: &crate::redis::ExportedKey| {
-        *by_type
-            .borrow_mut()
-            .entry(key.kind.as_str().to_owned())
-            .or_default() += 1;
-    });
-    let chunks = chunked(counted, resp::encode_restore);
-    let written = write_from_feed(
-        job,
-        storage,
-        &format!("redis/db{db}.resp{}", codec.suffix()),
-        &format!("db{db}"),
-        codec,
-        chunks,
-        &tally,
-        &what,
-        meter,
-    )
-    .await?;
-    let by_type = by_type.into_inner();
+    let (written, keys) = sink
+        .feed(
+            &format!("redis/db{db}.resp"),
+            &format!("db{db}"),
+            &what,
+            feed,
+            resp::encode_restore,
+            |key: &crate::redis::ExportedKey| {
+                *by_type
+                    .borrow_mut()
+                    .entry(key.kind.as_str().to_owned())
+                    .or_default() += 1;
+            },
+        )
+        .await?;
     Ok(match written {
         Written::Done(r) => {
-            facts.insert("keys".into(), tally.items.get().into());
-            facts.insert("keys_by_type".into(), json!(by_type));
+            facts.insert("keys".into(), keys.into());
+            facts.insert("keys_by_type".into(), json!(by_type.into_inner()));
             record(started, None, facts, vec![r])
         }
         Written::Failed(f) => record(started, Some(f), facts, Vec::new()),
@@ -448,6 +484,12 @@ pub(super) async fn search_store(
     codec: &Codec,
     meter: &Meter,
 ) -> Result<StoreRecord, BackupError> {
+    let sink = Sink {
+        job,
+        storage,
+        codec,
+        meter,
+    };
     let started = Utc::now();
     let mut facts = probe.facts;
     let mut per_index = Map::new();
@@ -462,21 +504,18 @@ pub(super) async fn search_store(
                 break;
             }
         };
-        let tally = Tally::default();
-        let chunks = chunked(tally.count(feed, |_| {}), bulk::encode_document);
-        let written = write_from_feed(
-            job,
-            storage,
-            &format!("elasticsearch/{index}.ndjson{}", codec.suffix()),
-            &index,
-            codec,
-            chunks,
-            &tally,
-            &what,
-            meter,
-        )
-        .await?;
-        let documents = match written {
+        let stem = format!("elasticsearch/{index}");
+        let (written, documents) = sink
+            .feed(
+                &format!("{stem}.ndjson"),
+                &index,
+                &what,
+                feed,
+                bulk::encode_document,
+                |_| {},
+            )
+            .await?;
+        let ndjson = match written {
             Written::Done(r) => r,
             Written::Failed(f) => {
                 failure = Some(f);
@@ -484,26 +523,22 @@ pub(super) async fn search_store(
             }
         };
         let body = bulk::IndexBody::from_metadata(&metadata);
-        let meta_record = write_small(
-            job,
-            storage,
-            &format!("elasticsearch/{index}.meta.json{}", codec.suffix()),
-            &format!("{index}.meta"),
-            codec,
-            body.to_json(),
-            meter,
-        )
-        .await?;
+        let meta_record = sink
+            .small(
+                &format!("{stem}.meta.json"),
+                &format!("{index}.meta"),
+                body.to_json(),
+            )
+            .await?;
         per_index.insert(
             index.clone(),
             json!({
-                "documents": tally.items.get(),
+                "documents": documents,
                 "server_count": metadata.documents,
                 "write_blocked": metadata.write_blocked,
             }),
         );
-        artifacts.push(documents);
-        artifacts.push(meta_record);
+        artifacts.extend([ndjson, meta_record]);
     }
     facts.insert("indices".into(), Value::Object(per_index));
     Ok(record(started, failure, facts, artifacts))

@@ -87,6 +87,19 @@ where
     })
 }
 
+/// A decoder's next item, given what its read answered (`None`: the end); `done` is set at
+/// the end and after an error, so a decoder stops after its first error.
+pub(crate) fn fused<T>(
+    done: &mut bool,
+    read: Result<Option<T>, FormatError>,
+) -> Option<Result<T, FormatError>> {
+    let next = read.transpose();
+    if !matches!(next, Some(Ok(_))) {
+        *done = true;
+    }
+    next
+}
+
 /// A reader that counts what it has handed out, for the offsets errors name.
 pub(crate) struct Counting<R> {
     inner: R,

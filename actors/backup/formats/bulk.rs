@@ -17,7 +17,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use serde_json::{Map, Value};
 
-use super::{Counting, FormatError};
+use super::{Counting, FormatError, fused};
 use crate::search::{ExportedDocument, IndexMetadata};
 
 /// The longest line a `_bulk` file may hold: Elasticsearch's default request limit
@@ -111,11 +111,8 @@ impl<R: Read> Iterator for BulkReader<R> {
         if self.done {
             return None;
         }
-        let next = self.read_one().transpose();
-        if !matches!(next, Some(Ok(_))) {
-            self.done = true;
-        }
-        next
+        let read = self.read_one();
+        fused(&mut self.done, read)
     }
 }
 

@@ -17,7 +17,7 @@ use std::io::{self, Read};
 
 use mongodb::bson::{self, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf, doc};
 
-use super::{Counting, FormatError};
+use super::{Counting, FormatError, fused};
 use crate::mongo::ExportMetadata;
 
 /// The largest document a `.bson` file may hold: MongoDB's 16 MiB limit plus the 16 KiB the
@@ -113,11 +113,8 @@ impl<R: Read> Iterator for BsonReader<R> {
         if self.done {
             return None;
         }
-        let next = self.read_one().transpose();
-        if !matches!(next, Some(Ok(_))) {
-            self.done = true;
-        }
-        next
+        let read = self.read_one();
+        fused(&mut self.done, read)
     }
 }
 

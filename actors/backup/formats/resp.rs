@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read};
 
-use super::{Counting, FormatError};
+use super::{Counting, FormatError, fused};
 use crate::redis::{ExportedKey, KeyKind};
 
 /// The longest bulk string Redis takes by default (`proto-max-bulk-len`): a length above it
@@ -237,11 +237,8 @@ impl<R: Read> Iterator for RespReader<R> {
         if self.done {
             return None;
         }
-        let next = self.read_one().transpose();
-        if !matches!(next, Some(Ok(_))) {
-            self.done = true;
-        }
-        next
+        let read = self.read_one();
+        fused(&mut self.done, read)
     }
 }
 

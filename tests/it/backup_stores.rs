@@ -130,6 +130,15 @@ names = [i["name"] for i in meta["indexes"]]
 assert "users_email_unique" in names and "users_display_name_text" in names, names
 raw = pathlib.Path(dump, "lucid", "users.metadata.json").read_text()
 assert '{"$numberInt":"2"}' in raw, "canonical Extended JSON, as mongodump writes it"
+# Every collection's metadata file, beside its .bson file, in the same shape.
+files = sorted(pathlib.Path(dump, "lucid").glob("*.metadata.json"))
+assert len(files) == 15, files
+for path in files:
+    m = json_util.loads(path.read_text())
+    assert list(m) == list(gold), (path, list(m))
+    assert m["collectionName"] + ".metadata.json" == path.name, path
+    assert path.with_name(m["collectionName"] + ".bson").exists(), path
+    assert "$jsonSchema" in m["options"]["validator"], path
 print(len(names))
 "#;
 

@@ -20,11 +20,14 @@
 //!   back: checksum, decrypt, decompress, parse.
 //! - [`catalogue`] — the local cache of manifests and verification results under
 //!   `state_dir/backup/catalogue/`, rebuilt from storage when missing or stale.
+//! - [`formats`] — the database stores' artifact formats, both ways: mongodump's `.bson` and
+//!   `.metadata.json`, RESP `RESTORE` commands, the `_bulk` NDJSON and its create body.
 //! - [`select`] — which stores a run takes ([`StoreSelector`], `backup.volumes`).
 //! - [`lock`] — the cross-process backup lock (`state_dir/locks/backup.lock`).
 //! - [`readers`] — who reads a backup (a verify, restore or drill), so nothing deletes it
 //!   under them.
 //! - [`run`] — one run, from the lock to the manifest.
+//! - `databases` — MongoDB, Redis and Elasticsearch in a run: probe, facts, export.
 //! - [`restore`] — a backup back into the stores: checksums and targets checked before
 //!   anything is written, then each artifact streamed into its store's import.
 //! - [`retention`] — the retention plan, a pure function; [`prune`] applies it, deletes by
@@ -36,21 +39,24 @@
 //!
 //! [`BackupActor`] (part `backup`: the daemon and the CLI's backup commands run it, an
 //! embedding sibling never does) runs on a thread of its own, `lucid-backup`. It reaches the
-//! stores only through their handles (today the volume actor's export; MongoDB, Redis and
-//! Elasticsearch join in #11) and never opens a connection of its own. [`StartBackup`] answers
+//! stores only through their handles ([`StoreHandles`]: their stats and exports) and never
+//! opens a connection of its own. [`StartBackup`] answers
 //! the new [`BackupId`] as soon as the run holds the backup lock — a second run, from this
 //! process or another (the daemon, the scheduler, a CLI), is refused `busy` — and the run goes
 //! on on the actor's thread; its outcome follows in events and through [`BackupStatus`].
 //! [`ListBackups`] and [`ShowBackup`] read the catalogue; [`VerifyBackup`] reads storage.
 //! Nothing touches the disk until the first message: starting the actor writes nothing.
 //!
-//! Nothing below the actor knows a store: sources are streams of bytes, and what each store
-//! exports is the store's business. The checks of the `[backup]` section that need the age
+//! Below the run nothing knows a store: sources are streams of bytes (the [`formats`] turn
+//! each store's export items into them), and what each store exports is the store's
+//! business. The checks of the `[backup]` section that need the age
 //! format or volume names are [`check_config`]; [`config_warnings`] is what `config check`
 //! warns about.
 
 pub mod catalogue;
+mod databases;
 pub mod drill;
+pub mod formats;
 pub mod id;
 pub mod keys;
 pub mod lock;
@@ -79,7 +85,7 @@ pub use prune::{DeleteReport, Planned, PruneReport};
 pub use restore::{RestoreReport, Restored, Targets};
 pub use retention::{Reason, Refusal};
 pub use run::{BackupOutcome, Progress, RunReport, outcome_of};
-pub use select::{Plan, SelectionError, StoreSelector};
+pub use select::{Indices, Plan, SelectionError, StoreSelector};
 pub use storage::{S3Settings, Storage, StorageError};
 pub use verify::VerifyReport;
 
@@ -92,6 +98,10 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use crate::config::{BackupConfig, BackupStorage, Config, ConfigError};
+use crate::health::HealthRegistry;
+use crate::mongo::MongoHandle;
+use crate::redis::RedisHandle;
+use crate::search::SearchHandle;
 use crate::state::{StateDir, StateError};
 use crate::threads::ActorThread;
 use crate::volume::{ListVolumes, VolumeError, VolumeHandle, VolumeName};
@@ -370,12 +380,16 @@ fn describe_failures(failures: &[(String, String, String)]) -> String {
 }
 
 /// Codes that mean a store's backend could not be reached, rather than that it failed.
-const UNAVAILABLE_CODES: [&str; 5] = [
+const UNAVAILABLE_CODES: [&str; 9] = [
     "unavailable",
     "disabled",
     "not_delivered",
     "root_unavailable",
     "storage_unreachable",
+    "deadline_exceeded",
+    "connection_refused",
+    "connection_dropped",
+    "timeout",
 ];
 
 impl BackupError {
@@ -457,7 +471,9 @@ impl BackupError {
             }
             BackupError::Key(e) => !matches!(e, KeyError::Passphrase { .. }),
             BackupError::IdentityRequired | BackupError::State(StateError::Unusable { .. }) => true,
-            BackupError::Selection(SelectionError::Nothing { .. }) => true,
+            BackupError::Selection(
+                SelectionError::Nothing { .. } | SelectionError::Disabled { .. },
+            ) => true,
             _ => false,
         }
     }
@@ -495,6 +511,33 @@ impl BackupHandle {
 // ---------------------------------------------------------------------------------------------
 // State
 
+/// The stores a backup reaches, through their handles: each `None` when its actor does not
+/// run in this process.
+#[derive(Clone, Default)]
+pub struct StoreHandles {
+    pub volumes: Option<VolumeHandle>,
+    pub mongo: Option<MongoHandle>,
+    pub redis: Option<RedisHandle>,
+    pub search: Option<SearchHandle>,
+    /// Where a run waits for a backend that is still connecting (a CLI's actors have only just
+    /// started); `None`: it does not wait.
+    pub registry: Option<HealthRegistry>,
+}
+
+impl StoreHandles {
+    /// The database stores whose actor runs, by their manifest names.
+    fn databases(&self) -> Vec<&'static str> {
+        [
+            (self.mongo.is_some(), "mongodb"),
+            (self.redis.is_some(), "redis"),
+            (self.search.is_some(), "elasticsearch"),
+        ]
+        .into_iter()
+        .filter_map(|(runs, name)| runs.then_some(name))
+        .collect()
+    }
+}
+
 /// What the actor and its runs share (the runs outlive a message).
 struct Shared {
     config: Config,
@@ -503,9 +546,7 @@ struct Shared {
     /// `backup.recipients`, parsed. The configuration check refuses bad ones; should one get
     /// here anyway, every run fails on it rather than writing unencrypted by mistake.
     recipients: Result<Recipients, KeyError>,
-    volumes: Option<VolumeHandle>,
-    /// The database stores whose actor runs here (recorded `skipped`).
-    databases: Vec<&'static str>,
+    stores: StoreHandles,
     state: StateDir,
     io_timeout: Duration,
     /// Opened on first use: starting the actor touches no disk.
@@ -518,10 +559,21 @@ impl Shared {
             || self.config.backup.passphrase.is_some()
     }
 
+    /// Whether the configuration enables the database store `store` (its actor may still not
+    /// run: a sibling's roles, schema files that did not load).
+    fn store_enabled(&self, store: &str) -> bool {
+        match store {
+            "mongodb" => self.config.mongodb.enabled,
+            "redis" => self.config.redis.enabled,
+            "elasticsearch" => self.config.elasticsearch.enabled,
+            _ => false,
+        }
+    }
+
     /// The storage the configuration names; for fs, the `backups` volume's directory as the
     /// volume actor has it (or under `volumes.root` when it does not run here).
     async fn storage(&self) -> Result<Storage, BackupError> {
-        let dir = match (&self.config.backup.storage, &self.volumes) {
+        let dir = match (&self.config.backup.storage, &self.stores.volumes) {
             (BackupStorage::Fs, Some(volumes)) => volumes
                 .call(ListVolumes)
                 .await?
@@ -560,7 +612,7 @@ impl Shared {
 
     /// What runs here, for the store selection.
     async fn available(&self) -> Result<select::Available, BackupError> {
-        let volumes = match &self.volumes {
+        let volumes = match &self.stores.volumes {
             Some(v) => Some(
                 v.call(ListVolumes)
                     .await?
@@ -572,7 +624,11 @@ impl Shared {
         };
         Ok(select::Available {
             volumes,
-            databases: self.databases.clone(),
+            databases: self.stores.databases(),
+            disabled: select::DATABASES
+                .into_iter()
+                .filter(|d| !self.store_enabled(d))
+                .collect(),
         })
     }
 
@@ -667,19 +723,13 @@ pub struct BackupActor {
 
 impl BackupActor {
     /// Starts the actor on a thread of its own (`lucid-backup`, tied to the current arbiter,
-    /// as the store actors are). `volumes`: the volume actor, when it runs here; `databases`:
-    /// the database stores whose actors run here. Touches no disk.
-    pub fn start_with(
-        config: &Config,
-        volumes: Option<VolumeHandle>,
-        databases: Vec<&'static str>,
-    ) -> BackupHandle {
+    /// as the store actors are), reaching the `stores` that run here. Touches no disk.
+    pub fn start_with(config: &Config, stores: StoreHandles) -> BackupHandle {
         let shared = Shared {
             config: config.clone(),
             redacted_config: config.to_redacted_toml(),
             recipients: Recipients::parse("backup.recipients", &config.backup.recipients),
-            volumes,
-            databases,
+            stores,
             state: StateDir::new(&config.state_dir),
             io_timeout: config.supervisor.stream_idle_timeout,
             catalogue: tokio::sync::Mutex::new(None),
@@ -1062,7 +1112,14 @@ mod tests {
         std::fs::create_dir_all(c.volumes.root.join("chunks/a")).expect("mkdir");
         std::fs::write(c.volumes.root.join("chunks/a/x"), vec![7u8; 300_000]).expect("write");
         let volumes = crate::volume::VolumeActor::start_with(&c.volumes, &c.supervisor);
-        let backup = BackupActor::start_with(&c, Some(volumes), vec!["redis"]);
+        c.redis.enabled = false;
+        let backup = BackupActor::start_with(
+            &c,
+            StoreHandles {
+                volumes: Some(volumes),
+                ..StoreHandles::default()
+            },
+        );
         assert!(!c.state_dir.exists(), "starting touches no disk");
 
         let start = || StartBackup {

@@ -349,6 +349,9 @@ pub struct BackupConfig {
     pub identity_file: PathBuf,
     pub s3: BackupS3Config,
     pub volumes: BackupVolumesConfig,
+    /// Back up the stores at once instead of one after another (each store's export, and the
+    /// compression of each, then compete for the disk and the CPU).
+    pub parallel_stores: bool,
     #[serde(skip)]
     pub passphrase: Option<Secret>,
     /// The identity file's text, read like a secret (never printed).

@@ -220,15 +220,16 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
         volume::VolumeActor::start_reporting(&config.volumes, &config.supervisor, entry)
     });
     let backup = roles.contains(Part::Backup).then(|| {
-        let databases = [
-            (redis.is_some(), "redis"),
-            (mongo.is_some(), "mongodb"),
-            (search.is_some(), "elasticsearch"),
-        ]
-        .into_iter()
-        .filter_map(|(runs, name)| runs.then_some(name))
-        .collect();
-        backup::BackupActor::start_with(config, volumes.clone(), databases)
+        backup::BackupActor::start_with(
+            config,
+            backup::StoreHandles {
+                volumes: volumes.clone(),
+                mongo: mongo.clone(),
+                redis: redis.clone(),
+                search: search.clone(),
+                registry: Some(registry.clone()),
+            },
+        )
     });
     let scheduler = roles.contains(Part::Scheduler).then(|| {
         let peers = scheduler::Peers {

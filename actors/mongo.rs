@@ -79,9 +79,12 @@ pub use json::{
 };
 pub use records::Record;
 pub use schema::{Schema, Violation};
-pub use stats::{CollectionStats, DatabaseStats, GetStats, Hello, MongoStats, Topology};
+pub use stats::{
+    CollectionStats, DatabaseStats, GetServerVersion, GetStats, Hello, MongoStats, Topology,
+};
 pub use transfer::{
-    Export, ExportMetadata, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget,
+    EXPORT_FORMAT, Export, ExportMetadata, Import, ImportDetails, ImportOptions, ImportSummary,
+    ImportTarget,
 };
 
 const BACKEND: Backend = Backend::Mongodb;

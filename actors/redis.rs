@@ -329,6 +329,8 @@ pub struct Shared {
     /// The actor, for news from calls and for mailbox messages; set once it has started.
     addr: OnceLock<Addr<RedisActor>>,
     flights: cache::Flights,
+    /// The database `redis.url` selects (0 when it names none).
+    database: i64,
 }
 
 impl Shared {
@@ -424,6 +426,11 @@ impl RedisHandle {
         &self.shared.settings
     }
 
+    /// The database `redis.url` selects: the one calls and exports use.
+    pub fn database(&self) -> i64 {
+        self.shared.database
+    }
+
     /// PING, timed.
     pub fn ping(&self) -> impl Future<Output = Result<Duration, RedisError>> + '_ {
         self.call(Ping)
@@ -495,6 +502,7 @@ impl RedisActor {
         sup: &SupervisorConfig,
         health: HealthEntry,
     ) -> RedisHandle {
+        let built = build_client(cfg);
         let shared = Arc::new(Shared {
             settings: Settings::from_config(cfg, sup),
             published: RwLock::new(Published::Connecting),
@@ -502,9 +510,12 @@ impl RedisActor {
             health,
             addr: OnceLock::new(),
             flights: cache::Flights::default(),
+            database: built
+                .as_ref()
+                .map_or(0, |c| c.get_connection_info().redis_settings().db()),
         });
         let mut machine = Connection::new(BackoffPolicy::from_config(sup), Instant::now());
-        let client = match build_client(cfg) {
+        let client = match built {
             Ok(client) => Some(client),
             Err(e) => {
                 machine.disable(format!("invalid redis.url: {e}"));

@@ -55,14 +55,15 @@ pub use documents::{
 };
 pub use indexer::{Indexer, IndexerStats};
 pub use indices::{
-    ApplyLifecycle, BootstrapReport, GetStats, IndexStats, LifecycleReport, PlanLifecycle,
-    RunBootstrap, SearchStats, Templates,
+    ApplyLifecycle, BootstrapReport, GetServerInfo, GetStats, IndexStats, LifecycleReport,
+    PlanLifecycle, RunBootstrap, SearchStats, ServerInfo, Templates,
 };
 pub use lifecycle::{Action, Clock, FixedClock, IndexInfo, KeepReason, Phase, Policy, SystemClock};
 pub use names::{Entity, IndexName, Month};
 pub use query::{Agg, Count, Filter, Order, Search, SearchReply, TextQuery};
 pub use transfer::{
-    Export, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget, IndexMetadata,
+    EXPORT_FORMAT, Export, ExportedDocument, Import, ImportDetails, ImportOptions, ImportSummary,
+    ImportTarget, IndexMetadata,
 };
 
 const BACKEND: Backend = Backend::Elasticsearch;

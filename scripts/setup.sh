@@ -28,6 +28,9 @@ requirements=(
     "nx-27017==0.8.1"
     "osmem-server==0.1.6"
     "moto[server]==5.2.5"
+    # The independent BSON and Extended JSON reader the backup tests check MongoDB's
+    # artifacts with (mongodump's layout; no mongorestore can be installed here).
+    "pymongo==4.20.1"
 )
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -97,6 +100,15 @@ if command -v zstd >/dev/null 2>&1; then
 else
     apt_install zstd
 fi
+
+# curl and jq run docs/backup.md's Elasticsearch recipe (`_bulk` loads) in the backup tests.
+for tool in curl jq; do
+    if command -v "$tool" >/dev/null 2>&1; then
+        say "$tool: present"
+    else
+        apt_install "$tool"
+    fi
+done
 
 # age (the stock CLI) is what the backup tests decrypt with: every artifact must open with
 # `age -d` alone (docs/backup.md, restoring by hand). `script` (util-linux) gives it the

@@ -145,8 +145,9 @@ pub enum BackupCommand {
     /// 3 partial, 1 failed, 69 when every selected store (or the storage) is unavailable,
     /// 75 when another backup runs, 78 on a configuration problem.
     Now {
-        /// What to back up, comma-separated: volumes, volumes:NAME [default: everything that
-        /// runs]. mongodb, redis and elasticsearch are not backed up by this version yet.
+        /// What to back up, comma-separated: volumes, volumes:NAME, mongodb,
+        /// mongodb:COLLECTION, redis, elasticsearch, elasticsearch:INDEX [default: every store
+        /// that runs, under one id].
         #[arg(long, value_delimiter = ',', value_name = "STORES", value_parser = parse_store)]
         stores: Vec<StoreSelector>,
     },

@@ -104,10 +104,12 @@ pub(super) async fn drill(
                 "volumes" => drill_volume(shared, &storage, &id, artifact, &decoding, &suffix)
                     .await
                     .map(|n| restored += n),
+                // Stores whose restore is not drilled yet: decoded and counted, as `decoded`.
                 _ => {
                     let parse = verify::parser_for(&artifact.name);
                     pipeline::decode_artifact(&storage, &id, artifact, &decoding, parse)
                         .await
+                        .and_then(|found| verify::compare(store, record, artifact, found))
                         .map_err(BackupError::Pipeline)
                 }
             };
@@ -188,7 +190,7 @@ fn is_finding(e: &BackupError) -> bool {
 
 /// Removes the scratch volumes a killed drill left (by their prefix).
 async fn remove_leftovers(shared: &Shared) -> Result<(), BackupError> {
-    let Some(handle) = shared.volumes.as_ref() else {
+    let Some(handle) = shared.stores.volumes.as_ref() else {
         return Ok(());
     };
     for info in handle.call(ListVolumes).await? {
@@ -215,10 +217,14 @@ async fn drill_volume(
     decoding: &Decoding,
     suffix: &str,
 ) -> Result<u64, BackupError> {
-    let handle = shared.volumes.as_ref().ok_or(BackupError::Unavailable {
-        what: "volumes".to_owned(),
-        reason: "the volume actor does not run in this process".to_owned(),
-    })?;
+    let handle = shared
+        .stores
+        .volumes
+        .as_ref()
+        .ok_or(BackupError::Unavailable {
+            what: "volumes".to_owned(),
+            reason: "the volume actor does not run in this process".to_owned(),
+        })?;
     let mut name = format!("{PREFIX}{suffix}-{}", record.logical);
     name.truncate(63);
     let scratch =
@@ -266,10 +272,14 @@ async fn compare_volume(
     decoding: &Decoding,
     scratch: &VolumeName,
 ) -> Result<u64, BackupError> {
-    let handle = shared.volumes.as_ref().ok_or(BackupError::Unavailable {
-        what: "volumes".to_owned(),
-        reason: "the volume actor does not run in this process".to_owned(),
-    })?;
+    let handle = shared
+        .stores
+        .volumes
+        .as_ref()
+        .ok_or(BackupError::Unavailable {
+            what: "volumes".to_owned(),
+            reason: "the volume actor does not run in this process".to_owned(),
+        })?;
     let info = handle
         .call(InspectVolume {
             name: scratch.clone(),

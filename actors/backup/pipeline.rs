@@ -131,6 +131,14 @@ pub enum PipelineError {
     /// The stored bytes are as written but do not decrypt, decompress or parse.
     #[error("{artifact}: does not decode: {reason}")]
     Undecodable { artifact: String, reason: String },
+    /// It decodes, but holds another number of items than the manifest's source facts say.
+    #[error("{artifact}: holds {found} {what}, the manifest's source facts say {expected}")]
+    CountMismatch {
+        artifact: String,
+        what: String,
+        expected: u64,
+        found: u64,
+    },
 }
 
 impl PipelineError {
@@ -145,6 +153,7 @@ impl PipelineError {
             PipelineError::WrongIdentity { .. } => "wrong_identity",
             PipelineError::IdentityRequired { .. } => "identity_required",
             PipelineError::Undecodable { .. } => "bad_format",
+            PipelineError::CountMismatch { .. } => "count_mismatch",
         }
     }
 
@@ -158,6 +167,7 @@ impl PipelineError {
                 | PipelineError::ChecksumMismatch { .. }
                 | PipelineError::WrongIdentity { .. }
                 | PipelineError::Undecodable { .. }
+                | PipelineError::CountMismatch { .. }
         )
     }
 
@@ -172,7 +182,8 @@ impl PipelineError {
             | PipelineError::ChecksumMismatch { artifact, .. }
             | PipelineError::WrongIdentity { artifact }
             | PipelineError::IdentityRequired { artifact }
-            | PipelineError::Undecodable { artifact, .. } => artifact,
+            | PipelineError::Undecodable { artifact, .. }
+            | PipelineError::CountMismatch { artifact, .. } => artifact,
         }
     }
 }

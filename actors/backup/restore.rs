@@ -199,10 +199,14 @@ async fn run(
         let started = Instant::now();
         let (target, read, written, skipped) = match &step.target {
             Target::Volume(name) => {
-                let handle = shared.volumes.as_ref().ok_or(BackupError::Unavailable {
-                    what: "volumes".to_owned(),
-                    reason: "the volume actor does not run in this process".to_owned(),
-                })?;
+                let handle = shared
+                    .stores
+                    .volumes
+                    .as_ref()
+                    .ok_or(BackupError::Unavailable {
+                        what: "volumes".to_owned(),
+                        reason: "the volume actor does not run in this process".to_owned(),
+                    })?;
                 let summary = handle
                     .import(ImportOptions::new(name.clone()).existing(existing), plain)
                     .await
@@ -251,7 +255,7 @@ fn restore_error(artifact: &str, e: VolumeError) -> BackupError {
 async fn holding(shared: &Shared, target: &Target) -> Result<Option<String>, BackupError> {
     match target {
         Target::Volume(name) => {
-            let Some(handle) = shared.volumes.as_ref() else {
+            let Some(handle) = shared.stores.volumes.as_ref() else {
                 return Ok(None);
             };
             match handle.call(InspectVolume { name: name.clone() }).await {
@@ -318,9 +322,11 @@ fn plan(
                     })?;
                 steps.push(volume_step(record)?);
             }
-            StoreSelector::Database(store) => {
+            other => {
                 return Err(BackupError::NotSupported {
-                    what: format!("restoring {store} (its artifact decoder is not built yet)"),
+                    what: format!(
+                        "restoring {other} (not built yet: restore it by hand, docs/backup.md)"
+                    ),
                 });
             }
         }

@@ -3,20 +3,24 @@
 //!
 //! 1. **Clean up** what interrupted runs left (`.partial` files, backups without a manifest),
 //!    under the lock, so nothing else is writing.
-//! 2. **Estimate** the size from the volumes' usage (their file bytes plus tar's headers, as if
-//!    nothing compressed) and, on fs, refuse the run when it does not fit the free space or the
-//!    `backups` volume's quota, naming both numbers; then reserve it ([`ReserveQuota`]), so the
-//!    writer is stopped at the reservation rather than filling the disk.
+//! 2. **Probe and estimate**: each database store is waited for and asked for its facts and
+//!    size ([`databases`](super::databases)); a store whose backend is not there has failed
+//!    already. The estimate adds the volumes' usage (their file bytes plus tar's headers) and
+//!    the databases' sizes, as if nothing compressed; on fs the run is refused when it does not
+//!    fit the free space or the `backups` volume's quota, naming both numbers; then it is
+//!    reserved ([`ReserveQuota`]), so the writer is stopped at the reservation rather than
+//!    filling the disk.
 //! 3. **Keys**: passphrase mode seals a fresh identity as `key.age`, written first.
 //! 4. **Artifacts**, each through the streaming pipeline: `lucid-db/config.toml` (the effective
-//!    configuration, secrets redacted) and `lucid-db/mongodb-schemas.tar`, then one tar per
-//!    volume (`volumes/<name>.tar`, zstd multithreaded). A volume whose export fails is that
-//!    volume's failure (recorded with its code and message, the others go on); a storage
-//!    failure ends the run.
+//!    configuration, secrets redacted) and `lucid-db/mongodb-schemas.tar`; then the stores —
+//!    MongoDB, Redis, Elasticsearch, the volumes (one tar each, zstd multithreaded) — one
+//!    after another, or all at once with `backup.parallel_stores`. A store (or a volume) whose
+//!    export fails is that store's failure, recorded with its code and message, and the
+//!    others go on; a storage failure ends the run.
 //! 5. **The manifest**, last — only when something usable was written. A run where every store
 //!    failed writes none and removes what it wrote: it is never listed.
 //!
-//! The run reaches the volumes only through the volume actor's messages; its CPU work
+//! The run reaches the stores only through their actors' messages; its CPU work
 //! (compression, encryption, hashing, scrypt, tar of the schema files) runs on blocking
 //! threads, never on the backup actor's event loop.
 
@@ -28,11 +32,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{FutureExt, Stream, StreamExt, stream};
 use serde::Serialize;
+use serde_json::Map;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::databases;
 use super::id::BackupId;
 use super::keys::BackupKey;
 use super::lock::RunLock;
@@ -182,17 +188,23 @@ struct Record {
 }
 
 /// Counts source bytes into the progress and emits `backup.progress` at most once a second.
-struct Meter {
+/// Shared by the stores of a run (they may run at once).
+pub(super) struct Meter {
     id: String,
     progress: Arc<Mutex<Progress>>,
-    throttle: Throttle,
+    throttle: Mutex<Throttle>,
 }
 
 impl Meter {
-    fn update(&mut self, f: impl FnOnce(&mut Progress)) {
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
         let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut p);
-        if self.throttle.ready(Instant::now()) {
+        let ready = self
+            .throttle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ready(Instant::now());
+        if ready {
             events::emit(BackupProgress {
                 id: self.id.clone(),
                 artifact: p.current.clone().unwrap_or_default(),
@@ -216,13 +228,13 @@ pub(super) async fn run(job: Job) -> RunReport {
         trigger: job.trigger.as_str(),
         encrypted,
     });
-    let mut meter = Meter {
+    let meter = Meter {
         id: job.id.to_string(),
         progress: job.progress.clone(),
-        throttle: Throttle::new(PROGRESS_EVERY),
+        throttle: Mutex::new(Throttle::new(PROGRESS_EVERY)),
     };
     let mut record = Record::default();
-    let result = execute(&job, &mut record, &mut meter).await;
+    let result = execute(&job, &mut record, &meter).await;
     let duration_ms = clock.elapsed().as_millis() as u64;
     let (bytes_in, bytes_stored) = {
         let p = job.progress.lock().unwrap_or_else(PoisonError::into_inner);
@@ -358,6 +370,14 @@ fn intern(code: &str) -> &'static str {
         "unavailable",
         "over_reservation",
         "schema_files",
+        "disabled",
+        "deadline_exceeded",
+        "connection_refused",
+        "connection_dropped",
+        "timeout",
+        "server_error",
+        "invalid",
+        "codec",
     ];
     KNOWN
         .iter()
@@ -366,11 +386,7 @@ fn intern(code: &str) -> &'static str {
         .unwrap_or("failed")
 }
 
-async fn execute(
-    job: &Job,
-    record: &mut Record,
-    meter: &mut Meter,
-) -> Result<Manifest, BackupError> {
+async fn execute(job: &Job, record: &mut Record, meter: &Meter) -> Result<Manifest, BackupError> {
     let shared = &job.shared;
     let base = shared.storage().await?;
     base.check().await?;
@@ -392,10 +408,14 @@ async fn execute(
     let mut raw = 0u64;
     let volumes = match &job.plan.volumes {
         Some(list) => {
-            let handle = shared.volumes.as_ref().ok_or(BackupError::Unavailable {
-                what: "volumes".to_owned(),
-                reason: "the volume actor does not run in this process".to_owned(),
-            })?;
+            let handle = shared
+                .stores
+                .volumes
+                .as_ref()
+                .ok_or(BackupError::Unavailable {
+                    what: "volumes".to_owned(),
+                    reason: "the volume actor does not run in this process".to_owned(),
+                })?;
             for name in list {
                 match usage_of(handle, name).await {
                     Ok(bytes) => raw = raw.saturating_add(bytes),
@@ -408,8 +428,61 @@ async fn execute(
         }
         None => None,
     };
+    // The database stores: waited for, their facts and sizes read; one that is not there has
+    // failed before it started.
+    let stores = &shared.stores;
+    let mut db_failed: BTreeMap<&'static str, StoreRecord> = BTreeMap::new();
+    let mut db_bytes = 0u64;
+    let mut planned = 0u64;
+    let mongo = match (&job.plan.mongodb, &stores.mongo) {
+        (Some(collections), Some(handle)) => {
+            match databases::probe_mongo(shared, handle, collections).await {
+                Ok(probe) => {
+                    db_bytes = db_bytes.saturating_add(probe.estimate);
+                    planned += 2 * probe.take.len() as u64;
+                    Some((handle, probe))
+                }
+                Err(f) => {
+                    db_failed.insert("mongodb", databases::failed_record(&f, Map::new()));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let redis = match (job.plan.redis, &stores.redis) {
+        (true, Some(handle)) => match databases::probe_redis(shared, handle).await {
+            Ok(probe) => {
+                db_bytes = db_bytes.saturating_add(probe.estimate);
+                planned += 1;
+                Some((handle, probe))
+            }
+            Err(f) => {
+                db_failed.insert("redis", databases::failed_record(&f, Map::new()));
+                None
+            }
+        },
+        _ => None,
+    };
+    let search = match (&job.plan.elasticsearch, &stores.search) {
+        (Some(indices), Some(handle)) => {
+            match databases::probe_search(shared, handle, indices).await {
+                Ok(probe) => {
+                    db_bytes = db_bytes.saturating_add(probe.estimate);
+                    planned += 2 * probe.take.len() as u64;
+                    Some((handle, probe))
+                }
+                Err(f) => {
+                    db_failed.insert("elasticsearch", databases::failed_record(&f, Map::new()));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let raw = raw.saturating_add(db_bytes);
     let estimate = raw.saturating_add(raw / 100).saturating_add(SMALL_FILES);
-    let planned = 2 + volumes.map_or(0, |(_, l)| (l.len() - failed.len()) as u64);
+    planned += 2 + volumes.map_or(0, |(_, l)| (l.len() - failed.len()) as u64);
     meter.update(|p| {
         p.estimate_bytes = estimate;
         p.artifacts_planned = planned;
@@ -470,21 +543,87 @@ async fn execute(
     let own = lucid_db_store(job, &storage, &codec, meter).await?;
     record.stores.insert(LUCID_DB.to_owned(), own);
 
-    if let Some((handle, list)) = volumes {
-        let volume_codec = Codec {
-            zstd_workers: zstd_workers(),
-            ..codec.clone()
-        };
-        let store =
-            volumes_store(job, handle, list, failed, &storage, &volume_codec, meter).await?;
-        record.stores.insert("volumes".to_owned(), store);
+    // The stores, one after another (a Pi's disk and CPU are not fought over) or at once.
+    let (storage, codec) = (&storage, &codec);
+    let mongo_run = async {
+        match mongo {
+            Some((handle, probe)) => {
+                Some(databases::mongodb_store(job, handle, probe, storage, codec, meter).await)
+            }
+            None => None,
+        }
+    };
+    let redis_run = async {
+        match redis {
+            Some((handle, probe)) => {
+                Some(databases::redis_store(job, handle, probe, storage, codec, meter).await)
+            }
+            None => None,
+        }
+    };
+    let search_run = async {
+        match search {
+            Some((handle, probe)) => {
+                Some(databases::search_store(job, handle, probe, storage, codec, meter).await)
+            }
+            None => None,
+        }
+    };
+    let volumes_run = async {
+        match volumes {
+            Some((handle, list)) => {
+                let volume_codec = Codec {
+                    zstd_workers: zstd_workers(),
+                    ..codec.clone()
+                };
+                Some(volumes_store(job, handle, list, failed, storage, &volume_codec, meter).await)
+            }
+            None => None,
+        }
+    };
+    let results = if shared.config.backup.parallel_stores {
+        let (m, r, e, v) = tokio::join!(mongo_run, redis_run, search_run, volumes_run);
+        vec![
+            ("mongodb", m),
+            ("redis", r),
+            ("elasticsearch", e),
+            ("volumes", v),
+        ]
+    } else {
+        let runs = [
+            ("mongodb", mongo_run.boxed_local()),
+            ("redis", redis_run.boxed_local()),
+            ("elasticsearch", search_run.boxed_local()),
+            ("volumes", volumes_run.boxed_local()),
+        ];
+        let mut results = Vec::new();
+        for (name, run) in runs {
+            let result = run.await;
+            // A failure that ends the run (storage): the stores after it are not started.
+            let ends = matches!(result, Some(Err(_)));
+            results.push((name, result));
+            if ends {
+                break;
+            }
+        }
+        results
+    };
+    for (name, result) in results {
+        if let Some(result) = result {
+            record.stores.insert(name.to_owned(), result?);
+        }
+    }
+    for (name, failed) in db_failed {
+        record.stores.insert(name.to_owned(), failed);
     }
     for store in &job.plan.skipped {
         let mut source = serde_json::Map::new();
-        source.insert(
-            "reason".to_owned(),
-            "not backed up by this version of lucid-db".into(),
-        );
+        let reason = if shared.store_enabled(store) {
+            "its actor does not run in this process"
+        } else {
+            "disabled in the configuration"
+        };
+        source.insert("reason".to_owned(), reason.into());
         record.stores.insert(
             (*store).to_owned(),
             StoreRecord {
@@ -582,10 +721,14 @@ async fn reserve(
     shared: &Shared,
     estimate: u64,
 ) -> Result<crate::volume::Reservation, BackupError> {
-    let handle = shared.volumes.as_ref().ok_or(BackupError::Unavailable {
-        what: "the backups volume".to_owned(),
-        reason: "the volume actor does not run in this process".to_owned(),
-    })?;
+    let handle = shared
+        .stores
+        .volumes
+        .as_ref()
+        .ok_or(BackupError::Unavailable {
+            what: "the backups volume".to_owned(),
+            reason: "the volume actor does not run in this process".to_owned(),
+        })?;
     let backups = VolumeName::new("backups").map_err(BackupError::Volume)?;
     let usage = handle
         .call(MeasureUsage {
@@ -636,7 +779,7 @@ async fn lucid_db_store(
     job: &Job,
     storage: &Storage,
     codec: &Codec,
-    meter: &mut Meter,
+    meter: &Meter,
 ) -> Result<StoreRecord, BackupError> {
     let started = Utc::now();
     let mut artifacts = Vec::new();
@@ -696,7 +839,7 @@ async fn volumes_store(
     mut failed: BTreeMap<VolumeName, (&'static str, String)>,
     storage: &Storage,
     codec: &Codec,
-    meter: &mut Meter,
+    meter: &Meter,
 ) -> Result<StoreRecord, BackupError> {
     let started = Utc::now();
     let mut artifacts = Vec::new();
@@ -775,14 +918,14 @@ async fn volumes_store(
 }
 
 /// One artifact through the pipeline, counted into the progress.
-async fn write<S, B, E>(
+pub(super) async fn write<S, B, E>(
     job: &Job,
     storage: &Storage,
     name: &str,
     logical: &str,
     codec: &Codec,
     source: S,
-    meter: &mut Meter,
+    meter: &Meter,
 ) -> Result<ArtifactRecord, BackupError>
 where
     S: Stream<Item = Result<B, E>>,

@@ -1,7 +1,11 @@
 //! Verifying a backup at a level: `checksummed` (every artifact's stored bytes against the
 //! manifest's size and SHA-256; no key needed) or `decoded` (also decrypted, decompressed and
-//! parsed to its end: tar headers and sizes for volumes and the schema files, TOML for the
-//! configuration).
+//! parsed to its end with the decoders a restore uses: tar headers and sizes for volumes and
+//! the schema files, TOML for the configuration, every BSON document and mongodump's metadata
+//! for MongoDB, every `RESTORE` command and its payload's CRC-64 for Redis, every `_bulk` line
+//! pair and the create body for Elasticsearch). What a database artifact holds is compared
+//! with the manifest's source facts — documents per collection and per index, keys per type
+//! — so a file that decodes but lost (or gained) items is `count_mismatch`.
 //!
 //! The manifest is read from storage, not from the catalogue: verification is about what
 //! storage holds now, and a manifest that no longer parses is itself a finding
@@ -24,9 +28,13 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::formats::resp::RespSummary;
+use super::formats::{bulk, mongodump, resp};
 use super::id::BackupId;
 use super::keys::{BackupKey, Identities, KeyError};
-use super::manifest::{ArtifactCheck, Level, LevelResult, Manifest, VerifyRecord};
+use super::manifest::{
+    ArtifactCheck, ArtifactRecord, Level, LevelResult, Manifest, StoreRecord, VerifyRecord,
+};
 use super::pipeline::{self, Decoding, PipelineError, walk_tar};
 use super::storage::{KEY, MANIFEST, VERIFY};
 use super::{BackupError, Shared};
@@ -91,16 +99,22 @@ pub(super) async fn verify(
     let mut checks = BTreeMap::new();
     let mut first_failure = None;
     let mut about_the_key = false;
-    for record in manifest.artifacts() {
+    for (store, record) in manifest
+        .stores
+        .iter()
+        .flat_map(|(name, s)| s.artifacts.iter().map(move |a| ((name, s), a)))
+    {
         let outcome = match &decoding {
             None => pipeline::verify_checksum(&storage, &id, record).await,
             Some(d) => {
                 let parse = parser_for(&record.name);
-                pipeline::decode_artifact(&storage, &id, record, d, parse).await
+                pipeline::decode_artifact(&storage, &id, record, d, parse)
+                    .await
+                    .and_then(|found| compare(store.0, store.1, record, found))
             }
         };
         let check = match outcome {
-            Ok(()) => ArtifactCheck::Ok,
+            Ok(_) => ArtifactCheck::Ok,
             Err(e) if e.is_corrupt() => {
                 about_the_key |= matches!(e, PipelineError::WrongIdentity { .. });
                 first_failure.get_or_insert_with(|| {
@@ -228,21 +242,104 @@ pub(super) async fn keys_for(
     Ok(Some(ids))
 }
 
-pub(super) type Parser = fn(&mut dyn Read) -> io::Result<()>;
+/// What the `decoded` walk of an artifact counted, for [`compare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decoded {
+    /// Nothing to compare (a tar, the configuration, a metadata file).
+    Whole,
+    /// Documents (a `.bson` or `.ndjson` file).
+    Documents(u64),
+    /// Keys, and keys per type (a `.resp` file).
+    Keys(RespSummary),
+}
+
+pub(super) type Parser = fn(&mut dyn Read) -> io::Result<Decoded>;
 
 /// How an artifact's plain bytes are checked, by its name: tar streams walked entry by entry,
-/// the configuration parsed as TOML, anything else read to its end.
+/// the configuration parsed as TOML, each database format with its decoder, anything else
+/// read to its end.
 pub(super) fn parser_for(name: &str) -> Parser {
     let stem = name
         .trim_end_matches(".age")
         .trim_end_matches(".zst")
         .trim_end_matches(".gz");
     if stem.ends_with(".tar") {
-        |r| walk_tar(r).map(|_| ())
+        |r| walk_tar(r).map(|_| Decoded::Whole)
     } else if stem.ends_with(".toml") {
-        parse_toml
+        |r| parse_toml(r).map(|()| Decoded::Whole)
+    } else if stem.ends_with(".bson") {
+        |r| mongodump::walk_bson(r).map(Decoded::Documents)
+    } else if stem.ends_with(".metadata.json") {
+        |r| mongodump::walk_metadata(r).map(|_| Decoded::Whole)
+    } else if stem.ends_with(".resp") {
+        |r| resp::walk_resp(r).map(Decoded::Keys)
+    } else if stem.ends_with(".ndjson") {
+        |r| bulk::walk_bulk(r).map(Decoded::Documents)
+    } else if stem.ends_with(".meta.json") {
+        |r| bulk::walk_index_body(r).map(|_| Decoded::Whole)
     } else {
-        |r| io::copy(r, &mut io::sink()).map(|_| ())
+        |r| io::copy(r, &mut io::sink()).map(|_| Decoded::Whole)
+    }
+}
+
+/// What an artifact decoded to against what its store's source facts say it holds: the
+/// documents of `mongodb/<db>/<coll>.bson` against `collections.<coll>.documents`, of
+/// `elasticsearch/<index>.ndjson` against `indices.<index>.documents`, the keys of
+/// `redis/db<N>.resp` against `keys` and `keys_by_type`. Facts that are not there (a backup
+/// written before they were recorded) are not a finding.
+pub(super) fn compare(
+    store: &str,
+    facts: &StoreRecord,
+    record: &ArtifactRecord,
+    found: Decoded,
+) -> Result<(), PipelineError> {
+    let source = &facts.source;
+    let file = record.name.rsplit('/').next().unwrap_or_default();
+    let base = file.split('.').next().unwrap_or_default();
+    let mismatch = |what: &str, expected: u64, found: u64| {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(PipelineError::CountMismatch {
+                artifact: record.name.clone(),
+                what: what.to_owned(),
+                expected,
+                found,
+            })
+        }
+    };
+    match (store, found) {
+        ("mongodb", Decoded::Documents(n)) => {
+            match source["collections"][base]["documents"].as_u64() {
+                Some(expected) => mismatch("documents", expected, n),
+                None => Ok(()),
+            }
+        }
+        ("elasticsearch", Decoded::Documents(n)) => {
+            // An index name holds dots (`lucid-blocks-2026.11`): the name is the file's
+            // name without `.ndjson` and what follows.
+            let index = file.split(".ndjson").next().unwrap_or_default();
+            match source["indices"][index]["documents"].as_u64() {
+                Some(expected) => mismatch("documents", expected, n),
+                None => Ok(()),
+            }
+        }
+        ("redis", Decoded::Keys(summary)) => {
+            if let Some(expected) = source["keys"].as_u64() {
+                mismatch("keys", expected, summary.keys)?;
+            }
+            if let Some(by_type) = source["keys_by_type"].as_object() {
+                let kinds: std::collections::BTreeSet<&String> =
+                    by_type.keys().chain(summary.by_type.keys()).collect();
+                for kind in kinds {
+                    let expected = by_type.get(kind).and_then(|v| v.as_u64()).unwrap_or(0);
+                    let found = summary.by_type.get(kind).copied().unwrap_or(0);
+                    mismatch(&format!("{kind} keys"), expected, found)?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -263,6 +360,7 @@ pub(super) fn static_code(code: &str) -> &'static str {
         "checksum_mismatch",
         "wrong_identity",
         "bad_format",
+        "count_mismatch",
     ]
     .into_iter()
     .find(|c| *c == code)
@@ -293,5 +391,132 @@ mod tests {
         parser_for("lucid-db/config.toml.zst.age")(&mut &toml[..]).expect("toml");
         assert!(parser_for("lucid-db/config.toml.zst")(&mut &b"[[["[..]).is_err());
         parser_for("other/blob.zst")(&mut &b"anything"[..]).expect("read to the end");
+
+        // The database formats, each with its decoder.
+        let bson = mongodb::bson::RawDocumentBuf::from_document(&mongodb::bson::doc! {"a": 1})
+            .expect("raw");
+        let bson = [bson.as_bytes(), bson.as_bytes()].concat();
+        assert_eq!(
+            parser_for("mongodb/lucid/users.bson.zst.age")(&mut &bson[..]).expect("bson"),
+            Decoded::Documents(2)
+        );
+        assert!(parser_for("mongodb/lucid/users.bson.zst")(&mut &bson[..7]).is_err());
+        let meta = br#"{"indexes":[],"collectionName":"users"}"#;
+        parser_for("mongodb/lucid/users.metadata.json.zst")(&mut &meta[..]).expect("metadata");
+        assert!(parser_for("mongodb/lucid/users.metadata.json.zst")(&mut &b"{}"[..]).is_err());
+        let ndjson = b"{\"index\":{\"_id\":\"a\"}}\n{\"n\":1}\n";
+        assert_eq!(
+            parser_for("elasticsearch/lucid-x-2026.01.ndjson.gz")(&mut &ndjson[..]).expect("bulk"),
+            Decoded::Documents(1)
+        );
+        assert!(parser_for("elasticsearch/lucid-x-2026.01.ndjson.gz")(&mut &ndjson[..20]).is_err());
+        parser_for("elasticsearch/lucid-x-2026.01.meta.json.gz")(&mut &b"{\"settings\":{}}"[..])
+            .expect("create body");
+        assert!(parser_for("redis/db0.resp.zst")(&mut &b"*1\r\n"[..]).is_err());
+        assert_eq!(
+            parser_for("redis/db0.resp.zst")(&mut &b""[..]).expect("no keys"),
+            Decoded::Keys(RespSummary::default())
+        );
+    }
+
+    #[test]
+    fn counts_are_compared_with_the_source_facts() {
+        let store = |source: serde_json::Value| StoreRecord {
+            outcome: super::super::manifest::Outcome::Complete,
+            started: None,
+            ended: None,
+            source: source.as_object().cloned().unwrap_or_default(),
+            artifacts: Vec::new(),
+        };
+        let record = |name: &str| ArtifactRecord {
+            name: name.to_owned(),
+            logical: String::new(),
+            bytes_in: 0,
+            bytes_stored: 0,
+            sha256: String::new(),
+        };
+        let mongo = store(serde_json::json!({"collections": {"users": {"documents": 3}}}));
+        let search = store(serde_json::json!({"indices": {"lucid-x-2026.01": {"documents": 2}}}));
+        let redis = store(serde_json::json!({"keys": 3, "keys_by_type": {"string": 2, "hash": 1}}));
+        let keys = |pairs: &[(&str, u64)]| {
+            Decoded::Keys(RespSummary {
+                keys: pairs.iter().map(|(_, n)| n).sum(),
+                by_type: pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            })
+        };
+        type Case<'a> = (&'a str, &'a StoreRecord, &'a str, Decoded, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "mongodb",
+                &mongo,
+                "mongodb/lucid/users.bson.zst",
+                Decoded::Documents(3),
+                None,
+            ),
+            (
+                "mongodb",
+                &mongo,
+                "mongodb/lucid/users.bson.zst",
+                Decoded::Documents(2),
+                Some("holds 2 documents, the manifest's source facts say 3"),
+            ),
+            // No facts for it (an older backup): nothing to compare.
+            (
+                "mongodb",
+                &mongo,
+                "mongodb/lucid/blocks.bson.zst",
+                Decoded::Documents(9),
+                None,
+            ),
+            (
+                "elasticsearch",
+                &search,
+                "elasticsearch/lucid-x-2026.01.ndjson.zst.age",
+                Decoded::Documents(2),
+                None,
+            ),
+            (
+                "elasticsearch",
+                &search,
+                "elasticsearch/lucid-x-2026.01.ndjson.zst.age",
+                Decoded::Documents(3),
+                Some("holds 3 documents"),
+            ),
+            (
+                "redis",
+                &redis,
+                "redis/db0.resp.zst",
+                keys(&[("string", 2), ("hash", 1)]),
+                None,
+            ),
+            (
+                "redis",
+                &redis,
+                "redis/db0.resp.zst",
+                keys(&[("string", 2)]),
+                Some("holds 2 keys, the manifest's source facts say 3"),
+            ),
+            (
+                "redis",
+                &redis,
+                "redis/db0.resp.zst",
+                keys(&[("string", 1), ("hash", 1), ("zset", 1)]),
+                Some("holds 1 string keys"),
+            ),
+            ("volumes", &mongo, "volumes/x.tar.zst", Decoded::Whole, None),
+        ];
+        for (store, facts, name, found, want) in cases {
+            let got = compare(store, facts, &record(name), found);
+            match (got, want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(needle)) => {
+                    assert_eq!(e.code(), "count_mismatch");
+                    assert!(e.is_corrupt());
+                    assert!(e.to_string().starts_with(name), "{e}");
+                    assert!(e.to_string().contains(needle), "{name}: {e}");
+                }
+                (got, want) => panic!("{store} {name}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -143,6 +143,12 @@ fn cpu_times() -> (Duration, Duration) {
     (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
+/// User and system CPU time of this whole process.
+fn cpu_total() -> Duration {
+    let (user, sys) = cpu_times();
+    user + sys
+}
+
 async fn measure(op: &Op, in_flight: usize, duration: Duration) -> Run {
     let (user_before, sys_before) = cpu_times();
     let started = Instant::now();
@@ -456,6 +462,12 @@ fn main() {
     } else {
         json!(null)
     };
+    // Its own section name: a filter containing "redis" or "backup" runs those sections too.
+    let redis_backup = if wants("keyspace") {
+        redis_backup_bench()
+    } else {
+        json!(null)
+    };
     let mut pinned = false;
     let mut rows = Vec::new();
     let mut redis_bench = json!(null);
@@ -486,6 +498,7 @@ fn main() {
         "redis_benchmark_c64": redis_bench,
         "volume": volume,
         "backup": backup,
+        "redis_backup": redis_backup,
     }));
 }
 
@@ -1059,6 +1072,264 @@ fn backup_bench() -> serde_json::Value {
         }));
     }
     json!(results)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Redis part of a backup
+
+/// Keys the Redis backup benchmark plants: strings of 512 bytes and hashes of 16 fields.
+const BACKUP_STRINGS: u64 = 60_000;
+const BACKUP_HASHES: u64 = 4_000;
+
+/// The Redis part of a backup — the actor's export, the RESP encoder, the pipeline's zstd -3,
+/// its SHA-256 and fs storage (unencrypted: encryption is the volume benchmark's) — against a
+/// direct `SCAN` + `PTTL`/`DUMP` pipeline on one driver connection writing the same RESTORE
+/// commands through the same zstd (level 3, on a thread of its own, as `| zstd > FILE` would)
+/// to a file, synced; `redis-cli --rdb` of the same server for scale. Median of `ROUNDS`
+/// interleaved runs, in one process on one actix System.
+fn redis_backup_bench() -> serde_json::Value {
+    use lucid_actors::backup::formats::{chunked, resp};
+    use lucid_actors::backup::{BackupId, Codec, Recipients, Storage, pipeline};
+    use lucid_actors::redis::{ExportedKey, KeyKind};
+
+    let server = lucid_testkit::redis();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    pin_pair(cpus, &server);
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    actix_rt::System::new().block_on(async {
+        let (handles, _) = start_only(
+            |c| {
+                c.redis.enabled = true;
+                c.redis.url = server.url().into();
+            },
+            |_| true,
+        )
+        .await;
+        let h = handles.redis.clone().unwrap_or_else(|| panic!("redis enabled"));
+        let mut conn = redis::Client::open(server.url())
+            .unwrap_or_else(|e| panic!("client: {e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("direct connection: {e}"));
+        // Plant the keys, 1000 to a pipeline. Values of letters and digits drawn at random:
+        // LZF, which DUMP applies, hardly shrinks them (as real cached JSON).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut value = move || -> Vec<u8> {
+            (0..512)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ{}:,"
+                        [(x % 66) as usize]
+                })
+                .collect()
+        };
+        for start in (0..BACKUP_STRINGS).step_by(1000) {
+            let mut pipe = redis::pipe();
+            for i in start..(start + 1000).min(BACKUP_STRINGS) {
+                pipe.cmd("SET").arg(format!("lucid:cache:bench:{i}")).arg(value()).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap_or_else(|e| panic!("plant: {e}"));
+        }
+        for start in (0..BACKUP_HASHES).step_by(100) {
+            let mut pipe = redis::pipe();
+            for i in start..(start + 100).min(BACKUP_HASHES) {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(format!("lucid:sessions:bench:{i}"));
+                for f in 0..16 {
+                    cmd.arg(format!("field{f}")).arg(format!("value {i} {f}"));
+                }
+                pipe.add_command(cmd).ignore();
+                pipe.cmd("PEXPIRE").arg(format!("lucid:sessions:bench:{i}")).arg(3_600_000).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap_or_else(|e| panic!("plant: {e}"));
+        }
+        let keys = BACKUP_STRINGS + BACKUP_HASHES;
+        let storage = Storage::fs(out.path(), Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("storage: {e}"));
+        let codec = Codec {
+            compression: lucid_actors::config::Compression::Zstd,
+            zstd_workers: 0,
+            recipients: Recipients::default(),
+        };
+
+        // lucid-db: the export as a backup run takes it.
+        let ours = || {
+            let (h, storage, codec) = (h.clone(), storage.clone(), codec.clone());
+            async move {
+                let started = Instant::now();
+                let cpu0 = cpu_total();
+                let feed = h.export().await.unwrap_or_else(|e| panic!("export: {e}"));
+                let id = BackupId::new(chrono::Utc::now());
+                let record = pipeline::write_artifact(
+                    &storage,
+                    &id,
+                    "redis/db0.resp.zst",
+                    "db0",
+                    &codec,
+                    chunked(feed, resp::encode_restore),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("backup: {e}"));
+                let cost = (started.elapsed(), cpu_total() - cpu0, record.bytes_in);
+                storage.delete_backup(&id).await.unwrap_or_else(|e| panic!("rm: {e}"));
+                cost
+            }
+        };
+        // Direct: SCAN, then PTTL and DUMP pipelined per batch, encoded the same way, piped to
+        // zstd on its own thread.
+        let direct = || {
+            let mut conn = conn.clone();
+            let file = out.path().join("direct.resp.zst");
+            async move {
+                let started = Instant::now();
+                let cpu0 = cpu_total();
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+                let path = file.clone();
+                let writer = std::thread::spawn(move || {
+                    let f = std::fs::File::create(&path).unwrap_or_else(|e| panic!("create: {e}"));
+                    let mut z = zstd::stream::write::Encoder::new(f, 3)
+                        .unwrap_or_else(|e| panic!("zstd: {e}"));
+                    for chunk in rx {
+                        std::io::Write::write_all(&mut z, &chunk)
+                            .unwrap_or_else(|e| panic!("write: {e}"));
+                    }
+                    let f = z.finish().unwrap_or_else(|e| panic!("zstd: {e}"));
+                    f.sync_all().unwrap_or_else(|e| panic!("sync: {e}"));
+                });
+                let mut bytes = 0u64;
+                let mut buf = Vec::with_capacity(64 << 10);
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("lucid:*")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_else(|e| panic!("SCAN: {e}"));
+                    if !batch.is_empty() {
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("TIME");
+                        for k in &batch {
+                            pipe.cmd("PTTL").arg(k).cmd("DUMP").arg(k);
+                        }
+                        let mut replies: Vec<redis::Value> = pipe
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or_else(|e| panic!("DUMP: {e}"));
+                        let (secs, micros): (u64, u64) = redis::from_redis_value(replies.remove(0))
+                            .unwrap_or_else(|e| panic!("TIME: {e}"));
+                        let now_ms = secs * 1000 + micros / 1000;
+                        let mut replies = replies.into_iter();
+                        for k in batch {
+                            let (Some(pttl), Some(dump)) = (replies.next(), replies.next()) else {
+                                panic!("short reply");
+                            };
+                            let pttl: i64 = redis::from_redis_value(pttl).unwrap_or(-2);
+                            let dump: Option<Vec<u8>> = redis::from_redis_value(dump).unwrap_or(None);
+                            let Some(payload) = dump else { continue };
+                            let key = ExportedKey {
+                                key: k,
+                                kind: KeyKind::String,
+                                payload,
+                                expires_at_ms: (pttl >= 0).then(|| now_ms + pttl as u64),
+                            };
+                            resp::encode_restore(&key, &mut buf);
+                            if buf.len() >= 64 << 10 {
+                                bytes += buf.len() as u64;
+                                tx.send(std::mem::replace(&mut buf, Vec::with_capacity(64 << 10)))
+                                    .unwrap_or_else(|e| panic!("pipe: {e}"));
+                            }
+                        }
+                    }
+                    cursor = next;
+                    if cursor == 0 {
+                        break;
+                    }
+                }
+                bytes += buf.len() as u64;
+                tx.send(buf).unwrap_or_else(|e| panic!("pipe: {e}"));
+                drop(tx);
+                writer.join().unwrap_or_else(|_| panic!("the zstd thread panicked"));
+                let cost = (started.elapsed(), cpu_total() - cpu0, bytes);
+                std::fs::remove_file(&file).unwrap_or_else(|e| panic!("rm: {e}"));
+                cost
+            }
+        };
+        let _ = (ours().await, direct().await); // warm both
+        let (mut a, mut d) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            if round % 2 == 0 {
+                a.push(ours().await);
+                d.push(direct().await);
+            } else {
+                d.push(direct().await);
+                a.push(ours().await);
+            }
+        }
+        handles.shutdown(Duration::from_secs(1)).await;
+        let rate = |runs: &[(Duration, Duration, u64)]| {
+            median(runs.iter().map(|(t, _, _)| keys as f64 / t.as_secs_f64()).collect())
+        };
+        let mib = |runs: &[(Duration, Duration, u64)]| {
+            median(
+                runs.iter()
+                    .map(|(t, _, b)| *b as f64 / (1 << 20) as f64 / t.as_secs_f64())
+                    .collect(),
+            )
+        };
+        let cpu = |runs: &[(Duration, Duration, u64)]| {
+            median(runs.iter().map(|(_, c, _)| c.as_secs_f64() * 1e6 / keys as f64).collect())
+        };
+        let (a_rate, d_rate) = (rate(&a), rate(&d));
+        let resp_mib = a.first().map_or(0.0, |(_, _, b)| *b as f64 / (1 << 20) as f64);
+        // redis-cli --rdb: the server's own snapshot of the same data, for scale.
+        let rdb = out.path().join("dump.rdb");
+        let rdb_runs: Vec<f64> = (0..ROUNDS)
+            .map(|_| {
+                let started = Instant::now();
+                let ok = std::process::Command::new("redis-cli")
+                    .args(["-p", &server.port().to_string(), "--rdb"])
+                    .arg(&rdb)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "redis-cli --rdb failed (is redis-tools installed?)");
+                keys as f64 / started.elapsed().as_secs_f64()
+            })
+            .collect();
+        let rdb_rate = median(rdb_runs);
+        println!(
+            "\nRedis part of a backup, {keys} keys ({resp_mib:.1} MiB of RESTORE commands), \
+             lucid-db export → pipeline (zstd -3, SHA-256, fs) vs direct SCAN + PTTL/DUMP → zstd -3 → file:"
+        );
+        println!(
+            "  lucid-db {a_rate:.0} keys/s ({:.1} MiB/s, {:.1} µs CPU/key); direct {d_rate:.0} keys/s \
+             ({:.1} MiB/s, {:.1} µs CPU/key); throughput ratio {:.2}; redis-cli --rdb {rdb_rate:.0} keys/s",
+            mib(&a),
+            cpu(&a),
+            mib(&d),
+            cpu(&d),
+            a_rate / d_rate
+        );
+        json!({
+            "keys": keys,
+            "resp_mib": resp_mib,
+            "lucid_keys_per_s": a_rate,
+            "direct_keys_per_s": d_rate,
+            "throughput_ratio": a_rate / d_rate,
+            "lucid_mib_per_s": mib(&a),
+            "direct_mib_per_s": mib(&d),
+            "lucid_cpu_us_per_key": cpu(&a),
+            "direct_cpu_us_per_key": cpu(&d),
+            "redis_cli_rdb_keys_per_s": rdb_rate,
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -264,6 +264,37 @@ impl MongoOp for GetHello {
     }
 }
 
+/// The server's version, from `buildInfo` (`unknown` where it does not say): a backup records
+/// it beside the collections.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<String, MongoError>")]
+pub struct GetServerVersion;
+
+impl sealed::Sealed for GetServerVersion {}
+
+impl MongoOp for GetServerVersion {
+    type Output = String;
+
+    fn start(
+        self,
+        conn: Conn,
+        shared: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<String, MongoError>> + Send + 'static, MongoError> {
+        let deadline = shared.settings.deadline;
+        Ok(async move {
+            let reply = with_deadline(deadline, async {
+                Ok(conn
+                    .client
+                    .database("admin")
+                    .run_command(doc! {"buildInfo": 1})
+                    .await?)
+            })
+            .await?;
+            Ok(reply.get_str("version").unwrap_or("unknown").to_owned())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,8 @@
 //! Export and import of Lucid's Redis data, for backups (docs/redis.md, Backups: export and import).
 //!
 //! Export walks the keyspace with `SCAN … MATCH lucid:*` (never `KEYS`, which blocks the
-//! server) and streams each key as ([`ExportedKey`]) its name, type, `DUMP` payload and
-//! absolute expiry (server clock) through a bounded channel: memory stays flat whatever the
+//! server) and streams each key as ([`ExportedKey`]) its name, type (from the payload's type
+//! byte), `DUMP` payload and absolute expiry (server clock) through a bounded channel: memory stays flat whatever the
 //! data size, and a consumer that stops reading for `supervisor.stream_idle_timeout` ends the
 //! export. Import restores with `RESTORE … ABSTTL REPLACE`, so TTLs keep their absolute end;
 //! it skips keys matching `redis.not_restorable` (held locks and rate-limit windows: they must
@@ -33,9 +33,14 @@ use crate::redact;
 use crate::supervisor::feed::{Feed, Feeder, Stopped, feed};
 use crate::transfer::{self, Admission, Batch, Skip, Source, SourceEnd, TargetState, next_batch};
 
-/// Keys read per SCAN step (a hint to Redis) and written per import pipeline: small enough
-/// that a batch of large values stays well inside the call deadline.
+/// Keys written per import pipeline: small enough that a batch of large values stays well
+/// inside the call deadline.
 const BATCH: usize = 64;
+/// Keys an export asks `SCAN` for per step (a hint) and reads per `MULTI`/`EXEC`: round trips
+/// dominate an export of small keys, so more than an import writes at once; a step has the
+/// stream's idle timeout, not the call deadline, since a batch of large values takes longer
+/// than one call.
+const EXPORT_BATCH: usize = 256;
 /// Items buffered between the producer and the consumer of a stream: eight SCAN batches. Not
 /// a config key: the buffer only lets the SCAN task read ahead while the reader works, and a
 /// larger one buys no throughput, only memory (each item holds a DUMPed value).
@@ -64,7 +69,8 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn from_type(name: &str) -> KeyKind {
+    /// The kind `TYPE` names.
+    pub fn from_type(name: &str) -> KeyKind {
         match name {
             "string" => KeyKind::String,
             "hash" => KeyKind::Hash,
@@ -73,6 +79,33 @@ impl KeyKind {
             "zset" => KeyKind::Zset,
             "stream" => KeyKind::Stream,
             other => KeyKind::Other(other.to_owned()),
+        }
+    }
+
+    /// The kind a `DUMP` payload's first byte (its RDB object type) says, for a key read back
+    /// from a backup (Redis 7.4's types; a module's value, or anything newer, is `Other`).
+    pub fn from_rdb_type(byte: u8) -> KeyKind {
+        match byte {
+            0 => KeyKind::String,
+            1 | 10 | 14 | 18 => KeyKind::List,
+            2 | 11 | 20 => KeyKind::Set,
+            3 | 5 | 12 | 17 => KeyKind::Zset,
+            4 | 9 | 13 | 16 | 22..=25 => KeyKind::Hash,
+            15 | 19 | 21 => KeyKind::Stream,
+            other => KeyKind::Other(format!("rdb-type-{other}")),
+        }
+    }
+
+    /// The name `TYPE` gives it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyKind::String => "string",
+            KeyKind::Hash => "hash",
+            KeyKind::List => "list",
+            KeyKind::Set => "set",
+            KeyKind::Zset => "zset",
+            KeyKind::Stream => "stream",
+            KeyKind::Other(name) => name,
         }
     }
 }
@@ -289,6 +322,8 @@ async fn export(
     feeder: &Feeder<ExportedKey, RedisError>,
 ) -> Result<(), RedisError> {
     let deadline = settings.deadline;
+    // A batch of DUMPs is a stream's progress, not a call: it may take longer than one.
+    let step = settings.stream_idle.max(deadline);
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = with_deadline(deadline, async {
@@ -297,45 +332,42 @@ async fn export(
                 .arg("MATCH")
                 .arg(pattern)
                 .arg("COUNT")
-                .arg(BATCH)
+                .arg(EXPORT_BATCH)
                 .query_async(&mut conn)
                 .await?)
         })
         .await?;
         if !keys.is_empty() {
-            // MULTI/EXEC: a key's type, TTL and payload are read at one instant.
+            // MULTI/EXEC: a key's TTL and payload are read at one instant. The type is the
+            // payload's first byte: no TYPE round through the server.
             let mut pipe = redis::pipe();
             pipe.atomic().cmd("TIME");
             for key in &keys {
-                pipe.cmd("TYPE")
-                    .arg(key)
-                    .cmd("PTTL")
-                    .arg(key)
-                    .cmd("DUMP")
-                    .arg(key);
+                pipe.cmd("PTTL").arg(key).cmd("DUMP").arg(key);
             }
             let replies: Vec<redis::Value> =
-                with_deadline(deadline, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
+                with_deadline(step, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
             let mut replies = replies.into_iter();
             let now_ms = server_ms(replies.next())?;
             for key in keys {
-                let (Some(kind), Some(pttl), Some(dump)) =
-                    (replies.next(), replies.next(), replies.next())
-                else {
+                let (Some(pttl), Some(dump)) = (replies.next(), replies.next()) else {
                     return Err(RedisError::Server {
                         message: "short pipeline reply during export".to_owned(),
                     });
                 };
-                let kind: String = parse(kind)?;
                 let pttl: i64 = parse(pttl)?;
                 let dump: Option<Vec<u8>> = parse(dump)?;
                 // Gone between SCAN and DUMP (expired or deleted): nothing to export.
-                let (Some(payload), false) = (dump, pttl == -2 || kind == "none") else {
+                let (Some(payload), false) = (dump, pttl == -2) else {
                     continue;
                 };
                 let item = ExportedKey {
                     key,
-                    kind: KeyKind::from_type(&kind),
+                    kind: payload
+                        .first()
+                        .map_or(KeyKind::Other("empty".to_owned()), |b| {
+                            KeyKind::from_rdb_type(*b)
+                        }),
                     payload,
                     expires_at_ms: (pttl >= 0).then(|| now_ms + pttl as u64),
                 };
@@ -572,7 +604,22 @@ mod tests {
             ("ReJSON-RL", KeyKind::Other("ReJSON-RL".into())),
         ] {
             assert_eq!(KeyKind::from_type(name), kind);
+            assert_eq!(kind.as_str(), name);
         }
+        // The type bytes `DUMP` writes on Redis 7 (string, listpack hash, quicklist list,
+        // intset, listpack zset, stream listpacks 3).
+        for (byte, kind) in [
+            (0, KeyKind::String),
+            (16, KeyKind::Hash),
+            (18, KeyKind::List),
+            (11, KeyKind::Set),
+            (2, KeyKind::Set),
+            (17, KeyKind::Zset),
+            (21, KeyKind::Stream),
+        ] {
+            assert_eq!(KeyKind::from_rdb_type(byte), kind, "{byte}");
+        }
+        assert_eq!(KeyKind::from_rdb_type(7).as_str(), "rdb-type-7");
     }
 
     #[test]

@@ -527,6 +527,54 @@ impl SearchOp for GetStats {
     }
 }
 
+/// What the cluster says of itself (`GET /`): a backup records it beside the indices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    /// `version.number`.
+    pub version: String,
+    /// `version.distribution`: `opensearch`; Elasticsearch does not send it, so its absence
+    /// means `elasticsearch`.
+    pub distribution: String,
+}
+
+impl ServerInfo {
+    pub fn from_root(root: &Value) -> ServerInfo {
+        ServerInfo {
+            version: root["version"]["number"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+            distribution: root["version"]["distribution"]
+                .as_str()
+                .unwrap_or("elasticsearch")
+                .to_owned(),
+        }
+    }
+}
+
+/// The cluster's version and distribution, from `GET /`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<ServerInfo, SearchError>")]
+pub struct GetServerInfo;
+
+impl sealed::Sealed for GetServerInfo {}
+
+impl SearchOp for GetServerInfo {
+    type Output = ServerInfo;
+
+    fn start(
+        self,
+        conn: Conn,
+        _: &Arc<Shared>,
+    ) -> Result<impl Future<Output = Result<ServerInfo, SearchError>> + Send + 'static, SearchError>
+    {
+        Ok(async move {
+            let root = conn.send(Request::new(Method::Get, "/")).await?.body;
+            Ok(ServerInfo::from_root(&root))
+        })
+    }
+}
+
 fn number(v: &Value) -> u64 {
     match v {
         Value::Number(n) => n.as_u64().unwrap_or(0),
@@ -610,6 +658,24 @@ mod tests {
                 "shards change the digest"
             );
         }
+    }
+
+    #[test]
+    fn server_info_names_the_distribution_elasticsearch_leaves_out() {
+        let opensearch = json!({"version": {"distribution": "opensearch", "number": "2.19.1"}});
+        let elastic = json!({"version": {"number": "8.15.0", "build_flavor": "default"}});
+        assert_eq!(
+            ServerInfo::from_root(&opensearch),
+            ServerInfo {
+                version: "2.19.1".into(),
+                distribution: "opensearch".into()
+            }
+        );
+        assert_eq!(
+            ServerInfo::from_root(&elastic).distribution,
+            "elasticsearch"
+        );
+        assert_eq!(ServerInfo::from_root(&json!({})).version, "unknown");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Streaming export and import of one index, for backups.
 //!
-//! **Export** ([`Export`]) answers an [`IndexMetadata`] — the index's mappings, the settings
-//! worth restoring, its aliases and its document count — and a [`Feed`] of its documents as
-//! NDJSON lines (`{"_id": …, "_source": …}`), read with a scroll one page at a time and passed
-//! through a bounded channel: memory does not grow with the index. A reader that stops
+//! **Export** ([`Export`]) answers an [`IndexMetadata`] — the index's mappings, its settings
+//! without the ones the server owns, its aliases, whether it was write-blocked, and its
+//! document count — and a [`Feed`] of its documents ([`ExportedDocument`]: the `_id` and the
+//! `_source` as JSON text, which a backup writes as `_bulk` lines without parsing it again),
+//! read with a scroll one page at a time and passed through a bounded channel: memory does
+//! not grow with the index. A reader that stops
 //! reading for `supervisor.stream_idle_timeout` ends the export (the scroll is cleared).
 //! Scroll works the same on Elasticsearch and OpenSearch (their point-in-time APIs differ).
 //!
@@ -17,10 +19,10 @@
 //! unless the import replaces it (then it is deleted first); one that exists but holds nothing
 //! counts as empty — the bootstrap creates this month's index — and is recreated from the
 //! export, unless the options refuse any existing target. The documents are bulk-loaded in
-//! requests of `bulk_max_docs` / `bulk_max_bytes`, each request's body built from the lines
-//! on the blocking pool (JSON parsing is the import's CPU work); a write block the index had
-//! is set again after the load. If anything fails — a bulk error, a line that does not parse,
-//! the source's error (`import_source_failed`, with the count written) — the index the import
+//! requests of `bulk_max_docs` / `bulk_max_bytes`, each request's body built from the
+//! documents on the blocking pool (checking that each source is a JSON object is the import's
+//! CPU work); a write block the index had is set again after the load. If anything fails — a
+//! bulk error, a source that does not parse, the source's error (`import_source_failed`, with the count written) — the index the import
 //! created is deleted: nothing is left half restored.
 //!
 //! Both are messages to the actor, so their streams run on its arbiter, not in the caller's
@@ -44,22 +46,37 @@ pub const EXPORT_FORMAT: u32 = 1;
 
 /// Hits per scroll page.
 const PAGE: usize = 1000;
-/// NDJSON lines an export buffers ahead of its reader. Not a config key: the buffer only lets
+/// Documents an export buffers ahead of its reader. Not a config key: the buffer only lets
 /// the scroll task fetch the next page while the reader works, and what an export holds is a
 /// page (`PAGE` hits) plus this, whatever the index size.
 const EXPORT_BUFFER: usize = 256;
 /// How long the server keeps a scroll between pages.
 const SCROLL_KEEP: &str = "2m";
 
-/// Settings an import restores (the rest are the cluster's own: uuid, creation date, …).
-const RESTORED_SETTINGS: [&str; 6] = [
-    "number_of_shards",
-    "number_of_replicas",
-    "priority",
-    "refresh_interval",
-    "max_result_window",
-    "analysis",
+/// Index settings the server owns (`settings.index.<name>`): they describe this copy of the
+/// index, not how to make one, and a create request refuses most of them. `blocks` is left
+/// out too: a write block would refuse the load; [`IndexMetadata::write_blocked`] says whether
+/// there was one, and the import sets it again after the load.
+const SERVER_OWNED_SETTINGS: [&str; 10] = [
+    "uuid",
+    "creation_date",
+    "creation_date_string",
+    "version",
+    "provided_name",
+    "history_uuid",
+    "resize",
+    "shrink",
+    "verified_before_close",
+    "blocks",
 ];
+
+/// One exported document: what a `_bulk` line pair carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedDocument {
+    pub id: String,
+    /// The `_source`, as JSON text on one line.
+    pub source: Vec<u8>,
+}
 
 /// An index's definition, as exported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,8 +84,8 @@ pub struct IndexMetadata {
     pub format: u32,
     pub index: String,
     pub mappings: Value,
-    /// The restorable index settings (see [`RESTORED_SETTINGS`]), nested as the server has
-    /// them under `settings.index`.
+    /// The index settings but the server-owned ones ([`SERVER_OWNED_SETTINGS`]), nested as
+    /// the server has them under `settings.index`.
     pub settings: Value,
     /// `index.blocks.write` was set (a warm or cold index): set again after the load.
     pub write_blocked: bool,
@@ -78,22 +95,22 @@ pub struct IndexMetadata {
     pub documents: u64,
 }
 
-/// Exports one index (see the module doc): its metadata and a feed of its documents as
-/// NDJSON lines. A failure is the feed's last item, never a silent end.
+/// Exports one index (see the module doc): its metadata and a feed of its documents. A
+/// failure is the feed's last item, never a silent end.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError>")]
+#[rtype(result = "Result<(IndexMetadata, Feed<ExportedDocument, SearchError>), SearchError>")]
 pub struct Export {
     /// One concrete index (not an alias, no wildcard).
     pub index: String,
 }
 
-/// Imports one index from an export's lines (see the module doc); answers what was done. An
-/// `Err` item from the source fails the import ([`SearchError::ImportSource`]).
+/// Imports one index from an export's documents (see the module doc); answers what was done.
+/// An `Err` item from the source fails the import ([`SearchError::ImportSource`]).
 #[derive(Message)]
 #[rtype(result = "Result<ImportSummary, SearchError>")]
 pub struct Import {
     pub options: ImportOptions,
-    pub source: Source<Vec<u8>>,
+    pub source: Source<ExportedDocument>,
 }
 
 impl std::fmt::Debug for Import {
@@ -127,8 +144,8 @@ pub struct ImportDetails {
     pub requests: u64,
 }
 
-/// What an import did: lines read, documents written (an Elasticsearch import skips none: a
-/// line it cannot write fails it).
+/// What an import did: documents read and written (an Elasticsearch import skips none: a
+/// document it cannot write fails it).
 pub type ImportSummary = transfer::ImportSummary<ImportDetails>;
 
 fn check_prefix(prefix: &str) -> Result<(), SearchError> {
@@ -151,12 +168,8 @@ fn check_prefix(prefix: &str) -> Result<(), SearchError> {
 fn metadata_of(index: &str, definition: &Value, documents: u64) -> IndexMetadata {
     let d = &definition[index];
     let s = &d["settings"]["index"];
-    let mut settings = Map::new();
-    for key in RESTORED_SETTINGS {
-        if let Some(v) = s.get(key) {
-            settings.insert(key.to_owned(), v.clone());
-        }
-    }
+    let mut settings = s.as_object().cloned().unwrap_or_default();
+    settings.retain(|key, _| !SERVER_OWNED_SETTINGS.contains(&key.as_str()));
     let write_blocked = matches!(&s["blocks"]["write"], Value::Bool(true))
         || s["blocks"]["write"].as_str() == Some("true");
     let mut aliases = d["aliases"].as_object().cloned().unwrap_or_default();
@@ -223,28 +236,28 @@ impl SearchHandle {
     pub async fn export(
         &self,
         index: &str,
-    ) -> Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError> {
+    ) -> Result<(IndexMetadata, Feed<ExportedDocument, SearchError>), SearchError> {
         self.send(Export {
             index: index.to_owned(),
         })
         .await
     }
 
-    /// Imports one index from an export (see the module doc). `lines` may be any stream of
-    /// the export's NDJSON lines — the export's feed too; one that yields nothing for
+    /// Imports one index from an export (see the module doc). `documents` may be any stream
+    /// of documents — the export's feed, or a backup's `_bulk` file read back; one that yields nothing for
     /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it
     /// with the count written. The import runs on the actor's arbiter; the reply comes when
     /// the source ends.
     pub async fn import<S, E>(
         &self,
         options: ImportOptions,
-        lines: S,
+        documents: S,
     ) -> Result<ImportSummary, SearchError>
     where
-        S: Stream<Item = Result<Vec<u8>, E>> + Send + 'static,
+        S: Stream<Item = Result<ExportedDocument, E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let source = transfer::source(lines);
+        let source = transfer::source(documents);
         // Not `send`: its deadline is for short requests; an import takes as long as its
         // source.
         self.addr()
@@ -255,7 +268,8 @@ impl SearchHandle {
 }
 
 impl Handler<Export> for SearchActor {
-    type Result = ResponseFuture<Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError>>;
+    type Result =
+        ResponseFuture<Result<(IndexMetadata, Feed<ExportedDocument, SearchError>), SearchError>>;
 
     fn handle(&mut self, msg: Export, _: &mut Context<Self>) -> Self::Result {
         let shared = self.shared.clone();
@@ -276,7 +290,7 @@ impl Handler<Import> for SearchActor {
 async fn export(
     shared: &Arc<Shared>,
     index: &str,
-) -> Result<(IndexMetadata, Feed<Vec<u8>, SearchError>), SearchError> {
+) -> Result<(IndexMetadata, Feed<ExportedDocument, SearchError>), SearchError> {
     if index.is_empty() || index.contains(['/', '*', ',', '?', '#', ' ']) {
         return Err(SearchError::invalid("index", "one concrete index name"));
     }
@@ -328,11 +342,15 @@ async fn export(
                     return Ok(());
                 }
                 for hit in hits {
-                    let mut line = json!({"_id": hit["_id"], "_source": hit["_source"]})
-                        .to_string()
-                        .into_bytes();
-                    line.push(b'\n');
-                    match feeder.send(line).await {
+                    let doc = ExportedDocument {
+                        id: hit["_id"].as_str().unwrap_or_default().to_owned(),
+                        source: serde_json::to_vec(&hit["_source"]).map_err(|e| {
+                            SearchError::Codec {
+                                message: format!("document {}: {e}", hit["_id"]),
+                            }
+                        })?,
+                    };
+                    match feeder.send(doc).await {
                         Ok(()) => {}
                         // The reader dropped the stream.
                         Err(Stopped::Gone) => return Ok(()),
@@ -379,7 +397,7 @@ async fn export(
 async fn import(
     shared: &Arc<Shared>,
     options: ImportOptions,
-    mut source: Source<Vec<u8>>,
+    mut source: Source<ExportedDocument>,
 ) -> Result<ImportSummary, SearchError> {
     let started = Instant::now();
     let ImportTarget { metadata, prefix } = &options.target;
@@ -518,13 +536,13 @@ async fn target_state(
     Ok(((found, documents), write_flags))
 }
 
-/// Bulk-loads the source's lines into `target`, a request per batch of `bulk_max_docs` (cut
+/// Bulk-loads the source's documents into `target`, a request per batch of `bulk_max_docs` (cut
 /// again at `bulk_max_bytes`), then refreshes it.
 async fn load(
     conn: &Conn,
     target: &str,
     settings: &super::Settings,
-    source: &mut Source<Vec<u8>>,
+    source: &mut Source<ExportedDocument>,
     summary: &mut ImportSummary,
 ) -> Result<(), SearchError> {
     loop {
@@ -570,30 +588,35 @@ async fn load(
     Ok(())
 }
 
-/// `_bulk` bodies for export lines (`{"_id", "_source"}`) into `target`, each with how many
-/// documents it holds: cut once a body reaches `max_bytes`. `first` numbers the lines (from
-/// 1 in errors) across batches. CPU work: run on the blocking pool.
+/// `_bulk` bodies for exported documents into `target`, each with how many documents it
+/// holds: cut once a body reaches `max_bytes`. Each source must be one JSON object (a bulk
+/// request with a broken line fails as a whole, naming no document); `first` numbers the
+/// documents (from 1 in errors) across batches. CPU work: run on the blocking pool.
 fn bulk_bodies(
     target: &str,
-    lines: Vec<Vec<u8>>,
+    docs: Vec<ExportedDocument>,
     first: u64,
     max_bytes: usize,
 ) -> Result<Vec<(Vec<u8>, u64)>, SearchError> {
     let mut out = Vec::new();
     let (mut body, mut in_body) = (Vec::new(), 0u64);
-    for (i, line) in lines.iter().enumerate() {
-        let doc: Value = serde_json::from_slice(line).map_err(|e| SearchError::Codec {
-            message: format!("export line {}: {e}", first + i as u64 + 1),
-        })?;
-        let mut action = json!({"index": {"_index": target}});
-        if let Some(id) = doc["_id"].as_str() {
-            action["index"]["_id"] = json!(id);
+    for (i, doc) in docs.iter().enumerate() {
+        let object = if doc.source.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            Err("not a JSON object".to_owned())
+        } else {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&doc.source)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(reason) = object {
+            return Err(SearchError::Codec {
+                message: format!("document {} ({:?}): {reason}", first + i as u64 + 1, doc.id),
+            });
         }
+        let action = json!({"index": {"_index": target, "_id": doc.id}});
         body.extend_from_slice(action.to_string().as_bytes());
         body.push(b'\n');
-        serde_json::to_writer(&mut body, &doc["_source"]).map_err(|e| SearchError::Codec {
-            message: e.to_string(),
-        })?;
+        body.extend_from_slice(&doc.source);
         body.push(b'\n');
         in_body += 1;
         if body.len() >= max_bytes {
@@ -676,10 +699,13 @@ mod tests {
 
     #[test]
     fn bulk_bodies_carry_ids_and_sources_and_are_cut_at_the_byte_limit() {
-        let lines: Vec<Vec<u8>> = (0..3)
-            .map(|i| format!("{{\"_id\":\"s{i}\",\"_source\":{{\"n\":{i}}}}}\n").into_bytes())
+        let docs: Vec<ExportedDocument> = (0..3)
+            .map(|i| ExportedDocument {
+                id: format!("s{i}"),
+                source: format!("{{\"n\":{i}}}").into_bytes(),
+            })
             .collect();
-        let whole = bulk_bodies("drill-x", lines.clone(), 0, 1 << 20).expect("bodies");
+        let whole = bulk_bodies("drill-x", docs.clone(), 0, 1 << 20).expect("bodies");
         assert_eq!(whole.len(), 1);
         assert_eq!(whole[0].1, 3);
         let text = String::from_utf8(whole[0].0.clone()).expect("utf-8");
@@ -696,11 +722,17 @@ mod tests {
             ]
         );
         // A limit below one document's size: a request per document.
-        let cut = bulk_bodies("drill-x", lines, 0, 10).expect("bodies");
+        let cut = bulk_bodies("drill-x", docs, 0, 10).expect("bodies");
         assert_eq!(cut.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1, 1]);
-        // Lines are numbered across batches.
-        let e = bulk_bodies("x", vec![b"{not json".to_vec()], 700, 1 << 20).expect_err("broken");
-        assert!(e.to_string().contains("export line 701"), "{e}");
+        // Documents are numbered across batches; a source must be a JSON object.
+        for source in [&b"{not json"[..], b"[1, 2]"] {
+            let broken = vec![ExportedDocument {
+                id: "b".into(),
+                source: source.to_vec(),
+            }];
+            let e = bulk_bodies("x", broken, 700, 1 << 20).expect_err("broken");
+            assert!(e.to_string().contains("document 701 (\"b\")"), "{e}");
+        }
     }
 
     #[test]

@@ -255,10 +255,8 @@ async fn calls_and_exports(h: Handles) -> WorkerReport {
         .map(|hit| hit.id);
     let (_, mut lines) = s.export(&indexed.index).await.expect("search export");
     let mut search_exported = Vec::new();
-    while let Some(line) = lines.next().await {
-        let line: serde_json::Value =
-            serde_json::from_slice(&line.expect("exported line")).expect("json line");
-        search_exported.push(line["_id"].as_str().unwrap_or_default().to_owned());
+    while let Some(doc) = lines.next().await {
+        search_exported.push(doc.expect("exported document").id);
     }
 
     let v = h.volumes.as_ref().expect("volumes");

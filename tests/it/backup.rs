@@ -28,7 +28,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A tree with what a volume holds: nested directories, modes, old mtimes, a relative and an
 /// absolute-looking symlink, an empty file and a megabyte of incompressible bytes.
-fn make_tree(root: &Path) {
+pub(crate) fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
     std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
     std::fs::write(root.join("a/hello.txt"), "hello, volume\n").expect("write");
@@ -124,7 +124,7 @@ fn tar_chunks(root: &Path) -> Vec<Result<Vec<u8>, String>> {
 }
 
 /// Runs `script` under `sh -c` with pipefail; answers (success, stderr).
-fn sh(script: &str) -> (bool, String) {
+pub(crate) fn sh(script: &str) -> (bool, String) {
     let out = Command::new("bash")
         .args(["-o", "pipefail", "-c", script])
         .output()
@@ -136,7 +136,7 @@ fn sh(script: &str) -> (bool, String) {
 }
 
 /// The stock tools must be there: a missing one is a failure with the install hint.
-fn need_stock_tools() {
+pub(crate) fn need_stock_tools() {
     for tool in ["age", "zstd", "tar", "script"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -1107,17 +1107,17 @@ fn config_check_warns_when_backups_would_be_unencrypted() {
 // ---------------------------------------------------------------------------------------------
 // The backup actor, through the CLI and in process
 
-const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
 
 /// A machine for the CLI: its own data root, state directory and keys in a temporary
-/// directory, every database store off (volumes are what this version backs up).
-struct Machine {
+/// directory, every database store off (`backup_stores` turns them on, against real servers).
+pub(crate) struct Machine {
     dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Machine {
-    fn new() -> Machine {
+    pub(crate) fn new() -> Machine {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("volumes")).expect("mkdir");
         let env = vec![
@@ -1138,26 +1138,26 @@ impl Machine {
         Machine { dir, env }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// A volume's directory (a default volume is adopted when the CLI first starts).
-    fn volume(&self, name: &str) -> PathBuf {
+    pub(crate) fn volume(&self, name: &str) -> PathBuf {
         self.path("volumes").join(name)
     }
 
-    fn backups(&self) -> PathBuf {
+    pub(crate) fn backups(&self) -> PathBuf {
         self.volume("backups")
     }
 
-    fn set(&mut self, key: &str, value: impl Into<String>) {
+    pub(crate) fn set(&mut self, key: &str, value: impl Into<String>) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.into()));
     }
 
     /// A fresh identity; its recipient goes into backup.recipients. Answers the identity file.
-    fn encrypt_to_new_key(&mut self) -> PathBuf {
+    pub(crate) fn encrypt_to_new_key(&mut self) -> PathBuf {
         let key = self.path(&format!("key-{}.txt", rand_suffix()));
         let recipient = keygen(&key, Utc::now()).expect("keygen");
         self.set("LUCID_DB__BACKUP__RECIPIENTS", recipient.to_string());
@@ -1188,7 +1188,7 @@ impl Machine {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("backup")
             .args(args)
@@ -1199,7 +1199,7 @@ impl Machine {
     }
 
     /// Runs `lucid-db backup ARGS`; answers (exit code, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.command(args).output().expect("run lucid-db");
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1213,7 +1213,7 @@ impl Machine {
     }
 
     /// `backup ARGS --json`, exit code checked, stdout parsed.
-    fn json(&self, args: &[&str], want: i32) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str], want: i32) -> serde_json::Value {
         let mut all = args.to_vec();
         all.push("--json");
         let (code, out, err) = self.cli(&all);
@@ -1264,7 +1264,7 @@ fn noise_file(dir: &Path, name: &str, bytes: usize) {
 }
 
 /// The artifacts of a `backup now --json` report, by name.
-fn artifact_names(report: &serde_json::Value) -> Vec<String> {
+pub(crate) fn artifact_names(report: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = report["stores"]
         .as_object()
         .expect("stores")
@@ -1575,10 +1575,11 @@ fn a_volume_that_cannot_be_exported_makes_the_backup_partial() {
     assert_eq!(report["listed"], false);
     assert_eq!(report["error"]["code"], "nothing_backed_up");
     assert_eq!(m.json(&["list"], 0).as_array().expect("list").len(), 1);
-    // A database store named explicitly: refused, not silently skipped.
+    // A database store the configuration turns off, named explicitly: refused (a configuration
+    // matter), not silently skipped.
     let (code, _, err) = m.cli(&["now", "--stores", "mongodb"]);
-    assert_eq!(code, 64, "{err}");
-    assert!(err.contains("not backed up by this version"), "{err}");
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("mongodb.enabled = false"), "{err}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod arbiters;
 mod backup;
+mod backup_stores;
 mod common;
 mod config_cli;
 mod daemon;

@@ -14,9 +14,9 @@ use elasticsearch::http::Method;
 use elasticsearch::http::headers::HeaderMap;
 use lucid_actors::health::HealthRegistry;
 use lucid_actors::search::{
-    Agg, ApplyLifecycle, Bulk, BulkDoc, BulkItem, Clock, Count, Entity, Filter, GetDoc, GetStats,
-    ImportOptions, ImportTarget, IndexDoc, IndexMetadata, Order, RunBootstrap, Search, SearchActor,
-    SearchError, SearchHandle, Templates, UpdateDoc,
+    Agg, ApplyLifecycle, Bulk, BulkDoc, BulkItem, Clock, Count, Entity, ExportedDocument, Filter,
+    GetDoc, GetStats, ImportOptions, ImportTarget, IndexDoc, IndexMetadata, Order, RunBootstrap,
+    Search, SearchActor, SearchError, SearchHandle, Templates, UpdateDoc,
 };
 use lucid_actors::transfer::Existing;
 use lucid_actors::{Backend, CallError, Config, events};
@@ -1227,19 +1227,19 @@ fn the_cli_waits_for_a_cluster_that_comes_up_within_the_deadline() {
 // ---------------------------------------------------------------------------------------------
 // Export / import
 
-async fn export_all(h: &SearchHandle, index: &str) -> (IndexMetadata, Vec<Vec<u8>>) {
+async fn export_all(h: &SearchHandle, index: &str) -> (IndexMetadata, Vec<ExportedDocument>) {
     let (meta, mut stream) = h.export(index).await.expect("export");
-    let mut lines = Vec::new();
-    while let Some(line) = stream.next().await {
-        lines.push(line.expect("line"));
+    let mut docs = Vec::new();
+    while let Some(doc) = stream.next().await {
+        docs.push(doc.expect("document"));
     }
-    (meta, lines)
+    (meta, docs)
 }
 
 fn lines_of(
-    lines: &[Vec<u8>],
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, String>> + Send + 'static + use<> {
-    let owned: Vec<Vec<u8>> = lines.iter().map(|l| l.to_owned()).collect();
+    docs: &[ExportedDocument],
+) -> impl futures_util::Stream<Item = Result<ExportedDocument, String>> + Send + 'static + use<> {
+    let owned: Vec<ExportedDocument> = docs.to_vec();
     futures_util::stream::iter(owned.into_iter().map(Ok))
 }
 
@@ -1366,9 +1366,9 @@ async fn export_delete_import_restores_mappings_prefixed_aliases_and_documents()
     let (_, n) = raw.get("/drill-lucid-sessions/_count").await;
     assert_eq!(n["count"], 1250);
 
-    // A broken line: the import fails and leaves no index behind.
+    // A broken document: the import fails and leaves no index behind.
     let mut broken = nov_lines.clone();
-    broken[700] = b"{not json\n".to_vec();
+    broken[700].source = b"{not json".to_vec();
     let e = h
         .import(into(&nov, "bad-"), lines_of(&broken))
         .await
@@ -1416,7 +1416,7 @@ async fn an_empty_index_counts_as_empty_a_feed_imports_and_a_failing_source_fail
 
     // A source that fails mid-stream fails the import with the documents written (the first
     // request of 400), and leaves no index behind.
-    let head: Vec<Vec<u8>> = lines[..500].to_vec();
+    let head: Vec<ExportedDocument> = lines[..500].to_vec();
     let cut = futures_util::stream::iter(
         head.into_iter()
             .map(Ok)

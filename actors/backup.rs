@@ -273,6 +273,14 @@ pub struct RestoreBackup {
     pub force: bool,
 }
 
+/// The lifecycle's deletion gate: the indices a good copy holds, exported while
+/// write-blocked ([`retention::backed_up_indices`]); `min_level` `None`: `backup.min_level`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<std::collections::BTreeSet<String>, BackupError>")]
+pub struct BackedUpIndices {
+    pub min_level: Option<Level>,
+}
+
 /// Where a run is.
 #[derive(Debug, Clone)]
 pub enum RunStatus {
@@ -1056,6 +1064,45 @@ impl Handler<RestoreBackup> for BackupActor {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl Handler<BackedUpIndices> for BackupActor {
+    type Result = Reply<std::collections::BTreeSet<String>>;
+
+    fn handle(&mut self, msg: BackedUpIndices, _: &mut Context<Self>) -> Self::Result {
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let storage = shared.storage().await?;
+                let cat = shared.catalogue(&storage, true).await?;
+                let level = msg
+                    .min_level
+                    .unwrap_or_else(|| prune::min_level(&shared.config.backup));
+                Ok(retention::backed_up_indices(
+                    cat.entries().map(|(_, e)| e),
+                    level,
+                ))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl BackupHandle {
+    /// The lifecycle's deletion gate as the scheduler takes it: [`BackedUpIndices`] at
+    /// `backup.min_level`, errors as text.
+    pub fn backed_up_indices_gate(&self) -> crate::scheduler::BackedUpIndices {
+        let handle = self.clone();
+        std::sync::Arc::new(move || {
+            let handle = handle.clone();
+            Box::pin(async move {
+                handle
+                    .call(BackedUpIndices { min_level: None })
+                    .await
+                    .map_err(|e| format!("{} ({})", e, e.code()))
+            })
+        })
     }
 }
 

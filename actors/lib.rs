@@ -237,9 +237,9 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
             backup: backup.clone(),
             search: search.clone(),
             volumes: volumes.clone(),
-            // The lifecycle's deletion gate: the backup catalogue's backed-up indices arrive
-            // with issue #12; until then no index is deleted.
-            backed_up_indices: None,
+            // The lifecycle's deletion gate: the indices a verified backup holds, exported
+            // while write-blocked (no backup part here: nothing is deleted).
+            backed_up_indices: backup.as_ref().map(|b| b.backed_up_indices_gate()),
         };
         scheduler::SchedulerActor::start_with(config, peers, scheduler::Options::daemon())
     });

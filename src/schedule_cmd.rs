@@ -202,8 +202,9 @@ async fn run_now(config: &Config, job: JobName, json: bool) -> u8 {
         backup: handles.backup.clone(),
         search: handles.search.clone(),
         volumes: handles.volumes.clone(),
-        // The lifecycle's deletion gate: none until issue #12 (no index is deleted).
-        backed_up_indices: None,
+        // The lifecycle's deletion gate: the indices a verified backup holds, exported while
+        // write-blocked.
+        backed_up_indices: handles.backup.as_ref().map(|b| b.backed_up_indices_gate()),
     };
     let scheduler = SchedulerActor::start_with(config, peers, Options::manual());
     let result = scheduler.run(job).await;

@@ -170,6 +170,38 @@ pub fn holds(manifest: &Manifest) -> BTreeSet<String> {
     things
 }
 
+/// The lifecycle's deletion gate: the indices of which a good copy (at `min_level`) was
+/// exported while write-blocked — an index backed up while it still took writes may have
+/// changed after, so that copy does not let the lifecycle delete it. Only a complete
+/// `elasticsearch` store counts (a failed one holds nothing for certain), and only an index
+/// its source facts mark `write_blocked`.
+pub fn backed_up_indices<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    min_level: Level,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for entry in entries {
+        if !is_good(entry, min_level) {
+            continue;
+        }
+        let Some(store) = entry.manifest.stores.get("elasticsearch") else {
+            continue;
+        };
+        if store.outcome != Outcome::Complete {
+            continue;
+        }
+        let Some(indices) = store.source.get("indices").and_then(|v| v.as_object()) else {
+            continue;
+        };
+        for (index, facts) in indices {
+            if facts.get("write_blocked").and_then(|v| v.as_bool()) == Some(true) {
+                out.insert(index.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Whether `entry` counts as a good copy at `min_level`.
 pub fn is_good(entry: &Entry, min_level: Level) -> bool {
     entry.effective_level().is_some_and(|l| l >= min_level)
@@ -643,6 +675,77 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn only_good_copies_of_write_blocked_indices_open_the_deletion_gate() {
+        let es = |outcome: Outcome, indices: serde_json::Value| {
+            let mut record = store(outcome, &["x"]);
+            record.source.insert("indices".into(), indices);
+            ("elasticsearch", record)
+        };
+        let blocked = serde_json::json!({
+            "lucid-blocks-2020.01": {"documents": 3, "write_blocked": true},
+            "lucid-sessions-2026.11": {"documents": 9, "write_blocked": false},
+        });
+        let failed = Outcome::Failed {
+            code: "unavailable".into(),
+            message: "down".into(),
+        };
+        let cases: [(&[Entry], Level, &[&str]); 5] = [
+            // Verified, write-blocked: the gate opens for it alone (the hot one was not blocked).
+            (
+                &[backup(
+                    "2026-11-01T02:00:00Z",
+                    &[es(Outcome::Complete, blocked.clone())],
+                    V,
+                )],
+                Level::Checksummed,
+                &["lucid-blocks-2020.01"],
+            ),
+            // Not verified to min_level.
+            (
+                &[backup(
+                    "2026-11-01T02:00:00Z",
+                    &[es(Outcome::Complete, blocked.clone())],
+                    V,
+                )],
+                Level::Decoded,
+                &[],
+            ),
+            // Unverified.
+            (
+                &[backup(
+                    "2026-11-01T02:00:00Z",
+                    &[es(Outcome::Complete, blocked.clone())],
+                    None,
+                )],
+                Level::Checksummed,
+                &[],
+            ),
+            // The store failed in that backup.
+            (
+                &[backup(
+                    "2026-11-01T02:00:00Z",
+                    &[es(failed, blocked.clone())],
+                    V,
+                )],
+                Level::Checksummed,
+                &[],
+            ),
+            // No Elasticsearch in it at all.
+            (
+                &[backup("2026-11-01T02:00:00Z", &[volumes(&["chunks"])], V)],
+                Level::Checksummed,
+                &[],
+            ),
+        ];
+        for (i, (entries, level, want)) in cases.iter().enumerate() {
+            let got: Vec<String> = backed_up_indices(entries.iter(), *level)
+                .into_iter()
+                .collect();
+            assert_eq!(got, *want, "case {i}");
+        }
     }
 
     #[test]

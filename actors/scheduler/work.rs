@@ -33,9 +33,9 @@ use crate::search::{ApplyLifecycle, SearchHandle};
 use crate::volume::{CheckThresholds, Maintain, VolumeHandle};
 
 /// Which indices a verified backup holds: the lifecycle's deletion gate (an index old enough
-/// to delete is deleted only when it is in this set). The backup catalogue answers it once
-/// issue #12 gives the backup actor `BackedUpIndices { min_level }`; until then the daemon
-/// passes `None` and the lifecycle deletes nothing (see [`Peers::backed_up_indices`]).
+/// to delete is deleted only when it is in this set). The backup actor answers it
+/// (`BackupHandle::backed_up_indices_gate`: `BackedUpIndices` at `backup.min_level`); where
+/// the backup part does not run, `None` and the lifecycle deletes nothing.
 pub type BackedUpIndices =
     Arc<dyn Fn() -> BoxFuture<'static, Result<BTreeSet<String>, String>> + Send + Sync>;
 
@@ -46,10 +46,9 @@ pub struct Peers {
     pub backup: Option<BackupHandle>,
     pub search: Option<SearchHandle>,
     pub volumes: Option<VolumeHandle>,
-    /// **The lifecycle's deletion gate — `None` until issue #12 lands.** With `None` the
-    /// lifecycle job plans with an empty set, so no index is ever deleted (each one old
-    /// enough is kept and reported `not_backed_up`), whatever `elasticsearch.lifecycle_delete`
-    /// says.
+    /// **The lifecycle's deletion gate.** With `None` (no backup part here) the lifecycle job
+    /// plans with an empty set, so no index is ever deleted (each one old enough is kept and
+    /// reported `not_backed_up`), whatever `elasticsearch.lifecycle_delete` says.
     pub backed_up_indices: Option<BackedUpIndices>,
 }
 

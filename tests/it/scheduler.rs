@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use lucid_actors::backup::{Level, ListBackups, StartBackup, Trigger, VerifyBackup};
+use lucid_actors::backup::{
+    BackupOutcome, BackupStatus, Level, ListBackups, RunStatus, StartBackup, StoreSelector,
+    Trigger, VerifyBackup,
+};
 use lucid_actors::clock::{Clock, ManualClock, SystemClock};
 use lucid_actors::config::ByteSize;
 use lucid_actors::scheduler::{
@@ -257,6 +260,107 @@ async fn indices(server: &Server) -> BTreeSet<String> {
     rows.iter()
         .filter_map(|r| r["index"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The real gate: an expired index is deleted only once a backup of it, exported while it
+/// was write-blocked, has been verified to `backup.min_level`; a copy taken while the index
+/// still took writes does not count, however well verified.
+#[actix_rt::test]
+async fn an_expired_index_is_deleted_only_after_a_verified_write_blocked_backup_of_it() {
+    let server = lucid_testkit::elasticsearch();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = search_config(tmp.path(), &server);
+    let handles = lucid_actors::start(&c, Roles::CLI);
+    handles
+        .registry
+        .wait_up(
+            lucid_actors::Backend::Elasticsearch,
+            Duration::from_secs(10),
+        )
+        .await;
+    let backup = handles.backup.clone().expect("backup actor");
+    let (blocks, sessions) = ("lucid-blocks-2020.01", "lucid-sessions-2020.01");
+    for index in [blocks, sessions] {
+        request(
+            &server,
+            elasticsearch::http::Method::Put,
+            &format!("/{index}"),
+        )
+        .await;
+    }
+    let backed_up = |stores: &str| {
+        let backup = backup.clone();
+        let stores: Vec<StoreSelector> = vec![stores.parse().expect("selector")];
+        async move {
+            let id = backup
+                .call(StartBackup {
+                    stores,
+                    trigger: Trigger::Cli,
+                })
+                .await
+                .expect("start");
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                match backup.call(BackupStatus { id }).await.expect("status") {
+                    RunStatus::Finished(r) => {
+                        assert_eq!(r.outcome, BackupOutcome::Complete, "{r:?}");
+                        break;
+                    }
+                    RunStatus::Running { .. } => {
+                        assert!(std::time::Instant::now() < deadline, "{id} never ended");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            id
+        }
+    };
+    let verified = |id| {
+        let backup = backup.clone();
+        async move {
+            let report = backup
+                .call(VerifyBackup {
+                    id,
+                    level: Level::Checksummed,
+                    identity: None,
+                })
+                .await
+                .expect("verify");
+            assert!(report.passed(), "{report:?}");
+        }
+    };
+    // sessions is backed up and verified while it still takes writes.
+    verified(backed_up(&format!("elasticsearch:{sessions}")).await).await;
+
+    let gate = backup.backed_up_indices_gate();
+    let s = scheduler(&c, &handles, Arc::new(SystemClock), Some(gate.clone()));
+    // First tick: both expired, neither backed up write-blocked: both kept, and frozen.
+    let run = tick(&s, JobName::Lifecycle).await;
+    assert_ok(&run);
+    assert!(run.detail.contains("kept 2"), "{}", run.detail);
+
+    // blocks backed up now (write-blocked), not verified yet: still kept.
+    let id = backed_up(&format!("elasticsearch:{blocks}")).await;
+    assert!(gate().await.expect("gate").is_empty());
+    stop(s).await;
+    let clock = Arc::new(ManualClock::new(Utc::now() + chrono::Duration::hours(1)));
+    let s = scheduler(&c, &handles, clock.clone(), Some(gate.clone()));
+    assert_ok(&tick(&s, JobName::Lifecycle).await);
+    assert!(indices(&server).await.contains(blocks));
+
+    // Verified: the gate opens for blocks alone; the next hour's tick deletes it.
+    verified(id).await;
+    assert_eq!(
+        gate().await.expect("gate"),
+        BTreeSet::from([blocks.to_owned()])
+    );
+    clock.advance(chrono::Duration::hours(1));
+    assert_ok(&tick(&s, JobName::Lifecycle).await);
+    let now = indices(&server).await;
+    assert!(!now.contains(blocks), "{now:?}");
+    assert!(now.contains(sessions), "backed up hot only: kept: {now:?}");
+    stop(s).await;
+    handles.shutdown(Duration::from_secs(5)).await;
 }
 
 /// A gate the test holds: it answers `set`, once `open`.

@@ -598,6 +598,17 @@ impl Shared {
         Ok(storage_for(&self.config.backup, &dir, self.io_timeout)?)
     }
 
+    /// The volume actor's handle; `what` names what needed it when it does not run here.
+    fn volumes(&self, what: &str) -> Result<&VolumeHandle, BackupError> {
+        self.stores
+            .volumes
+            .as_ref()
+            .ok_or_else(|| BackupError::Unavailable {
+                what: what.to_owned(),
+                reason: "the volume actor does not run in this process".to_owned(),
+            })
+    }
+
     /// Takes the backup lock (`busy` when another run, restore or prune holds it).
     async fn lock(&self) -> Result<RunLock, BackupError> {
         let state = self.state.clone();

@@ -217,14 +217,7 @@ async fn drill_volume(
     decoding: &Decoding,
     suffix: &str,
 ) -> Result<u64, BackupError> {
-    let handle = shared
-        .stores
-        .volumes
-        .as_ref()
-        .ok_or(BackupError::Unavailable {
-            what: "volumes".to_owned(),
-            reason: "the volume actor does not run in this process".to_owned(),
-        })?;
+    let handle = shared.volumes("volumes")?;
     let mut name = format!("{PREFIX}{suffix}-{}", record.logical);
     name.truncate(63);
     let scratch =
@@ -272,14 +265,7 @@ async fn compare_volume(
     decoding: &Decoding,
     scratch: &VolumeName,
 ) -> Result<u64, BackupError> {
-    let handle = shared
-        .stores
-        .volumes
-        .as_ref()
-        .ok_or(BackupError::Unavailable {
-            what: "volumes".to_owned(),
-            reason: "the volume actor does not run in this process".to_owned(),
-        })?;
+    let handle = shared.volumes("volumes")?;
     let info = handle
         .call(InspectVolume {
             name: scratch.clone(),

@@ -199,14 +199,7 @@ async fn run(
         let started = Instant::now();
         let (target, read, written, skipped) = match &step.target {
             Target::Volume(name) => {
-                let handle = shared
-                    .stores
-                    .volumes
-                    .as_ref()
-                    .ok_or(BackupError::Unavailable {
-                        what: "volumes".to_owned(),
-                        reason: "the volume actor does not run in this process".to_owned(),
-                    })?;
+                let handle = shared.volumes("volumes")?;
                 let summary = handle
                     .import(ImportOptions::new(name.clone()).existing(existing), plain)
                     .await

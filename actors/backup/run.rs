@@ -408,14 +408,7 @@ async fn execute(job: &Job, record: &mut Record, meter: &Meter) -> Result<Manife
     let mut raw = 0u64;
     let volumes = match &job.plan.volumes {
         Some(list) => {
-            let handle = shared
-                .stores
-                .volumes
-                .as_ref()
-                .ok_or(BackupError::Unavailable {
-                    what: "volumes".to_owned(),
-                    reason: "the volume actor does not run in this process".to_owned(),
-                })?;
+            let handle = shared.volumes("volumes")?;
             for name in list {
                 match usage_of(handle, name).await {
                     Ok(bytes) => raw = raw.saturating_add(bytes),
@@ -721,14 +714,7 @@ async fn reserve(
     shared: &Shared,
     estimate: u64,
 ) -> Result<crate::volume::Reservation, BackupError> {
-    let handle = shared
-        .stores
-        .volumes
-        .as_ref()
-        .ok_or(BackupError::Unavailable {
-            what: "the backups volume".to_owned(),
-            reason: "the volume actor does not run in this process".to_owned(),
-        })?;
+    let handle = shared.volumes("the backups volume")?;
     let backups = VolumeName::new("backups").map_err(BackupError::Volume)?;
     let usage = handle
         .call(MeasureUsage {

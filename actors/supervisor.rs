@@ -18,6 +18,7 @@
 pub mod feed;
 pub mod link;
 
+use std::future::Future;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -61,6 +62,7 @@ impl BackoffPolicy {
 
 /// The delay before retry `attempt`, given a jitter sample `unit` in `[0, 1)`. Pure: the
 /// caller supplies the randomness, tests supply fixed samples.
+///
 pub fn backoff(policy: &BackoffPolicy, attempt: u32, unit: f64) -> Duration {
     policy.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
 }
@@ -360,6 +362,34 @@ impl CallError {
 /// Why a message to a stopped actor was not delivered.
 const ACTOR_STOPPED: &str = "actor has stopped";
 
+/// How much longer than the call deadline a caller waits for the answer to a message sent
+/// through an actor's mailbox: the work runs within the deadline, the grace covers the wait
+/// for a place in a full mailbox and the way back. Every actor's `send` uses it.
+pub const DELIVERY_GRACE: Duration = Duration::from_millis(250);
+
+/// An actor's error that can say "no answer within the deadline", and with it the one
+/// deadline helper every actor uses, [`DeadlineError::within`]. The backend errors have it
+/// through [`link::LinkError`] (their `Call(DeadlineExceeded)`); another actor's error says
+/// it in its own variant.
+pub trait DeadlineError: Sized {
+    /// The error for work that had no answer within `after`.
+    fn deadline_exceeded(after: Duration) -> Self;
+
+    /// `fut`, or [`DeadlineError::deadline_exceeded`] once `deadline` has passed (written
+    /// `RedisError::within(deadline, fut)`: the error type names whose deadline it is).
+    fn within<T>(
+        deadline: Duration,
+        fut: impl Future<Output = Result<T, Self>>,
+    ) -> impl Future<Output = Result<T, Self>> {
+        async move {
+            match tokio::time::timeout(deadline, fut).await {
+                Ok(res) => res,
+                Err(_) => Err(Self::deadline_exceeded(deadline)),
+            }
+        }
+    }
+}
+
 /// Sends `msg` and waits for the answer at most `deadline`: the bounded mailbox makes `send`
 /// wait for room, so a full mailbox turns into an error the caller sees, never an unbounded
 /// queue (`do_send` would ignore the bound).
@@ -509,6 +539,36 @@ mod tests {
         }
         let flat = BackoffPolicy { factor: 1, ..p };
         assert_eq!(flat.ceiling(10), Duration::from_millis(250));
+    }
+
+    /// The one deadline helper: the work's own answer when it comes in time, else the error's
+    /// `deadline_exceeded` once the deadline has passed (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn within_answers_in_time_or_deadline_exceeded_at_the_deadline() {
+        #[derive(Debug, PartialEq)]
+        enum Late {
+            After(Duration),
+            Refused,
+        }
+        impl DeadlineError for Late {
+            fn deadline_exceeded(after: Duration) -> Self {
+                Late::After(after)
+            }
+        }
+        let deadline = Duration::from_secs(5);
+        let work = |takes: u64| async move {
+            tokio::time::sleep(Duration::from_secs(takes)).await;
+            Ok::<_, Late>(takes)
+        };
+        assert_eq!(Late::within(deadline, work(4)).await, Ok(4));
+        let refused = async { Err::<u64, _>(Late::Refused) };
+        assert_eq!(Late::within(deadline, refused).await, Err(Late::Refused));
+        let started = Instant::now();
+        assert_eq!(
+            Late::within(deadline, work(6)).await,
+            Err(Late::After(deadline))
+        );
+        assert_eq!(started.elapsed(), deadline, "given up at the deadline");
     }
 
     #[test]

@@ -15,10 +15,9 @@ use actix::prelude::*;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use redis::aio::MultiplexedConnection;
-
 use super::sealed::Sealed;
-use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use super::{Conn, Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use crate::supervisor::link::OpFuture;
 
 const SERVICE: &str = "locks";
 
@@ -165,11 +164,7 @@ impl Sealed for ExtendLock {}
 impl RedisOp for AcquireLock {
     type Output = LockAttempt;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<LockAttempt, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (lock, lease) = self.script_args(shared.settings())?;
         let fence = fence_key();
         Ok(async move {
@@ -206,11 +201,7 @@ impl RedisOp for AcquireLock {
 impl RedisOp for ReleaseLock {
     type Output = ();
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<(), RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let lock = lock_key(&self.guard.name)?;
         Ok(async move {
             let n: u64 = RELEASE
@@ -232,11 +223,7 @@ impl RedisOp for ReleaseLock {
 impl RedisOp for ExtendLock {
     type Output = LockGuard;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<LockGuard, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (lock, lease) = self.script_args(shared.settings())?;
         Ok(async move {
             let n: u64 = EXTEND

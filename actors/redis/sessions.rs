@@ -13,10 +13,9 @@ use actix::prelude::*;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use redis::aio::MultiplexedConnection;
-
 use super::sealed::Sealed;
-use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use super::{Conn, Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use crate::supervisor::link::OpFuture;
 
 const SERVICE: &str = "sessions";
 
@@ -238,11 +237,7 @@ impl Sealed for ListSessions {}
 impl RedisOp for CreateSession {
     type Output = Session;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<Session, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let CreateArgs {
             session,
             index,
@@ -278,12 +273,7 @@ impl RedisOp for CreateSession {
 impl RedisOp for GetSession {
     type Output = Option<Session>;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<Option<Session>, RedisError>> + 'static, RedisError>
-    {
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (key, pipe) = self.pipeline()?;
         Ok(async move {
             let (fields, pttl): (StoredFields, i64) = pipe.query_async(&mut conn).await?;
@@ -312,11 +302,7 @@ impl RedisOp for GetSession {
 impl RedisOp for ExtendSession {
     type Output = Duration;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<Duration, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (key, ttl) = self.script_args(shared.settings())?;
         Ok(async move {
             let extended: Option<u64> = EXTEND
@@ -339,11 +325,7 @@ impl RedisOp for ExtendSession {
 impl RedisOp for DeleteSession {
     type Output = bool;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let key = session_key(&self.id)?;
         Ok(async move {
             let n: u64 = DELETE
@@ -360,11 +342,7 @@ impl RedisOp for DeleteSession {
 impl RedisOp for ListSessions {
     type Output = Vec<String>;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<Vec<String>, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let key = index_key(&self.user_id)?;
         Ok(async move {
             Ok(LIST

@@ -21,7 +21,6 @@
 //! Ids are 1–512 bytes of `A-Z a-z 0-9 . _ - : @`, starting with a letter or digit (they go
 //! into URL paths as they are).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use serde_json::{Value, json};
 use super::lifecycle::{self, Policy};
 use super::names::{Entity, Month};
 use super::{Conn, Request, SearchError, SearchOp, Shared, sealed};
+use crate::supervisor::link::OpFuture;
 
 // ---------------------------------------------------------------------------------------------
 // Checks and routing
@@ -170,12 +170,7 @@ impl sealed::Sealed for IndexDoc {}
 impl SearchOp for IndexDoc {
     type Output = IndexReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<IndexReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         if let Some(id) = &self.id {
             check_id(id)?;
         }
@@ -322,12 +317,7 @@ impl sealed::Sealed for GetDoc {}
 impl SearchOp for GetDoc {
     type Output = Option<Hit>;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Option<Hit>, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
         Ok(async move { resolve(&conn, self.entity, &self.id, self.hint).await })
     }
@@ -351,12 +341,7 @@ impl sealed::Sealed for UpdateDoc {}
 impl SearchOp for UpdateDoc {
     type Output = IndexReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<IndexReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
         let fields = self
             .doc
@@ -408,11 +393,7 @@ impl sealed::Sealed for DeleteDoc {}
 impl SearchOp for DeleteDoc {
     type Output = bool;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<bool, SearchError>> + Send + 'static, SearchError> {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
         Ok(async move {
             let Some(hit) = resolve(&conn, self.entity, &self.id, self.hint).await? else {
@@ -705,12 +686,7 @@ impl sealed::Sealed for Bulk {}
 impl SearchOp for Bulk {
     type Output = BulkReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<BulkReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         if self.docs.is_empty() {
             return Err(SearchError::invalid("docs", "is empty"));
         }

@@ -63,8 +63,20 @@ impl BackoffPolicy {
 /// The delay before retry `attempt`, given a jitter sample `unit` in `[0, 1)`. Pure: the
 /// caller supplies the randomness, tests supply fixed samples.
 ///
+/// The one retry schedule of the crate: reconnects here, and through [`retry_pause`] the
+/// retries of single operations, each with its policy.
 pub fn backoff(policy: &BackoffPolicy, attempt: u32, unit: f64) -> Duration {
     policy.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The pause before retry `attempt` of one operation — an Elasticsearch bulk item the server
+/// refused with 429 or 503, a Redis lock someone else holds —: the [`backoff`] schedule with
+/// the jitter sample `unit` in `[0, 1)` taken to the upper half of the ceiling. Callers
+/// refused together still come back spread out, but never at once: the server just said it
+/// is overloaded, or the lock is taken. (A reconnect may start at once: nothing is waiting
+/// on the other side.) Pure, like [`backoff`].
+pub fn retry_pause(policy: &BackoffPolicy, attempt: u32, unit: f64) -> Duration {
+    backoff(policy, attempt, 0.5 + unit.clamp(0.0, 1.0) / 2.0)
 }
 
 /// Where a backend connection is.
@@ -539,6 +551,30 @@ mod tests {
         }
         let flat = BackoffPolicy { factor: 1, ..p };
         assert_eq!(flat.ceiling(10), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_retry_pause_is_in_the_upper_half_of_the_ceiling() {
+        let p = policy();
+        let table = [
+            (1, 0.0, 125),
+            (1, 0.5, 187),
+            (1, 0.999, 249),
+            (3, 0.0, 500),
+            (3, 0.5, 750),
+            (20, 0.0, 15_000),
+            (20, 1.0, 30_000),
+            // samples outside [0, 1] are clamped
+            (2, -3.0, 250),
+            (2, 9.0, 500),
+        ];
+        for (attempt, unit, ms) in table {
+            assert_eq!(
+                retry_pause(&p, attempt, unit).as_millis(),
+                ms,
+                "attempt {attempt} unit {unit}"
+            );
+        }
     }
 
     /// The one deadline helper: the work's own answer when it comes in time, else the error's

@@ -147,6 +147,13 @@ impl AcquireLock {
     }
 }
 
+impl ReleaseLock {
+    /// The lock's key [`RELEASE`] is given. KEYS: lock; ARGV: the guard's token.
+    fn script_args(&self) -> Result<Key, RedisError> {
+        lock_key(&self.guard.name)
+    }
+}
+
 impl ExtendLock {
     /// As [`AcquireLock::script_args`], for [`EXTEND`]. KEYS: lock; ARGV: the guard's token,
     /// lease_ms.
@@ -205,7 +212,7 @@ impl RedisOp for ReleaseLock {
     type Output = ();
 
     fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
-        let lock = lock_key(&self.guard.name)?;
+        let lock = self.script_args()?;
         Ok(async move {
             let n: u64 = RELEASE
                 .key(&lock)
@@ -406,6 +413,24 @@ mod tests {
             lease: Some(crate::redis::MAX_TTL + Duration::from_secs(1)),
         };
         assert_eq!(field(extend.script_args(&s)), "lease");
+    }
+
+    #[test]
+    fn release_names_the_lock_of_the_guard() {
+        let release = ReleaseLock {
+            guard: guard("nightly"),
+        };
+        assert_eq!(
+            release.script_args().expect("valid").as_str(),
+            "lucid:locks:lock:nightly"
+        );
+        let release = ReleaseLock {
+            guard: guard("not a name"),
+        };
+        assert!(matches!(
+            release.script_args(),
+            Err(RedisError::Invalid { field: "name", .. })
+        ));
     }
 
     type Answer = std::future::Ready<Result<LockAttempt, RedisError>>;

@@ -225,6 +225,20 @@ impl ExtendSession {
     }
 }
 
+impl DeleteSession {
+    /// The session key [`DELETE`] is given. KEYS: session; ARGV: id, [`INDEX_PREFIX`].
+    fn script_args(&self) -> Result<Key, RedisError> {
+        session_key(&self.id)
+    }
+}
+
+impl ListSessions {
+    /// The user's index [`LIST`] is given. KEYS: index; ARGV: [`SESSION_PREFIX`], user_id.
+    fn script_args(&self) -> Result<Key, RedisError> {
+        index_key(&self.user_id)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Operations
 
@@ -326,7 +340,7 @@ impl RedisOp for DeleteSession {
     type Output = bool;
 
     fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
-        let key = session_key(&self.id)?;
+        let key = self.script_args()?;
         Ok(async move {
             let n: u64 = DELETE
                 .key(&key)
@@ -343,7 +357,7 @@ impl RedisOp for ListSessions {
     type Output = Vec<String>;
 
     fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
-        let key = index_key(&self.user_id)?;
+        let key = self.script_args()?;
         Ok(async move {
             Ok(LIST
                 .key(&key)
@@ -494,6 +508,36 @@ mod tests {
         assert!(matches!(
             extend(Some(Duration::ZERO)).script_args(&s),
             Err(RedisError::Invalid { field: "ttl", .. })
+        ));
+    }
+
+    #[test]
+    fn delete_names_the_session_and_list_the_users_index() {
+        let delete = |id: &str| DeleteSession { id: id.to_owned() }.script_args();
+        assert_eq!(
+            delete("sess-a").expect("valid").as_str(),
+            "lucid:sessions:session:sess-a"
+        );
+        assert!(matches!(
+            delete("has space"),
+            Err(RedisError::Invalid { field: "id", .. })
+        ));
+        let list = |user_id: &str| {
+            ListSessions {
+                user_id: user_id.to_owned(),
+            }
+            .script_args()
+        };
+        assert_eq!(
+            list("user-1").expect("valid").as_str(),
+            "lucid:sessions:user:user-1"
+        );
+        assert!(matches!(
+            list(""),
+            Err(RedisError::Invalid {
+                field: "user_id",
+                ..
+            })
         ));
     }
 

@@ -581,11 +581,15 @@ async fn ping(mut conn: MultiplexedConnection, deadline: Duration) -> Result<Dur
 }
 
 /// One command's reply, as `T`: the driver call of the operations that send one command.
-pub(crate) async fn query<T: redis::FromRedisValue>(
+///
+/// (Not an `async fn`: one would keep its arguments twice in its future, which every call
+/// then moves — on the hot path.)
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn query<T: redis::FromRedisValue>(
     cmd: redis::Cmd,
     mut conn: Conn,
-) -> Result<T, RedisError> {
-    Ok(cmd.query_async(&mut conn).await?)
+) -> impl Future<Output = Result<T, RedisError>> + Send + 'static {
+    async move { Ok(cmd.query_async(&mut conn).await?) }
 }
 
 /// Milliseconds for a Redis argument (`PX`, `PEXPIRE`), at least 1.

@@ -238,21 +238,27 @@ impl<A: Supervised> Front<A> {
     /// (the input checks: an error there means nothing was sent) and the work it returns
     /// within `deadline`, and news of a lost connection or a missed deadline back to the
     /// actor. Successful calls never touch the actor.
-    pub async fn run<T, F>(
+    ///
+    /// (Not an `async fn`: one would keep `start`, and the message in it, twice in the future
+    /// every call moves.)
+    #[allow(clippy::manual_async_fn)]
+    pub fn run<T, F>(
         &self,
         deadline: Duration,
         start: impl FnOnce(A::Conn) -> Result<F, A::Error>,
-    ) -> Result<T, A::Error>
+    ) -> impl Future<Output = Result<T, A::Error>>
     where
         F: Future<Output = Result<T, A::Error>>,
         A: Handler<CallFailed<A::Error>>,
     {
-        let (conn, generation) = self.usable()?;
-        let res = A::Error::within(deadline, start(conn)?).await;
-        if let Err(e) = &res {
-            self.report(generation, e);
+        async move {
+            let (conn, generation) = self.usable()?;
+            let res = A::Error::within(deadline, start(conn)?).await;
+            if let Err(e) = &res {
+                self.report(generation, e);
+            }
+            res
         }
-        res
     }
 
     /// Sends `msg` through the actor's mailbox and waits for the answer within the deadline

@@ -2,7 +2,8 @@
 //!
 //! The official driver keeps a pool per server and finds servers on its own; the actor
 //! supervises it the way every backend actor does (docs/architecture.md): a `ping` probe every
-//! `supervisor.probe_interval`, the shared [`Connection`] state machine and backoff, calls
+//! `supervisor.probe_interval`, the shared [`Connection`](crate::supervisor::Connection)
+//! state machine and backoff, calls
 //! answered `Unavailable` at once while MongoDB is not up, and news of a lost connection from
 //! the calls themselves. The driver's server selection timeout is the call deadline, so no
 //! call waits longer than a caller was promised; the driver's retryable-writes rules apply
@@ -40,7 +41,7 @@ pub mod transfer;
 pub use mongodb::bson;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -59,13 +60,10 @@ use crate::events::{self, MongoBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::link::{
-    self, CallFailed, ConnectError, Link, LinkError, LocalFuture, Supervised,
+    self, Bootstraps, ConnectError, Front, Handle, Link, LocalFuture, OpFuture, Shares, Supervised,
 };
-use crate::supervisor::{
-    Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
-};
+use crate::supervisor::{Backend, CallError, DeadlineError, Shutdown};
 use crate::threads::ActorThread;
-use bootstrap::Bootstrap;
 
 pub use bootstrap::{BootstrapReport, Capabilities, Plan, PlanBootstrap, PlanStep, RunBootstrap};
 pub use collections::{Catalog, CatalogError, Collection, CollectionSpec, IndexSpec};
@@ -173,17 +171,6 @@ impl MongoError {
             field: field.into(),
             reason: reason.into(),
         }
-    }
-
-    fn is_deadline(&self) -> bool {
-        matches!(self, MongoError::Call(CallError::DeadlineExceeded { .. }))
-    }
-
-    pub(crate) fn deadline(after: Duration) -> Self {
-        MongoError::Call(CallError::DeadlineExceeded {
-            backend: BACKEND,
-            after,
-        })
     }
 
     /// The driver's error, classified. Duplicate keys become [`MongoError::Conflict`] with the
@@ -343,24 +330,17 @@ pub trait MongoOp:
     type Output: Send + 'static;
 
     /// Checks the input (an error here means nothing was sent) and returns the driver calls.
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>;
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError>;
 }
 
 /// State shared by the actor (its only writer) and every handle.
 pub struct Shared {
     settings: Settings,
     catalog: Catalog,
-    published: RwLock<Published<Conn>>,
-    health: HealthEntry,
-    addr: OnceLock<Addr<MongoActor>>,
-    /// The last bootstrap's report, for `/health` and the CLI.
-    last_bootstrap: Mutex<Option<BootstrapReport>>,
-    /// Held by the bootstrap run in flight (see [`bootstrap`]): one at a time.
-    bootstrap_running: Arc<tokio::sync::Mutex<()>>,
+    /// The actor's address, its published connection and health entry.
+    front: Front<MongoActor>,
+    /// The bootstrap runs (one at a time) and the last report, for `/health` and the CLI.
+    bootstraps: Bootstraps<BootstrapReport>,
 }
 
 impl Shared {
@@ -372,81 +352,34 @@ impl Shared {
         &self.catalog
     }
 
-    pub(crate) fn set_last_bootstrap(&self, report: BootstrapReport) {
-        *self
-            .last_bootstrap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(report);
-    }
-
-    fn actor(&self) -> &Addr<MongoActor> {
-        self.addr
-            .get()
-            .unwrap_or_else(|| unreachable!("the address is set before the handle is returned"))
-    }
-
+    /// The connection for a call, or the answer to give instead ([`Front::usable`]).
     fn usable(&self) -> Result<(Conn, u64), MongoError> {
-        Ok(self
-            .published
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .usable(BACKEND)?)
+        Ok(self.front.usable()?)
     }
 
-    /// Tells the actor that a call on connection `generation` failed in a way that says
-    /// something about the connection.
+    /// News of a failed call for the actor ([`Front::report`]).
     fn report(&self, generation: u64, e: &MongoError) {
-        if (e.connection_lost() || e.is_deadline())
-            && let Some(actor) = self.addr.get()
-        {
-            let _ = actor.try_send(CallFailed {
-                generation,
-                error: e.clone(),
-            });
-        }
+        self.front.report(generation, e);
     }
 }
 
-/// Runs one operation: the published connection (or `Unavailable` at once), the input
-/// checks, the driver calls within the call deadline, and news of a lost connection back to
-/// the actor.
-async fn exec<M: MongoOp>(shared: &Arc<Shared>, msg: M) -> Result<M::Output, MongoError> {
-    exec_within(shared, msg, shared.settings.deadline).await
-}
+/// What callers hold ([`Handle`]).
+pub type MongoHandle = Handle<Shared>;
 
-/// As [`exec`] with another deadline (a bootstrap is many commands, each with the call
-/// deadline).
-async fn exec_within<M: MongoOp>(
-    shared: &Arc<Shared>,
-    msg: M,
-    deadline: Duration,
-) -> Result<M::Output, MongoError> {
-    let (conn, generation) = shared.usable()?;
-    let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
-        Ok(res) => res,
-        Err(_) => Err(MongoError::deadline(deadline)),
-    };
-    if let Err(e) = &res {
-        shared.report(generation, e);
+impl Shares for Shared {
+    type Actor = MongoActor;
+    type Settings = Settings;
+
+    fn front(&self) -> &Front<MongoActor> {
+        &self.front
     }
-    res
-}
 
-/// What callers hold. Cheap to clone; `Send + Sync`.
-#[derive(Clone)]
-pub struct MongoHandle {
-    shared: Arc<Shared>,
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
 }
 
 impl MongoHandle {
-    pub fn addr(&self) -> &Addr<MongoActor> {
-        self.shared.actor()
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.shared.settings
-    }
-
     /// The collections' specs (validators, indexes) the actor runs with.
     pub fn catalog(&self) -> &Catalog {
         &self.shared.catalog
@@ -454,11 +387,7 @@ impl MongoHandle {
 
     /// The last bootstrap's report, once one has run.
     pub fn last_bootstrap(&self) -> Option<BootstrapReport> {
-        self.shared
-            .last_bootstrap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.bootstraps.last()
     }
 
     /// `ping`, timed.
@@ -472,7 +401,7 @@ impl MongoHandle {
         &self,
         msg: M,
     ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
-        exec(&self.shared, msg)
+        self.call_within(msg, self.shared.front.deadline())
     }
 
     /// As [`MongoHandle::call`] with a deadline of its own, for work longer than one call
@@ -482,35 +411,12 @@ impl MongoHandle {
         msg: M,
         deadline: Duration,
     ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
-        exec_within(&self.shared, msg, deadline)
-    }
-
-    /// Sends a message through the actor's mailbox, waiting at most the deadline plus a grace.
-    pub async fn send<M, T>(&self, msg: M) -> Result<T, MongoError>
-    where
-        M: Message<Result = Result<T, MongoError>> + Send + 'static,
-        T: Send + 'static,
-        MongoActor: Handler<M>,
-    {
-        call(
-            self.shared.actor(),
-            BACKEND,
-            msg,
-            self.shared.settings.deadline + DELIVERY_GRACE,
-        )
-        .await?
-    }
-
-    pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
-        call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
-    }
-
-    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
-        call(self.shared.actor(), BACKEND, Shutdown, deadline).await
+        let shared = &self.shared;
+        shared
+            .front
+            .run(deadline, move |conn| msg.start(conn, shared))
     }
 }
-
-const DELIVERY_GRACE: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -535,80 +441,25 @@ impl MongoActor {
         let shared = Arc::new(Shared {
             settings: Settings::from_config(cfg, sup),
             catalog,
-            published: RwLock::new(Published::Connecting),
-            health,
-            addr: OnceLock::new(),
-            last_bootstrap: Mutex::new(None),
-            bootstrap_running: Arc::new(tokio::sync::Mutex::new(())),
+            front: Front::new(health, sup),
+            bootstraps: Bootstraps::default(),
         });
         let actor = MongoActor {
             options: Some(cfg.clone()),
             client: None,
-            link: Link::new(Connection::new(
-                BackoffPolicy::from_config(sup),
-                Instant::now(),
-            )),
+            link: Link::new(sup),
             shared: shared.clone(),
         };
-        let thread = ActorThread::start("lucid-mongo");
-        let _ = shared.addr.set(thread.start_actor(move |_| actor));
+        shared
+            .front
+            .start(&ActorThread::start("lucid-mongo"), actor);
         MongoHandle { shared }
-    }
-
-    /// Brings the database in line with the catalog; failures are reported, not fatal (the
-    /// next time MongoDB comes up it runs again). A run already in flight (one asked for with
-    /// [`RunBootstrap`]) does the work instead.
-    fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
-        let Some(conn) = self.link.conn.clone() else {
-            return;
-        };
-        let Ok(running) = self.shared.bootstrap_running.clone().try_lock_owned() else {
-            return;
-        };
-        let catalog = self.shared.catalog.clone();
-        let settings = self.shared.settings.clone();
-        ctx.spawn(
-            async move {
-                let res = Bootstrap::new(&conn, &catalog, &settings).run(false).await;
-                drop(running);
-                res
-            }
-            .into_actor(self)
-            .map(|res, act, _| match res {
-                Ok(report) => act.shared.set_last_bootstrap(report),
-                Err(e) => events::emit(MongoBootstrapFailed {
-                    code: e.code(),
-                    error: e.to_string(),
-                }),
-            }),
-        );
     }
 }
 
 impl Supervised for MongoActor {
-    type Conn = Conn;
     type Error = MongoError;
     const BACKEND: Backend = BACKEND;
-
-    fn link(&mut self) -> &mut Link<Conn> {
-        &mut self.link
-    }
-
-    fn link_ref(&self) -> &Link<Conn> {
-        &self.link
-    }
-
-    fn health(&self) -> &HealthEntry {
-        &self.shared.health
-    }
-
-    fn published(&self) -> &RwLock<Published<Conn>> {
-        &self.shared.published
-    }
-
-    fn deadline(&self) -> Duration {
-        self.shared.settings.deadline
-    }
 
     /// The client is built once (settings it refuses disable the backend), then `ping`.
     fn connect(
@@ -647,31 +498,21 @@ impl Supervised for MongoActor {
         Box::pin(async move { ping(&conn.db, deadline).await })
     }
 
+    /// Brings the database in line with the catalog ([`Bootstraps::at_connect`]).
     fn on_up(&mut self, ctx: &mut Context<Self>) {
         self.client = self.link.conn.as_ref().map(|c| c.client.clone());
-        if self.shared.settings.bootstrap {
-            self.spawn_bootstrap(ctx);
+        if let (true, Some(conn)) = (self.shared.settings.bootstrap, self.link.conn.clone()) {
+            let shared = self.shared.clone();
+            let run = async move { bootstrap::run(&conn, &shared, false).await };
+            self.shared
+                .bootstraps
+                .at_connect(ctx, run, |e: MongoError| {
+                    events::emit(MongoBootstrapFailed {
+                        code: e.code(),
+                        error: e.to_string(),
+                    })
+                });
         }
-    }
-}
-
-impl LinkError for MongoError {
-    fn code(&self) -> &'static str {
-        MongoError::code(self)
-    }
-
-    fn connection_lost(&self) -> bool {
-        matches!(self, MongoError::Connection { .. })
-    }
-}
-
-impl Actor for MongoActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let settings = &self.shared.settings;
-        let (capacity, interval) = (settings.mailbox_capacity, settings.probe_interval);
-        link::start(self, ctx, capacity, interval);
     }
 }
 
@@ -683,27 +524,18 @@ impl sealed::Sealed for Ping {}
 impl MongoOp for Ping {
     type Output = Duration;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Duration, MongoError>> + Send + 'static, MongoError>
-    {
-        let deadline = shared.settings.deadline;
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+        let deadline = shared.front.deadline();
         Ok(async move { ping(&conn.db, deadline).await })
     }
 }
 
-impl<M: MongoOp> Handler<M> for MongoActor {
-    type Result = ResponseFuture<Result<M::Output, MongoError>>;
-
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
-        let shared = self.shared.clone();
-        Box::pin(async move { exec(&shared, msg).await })
-    }
+link::supervised_actor! {
+    actor: MongoActor,
+    conn: Conn,
+    error: MongoError,
+    operations: MongoOp,
 }
-
-link::supervised_handlers!(MongoActor, MongoError);
 
 impl Handler<Shutdown> for MongoActor {
     type Result = ResponseActFuture<Self, ()>;
@@ -827,22 +659,11 @@ async fn build_client(
 
 async fn ping(db: &Database, deadline: Duration) -> Result<Duration, MongoError> {
     let started = Instant::now();
-    with_deadline(deadline, async {
+    MongoError::within(deadline, async {
         db.run_command(doc! {"ping": 1}).await?;
         Ok(started.elapsed())
     })
     .await
-}
-
-/// `fut`, or `DeadlineExceeded` once `deadline` has passed.
-pub(crate) async fn with_deadline<T>(
-    deadline: Duration,
-    fut: impl Future<Output = Result<T, MongoError>>,
-) -> Result<T, MongoError> {
-    match tokio::time::timeout(deadline, fut).await {
-        Ok(res) => res,
-        Err(_) => Err(MongoError::deadline(deadline)),
-    }
 }
 
 /// A command's `ok` as the server gave it (nx-27017 answers unknown commands with `ok: 1`).
@@ -860,6 +681,7 @@ pub(crate) fn ok_of(reply: &Document) -> bool {
 mod tests {
     use super::*;
     use crate::redact::Secret;
+    use crate::supervisor::link::LinkError;
 
     #[test]
     fn codes_are_low_cardinality() {
@@ -874,7 +696,7 @@ mod tests {
             mongodb::error::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert!(MongoError::from_driver(&dropped).connection_lost());
         assert_eq!(
-            MongoError::deadline(Duration::from_secs(1)).code(),
+            MongoError::deadline_exceeded(Duration::from_secs(1)).code(),
             "deadline_exceeded"
         );
     }

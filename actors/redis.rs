@@ -1,7 +1,8 @@
 //! The Redis actor: owns lucid-db's connection to Redis and everything Lucid does with it.
 //!
 //! The connection is a `MultiplexedConnection` (requests from many callers share it and run
-//! concurrently), re-created under the shared [`Connection`] backoff — not redis-rs's
+//! concurrently), re-created under the shared [`Connection`](crate::supervisor::Connection)
+//! backoff — not redis-rs's
 //! `ConnectionManager`, whose own retry schedule would fight ours. While up, a PING probe runs
 //! every `supervisor.probe_interval`; a failed probe, or a call that finds the connection
 //! dropped, takes the actor to backoff at once, and calls are answered `Unavailable` without
@@ -38,8 +39,8 @@ pub mod stats;
 pub mod transfer;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -51,11 +52,9 @@ use crate::events::{self, RateLimitDegraded};
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::link::{
-    self, CallFailed, ConnectError, Link, LinkError, LocalFuture, Supervised,
+    self, ConnectError, Front, Handle, Link, LinkError, LocalFuture, OpFuture, Shares, Supervised,
 };
-use crate::supervisor::{
-    Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
-};
+use crate::supervisor::{Backend, CallError, DeadlineError, Shutdown};
 use crate::threads::ActorThread;
 
 pub use cache::{CacheDelete, CacheExists, CacheGet, CacheSet};
@@ -74,6 +73,9 @@ pub use transfer::{
 };
 
 const BACKEND: Backend = Backend::Redis;
+
+/// The connection calls run on (the crate's name for it: callers never hold one).
+pub(crate) type Conn = MultiplexedConnection;
 
 // ---------------------------------------------------------------------------------------------
 // Messages (the operations' messages live in their own files)
@@ -161,10 +163,6 @@ impl RedisError {
         }
     }
 
-    fn is_deadline(&self) -> bool {
-        matches!(self, RedisError::Call(CallError::DeadlineExceeded { .. }))
-    }
-
     pub(crate) fn from_driver(e: &redis::RedisError) -> Self {
         let code = if e.is_connection_refusal() {
             "connection_refused"
@@ -189,13 +187,6 @@ impl RedisError {
             code,
             message: redact::text(&e.to_string()),
         }
-    }
-
-    fn deadline(after: Duration) -> Self {
-        RedisError::Call(CallError::DeadlineExceeded {
-            backend: BACKEND,
-            after,
-        })
     }
 }
 
@@ -300,11 +291,7 @@ pub trait RedisOp:
     type Output: Send + 'static;
 
     /// Checks the input (an error here means nothing was sent) and returns the driver calls.
-    fn start(
-        self,
-        conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<Self::Output, RedisError>> + 'static, RedisError>;
+    fn start(self, conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError>;
 
     /// The answer while Redis is unavailable, for operations that have one (rate limits).
     /// Cheap: it is prepared before every call, in case the connection is lost on the way.
@@ -322,12 +309,10 @@ pub trait RedisOp:
 /// State shared by the actor (its only writer) and every handle.
 pub struct Shared {
     settings: Settings,
-    published: RwLock<Published<MultiplexedConnection>>,
+    /// The actor's address, its published connection and health entry.
+    front: Front<RedisActor>,
     /// Whether `ratelimit.degraded` was emitted for the current outage.
     degraded_reported: AtomicBool,
-    health: HealthEntry,
-    /// The actor, for news from calls and for mailbox messages; set once it has started.
-    addr: OnceLock<Addr<RedisActor>>,
     flights: cache::Flights,
     /// The database `redis.url` selects (0 when it names none).
     database: i64,
@@ -338,20 +323,9 @@ impl Shared {
         &self.settings
     }
 
-    /// The actor's address; set in `start_with` before any handle exists.
-    fn actor(&self) -> &Addr<RedisActor> {
-        self.addr
-            .get()
-            .unwrap_or_else(|| unreachable!("the address is set before the handle is returned"))
-    }
-
-    /// The connection for a call, or the answer to give instead — at once, without waiting.
-    fn usable(&self) -> Result<(MultiplexedConnection, u64), RedisError> {
-        Ok(self
-            .published
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .usable(BACKEND)?)
+    /// The connection for a call, or the answer to give instead ([`Front::usable`]).
+    fn usable(&self) -> Result<(Conn, u64), RedisError> {
+        Ok(self.front.usable()?)
     }
 
     /// `ratelimit.degraded`, once per outage.
@@ -365,10 +339,11 @@ impl Shared {
     }
 }
 
-/// Runs one operation: the connection the actor published (or the immediate answer while
-/// Redis is not up), the input checks, the driver calls within the call deadline, and news of
-/// a lost connection or a missed deadline back to the actor (a full mailbox only delays that
-/// news: the probe finds out too). Successful calls never touch the actor.
+/// Runs one operation as [`Front::run`] does — the connection the actor published (or the
+/// immediate answer while Redis is not up), the input checks, the driver calls within the
+/// call deadline, news of a lost connection or a missed deadline back to the actor — and
+/// answers by the configured policy while Redis is down, for the operations that have one
+/// ([`RedisOp::when_down`]).
 async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisError> {
     let (conn, generation) = match shared.usable() {
         Ok(usable) => usable,
@@ -382,19 +357,10 @@ async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisErr
         }
     };
     let fallback = msg.when_down(&shared.settings);
-    let deadline = shared.settings.deadline;
-    let res = match tokio::time::timeout(deadline, msg.start(conn, shared)?).await {
-        Ok(res) => res,
-        Err(_) => Err(RedisError::deadline(deadline)),
-    };
+    let res = RedisError::within(shared.front.deadline(), msg.start(conn, shared)?).await;
     match res {
-        Err(e) if e.connection_lost() || e.is_deadline() => {
-            if let Some(actor) = shared.addr.get() {
-                let _ = actor.try_send(CallFailed {
-                    generation,
-                    error: e.clone(),
-                });
-            }
+        Err(e) if e.tells_of_connection() => {
+            shared.front.report(generation, &e);
             // Lost on the way: the configured policy decides this one, where there is one.
             match fallback {
                 Some(answer) => {
@@ -408,24 +374,24 @@ async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisErr
     }
 }
 
-/// What callers hold: the state shared with the actor (its address, its published
-/// connection, the settings, the single-flight table). Cheap to clone (one atomic increment);
-/// `Send + Sync`.
-#[derive(Clone)]
-pub struct RedisHandle {
-    shared: Arc<Shared>,
+/// What callers hold ([`Handle`]): the state shared with the actor (its address, its
+/// published connection, the settings, the single-flight table).
+pub type RedisHandle = Handle<Shared>;
+
+impl Shares for Shared {
+    type Actor = RedisActor;
+    type Settings = Settings;
+
+    fn front(&self) -> &Front<RedisActor> {
+        &self.front
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
 }
 
 impl RedisHandle {
-    /// The actor's address, for sending messages directly (`send` with a timeout, never `do_send`).
-    pub fn addr(&self) -> &Addr<RedisActor> {
-        self.shared.actor()
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.shared.settings
-    }
-
     /// The database `redis.url` selects: the one calls and exports use.
     pub fn database(&self) -> i64 {
         self.shared.database
@@ -448,36 +414,7 @@ impl RedisHandle {
     ) -> impl Future<Output = Result<M::Output, RedisError>> + '_ {
         exec(&self.shared, msg)
     }
-
-    /// Sends a message through the actor's mailbox and waits for the answer within the
-    /// deadline plus a grace for a full mailbox; `NotDelivered` once the actor has stopped.
-    /// For the operations that change the actor's own state (subscriptions, streams).
-    pub async fn send<M, T>(&self, msg: M) -> Result<T, RedisError>
-    where
-        M: Message<Result = Result<T, RedisError>> + Send + 'static,
-        T: Send + 'static,
-        RedisActor: Handler<M>,
-    {
-        call(
-            self.shared.actor(),
-            BACKEND,
-            msg,
-            self.shared.settings.deadline + DELIVERY_GRACE,
-        )
-        .await?
-    }
-
-    pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
-        call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
-    }
-
-    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
-        call(self.shared.actor(), BACKEND, Shutdown, deadline).await
-    }
 }
-
-/// How much longer than the deadline a caller waits for delivery before giving up on the actor.
-const DELIVERY_GRACE: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -489,7 +426,7 @@ pub struct RedisActor {
     /// The connection under supervision; its generation is bumped on every connect attempt
     /// and every loss, so late results of an older connection (a probe, a call, a timer)
     /// cannot act on the current one.
-    link: Link<MultiplexedConnection>,
+    link: Link<Conn>,
     shared: Arc<Shared>,
     subscriptions: pubsub::Subscriptions,
 }
@@ -505,59 +442,37 @@ impl RedisActor {
         let built = build_client(cfg);
         let shared = Arc::new(Shared {
             settings: Settings::from_config(cfg, sup),
-            published: RwLock::new(Published::Connecting),
+            front: Front::new(health, sup),
             degraded_reported: AtomicBool::new(false),
-            health,
-            addr: OnceLock::new(),
             flights: cache::Flights::default(),
             database: built
                 .as_ref()
                 .map_or(0, |c| c.get_connection_info().redis_settings().db()),
         });
-        let mut machine = Connection::new(BackoffPolicy::from_config(sup), Instant::now());
+        let mut link = Link::new(sup);
         let client = match built {
             Ok(client) => Some(client),
             Err(e) => {
-                machine.disable(format!("invalid redis.url: {e}"));
+                link.machine.disable(format!("invalid redis.url: {e}"));
                 None
             }
         };
         let actor = RedisActor {
             client,
-            link: Link::new(machine),
+            link,
             shared: shared.clone(),
             subscriptions: pubsub::Subscriptions::default(),
         };
-        let thread = ActorThread::start("lucid-redis");
-        let _ = shared.addr.set(thread.start_actor(move |_| actor));
+        shared
+            .front
+            .start(&ActorThread::start("lucid-redis"), actor);
         RedisHandle { shared }
     }
 }
 
 impl Supervised for RedisActor {
-    type Conn = MultiplexedConnection;
     type Error = RedisError;
     const BACKEND: Backend = BACKEND;
-
-    fn link(&mut self) -> &mut Link<MultiplexedConnection> {
-        &mut self.link
-    }
-
-    fn link_ref(&self) -> &Link<MultiplexedConnection> {
-        &self.link
-    }
-
-    fn health(&self) -> &HealthEntry {
-        &self.shared.health
-    }
-
-    fn published(&self) -> &RwLock<Published<MultiplexedConnection>> {
-        &self.shared.published
-    }
-
-    fn deadline(&self) -> Duration {
-        self.shared.settings.deadline
-    }
 
     /// A new multiplexed connection and a PING; nothing while the URL was refused at start.
     fn connect(
@@ -593,27 +508,6 @@ impl Supervised for RedisActor {
     }
 }
 
-impl LinkError for RedisError {
-    fn code(&self) -> &'static str {
-        RedisError::code(self)
-    }
-
-    /// Whether this error means the connection itself is gone (as opposed to one bad reply).
-    fn connection_lost(&self) -> bool {
-        matches!(self, RedisError::Connection { .. })
-    }
-}
-
-impl Actor for RedisActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let settings = &self.shared.settings;
-        let (capacity, interval) = (settings.mailbox_capacity, settings.probe_interval);
-        link::start(self, ctx, capacity, interval);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
@@ -622,26 +516,17 @@ impl sealed::Sealed for Ping {}
 impl RedisOp for Ping {
     type Output = Duration;
 
-    fn start(
-        self,
-        conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<Duration, RedisError>> + 'static, RedisError> {
+    fn start(self, conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         Ok(ping(conn, shared.settings.deadline))
     }
 }
 
-/// Every [`RedisOp`] is handled the same way: see [`exec`].
-impl<M: RedisOp> Handler<M> for RedisActor {
-    type Result = ResponseFuture<Result<M::Output, RedisError>>;
-
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
-        let shared = self.shared.clone();
-        Box::pin(async move { exec(&shared, msg).await })
-    }
+link::supervised_actor! {
+    actor: RedisActor,
+    conn: Conn,
+    error: RedisError,
+    operations: RedisOp,
 }
-
-link::supervised_handlers!(RedisActor, RedisError);
 
 impl Handler<Shutdown> for RedisActor {
     type Result = ();
@@ -699,22 +584,23 @@ async fn connect_once(
 
 async fn ping(mut conn: MultiplexedConnection, deadline: Duration) -> Result<Duration, RedisError> {
     let started = Instant::now();
-    with_deadline(deadline, async {
+    RedisError::within(deadline, async {
         redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok(started.elapsed())
     })
     .await
 }
 
-/// `fut`, or `DeadlineExceeded` once `deadline` has passed.
-pub(crate) async fn with_deadline<T>(
-    deadline: Duration,
-    fut: impl Future<Output = Result<T, RedisError>>,
-) -> Result<T, RedisError> {
-    match tokio::time::timeout(deadline, fut).await {
-        Ok(res) => res,
-        Err(_) => Err(RedisError::deadline(deadline)),
-    }
+/// One command's reply, as `T`: the driver call of the operations that send one command.
+///
+/// (Not an `async fn`: one would keep its arguments twice in its future, which every call
+/// then moves — on the hot path.)
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn query<T: redis::FromRedisValue>(
+    cmd: redis::Cmd,
+    mut conn: Conn,
+) -> impl Future<Output = Result<T, RedisError>> + Send + 'static {
+    async move { Ok(cmd.query_async(&mut conn).await?) }
 }
 
 /// Milliseconds for a Redis argument (`PX`, `PEXPIRE`), at least 1.
@@ -756,11 +642,20 @@ pub(crate) mod tests {
             "connection_dropped"
         );
         assert!(RedisError::from_driver(&dropped).connection_lost());
+        let late = RedisError::deadline_exceeded(Duration::from_secs(1));
         assert_eq!(
-            RedisError::deadline(Duration::from_secs(1)).code(),
-            "deadline_exceeded"
+            late,
+            RedisError::Call(CallError::DeadlineExceeded {
+                backend: Backend::Redis,
+                after: Duration::from_secs(1)
+            })
         );
-        assert!(!RedisError::deadline(Duration::from_secs(1)).connection_lost());
+        assert_eq!(late.code(), "deadline_exceeded");
+        assert!(!late.connection_lost());
+        assert!(
+            late.tells_of_connection(),
+            "a missed deadline makes the actor probe"
+        );
     }
 
     #[test]

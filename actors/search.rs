@@ -25,10 +25,9 @@ pub mod transfer;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
 use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
@@ -43,11 +42,10 @@ use crate::events::{self, SearchBootstrapFailed};
 use crate::health::HealthEntry;
 use crate::redact;
 use crate::supervisor::link::{
-    self, CallFailed, ConnectError, Link, LinkError, LocalFuture, Supervised,
+    self, Bootstraps, ConnectError, Front, Handle, Link, LinkError, LocalFuture, OpFuture, Shares,
+    Supervised,
 };
-use crate::supervisor::{
-    Backend, BackoffPolicy, CallError, Connection, Heartbeat, Published, Shutdown, call,
-};
+use crate::supervisor::{Backend, CallError, DeadlineError, Shutdown};
 use crate::threads::ActorThread;
 
 pub use documents::{
@@ -157,17 +155,6 @@ impl SearchError {
             field: field.into(),
             reason: reason.into(),
         }
-    }
-
-    fn is_deadline(&self) -> bool {
-        matches!(self, SearchError::Call(CallError::DeadlineExceeded { .. }))
-    }
-
-    pub(crate) fn deadline(after: Duration) -> Self {
-        SearchError::Call(CallError::DeadlineExceeded {
-            backend: BACKEND,
-            after,
-        })
     }
 
     /// The server's HTTP status, for a refusal.
@@ -427,11 +414,7 @@ pub trait SearchOp:
     type Output: Send + 'static;
 
     /// Checks the input (an error here means nothing was sent) and returns the requests.
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, SearchError>> + Send + 'static, SearchError>;
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError>;
 }
 
 /// State shared by the actor (its only writer) and every handle.
@@ -439,10 +422,10 @@ pub struct Shared {
     settings: Settings,
     templates: Templates,
     clock: Arc<dyn Clock>,
-    published: RwLock<Published<Conn>>,
-    health: HealthEntry,
-    addr: OnceLock<Addr<SearchActor>>,
-    last_bootstrap: Mutex<Option<BootstrapReport>>,
+    /// The actor's address, its published connection and health entry.
+    front: Front<SearchActor>,
+    /// The bootstrap runs (one at a time) and the last report.
+    bootstraps: Bootstraps<BootstrapReport>,
     /// Documents whose month was no longer writable, sent to the write index instead.
     late_documents: AtomicU64,
     /// Bulk items sent again after the server refused them with 429 or 503.
@@ -471,52 +454,15 @@ impl Shared {
         self.retried_documents.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn actor(&self) -> &Addr<SearchActor> {
-        self.addr
-            .get()
-            .unwrap_or_else(|| unreachable!("the address is set before the handle is returned"))
-    }
-
+    /// The client for a call, or the answer to give instead ([`Front::usable`]).
     fn usable(&self) -> Result<(Conn, u64), SearchError> {
-        Ok(self
-            .published
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .usable(BACKEND)?)
+        Ok(self.front.usable()?)
     }
 
-    /// Tells the actor that a call on connection `generation` failed in a way that says
-    /// something about the connection.
+    /// News of a failed call for the actor ([`Front::report`]).
     fn report(&self, generation: u64, e: &SearchError) {
-        if (e.connection_lost() || e.is_deadline())
-            && let Some(actor) = self.addr.get()
-        {
-            let _ = actor.try_send(CallFailed {
-                generation,
-                error: e.clone(),
-            });
-        }
+        self.front.report(generation, e);
     }
-}
-
-/// Runs one operation: the published client (or `Unavailable` at once), the input checks,
-/// the requests within the call deadline, and news of a lost connection back to the actor.
-async fn exec<M: SearchOp>(shared: &Arc<Shared>, msg: M) -> Result<M::Output, SearchError> {
-    exec_within(shared, msg, shared.settings.deadline).await
-}
-
-/// As [`exec`] with another deadline (bulk and lifecycle runs take longer than one call).
-async fn exec_within<M: SearchOp>(
-    shared: &Arc<Shared>,
-    msg: M,
-    deadline: Duration,
-) -> Result<M::Output, SearchError> {
-    let (conn, generation) = shared.usable()?;
-    let res = within(deadline, msg.start(conn, shared)?).await;
-    if let Err(e) = &res {
-        shared.report(generation, e);
-    }
-    res
 }
 
 /// Sends one batch of the bulk indexer on the published client: `unavailable` for every
@@ -549,28 +495,31 @@ async fn send_indexed(
     outcomes
 }
 
-/// What callers hold. Cheap to clone; `Send + Sync`.
-#[derive(Clone)]
-pub struct SearchHandle {
-    shared: Arc<Shared>,
+/// What callers hold ([`Handle`]).
+pub type SearchHandle = Handle<Shared>;
+
+impl Shares for Shared {
+    type Actor = SearchActor;
+    type Settings = Settings;
+
+    fn front(&self) -> &Front<SearchActor> {
+        &self.front
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The bulk indexer's queue goes out first, so queued documents are not dropped.
+    async fn before_shutdown(&self, _: Duration) {
+        let _ = self.indexer.flush().await;
+    }
 }
 
 impl SearchHandle {
-    pub fn addr(&self) -> &Addr<SearchActor> {
-        self.shared.actor()
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.shared.settings
-    }
-
     /// The last bootstrap's report, once one has run.
     pub fn last_bootstrap(&self) -> Option<BootstrapReport> {
-        self.shared
-            .last_bootstrap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.bootstraps.last()
     }
 
     /// Documents sent to the write index because their own month was no longer writable.
@@ -631,7 +580,7 @@ impl SearchHandle {
         &self,
         msg: M,
     ) -> impl Future<Output = Result<M::Output, SearchError>> + '_ {
-        exec(&self.shared, msg)
+        self.call_within(msg, self.shared.front.deadline())
     }
 
     /// As [`SearchHandle::call`] with a deadline of its own, for long work (a large bulk, a
@@ -641,23 +590,10 @@ impl SearchHandle {
         msg: M,
         deadline: Duration,
     ) -> impl Future<Output = Result<M::Output, SearchError>> + '_ {
-        exec_within(&self.shared, msg, deadline)
-    }
-
-    /// Sends a message through the actor's mailbox, waiting at most the deadline plus a grace.
-    pub async fn send<M, T>(&self, msg: M) -> Result<T, SearchError>
-    where
-        M: Message<Result = Result<T, SearchError>> + Send + 'static,
-        T: Send + 'static,
-        SearchActor: Handler<M>,
-    {
-        call(
-            self.shared.actor(),
-            BACKEND,
-            msg,
-            self.shared.settings.deadline + DELIVERY_GRACE,
-        )
-        .await?
+        let shared = &self.shared;
+        shared
+            .front
+            .run(deadline, move |conn| msg.start(conn, shared))
     }
 
     /// Sessions of one user, newest first, with more filters.
@@ -704,19 +640,7 @@ impl SearchHandle {
         }
         self.call(search).await
     }
-
-    pub(crate) async fn heartbeat(&self, deadline: Duration) -> Result<(), CallError> {
-        call(self.shared.actor(), BACKEND, Heartbeat, deadline).await
-    }
-
-    /// Flushes the bulk indexer (half the deadline at most), then stops the actor.
-    pub(crate) async fn shutdown(&self, deadline: Duration) -> Result<(), CallError> {
-        let _ = tokio::time::timeout(deadline / 2, self.flush()).await;
-        call(self.shared.actor(), BACKEND, Shutdown, deadline).await
-    }
 }
-
-const DELIVERY_GRACE: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -726,7 +650,6 @@ pub struct SearchActor {
     options: Option<ElasticsearchConfig>,
     client: Option<Elasticsearch>,
     link: Link<Conn>,
-    bootstrap_in_flight: bool,
     shared: Arc<Shared>,
 }
 
@@ -759,10 +682,8 @@ impl SearchActor {
                 settings,
                 templates,
                 clock,
-                published: RwLock::new(Published::Connecting),
-                health,
-                addr: OnceLock::new(),
-                last_bootstrap: Mutex::new(None),
+                front: Front::new(health, sup),
+                bootstraps: Bootstraps::default(),
                 late_documents: AtomicU64::new(0),
                 retried_documents: AtomicU64::new(0),
             }
@@ -770,74 +691,17 @@ impl SearchActor {
         let actor = SearchActor {
             options: Some(cfg.clone()),
             client: None,
-            link: Link::new(Connection::new(
-                BackoffPolicy::from_config(sup),
-                Instant::now(),
-            )),
-            bootstrap_in_flight: false,
+            link: Link::new(sup),
             shared: shared.clone(),
         };
-        let _ = shared.addr.set(thread.start_actor(move |_| actor));
+        shared.front.start(&thread, actor);
         SearchHandle { shared }
-    }
-
-    /// Templates, this month's indices and the aliases; failures are reported, not fatal
-    /// (the next time the cluster comes up it runs again).
-    fn spawn_bootstrap(&mut self, ctx: &mut Context<Self>) {
-        let Some(conn) = self.link.conn.clone() else {
-            return;
-        };
-        if self.bootstrap_in_flight {
-            return;
-        }
-        self.bootstrap_in_flight = true;
-        let shared = self.shared.clone();
-        ctx.spawn(
-            async move { indices::bootstrap(&conn, &shared).await }
-                .into_actor(self)
-                .map(|res, act, _| {
-                    act.bootstrap_in_flight = false;
-                    match res {
-                        Ok(report) => {
-                            *act.shared
-                                .last_bootstrap
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner()) = Some(report);
-                        }
-                        Err(e) => events::emit(SearchBootstrapFailed {
-                            code: e.code(),
-                            error: e.to_string(),
-                        }),
-                    }
-                }),
-        );
     }
 }
 
 impl Supervised for SearchActor {
-    type Conn = Conn;
     type Error = SearchError;
     const BACKEND: Backend = BACKEND;
-
-    fn link(&mut self) -> &mut Link<Conn> {
-        &mut self.link
-    }
-
-    fn link_ref(&self) -> &Link<Conn> {
-        &self.link
-    }
-
-    fn health(&self) -> &HealthEntry {
-        &self.shared.health
-    }
-
-    fn published(&self) -> &RwLock<Published<Conn>> {
-        &self.shared.published
-    }
-
-    fn deadline(&self) -> Duration {
-        self.shared.settings.deadline
-    }
 
     /// The client is built once (a bad URL disables the backend), then `GET /`.
     fn connect(
@@ -875,30 +739,20 @@ impl Supervised for SearchActor {
         Box::pin(async move { ping(&conn, deadline).await })
     }
 
+    /// Templates, this month's indices and the aliases ([`Bootstraps::at_connect`]).
     fn on_up(&mut self, ctx: &mut Context<Self>) {
-        if self.shared.settings.bootstrap {
-            self.spawn_bootstrap(ctx);
+        if let (true, Some(conn)) = (self.shared.settings.bootstrap, self.link.conn.clone()) {
+            let shared = self.shared.clone();
+            let run = async move { indices::bootstrap(&conn, &shared).await };
+            self.shared
+                .bootstraps
+                .at_connect(ctx, run, |e: SearchError| {
+                    events::emit(SearchBootstrapFailed {
+                        code: e.code(),
+                        error: e.to_string(),
+                    })
+                });
         }
-    }
-}
-
-impl LinkError for SearchError {
-    fn code(&self) -> &'static str {
-        SearchError::code(self)
-    }
-
-    fn connection_lost(&self) -> bool {
-        matches!(self, SearchError::Connection { .. })
-    }
-}
-
-impl Actor for SearchActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let settings = &self.shared.settings;
-        let (capacity, interval) = (settings.mailbox_capacity, settings.probe_interval);
-        link::start(self, ctx, capacity, interval);
     }
 }
 
@@ -910,27 +764,18 @@ impl sealed::Sealed for Ping {}
 impl SearchOp for Ping {
     type Output = Duration;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Duration, SearchError>> + Send + 'static, SearchError>
-    {
-        let deadline = shared.settings.deadline;
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
+        let deadline = shared.front.deadline();
         Ok(async move { ping(&conn, deadline).await })
     }
 }
 
-impl<M: SearchOp> Handler<M> for SearchActor {
-    type Result = ResponseFuture<Result<M::Output, SearchError>>;
-
-    fn handle(&mut self, msg: M, _: &mut Context<Self>) -> Self::Result {
-        let shared = self.shared.clone();
-        Box::pin(async move { exec(&shared, msg).await })
-    }
+link::supervised_actor! {
+    actor: SearchActor,
+    conn: Conn,
+    error: SearchError,
+    operations: SearchOp,
 }
-
-link::supervised_handlers!(SearchActor, SearchError);
 
 impl Handler<Shutdown> for SearchActor {
     type Result = ();
@@ -969,21 +814,10 @@ pub(crate) fn build_client(
     Ok(Elasticsearch::new(transport))
 }
 
-/// `f`, or `DeadlineExceeded` after `deadline`.
-pub(crate) async fn within<T>(
-    deadline: Duration,
-    f: impl Future<Output = Result<T, SearchError>>,
-) -> Result<T, SearchError> {
-    match tokio::time::timeout(deadline, f).await {
-        Ok(r) => r,
-        Err(_) => Err(SearchError::deadline(deadline)),
-    }
-}
-
 /// `GET /` within `deadline`, timed.
 pub(crate) async fn ping(conn: &Conn, deadline: Duration) -> Result<Duration, SearchError> {
     let started = Instant::now();
-    within(deadline, conn.send(Request::new(Method::Get, "/"))).await?;
+    SearchError::within(deadline, conn.send(Request::new(Method::Get, "/"))).await?;
     Ok(started.elapsed())
 }
 

@@ -18,9 +18,11 @@
 pub mod feed;
 pub mod link;
 
+use std::future::Future;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 pub use crate::backend::{Backend, StateLabel};
@@ -61,8 +63,21 @@ impl BackoffPolicy {
 
 /// The delay before retry `attempt`, given a jitter sample `unit` in `[0, 1)`. Pure: the
 /// caller supplies the randomness, tests supply fixed samples.
+///
+/// The one retry schedule of the crate: reconnects here, and through [`retry_pause`] the
+/// retries of single operations, each with its policy.
 pub fn backoff(policy: &BackoffPolicy, attempt: u32, unit: f64) -> Duration {
     policy.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The pause before retry `attempt` of one operation — an Elasticsearch bulk item the server
+/// refused with 429 or 503, a Redis lock someone else holds —: the [`backoff`] schedule with
+/// the jitter sample `unit` in `[0, 1)` taken to the upper half of the ceiling. Callers
+/// refused together still come back spread out, but never at once: the server just said it
+/// is overloaded, or the lock is taken. (A reconnect may start at once: nothing is waiting
+/// on the other side.) Pure, like [`backoff`].
+pub fn retry_pause(policy: &BackoffPolicy, attempt: u32, unit: f64) -> Duration {
+    backoff(policy, attempt, 0.5 + unit.clamp(0.0, 1.0) / 2.0)
 }
 
 /// Where a backend connection is.
@@ -360,6 +375,33 @@ impl CallError {
 /// Why a message to a stopped actor was not delivered.
 const ACTOR_STOPPED: &str = "actor has stopped";
 
+/// How much longer than the call deadline a caller waits for the answer to a message sent
+/// through an actor's mailbox: the work runs within the deadline, the grace covers the wait
+/// for a place in a full mailbox and the way back. Every actor's `send` uses it.
+pub const DELIVERY_GRACE: Duration = Duration::from_millis(250);
+
+/// An actor's error that can say "no answer within the deadline", and with it the one
+/// deadline helper every actor uses, [`DeadlineError::within`]. The backend errors have it
+/// through [`link::LinkError`] (their `Call(DeadlineExceeded)`); another actor's error says
+/// it in its own variant.
+pub trait DeadlineError: Sized {
+    /// The error for work that had no answer within `after`.
+    fn deadline_exceeded(after: Duration) -> Self;
+
+    /// `fut`, or [`DeadlineError::deadline_exceeded`] once `deadline` has passed (written
+    /// `RedisError::within(deadline, fut)`: the error type names whose deadline it is).
+    ///
+    /// (A `map` of tokio's `Timeout`, not an `async` block: on the calls' hot path it adds no
+    /// state machine that would hold `fut` twice and move it again.)
+    fn within<T>(
+        deadline: Duration,
+        fut: impl Future<Output = Result<T, Self>>,
+    ) -> impl Future<Output = Result<T, Self>> {
+        tokio::time::timeout(deadline, fut)
+            .map(move |res| res.unwrap_or_else(|_| Err(Self::deadline_exceeded(deadline))))
+    }
+}
+
 /// Sends `msg` and waits for the answer at most `deadline`: the bounded mailbox makes `send`
 /// wait for room, so a full mailbox turns into an error the caller sees, never an unbounded
 /// queue (`do_send` would ignore the bound).
@@ -509,6 +551,60 @@ mod tests {
         }
         let flat = BackoffPolicy { factor: 1, ..p };
         assert_eq!(flat.ceiling(10), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_retry_pause_is_in_the_upper_half_of_the_ceiling() {
+        let p = policy();
+        let table = [
+            (1, 0.0, 125),
+            (1, 0.5, 187),
+            (1, 0.999, 249),
+            (3, 0.0, 500),
+            (3, 0.5, 750),
+            (20, 0.0, 15_000),
+            (20, 1.0, 30_000),
+            // samples outside [0, 1] are clamped
+            (2, -3.0, 250),
+            (2, 9.0, 500),
+        ];
+        for (attempt, unit, ms) in table {
+            assert_eq!(
+                retry_pause(&p, attempt, unit).as_millis(),
+                ms,
+                "attempt {attempt} unit {unit}"
+            );
+        }
+    }
+
+    /// The one deadline helper: the work's own answer when it comes in time, else the error's
+    /// `deadline_exceeded` once the deadline has passed (paused time).
+    #[tokio::test(start_paused = true)]
+    async fn within_answers_in_time_or_deadline_exceeded_at_the_deadline() {
+        #[derive(Debug, PartialEq)]
+        enum Late {
+            After(Duration),
+            Refused,
+        }
+        impl DeadlineError for Late {
+            fn deadline_exceeded(after: Duration) -> Self {
+                Late::After(after)
+            }
+        }
+        let deadline = Duration::from_secs(5);
+        let work = |takes: u64| async move {
+            tokio::time::sleep(Duration::from_secs(takes)).await;
+            Ok::<_, Late>(takes)
+        };
+        assert_eq!(Late::within(deadline, work(4)).await, Ok(4));
+        let refused = async { Err::<u64, _>(Late::Refused) };
+        assert_eq!(Late::within(deadline, refused).await, Err(Late::Refused));
+        let started = Instant::now();
+        assert_eq!(
+            Late::within(deadline, work(6)).await,
+            Err(Late::After(deadline))
+        );
+        assert_eq!(started.elapsed(), deadline, "given up at the deadline");
     }
 
     #[test]

@@ -21,7 +21,6 @@
 //! even a plan creates and drops the probe's scratch collection.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +31,10 @@ use tokio::time::Instant;
 
 use super::collections::{Catalog, Collection, CollectionSpec, IndexSpec};
 use super::stats::{Topology, hello};
-use super::{Conn, MongoError, MongoOp, Settings, Shared, ok_of, sealed, with_deadline};
+use super::{Conn, MongoError, MongoOp, Settings, Shared, ok_of, sealed};
 use crate::events::{self, MongoBootstrapApplied, MongoDrift};
+use crate::supervisor::DeadlineError;
+use crate::supervisor::link::OpFuture;
 
 /// The scratch collection of the capability probe.
 pub const PROBE_COLLECTION: &str = "lucid_bootstrap_probe";
@@ -566,7 +567,8 @@ impl<'a> Bootstrap<'a> {
             self.conn.client.database(database)
         };
         let what = cmd.keys().next().cloned().unwrap_or_default();
-        let reply = with_deadline(self.deadline, async { Ok(db.run_command(cmd).await?) }).await?;
+        let reply =
+            MongoError::within(self.deadline, async { Ok(db.run_command(cmd).await?) }).await?;
         if !ok_of(&reply) {
             return Err(MongoError::Server {
                 code: number(reply.get("code")).and_then(|c| i32::try_from(c).ok()),
@@ -583,7 +585,7 @@ impl<'a> Bootstrap<'a> {
 
     /// The documents of a cursor-returning command (`listCollections`, `listIndexes`).
     async fn cursor(&self, cmd: Document) -> Result<Vec<Document>, MongoError> {
-        with_deadline(self.deadline, async {
+        MongoError::within(self.deadline, async {
             let mut cursor = self.conn.db.run_cursor_command(cmd).await?;
             let mut out = Vec::new();
             while cursor.advance().await? {
@@ -681,7 +683,7 @@ impl<'a> Bootstrap<'a> {
         if *topology == Topology::Mongos {
             let config = self.conn.client.database("config");
             let prefix = format!("{}.", self.database);
-            let sharded: Vec<Document> = with_deadline(self.deadline, async {
+            let sharded: Vec<Document> = MongoError::within(self.deadline, async {
                 let mut cursor = config
                     .collection::<Document>("collections")
                     .find(doc! {"_id": {"$regex": format!("^{}", regex_escape(&prefix))}})
@@ -704,7 +706,7 @@ impl<'a> Bootstrap<'a> {
                 }
             }
             let databases = config.collection::<Document>("databases");
-            state.sharding_enabled = with_deadline(self.deadline, async {
+            state.sharding_enabled = MongoError::within(self.deadline, async {
                 Ok(databases
                     .find_one(doc! {"_id": &self.database})
                     .await?
@@ -729,75 +731,61 @@ impl<'a> Bootstrap<'a> {
     }
 }
 
-/// Runs the bootstrap once no other run of this actor is in flight (the one at connect, or
-/// one asked for); a run that applies becomes the actor's last report.
-async fn run_exclusive(
-    conn: Conn,
-    shared: Arc<Shared>,
+/// One run of the bootstrap on `conn` (its plan only, with `dry_run`).
+pub(crate) async fn run(
+    conn: &Conn,
+    shared: &Shared,
     dry_run: bool,
 ) -> Result<BootstrapReport, MongoError> {
-    let _running = shared.bootstrap_running.lock().await;
-    let report = Bootstrap::new(&conn, &shared.catalog, &shared.settings)
+    Bootstrap::new(conn, &shared.catalog, &shared.settings)
         .run(dry_run)
-        .await?;
-    if !dry_run {
-        shared.set_last_bootstrap(report.clone());
-    }
-    Ok(report)
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Operations
 
-/// Runs the bootstrap now: looks, plans and applies, and answers what it saw and did (it also
-/// runs each time MongoDB comes up, unless `mongodb.bootstrap = false`). Every command in it
-/// has the call deadline; the whole run takes longer than one call: send it with
-/// [`super::MongoHandle::call_within`]. Waits for a run already in flight, then finds what is
-/// left to do.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<BootstrapReport, MongoError>")]
-pub struct RunBootstrap;
+/// The two bootstrap messages, a run and its plan alone: each waits for a run already in
+/// flight ([`Bootstraps::exclusive`](crate::supervisor::link::Bootstraps::exclusive)), then
+/// finds what is left to do; a run that applies becomes the actor's last report.
+macro_rules! bootstrap_op {
+    ($(#[$doc:meta])* $name:ident, dry_run: $dry_run:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Message)]
+        #[rtype(result = "Result<BootstrapReport, MongoError>")]
+        pub struct $name;
 
-impl sealed::Sealed for RunBootstrap {}
+        impl sealed::Sealed for $name {}
 
-impl MongoOp for RunBootstrap {
-    type Output = BootstrapReport;
+        impl MongoOp for $name {
+            type Output = BootstrapReport;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<
-        impl Future<Output = Result<BootstrapReport, MongoError>> + Send + 'static,
-        MongoError,
-    > {
-        Ok(run_exclusive(conn, shared.clone(), false))
-    }
+            fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+                let owned = shared.clone();
+                let bootstrap = async move { run(&conn, &owned, $dry_run).await };
+                Ok(shared.bootstraps.exclusive($dry_run, bootstrap))
+            }
+        }
+    };
 }
 
-/// The bootstrap's plan — the commands exactly as they would be sent, and the drift — with
-/// nothing applied (`lucid-db mongo bootstrap --dry-run`). It still creates and drops the
-/// probe's scratch collection ([`PROBE_COLLECTION`]). Deadlines as for [`RunBootstrap`].
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Result<BootstrapReport, MongoError>")]
-pub struct PlanBootstrap;
+bootstrap_op!(
+    /// Runs the bootstrap now: looks, plans and applies, and answers what it saw and did (it
+    /// also runs each time MongoDB comes up, unless `mongodb.bootstrap = false`). Every command
+    /// in it has the call deadline; the whole run takes longer than one call: send it with
+    /// [`super::MongoHandle::call_within`]. Waits for a run already in flight, then finds what
+    /// is left to do.
+    RunBootstrap,
+    dry_run: false
+);
 
-impl sealed::Sealed for PlanBootstrap {}
-
-impl MongoOp for PlanBootstrap {
-    type Output = BootstrapReport;
-
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<
-        impl Future<Output = Result<BootstrapReport, MongoError>> + Send + 'static,
-        MongoError,
-    > {
-        Ok(run_exclusive(conn, shared.clone(), true))
-    }
-}
+bootstrap_op!(
+    /// The bootstrap's plan — the commands exactly as they would be sent, and the drift — with
+    /// nothing applied (`lucid-db mongo bootstrap --dry-run`). It still creates and drops the
+    /// probe's scratch collection ([`PROBE_COLLECTION`]). Deadlines as for [`RunBootstrap`].
+    PlanBootstrap,
+    dry_run: true
+);
 
 fn regex_escape(s: &str) -> String {
     s.chars()

@@ -25,7 +25,9 @@ use serde::de::DeserializeOwned;
 
 use super::collections::{Collection, CollectionSpec};
 use super::{Conn, MAX_DOCUMENT_BYTES, MongoError, MongoOp, Shared, sealed};
+use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, Stopped, feed};
+use crate::supervisor::link::OpFuture;
 
 // ---------------------------------------------------------------------------------------------
 // Input checks
@@ -363,13 +365,14 @@ where
     tokio::spawn(async move {
         let deadline = shared.settings.deadline;
         loop {
-            let item = match tokio::time::timeout(deadline, cursor.advance()).await {
-                Err(_) => Err(MongoError::deadline(deadline)),
-                Ok(advanced) => match next_item(advanced, &cursor) {
-                    None => return,
-                    Some(item) => item,
-                },
-            };
+            let item =
+                match MongoError::within(deadline, async { Ok(cursor.advance().await) }).await {
+                    Err(e) => Err(e),
+                    Ok(advanced) => match next_item(advanced, &cursor) {
+                        None => return,
+                        Some(item) => item,
+                    },
+                };
             match item {
                 Ok(doc) => match feeder.send(map(doc)).await {
                     Ok(()) => {}
@@ -390,6 +393,41 @@ where
         }
     });
     rest.after(ready)
+}
+
+/// A query whose documents are answered as a [`Feed`]: [`Find`] and [`Aggregate`] (and their
+/// JSON twins, which pass each document through a `map`).
+pub(crate) trait Streamed: Send + 'static {
+    /// The input checks: an error here means nothing was sent.
+    fn check(&self) -> Result<(), MongoError>;
+
+    /// The cursor, reading `batch` documents a round trip.
+    fn open(
+        self,
+        conn: &Conn,
+        batch: u32,
+    ) -> impl Future<Output = mongodb::error::Result<Cursor<Document>>> + Send;
+}
+
+/// Runs `query`: the checks, then its cursor, each document passed through `map` as it is
+/// read (see [`pump`]).
+pub(crate) fn stream<U: Send + 'static>(
+    query: impl Streamed,
+    conn: Conn,
+    shared: &Arc<Shared>,
+    map: impl Fn(Document) -> U + Send + 'static,
+) -> Result<
+    impl Future<Output = Result<Feed<U, MongoError>, MongoError>> + Send + 'static,
+    MongoError,
+> {
+    query.check()?;
+    let shared = shared.clone();
+    let batch = shared.settings.batch_size;
+    Ok(async move {
+        let generation = shared.usable().map(|(_, g)| g).unwrap_or_default();
+        let cursor = query.open(&conn, batch).await?;
+        Ok(pump_map(cursor, &shared, generation, map).await)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,11 +454,7 @@ impl sealed::Sealed for InsertOne {}
 impl MongoOp for InsertOne {
     type Output = Bson;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Bson, MongoError>> + Send + 'static, MongoError> {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let raw = checked(shared.catalog.get(self.collection), "", &self.document)?;
         // The catalog is one Arc: cloning it, not the collection's spec, per call.
         let catalog = shared.catalog.clone();
@@ -452,12 +486,7 @@ impl sealed::Sealed for InsertMany {}
 impl MongoOp for InsertMany {
     type Output = Vec<Bson>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Vec<Bson>, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         if self.documents.is_empty() {
             return Err(MongoError::invalid("documents", "is empty"));
         }
@@ -548,27 +577,13 @@ impl sealed::Sealed for Find {}
 impl MongoOp for Find {
     type Output = Feed<Document, MongoError>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
-    {
-        self.run(conn, shared, |doc| doc)
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+        stream(self, conn, shared, |doc| doc)
     }
 }
 
-impl Find {
-    /// The checks, then the query, its documents passed through `map` as they are read.
-    pub(crate) fn run<U: Send + 'static>(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-        map: impl Fn(Document) -> U + Send + 'static,
-    ) -> Result<
-        impl Future<Output = Result<Feed<U, MongoError>, MongoError>> + Send + 'static,
-        MongoError,
-    > {
+impl Streamed for Find {
+    fn check(&self) -> Result<(), MongoError> {
         check_no_javascript("filter", &self.filter)?;
         if let Some(projection) = &self.projection {
             check_no_javascript("projection", projection)?;
@@ -578,22 +593,20 @@ impl Find {
         {
             return Err(MongoError::invalid("limit", "must not be negative"));
         }
-        let shared = shared.clone();
-        let batch = shared.settings.batch_size;
-        Ok(async move {
-            let generation = shared.usable().map(|(_, g)| g).unwrap_or_default();
-            let mut options = FindOptions::default();
-            options.projection = self.projection;
-            options.sort = self.sort;
-            options.skip = self.skip;
-            options.limit = self.limit;
-            options.batch_size = Some(batch);
-            let cursor = coll(&conn, self.collection)
-                .find(self.filter)
-                .with_options(options)
-                .await?;
-            Ok(pump_map(cursor, &shared, generation, map).await)
-        })
+        Ok(())
+    }
+
+    async fn open(self, conn: &Conn, batch: u32) -> mongodb::error::Result<Cursor<Document>> {
+        let mut options = FindOptions::default();
+        options.projection = self.projection;
+        options.sort = self.sort;
+        options.skip = self.skip;
+        options.limit = self.limit;
+        options.batch_size = Some(batch);
+        coll(conn, self.collection)
+            .find(self.filter)
+            .with_options(options)
+            .await
     }
 }
 
@@ -611,14 +624,7 @@ impl sealed::Sealed for FindOne {}
 impl MongoOp for FindOne {
     type Output = Option<Document>;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<
-        impl Future<Output = Result<Option<Document>, MongoError>> + Send + 'static,
-        MongoError,
-    > {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         check_no_javascript("filter", &self.filter)?;
         if let Some(projection) = &self.projection {
             check_no_javascript("projection", projection)?;
@@ -671,11 +677,7 @@ macro_rules! update_op {
         impl MongoOp for $name {
             type Output = UpdateSummary;
 
-            fn start(
-                self,
-                conn: Conn,
-                shared: &Arc<Shared>,
-            ) -> Result<impl Future<Output = Result<UpdateSummary, MongoError>> + Send + 'static, MongoError> {
+            fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
                 check_no_javascript("filter", &self.filter)?;
                 check_update(shared.catalog.get(self.collection), &self.update)?;
                 let catalog = shared.catalog.clone();
@@ -719,12 +721,7 @@ impl sealed::Sealed for ReplaceOne {}
 impl MongoOp for ReplaceOne {
     type Output = UpdateSummary;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<UpdateSummary, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         check_no_javascript("filter", &self.filter)?;
         if let Some(op) = self.replacement.keys().find(|k| k.starts_with('$')) {
             return Err(MongoError::invalid(
@@ -769,11 +766,7 @@ macro_rules! filter_op {
         impl MongoOp for $name {
             type Output = $out;
 
-            fn start(
-                self,
-                conn: Conn,
-                _: &Arc<Shared>,
-            ) -> Result<impl Future<Output = Result<$out, MongoError>> + Send + 'static, MongoError> {
+            fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
                 check_no_javascript("filter", &self.filter)?;
                 Ok(async move {
                     let $coll = coll(&conn, self.collection);
@@ -812,12 +805,7 @@ impl sealed::Sealed for Distinct {}
 impl MongoOp for Distinct {
     type Output = Vec<Bson>;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Vec<Bson>, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         check_no_javascript("filter", &self.filter)?;
         if self.field.is_empty() || self.field.starts_with('$') {
             return Err(MongoError::invalid("field", "must be a field name"));
@@ -843,38 +831,21 @@ impl sealed::Sealed for Aggregate {}
 impl MongoOp for Aggregate {
     type Output = Feed<Document, MongoError>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
-    {
-        self.run(conn, shared, |doc| doc)
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+        stream(self, conn, shared, |doc| doc)
     }
 }
 
-impl Aggregate {
-    /// The checks, then the pipeline, its results passed through `map` as they are read.
-    pub(crate) fn run<U: Send + 'static>(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-        map: impl Fn(Document) -> U + Send + 'static,
-    ) -> Result<
-        impl Future<Output = Result<Feed<U, MongoError>, MongoError>> + Send + 'static,
-        MongoError,
-    > {
-        check_pipeline(&self.pipeline)?;
-        let shared = shared.clone();
-        let batch = shared.settings.batch_size;
-        Ok(async move {
-            let generation = shared.usable().map(|(_, g)| g).unwrap_or_default();
-            let cursor = coll(&conn, self.collection)
-                .aggregate(self.pipeline)
-                .batch_size(batch)
-                .await?;
-            Ok(pump_map(cursor, &shared, generation, map).await)
-        })
+impl Streamed for Aggregate {
+    fn check(&self) -> Result<(), MongoError> {
+        check_pipeline(&self.pipeline)
+    }
+
+    async fn open(self, conn: &Conn, batch: u32) -> mongodb::error::Result<Cursor<Document>> {
+        coll(conn, self.collection)
+            .aggregate(self.pipeline)
+            .batch_size(batch)
+            .await
     }
 }
 

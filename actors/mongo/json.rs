@@ -26,6 +26,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix::Message;
+use futures_util::future::Either;
 use mongodb::bson::{Bson, Document};
 use serde::Serialize;
 use serde_json::Value;
@@ -33,10 +34,11 @@ use serde_json::Value;
 use super::collections::Collection;
 use super::crud::{
     Aggregate, Count, DeleteMany, DeleteOne, Find, InsertMany, InsertOne, UpdateMany, UpdateOne,
-    UpdateSummary,
+    UpdateSummary, stream,
 };
 use super::{Conn, MongoError, MongoOp, Shared, sealed};
 use crate::supervisor::feed::Feed;
+use crate::supervisor::link::OpFuture;
 
 // ---------------------------------------------------------------------------------------------
 // Conversion
@@ -313,6 +315,18 @@ fn pipeline(stages: Vec<Value>) -> Result<Vec<Document>, MongoError> {
 // ---------------------------------------------------------------------------------------------
 // Operations
 
+/// What a JSON operation runs once its input is converted: its typed twin, the twin's answer
+/// passed through `answer` (to relaxed Extended JSON, where it holds BSON).
+fn twin<M: MongoOp, T: Send + 'static>(
+    typed: M,
+    conn: Conn,
+    shared: &Arc<Shared>,
+    answer: fn(M::Output) -> T,
+) -> Result<impl Future<Output = Result<T, MongoError>> + Send + 'static, MongoError> {
+    let run = typed.start(conn, shared)?;
+    Ok(async move { run.await.map(answer) })
+}
+
 /// A query ([`Find`]) in JSON: answers the documents as relaxed Extended JSON, as a [`Feed`]
 /// (streamed like `Find`'s).
 #[derive(Debug, Clone, Message)]
@@ -331,12 +345,7 @@ impl sealed::Sealed for FindJson {}
 impl MongoOp for FindJson {
     type Output = Feed<Value, MongoError>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let find = Find {
             collection: self.collection,
             filter: filter("filter", self.filter)?,
@@ -345,7 +354,7 @@ impl MongoOp for FindJson {
             skip: self.skip,
             limit: self.limit,
         };
-        find.run(conn, shared, relaxed_doc)
+        stream(find, conn, shared, relaxed_doc)
     }
 }
 
@@ -362,14 +371,11 @@ impl sealed::Sealed for CountJson {}
 impl MongoOp for CountJson {
     type Output = u64;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<u64, MongoError>> + Send + 'static, MongoError> {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+        let filter = filter("filter", self.filter)?;
         Count {
             collection: self.collection,
-            filter: filter("filter", self.filter)?,
+            filter,
         }
         .start(conn, shared)
     }
@@ -389,17 +395,18 @@ impl sealed::Sealed for InsertJson {}
 impl MongoOp for InsertJson {
     type Output = Value;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Value, MongoError>> + Send + 'static, MongoError> {
-        let insert = InsertOne {
-            collection: self.collection,
-            document: document("", self.document)?,
-        }
-        .start(conn, shared)?;
-        Ok(async move { insert.await.map(relaxed) })
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+        let document = document("", self.document)?;
+        let collection = self.collection;
+        twin(
+            InsertOne {
+                collection,
+                document,
+            },
+            conn,
+            shared,
+            relaxed,
+        )
     }
 }
 
@@ -419,12 +426,7 @@ impl sealed::Sealed for InsertManyJson {}
 impl MongoOp for InsertManyJson {
     type Output = Vec<Value>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Vec<Value>, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let documents = self
             .documents
             .into_iter()
@@ -435,12 +437,9 @@ impl MongoOp for InsertManyJson {
             collection: self.collection,
             documents,
             ordered: self.ordered,
-        }
-        .start(conn, shared)?;
-        Ok(async move {
-            insert
-                .await
-                .map(|ids| ids.into_iter().map(relaxed).collect())
+        };
+        twin(insert, conn, shared, |ids| {
+            ids.into_iter().map(relaxed).collect()
         })
     }
 }
@@ -483,40 +482,28 @@ impl sealed::Sealed for UpdateJson {}
 impl MongoOp for UpdateJson {
     type Output = JsonUpdateSummary;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<
-        impl Future<Output = Result<JsonUpdateSummary, MongoError>> + Send + 'static,
-        MongoError,
-    > {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let (collection, upsert) = (self.collection, self.upsert);
         let filter = filter("filter", self.filter)?;
         let update = document("update", self.update)?;
-        // One future type for both: the typed operations' futures are distinct types.
-        let run: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = if self.many {
-            Box::pin(
-                UpdateMany {
-                    collection,
-                    filter,
-                    update,
-                    upsert,
-                }
-                .start(conn, shared)?,
-            )
+        let answer = JsonUpdateSummary::from;
+        Ok(if self.many {
+            let many = UpdateMany {
+                collection,
+                filter,
+                update,
+                upsert,
+            };
+            Either::Left(twin(many, conn, shared, answer)?)
         } else {
-            Box::pin(
-                UpdateOne {
-                    collection,
-                    filter,
-                    update,
-                    upsert,
-                }
-                .start(conn, shared)?,
-            )
-        };
-        Ok(async move { run.await.map(JsonUpdateSummary::from) })
+            let one = UpdateOne {
+                collection,
+                filter,
+                update,
+                upsert,
+            };
+            Either::Right(twin(one, conn, shared, answer)?)
+        })
     }
 }
 
@@ -536,18 +523,13 @@ impl sealed::Sealed for DeleteJson {}
 impl MongoOp for DeleteJson {
     type Output = u64;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<u64, MongoError>> + Send + 'static, MongoError> {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let (collection, filter) = (self.collection, filter("filter", self.filter)?);
-        let run: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = if self.many {
-            Box::pin(DeleteMany { collection, filter }.start(conn, shared)?)
+        Ok(if self.many {
+            Either::Left(DeleteMany { collection, filter }.start(conn, shared)?)
         } else {
-            Box::pin(DeleteOne { collection, filter }.start(conn, shared)?)
-        };
-        Ok(run)
+            Either::Right(DeleteOne { collection, filter }.start(conn, shared)?)
+        })
     }
 }
 
@@ -565,17 +547,12 @@ impl sealed::Sealed for AggregateJson {}
 impl MongoOp for AggregateJson {
     type Output = Feed<Value, MongoError>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
-    {
-        Aggregate {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
+        let aggregate = Aggregate {
             collection: self.collection,
             pipeline: pipeline(self.pipeline)?,
-        }
-        .run(conn, shared, relaxed_doc)
+        };
+        stream(aggregate, conn, shared, relaxed_doc)
     }
 }
 

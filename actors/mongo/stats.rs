@@ -1,7 +1,6 @@
 //! Stats and topology: `hello` (standalone, replica set with its primary and members, or
 //! mongos), `dbStats`, and `collStats` for each Lucid collection.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,9 @@ use mongodb::bson::{Bson, Document, doc};
 use serde::Serialize;
 
 use super::collections::Collection;
-use super::{Conn, MongoError, MongoOp, Settings, Shared, ok_of, sealed, with_deadline};
+use super::{Conn, MongoError, MongoOp, Settings, Shared, ok_of, sealed};
+use crate::supervisor::DeadlineError;
+use crate::supervisor::link::OpFuture;
 
 /// What kind of deployment the driver is talking to, from `hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,7 +98,7 @@ fn uint(d: &Document, k: &str) -> u64 {
 
 /// `hello` on the admin database.
 pub(crate) async fn hello(client: &Client, deadline: Duration) -> Result<Hello, MongoError> {
-    let reply = with_deadline(deadline, async {
+    let reply = MongoError::within(deadline, async {
         Ok(client
             .database("admin")
             .run_command(doc! {"hello": 1})
@@ -189,13 +190,13 @@ pub struct MongoStats {
 pub(crate) async fn collect(conn: &Conn, settings: &Settings) -> Result<MongoStats, MongoError> {
     let deadline = settings.deadline;
     let hello = hello(&conn.client, deadline).await?;
-    let db = with_deadline(deadline, async {
+    let db = MongoError::within(deadline, async {
         Ok(DatabaseStats::from_reply(
             &conn.db.run_command(doc! {"dbStats": 1}).await?,
         ))
     })
     .await?;
-    let names = with_deadline(deadline, async {
+    let names = MongoError::within(deadline, async {
         Ok(conn.db.list_collection_names().await?)
     })
     .await?;
@@ -205,7 +206,7 @@ pub(crate) async fn collect(conn: &Conn, settings: &Settings) -> Result<MongoSta
             collections.push(CollectionStats::missing(c));
             continue;
         }
-        let reply = with_deadline(deadline, async {
+        let reply = MongoError::within(deadline, async {
             Ok(conn.db.run_command(doc! {"collStats": c.name()}).await?)
         })
         .await?;
@@ -233,12 +234,7 @@ impl sealed::Sealed for GetStats {}
 impl MongoOp for GetStats {
     type Output = MongoStats;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<MongoStats, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let settings = shared.settings.clone();
         Ok(async move { collect(&conn, &settings).await })
     }
@@ -254,11 +250,7 @@ impl sealed::Sealed for GetHello {}
 impl MongoOp for GetHello {
     type Output = Hello;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Hello, MongoError>> + Send + 'static, MongoError> {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let deadline = shared.settings.deadline;
         Ok(async move { hello(&conn.client, deadline).await })
     }
@@ -275,14 +267,10 @@ impl sealed::Sealed for GetServerVersion {}
 impl MongoOp for GetServerVersion {
     type Output = String;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<String, MongoError>> + Send + 'static, MongoError> {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let deadline = shared.settings.deadline;
         Ok(async move {
-            let reply = with_deadline(deadline, async {
+            let reply = MongoError::within(deadline, async {
                 Ok(conn
                     .client
                     .database("admin")

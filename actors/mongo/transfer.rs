@@ -20,7 +20,6 @@
 //! documents it inserted are deleted again, so the target is left empty rather than half
 //! restored; run it again once the cause is fixed.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +32,10 @@ use tokio::time::Instant;
 use super::collections::Collection;
 use super::crud::{check_size, pump};
 use super::schema::Schema;
-use super::{
-    Conn, MongoActor, MongoError, MongoHandle, MongoOp, Shared, ok_of, sealed, with_deadline,
-};
+use super::{Conn, MongoActor, MongoError, MongoHandle, MongoOp, Shared, ok_of, sealed};
+use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::Feed;
+use crate::supervisor::link::OpFuture;
 use crate::transfer::{self, Admission, Batch, Source, SourceEnd, TargetState, next_batch};
 
 /// The format of [`ExportMetadata`]; bumped on incompatible changes.
@@ -95,12 +94,7 @@ impl sealed::Sealed for Export {}
 impl MongoOp for Export {
     type Output = (ExportMetadata, Feed<RawDocumentBuf, MongoError>);
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Self::Output, MongoError>> + Send + 'static, MongoError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let shared = shared.clone();
         Ok(async move {
             let generation = shared.usable().map(|(_, g)| g).unwrap_or_default();
@@ -256,7 +250,7 @@ async fn target_state(
     coll: &mongodb::Collection<RawDocumentBuf>,
     deadline: Duration,
 ) -> Result<TargetState, MongoError> {
-    let listed = with_deadline(deadline, async {
+    let listed = MongoError::within(deadline, async {
         Ok(db
             .list_collection_names()
             .filter(doc! {"name": coll.name()})
@@ -266,7 +260,7 @@ async fn target_state(
     if !listed.iter().any(|n| n == coll.name()) {
         return Ok(TargetState::Missing);
     }
-    let present = with_deadline(deadline, async {
+    let present = MongoError::within(deadline, async {
         Ok(coll.count_documents(doc! {}).limit(1).await?)
     })
     .await?;
@@ -318,10 +312,10 @@ async fn import(
     {
         Admission::Into => {}
         Admission::Replace => {
-            with_deadline(deadline, async { Ok(coll.drop().await?) }).await?;
+            MongoError::within(deadline, async { Ok(coll.drop().await?) }).await?;
         }
         Admission::NotEmpty => {
-            let documents = with_deadline(deadline, async {
+            let documents = MongoError::within(deadline, async {
                 Ok(coll.estimated_document_count().await?)
             })
             .await?;
@@ -342,7 +336,8 @@ async fn import(
         let db = db.clone();
         async move {
             let what = cmd.keys().next().cloned().unwrap_or_default();
-            let reply = with_deadline(deadline, async { Ok(db.run_command(cmd).await?) }).await;
+            let reply =
+                MongoError::within(deadline, async { Ok(db.run_command(cmd).await?) }).await;
             match reply {
                 Ok(r) if ok_of(&r) => Ok(()),
                 // 48: the collection exists (empty, since we checked): fine.
@@ -409,7 +404,7 @@ async fn import(
     if let Err(e) = result {
         if summary.written > 0 {
             let cleanup =
-                with_deadline(deadline, async { Ok(coll.delete_many(doc! {}).await?) }).await;
+                MongoError::within(deadline, async { Ok(coll.delete_many(doc! {}).await?) }).await;
             if let Err(ce) = cleanup {
                 tracing::warn!(collection = name, database = %database, error = %ce,
                     "import failed and its documents could not be removed; drop the collection before importing again");
@@ -480,7 +475,7 @@ async fn flush(
 ) -> Result<(), MongoError> {
     let n = docs.len() as u64;
     let allowed = deadline * 4;
-    with_deadline(allowed, async {
+    MongoError::within(allowed, async {
         Ok(coll.insert_many(docs).ordered(true).await?)
     })
     .await?;

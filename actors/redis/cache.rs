@@ -14,10 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-use redis::aio::MultiplexedConnection;
-
 use super::sealed::Sealed;
-use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use super::{Conn, Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis, query};
+use crate::supervisor::link::OpFuture;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -55,11 +54,16 @@ pub struct CacheExists {
 // ---------------------------------------------------------------------------------------------
 // Commands (pure: built and checked before anything is sent)
 
+/// `NAME key`: the commands that name the key alone.
+fn on_key(name: &str, key: &Key) -> redis::Cmd {
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key);
+    cmd
+}
+
 impl CacheGet {
     fn command(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(&self.key);
-        cmd
+        on_key("GET", &self.key)
     }
 }
 
@@ -78,17 +82,13 @@ impl CacheSet {
 
 impl CacheDelete {
     fn command(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(&self.key);
-        cmd
+        on_key("DEL", &self.key)
     }
 }
 
 impl CacheExists {
     fn command(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(&self.key);
-        cmd
+        on_key("EXISTS", &self.key)
     }
 }
 
@@ -103,58 +103,33 @@ impl Sealed for CacheExists {}
 impl RedisOp for CacheGet {
     type Output = Option<Vec<u8>>;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<Self::Output, RedisError>> + 'static, RedisError> {
-        let cmd = self.command();
-        Ok(async move { Ok(cmd.query_async(&mut conn).await?) })
+    fn start(self, conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        Ok(query(self.command(), conn))
     }
 }
 
 impl RedisOp for CacheSet {
     type Output = ();
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<(), RedisError>> + 'static, RedisError> {
-        let cmd = self.command(shared.settings())?;
-        Ok(async move {
-            let () = cmd.query_async(&mut conn).await?;
-            Ok(())
-        })
+    fn start(self, conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        Ok(query(self.command(shared.settings())?, conn))
     }
 }
 
 impl RedisOp for CacheDelete {
     type Output = bool;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
-        let cmd = self.command();
-        Ok(async move {
-            let n: u64 = cmd.query_async(&mut conn).await?;
-            Ok(n > 0)
-        })
+    fn start(self, conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        let deleted = query::<u64>(self.command(), conn);
+        Ok(async move { Ok(deleted.await? > 0) })
     }
 }
 
 impl RedisOp for CacheExists {
     type Output = bool;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
-        let cmd = self.command();
-        Ok(async move { Ok(cmd.query_async(&mut conn).await?) })
+    fn start(self, conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        Ok(query(self.command(), conn))
     }
 }
 

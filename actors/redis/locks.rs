@@ -9,16 +9,18 @@
 
 use std::future::Future;
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
 
 use super::sealed::Sealed;
-use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use super::{Conn, Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use crate::supervisor::link::OpFuture;
+use crate::supervisor::{BackoffPolicy, retry_pause};
 
 const SERVICE: &str = "locks";
 
@@ -145,6 +147,13 @@ impl AcquireLock {
     }
 }
 
+impl ReleaseLock {
+    /// The lock's key [`RELEASE`] is given. KEYS: lock; ARGV: the guard's token.
+    fn script_args(&self) -> Result<Key, RedisError> {
+        lock_key(&self.guard.name)
+    }
+}
+
 impl ExtendLock {
     /// As [`AcquireLock::script_args`], for [`EXTEND`]. KEYS: lock; ARGV: the guard's token,
     /// lease_ms.
@@ -165,11 +174,7 @@ impl Sealed for ExtendLock {}
 impl RedisOp for AcquireLock {
     type Output = LockAttempt;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<LockAttempt, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (lock, lease) = self.script_args(shared.settings())?;
         let fence = fence_key();
         Ok(async move {
@@ -206,12 +211,8 @@ impl RedisOp for AcquireLock {
 impl RedisOp for ReleaseLock {
     type Output = ();
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<(), RedisError>> + 'static, RedisError> {
-        let lock = lock_key(&self.guard.name)?;
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        let lock = self.script_args()?;
         Ok(async move {
             let n: u64 = RELEASE
                 .key(&lock)
@@ -232,11 +233,7 @@ impl RedisOp for ReleaseLock {
 impl RedisOp for ExtendLock {
     type Output = LockGuard;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<LockGuard, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (lock, lease) = self.script_args(shared.settings())?;
         Ok(async move {
             let n: u64 = EXTEND
@@ -265,6 +262,50 @@ impl RedisOp for ExtendLock {
 /// Longest pause between two attempts while waiting for a lock.
 const MAX_POLL: Duration = Duration::from_millis(100);
 
+/// The pauses between the attempts on a taken lock: the supervisor's retry schedule
+/// ([`retry_pause`]: attempt `n` waits between half and all of `min(100 ms, 25 ms × 2^(n-1))`),
+/// so waiters on one lock do not poll in step, and a lock freed soon is taken soon. Nothing
+/// forgives a streak here (`reset_after` is unused): every wait starts at attempt 1.
+const POLL: BackoffPolicy = BackoffPolicy {
+    base: Duration::from_millis(25),
+    factor: 2,
+    cap: MAX_POLL,
+    reset_after: Duration::ZERO,
+};
+
+/// Runs `attempt` until it takes the lock or `wait` has passed (`LockBusy`), pausing
+/// [`POLL`] (jitter samples from `jitter`) between attempts, never past the holder's lease
+/// end or the caller's wait.
+async fn poll<F, Fut>(
+    name: &str,
+    wait: Duration,
+    mut jitter: impl FnMut() -> f64,
+    mut attempt: F,
+) -> Result<LockGuard, RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<LockAttempt, RedisError>>,
+{
+    let started = Instant::now();
+    let mut attempts: u32 = 0;
+    loop {
+        let expires_in = match attempt().await? {
+            LockAttempt::Acquired(guard) => return Ok(guard),
+            LockAttempt::Busy { expires_in } => expires_in,
+        };
+        let waited = started.elapsed();
+        if waited >= wait {
+            return Err(RedisError::LockBusy {
+                lock: name.to_owned(),
+                waited,
+            });
+        }
+        attempts = attempts.saturating_add(1);
+        let pause = retry_pause(&POLL, attempts, jitter());
+        tokio::time::sleep(pause.min(expires_in).min(wait - waited)).await;
+    }
+}
+
 impl RedisHandle {
     /// Takes lock `name` for `lease` (`None`: `redis.lock_lease`). With `wait`, retries until
     /// it is free or `wait` has passed (`LockBusy`); without, one attempt. The waiting happens
@@ -275,30 +316,13 @@ impl RedisHandle {
         lease: Option<Duration>,
         wait: Option<Duration>,
     ) -> Result<LockGuard, RedisError> {
-        let started = Instant::now();
-        let wait = wait.unwrap_or(Duration::ZERO);
-        loop {
-            let attempt = self
-                .call(AcquireLock {
-                    name: name.to_owned(),
-                    lease,
-                })
-                .await?;
-            let expires_in = match attempt {
-                LockAttempt::Acquired(guard) => return Ok(guard),
-                LockAttempt::Busy { expires_in } => expires_in,
-            };
-            let waited = started.elapsed();
-            if waited >= wait {
-                return Err(RedisError::LockBusy {
-                    lock: name.to_owned(),
-                    waited,
-                });
-            }
-            // Poll with jitter, never past the lease end or the caller's wait.
-            let pause = MAX_POLL.mul_f64(0.25 + 0.75 * rand::random::<f64>());
-            tokio::time::sleep(pause.min(expires_in).min(wait - waited)).await;
-        }
+        let attempt = || {
+            self.call(AcquireLock {
+                name: name.to_owned(),
+                lease,
+            })
+        };
+        poll(name, wait.unwrap_or(Duration::ZERO), rand::random, attempt).await
     }
 
     pub fn release_lock(
@@ -324,6 +348,10 @@ impl RedisHandle {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
     use super::*;
     use crate::redis::tests::settings;
 
@@ -385,6 +413,110 @@ mod tests {
             lease: Some(crate::redis::MAX_TTL + Duration::from_secs(1)),
         };
         assert_eq!(field(extend.script_args(&s)), "lease");
+    }
+
+    #[test]
+    fn release_names_the_lock_of_the_guard() {
+        let release = ReleaseLock {
+            guard: guard("nightly"),
+        };
+        assert_eq!(
+            release.script_args().expect("valid").as_str(),
+            "lucid:locks:lock:nightly"
+        );
+        let release = ReleaseLock {
+            guard: guard("not a name"),
+        };
+        assert!(matches!(
+            release.script_args(),
+            Err(RedisError::Invalid { field: "name", .. })
+        ));
+    }
+
+    type Answer = std::future::Ready<Result<LockAttempt, RedisError>>;
+
+    /// Attempts of a lock poll, answered by `answers` in turn (the last one again and again),
+    /// and the time of each since the poll began.
+    fn attempts(answers: Vec<LockAttempt>) -> (impl FnMut() -> Answer, Rc<RefCell<Vec<Duration>>>) {
+        let t0 = Instant::now();
+        let at = Rc::new(RefCell::new(Vec::new()));
+        let seen = at.clone();
+        let mut answers = VecDeque::from(answers);
+        let attempt = move || {
+            seen.borrow_mut().push(t0.elapsed());
+            let answer = if answers.len() > 1 {
+                answers.pop_front()
+            } else {
+                answers.front().cloned()
+            };
+            std::future::ready(Ok(answer.expect("an answer")))
+        };
+        (attempt, at)
+    }
+
+    fn ms(list: &[u64]) -> Vec<Duration> {
+        list.iter().map(|&m| Duration::from_millis(m)).collect()
+    }
+
+    fn busy(expires_in: Duration) -> LockAttempt {
+        LockAttempt::Busy { expires_in }
+    }
+
+    /// The pauses between attempts follow the supervisor's retry schedule (ceilings of 25,
+    /// 50, then 100 ms, of which the jitter sample 0.6 takes four fifths), on paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_backs_off_with_jitter_until_the_lock_is_free() {
+        let far = Duration::from_secs(30);
+        let (attempt, at) = attempts(vec![
+            busy(far),
+            busy(far),
+            busy(far),
+            busy(far),
+            LockAttempt::Acquired(guard("job")),
+        ]);
+        let got = poll("job", Duration::from_secs(10), || 0.6, attempt).await;
+        assert_eq!(got.expect("acquired").name, "job");
+        // 20 ms (0.8 × 25), 40 ms (0.8 × 50), then 80 ms (0.8 × the 100 ms cap) twice.
+        assert_eq!(*at.borrow(), ms(&[0, 20, 60, 140, 220]));
+        for n in 1..=4 {
+            assert!(retry_pause(&POLL, n, 1.0) <= MAX_POLL);
+        }
+    }
+
+    /// A pause never runs past the holder's lease end, nor past the caller's wait: the
+    /// attempt at the end of the wait is made, then `LockBusy` says how long it waited.
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_stops_at_the_lease_end_and_at_the_wait() {
+        let (attempt, at) = attempts(vec![
+            busy(Duration::from_millis(3)),
+            LockAttempt::Acquired(guard("job")),
+        ]);
+        poll("job", Duration::from_secs(1), || 1.0, attempt)
+            .await
+            .expect("acquired once the lease ended");
+        assert_eq!(
+            *at.borrow(),
+            [Duration::ZERO, Duration::from_millis(3)],
+            "the lease end, not the 25 ms the schedule allows"
+        );
+
+        let (attempt, at) = attempts(vec![busy(Duration::from_secs(30))]);
+        let refused = poll("job", Duration::from_millis(60), || 1.0, attempt).await;
+        // 25 ms, then 35 of the 50 allowed: the wait's end; one more attempt there.
+        assert_eq!(*at.borrow(), ms(&[0, 25, 60]));
+        assert_eq!(
+            refused,
+            Err(RedisError::LockBusy {
+                lock: "job".to_owned(),
+                waited: Duration::from_millis(60),
+            })
+        );
+
+        // No wait: one attempt.
+        let (attempt, at) = attempts(vec![busy(Duration::from_secs(30))]);
+        let refused = poll("job", Duration::ZERO, || 1.0, attempt).await;
+        assert!(matches!(refused, Err(RedisError::LockBusy { .. })));
+        assert_eq!(at.borrow().len(), 1);
     }
 
     /// One fencing counter for every name, under the prefix an import raises instead of

@@ -18,12 +18,12 @@ use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
 
-use redis::aio::MultiplexedConnection;
-
 use super::keys::check_id;
 use super::sealed::Sealed;
-use super::{RedisActor, RedisError, RedisHandle, RedisOp, Settings, Shared, with_deadline};
+use super::{Conn, RedisActor, RedisError, RedisHandle, RedisOp, Settings, Shared, query};
 use crate::events::{self, PubSubOverflow, PubSubResubscribed, PubSubSubscribeFailed};
+use crate::supervisor::DeadlineError;
+use crate::supervisor::link::OpFuture;
 use crate::supervisor::link::{self, LinkError};
 
 // ---------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ impl RedisActor {
         let deadline = self.shared.settings.deadline;
         let wanted = topics.clone();
         let open = async move {
-            with_deadline(deadline, async move {
+            RedisError::within(deadline, async move {
                 let (sink, stream) = client.get_async_pubsub().await?.split();
                 subscribe_topics(sink.clone(), wanted, true).await?;
                 Ok((sink, stream))
@@ -258,7 +258,7 @@ impl RedisActor {
         let generation = self.link.generation;
         let deadline = self.shared.settings.deadline;
         let sync = async move {
-            with_deadline(deadline, async move {
+            RedisError::within(deadline, async move {
                 subscribe_topics(sink.clone(), stale, false).await?;
                 subscribe_topics(sink, missing, true).await
             })
@@ -363,7 +363,7 @@ impl Handler<Subscribe> for RedisActor {
         let generation = self.link.generation;
         let deadline = self.shared.settings.deadline;
         let wanted = BTreeSet::from([topic.clone()]);
-        let confirm = with_deadline(deadline, subscribe_topics(sink, wanted, true));
+        let confirm = RedisError::within(deadline, subscribe_topics(sink, wanted, true));
         Box::pin(
             confirm
                 .into_actor(self)
@@ -415,13 +415,8 @@ impl Sealed for Publish {}
 impl RedisOp for Publish {
     type Output = u64;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<u64, RedisError>> + 'static, RedisError> {
-        let cmd = self.command(shared.settings())?;
-        Ok(async move { Ok(cmd.query_async(&mut conn).await?) })
+    fn start(self, conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        Ok(query(self.command(shared.settings())?, conn))
     }
 }
 

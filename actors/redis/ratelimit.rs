@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use super::sealed::Sealed;
-use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use super::{Conn, Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
 use crate::config::DownPolicy;
+use crate::supervisor::link::OpFuture;
 
 // ---------------------------------------------------------------------------------------------
 // Messages
@@ -150,12 +150,7 @@ impl Sealed for CheckRateLimit {}
 impl RedisOp for CheckRateLimit {
     type Output = RateLimitDecision;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<RateLimitDecision, RedisError>> + 'static, RedisError>
-    {
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let key = self.validated_key()?;
         Ok(async move {
             let (allowed, remaining, retry_ms): (u8, u32, u64) = SLIDING_WINDOW

@@ -13,10 +13,9 @@ use actix::prelude::*;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use redis::aio::MultiplexedConnection;
-
 use super::sealed::Sealed;
-use super::{Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use super::{Conn, Key, RedisError, RedisHandle, RedisOp, Settings, Shared, millis};
+use crate::supervisor::link::OpFuture;
 
 const SERVICE: &str = "sessions";
 
@@ -226,6 +225,20 @@ impl ExtendSession {
     }
 }
 
+impl DeleteSession {
+    /// The session key [`DELETE`] is given. KEYS: session; ARGV: id, [`INDEX_PREFIX`].
+    fn script_args(&self) -> Result<Key, RedisError> {
+        session_key(&self.id)
+    }
+}
+
+impl ListSessions {
+    /// The user's index [`LIST`] is given. KEYS: index; ARGV: [`SESSION_PREFIX`], user_id.
+    fn script_args(&self) -> Result<Key, RedisError> {
+        index_key(&self.user_id)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Operations
 
@@ -238,11 +251,7 @@ impl Sealed for ListSessions {}
 impl RedisOp for CreateSession {
     type Output = Session;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<Session, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let CreateArgs {
             session,
             index,
@@ -278,12 +287,7 @@ impl RedisOp for CreateSession {
 impl RedisOp for GetSession {
     type Output = Option<Session>;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<Option<Session>, RedisError>> + 'static, RedisError>
-    {
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (key, pipe) = self.pipeline()?;
         Ok(async move {
             let (fields, pttl): (StoredFields, i64) = pipe.query_async(&mut conn).await?;
@@ -312,11 +316,7 @@ impl RedisOp for GetSession {
 impl RedisOp for ExtendSession {
     type Output = Duration;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<Duration, RedisError>> + 'static, RedisError> {
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (key, ttl) = self.script_args(shared.settings())?;
         Ok(async move {
             let extended: Option<u64> = EXTEND
@@ -339,12 +339,8 @@ impl RedisOp for ExtendSession {
 impl RedisOp for DeleteSession {
     type Output = bool;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<bool, RedisError>> + 'static, RedisError> {
-        let key = session_key(&self.id)?;
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        let key = self.script_args()?;
         Ok(async move {
             let n: u64 = DELETE
                 .key(&key)
@@ -360,12 +356,8 @@ impl RedisOp for DeleteSession {
 impl RedisOp for ListSessions {
     type Output = Vec<String>;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        _: &Shared,
-    ) -> Result<impl Future<Output = Result<Vec<String>, RedisError>> + 'static, RedisError> {
-        let key = index_key(&self.user_id)?;
+    fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        let key = self.script_args()?;
         Ok(async move {
             Ok(LIST
                 .key(&key)
@@ -516,6 +508,36 @@ mod tests {
         assert!(matches!(
             extend(Some(Duration::ZERO)).script_args(&s),
             Err(RedisError::Invalid { field: "ttl", .. })
+        ));
+    }
+
+    #[test]
+    fn delete_names_the_session_and_list_the_users_index() {
+        let delete = |id: &str| DeleteSession { id: id.to_owned() }.script_args();
+        assert_eq!(
+            delete("sess-a").expect("valid").as_str(),
+            "lucid:sessions:session:sess-a"
+        );
+        assert!(matches!(
+            delete("has space"),
+            Err(RedisError::Invalid { field: "id", .. })
+        ));
+        let list = |user_id: &str| {
+            ListSessions {
+                user_id: user_id.to_owned(),
+            }
+            .script_args()
+        };
+        assert_eq!(
+            list("user-1").expect("valid").as_str(),
+            "lucid:sessions:user:user-1"
+        );
+        assert!(matches!(
+            list(""),
+            Err(RedisError::Invalid {
+                field: "user_id",
+                ..
+            })
         ));
     }
 

@@ -8,10 +8,9 @@ use std::future::Future;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use redis::aio::MultiplexedConnection;
-
 use super::sealed::Sealed;
-use super::{RedisError, RedisHandle, RedisOp, Shared};
+use super::{Conn, RedisError, RedisHandle, RedisOp, Shared};
+use crate::supervisor::link::OpFuture;
 
 /// Asks Redis for `INFO` and answers the parsed [`RedisStats`].
 #[derive(Debug, Clone, Copy, Message)]
@@ -86,12 +85,8 @@ impl Sealed for GetStats {}
 impl RedisOp for GetStats {
     type Output = RedisStats;
 
-    fn start(
-        self,
-        mut conn: MultiplexedConnection,
-        shared: &Shared,
-    ) -> Result<impl Future<Output = Result<RedisStats, RedisError>> + 'static, RedisError> {
-        let latency = shared.health.latency_ms();
+    fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
+        let latency = shared.front.health().latency_ms();
         Ok(async move {
             let text: String = redis::cmd("INFO").query_async(&mut conn).await?;
             let mut stats = parse_info(&text);

@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::locks::FENCE_PREFIX;
-use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once, with_deadline};
+use super::{RedisActor, RedisError, RedisHandle, Settings, connect_once};
 use crate::glob::glob_match;
 use crate::redact;
+use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, Feeder, Stopped, feed};
 use crate::transfer::{self, Admission, Batch, Skip, Source, SourceEnd, TargetState, next_batch};
 
@@ -269,7 +270,7 @@ async fn target_state(
     conn: &mut MultiplexedConnection,
     deadline: Duration,
 ) -> Result<(TargetState, u64), RedisError> {
-    let keys: u64 = with_deadline(deadline, async {
+    let keys: u64 = RedisError::within(deadline, async {
         Ok(redis::cmd("DBSIZE").query_async(conn).await?)
     })
     .await?;
@@ -278,7 +279,7 @@ async fn target_state(
     }
     let mut cursor: u64 = 0;
     loop {
-        let (next, found): (u64, Vec<String>) = with_deadline(deadline, async {
+        let (next, found): (u64, Vec<String>) = RedisError::within(deadline, async {
             Ok(redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
@@ -326,7 +327,7 @@ async fn export(
     let step = settings.stream_idle.max(deadline);
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = with_deadline(deadline, async {
+        let (next, keys): (u64, Vec<String>) = RedisError::within(deadline, async {
             Ok(redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
@@ -346,7 +347,7 @@ async fn export(
                 pipe.cmd("PTTL").arg(key).cmd("DUMP").arg(key);
             }
             let replies: Vec<redis::Value> =
-                with_deadline(step, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
+                RedisError::within(step, async { Ok(pipe.query_async(&mut conn).await?) }).await?;
             let mut replies = replies.into_iter();
             let now_ms = server_ms(replies.next())?;
             for key in keys {
@@ -471,7 +472,7 @@ async fn restore_batch(
     summary: &mut ImportSummary,
 ) -> Result<(), RedisError> {
     let deadline = settings.deadline;
-    let now_ms = with_deadline(deadline, async {
+    let now_ms = RedisError::within(deadline, async {
         let time: redis::Value = redis::cmd("TIME").query_async(conn).await?;
         server_ms(Some(time))
     })
@@ -513,7 +514,7 @@ async fn restore_batch(
     if !restoring.is_empty() {
         // One result per key: a bad payload fails that key, not the batch.
         let results: Vec<redis::RedisResult<redis::Value>> =
-            with_deadline(deadline, async { Ok(pipe.query_async(conn).await?) }).await?;
+            RedisError::within(deadline, async { Ok(pipe.query_async(conn).await?) }).await?;
         for (key, result) in restoring.into_iter().zip(results) {
             match result {
                 Ok(_) => summary.written += 1,
@@ -523,7 +524,7 @@ async fn restore_batch(
     }
     for fence in fences {
         let scratch = format!("{}:restoring:{:016x}", fence.key, rand::random::<u64>());
-        let raised = with_deadline(deadline, async {
+        let raised = RedisError::within(deadline, async {
             Ok(RAISE_FENCE
                 .key(&fence.key)
                 .key(&scratch)

@@ -34,7 +34,9 @@ use serde_json::{Value, json};
 
 use super::lifecycle::{self, Policy};
 use super::names::{Entity, Month};
-use super::{Conn, Request, SearchError, SearchOp, Shared, sealed};
+use super::{Answer, Conn, Request, SearchError, SearchOp, Settings, Shared, sealed};
+use crate::supervisor::link::OpFuture;
+use crate::supervisor::{BackoffPolicy, retry_pause};
 
 // ---------------------------------------------------------------------------------------------
 // Checks and routing
@@ -170,12 +172,7 @@ impl sealed::Sealed for IndexDoc {}
 impl SearchOp for IndexDoc {
     type Output = IndexReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<IndexReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         if let Some(id) = &self.id {
             check_id(id)?;
         }
@@ -322,12 +319,7 @@ impl sealed::Sealed for GetDoc {}
 impl SearchOp for GetDoc {
     type Output = Option<Hit>;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Option<Hit>, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
         Ok(async move { resolve(&conn, self.entity, &self.id, self.hint).await })
     }
@@ -351,12 +343,7 @@ impl sealed::Sealed for UpdateDoc {}
 impl SearchOp for UpdateDoc {
     type Output = IndexReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<IndexReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
         let fields = self
             .doc
@@ -408,11 +395,7 @@ impl sealed::Sealed for DeleteDoc {}
 impl SearchOp for DeleteDoc {
     type Output = bool;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<bool, SearchError>> + Send + 'static, SearchError> {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
         Ok(async move {
             let Some(hit) = resolve(&conn, self.entity, &self.id, self.hint).await? else {
@@ -585,12 +568,66 @@ pub(crate) type Outcome = (usize, Result<IndexReply, SearchError>);
 pub(crate) async fn send_batch(
     conn: &Conn,
     shared: &Shared,
-    mut pending: Vec<Prepared>,
+    pending: Vec<Prepared>,
     refresh: bool,
 ) -> (Vec<Outcome>, u64) {
-    let retries = shared.settings.bulk_retries;
-    let mut done = Vec::new();
-    let mut requests = 0;
+    let sent = send_with_retries(
+        |req| conn.send(req),
+        &shared.settings,
+        pending,
+        refresh,
+        rand::random,
+        |n| shared.count_retried(n),
+    )
+    .await;
+    let late = sent
+        .outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.as_ref().is_ok_and(|r| r.late))
+        .count();
+    shared.count_late(late as u64);
+    (sent.outcomes, sent.requests)
+}
+
+/// What one batch came to.
+struct Sent {
+    outcomes: Vec<Outcome>,
+    requests: u64,
+}
+
+/// The pauses before what a cluster refused with 429 or 503 is sent again: the supervisor's
+/// retry schedule ([`retry_pause`]) with ceilings of 200 ms doubling to 6.4 s, so retry `n`
+/// waits between half and all of `200 ms × 2^(n-1)`.
+pub(crate) const BULK_RETRY: BackoffPolicy = BackoffPolicy {
+    base: Duration::from_millis(200),
+    factor: 2,
+    cap: Duration::from_millis(6400),
+    // Unused: each batch starts over at attempt 1.
+    reset_after: Duration::ZERO,
+};
+
+/// The loop of [`send_batch`] on any transport (`send`: one bulk request, its answer). Round
+/// `n` of what is sent again waits [`BULK_RETRY`]'s pause for attempt `n`, its jitter drawn
+/// from `jitter`: callers refused by an overloaded cluster together do not come back in
+/// step. `retried` counts the items refused and sent again, as each round is (not once the
+/// batch is done: a retry in progress shows in `retried_documents`).
+async fn send_with_retries<S, F>(
+    send: S,
+    settings: &Settings,
+    mut pending: Vec<Prepared>,
+    refresh: bool,
+    mut jitter: impl FnMut() -> f64,
+    retried: impl Fn(u64),
+) -> Sent
+where
+    S: Fn(Request) -> F,
+    F: Future<Output = Result<Answer, SearchError>>,
+{
+    let retries = settings.bulk_retries;
+    let mut sent = Sent {
+        outcomes: Vec::new(),
+        requests: 0,
+    };
     let mut attempt = 0;
     while !pending.is_empty() {
         let mut body = Vec::new();
@@ -599,12 +636,12 @@ pub(crate) async fn send_batch(
         }
         let mut req = Request::new(Method::Post, "/_bulk").ndjson(body);
         // A full request takes longer than one call; the bulk as a whole has its own deadline.
-        req.timeout = Some(shared.settings.bulk_timeout());
+        req.timeout = Some(settings.bulk_timeout());
         if refresh {
             req = req.query("refresh", "wait_for");
         }
-        requests += 1;
-        let answer = conn.send(req).await;
+        sent.requests += 1;
+        let answer = send(req).await;
         let mut again = Vec::new();
         let mut refused = 0;
         match answer {
@@ -622,7 +659,7 @@ pub(crate) async fn send_batch(
                         .unwrap_or(&Value::Null);
                     let status = result["status"].as_u64().unwrap_or(0) as u16;
                     if (200..300).contains(&status) {
-                        done.push((
+                        sent.outcomes.push((
                             d.pos,
                             Ok(IndexReply {
                                 index: result["_index"]
@@ -647,7 +684,7 @@ pub(crate) async fn send_batch(
                             ..d
                         });
                     } else {
-                        done.push((d.pos, Err(error)));
+                        sent.outcomes.push((d.pos, Err(error)));
                     }
                 }
             }
@@ -657,23 +694,18 @@ pub(crate) async fn send_batch(
             }
             Err(e) => {
                 for d in pending {
-                    done.push((d.pos, Err(e.clone())));
+                    sent.outcomes.push((d.pos, Err(e.clone())));
                 }
             }
         }
-        shared.count_retried(refused as u64);
+        retried(refused as u64);
         if !again.is_empty() {
             attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+            tokio::time::sleep(retry_pause(&BULK_RETRY, attempt, jitter())).await;
         }
         pending = again;
     }
-    let late = done
-        .iter()
-        .filter(|(_, outcome)| outcome.as_ref().is_ok_and(|r| r.late))
-        .count();
-    shared.count_late(late as u64);
-    (done, requests)
+    sent
 }
 
 fn failed(e: SearchError) -> BulkItem {
@@ -705,12 +737,7 @@ impl sealed::Sealed for Bulk {}
 impl SearchOp for Bulk {
     type Output = BulkReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<BulkReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         if self.docs.is_empty() {
             return Err(SearchError::invalid("docs", "is empty"));
         }
@@ -771,7 +798,138 @@ impl SearchOp for Bulk {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    use std::time::Duration;
+
     use super::*;
+
+    /// Each bulk request a test transport was sent: when (since the batch began) and the ids
+    /// of the documents in it.
+    type Requests = Rc<RefCell<Vec<(Duration, Vec<String>)>>>;
+
+    /// A transport for [`send_with_retries`] that records each request and answers it with the
+    /// next of `answers` (bodies of 2xx answers, or the error of a refused request).
+    fn transport(
+        answers: Vec<Result<Value, SearchError>>,
+    ) -> (
+        impl Fn(Request) -> std::future::Ready<Result<Answer, SearchError>>,
+        Requests,
+    ) {
+        let t0 = tokio::time::Instant::now();
+        let requests = Requests::default();
+        let seen = requests.clone();
+        let answers = RefCell::new(VecDeque::from(answers));
+        let send = move |req: Request| {
+            let body = String::from_utf8(req.body.unwrap_or_default()).expect("utf-8");
+            let ids = body
+                .lines()
+                .step_by(2)
+                .map(|action| {
+                    let action: Value = serde_json::from_str(action).expect("action line");
+                    action["index"]["_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect();
+            seen.borrow_mut().push((t0.elapsed(), ids));
+            let answer = answers.borrow_mut().pop_front().expect("an answer left");
+            std::future::ready(answer.map(|body| Answer { body }))
+        };
+        (send, requests)
+    }
+
+    fn docs(ids: &[&str]) -> Vec<Prepared> {
+        ids.iter()
+            .enumerate()
+            .map(|(pos, id)| Prepared {
+                pos,
+                ..Prepared::for_test(id, 16)
+            })
+            .collect()
+    }
+
+    fn indexed(id: &str) -> Value {
+        json!({"index": {"status": 201, "_index": "lucid-sessions-2026.11", "_id": id, "result": "created"}})
+    }
+
+    fn rejected() -> Value {
+        json!({"index": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}})
+    }
+
+    fn overloaded() -> SearchError {
+        SearchError::Server {
+            status: 429,
+            kind: "es_rejected_execution_exception".to_owned(),
+            reason: "queue full".to_owned(),
+        }
+    }
+
+    /// The settings the retries read: three retries by default.
+    fn retrying() -> Settings {
+        let cfg = crate::Config::defaults().expect("defaults");
+        let settings = Settings::from_config(&cfg.elasticsearch, &cfg.supervisor);
+        assert_eq!(settings.bulk_retries, 3);
+        settings
+    }
+
+    /// Items refused with 429 — one by one, or the whole request — are sent again after the
+    /// retry pause for that attempt (with the jitter sample 0.5: three quarters of the
+    /// ceiling, 200 ms doubling), on paused time; the others are answered from the first
+    /// answer.
+    #[tokio::test(start_paused = true)]
+    async fn refused_items_are_sent_again_after_the_backoff_with_jitter() {
+        let (send, requests) = transport(vec![
+            Ok(json!({"items": [indexed("a"), rejected()]})),
+            Err(overloaded()),
+            Ok(json!({"items": [indexed("b")]})),
+        ]);
+        let count = std::cell::Cell::new(0);
+        let retried = |n| count.set(count.get() + n);
+        let sent =
+            send_with_retries(send, &retrying(), docs(&["a", "b"]), false, || 0.5, retried).await;
+        let ids = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            *requests.borrow(),
+            vec![
+                (Duration::ZERO, ids(&["a", "b"])),
+                (Duration::from_millis(150), ids(&["b"])),
+                (Duration::from_millis(150 + 300), ids(&["b"])),
+            ]
+        );
+        let mut outcomes = sent.outcomes;
+        outcomes.sort_by_key(|(pos, _)| *pos);
+        let ids_indexed: Vec<_> = outcomes
+            .iter()
+            .map(|(_, o)| o.as_ref().map(|r| r.id.clone()))
+            .collect();
+        assert_eq!(ids_indexed, [Ok("a".to_owned()), Ok("b".to_owned())]);
+        assert_eq!((sent.requests, count.get()), (3, 2));
+    }
+
+    /// A refusal that lasts is the item's answer once `bulk_retries` retries are spent.
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_refusal_is_the_answer_after_the_last_retry() {
+        let (send, requests) = transport(vec![Err(overloaded()); 4]);
+        let count = std::cell::Cell::new(0);
+        let retried = |n| count.set(count.get() + n);
+        let sent =
+            send_with_retries(send, &retrying(), docs(&["a", "b"]), false, || 0.5, retried).await;
+        let at: Vec<Duration> = requests.borrow().iter().map(|(t, _)| *t).collect();
+        // 0.75 × 200, 400 and 800 ms.
+        assert_eq!(
+            at,
+            [0, 150, 450, 1050].map(Duration::from_millis),
+            "one request and three retries"
+        );
+        assert_eq!((sent.requests, count.get()), (4, 6));
+        assert_eq!(sent.outcomes.len(), 2);
+        for (_, outcome) in sent.outcomes {
+            assert_eq!(outcome.expect_err("refused").status(), Some(429));
+        }
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)

@@ -8,7 +8,6 @@
 //! each with an `ilm.transition` event; a failed action is reported and the run goes on.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use super::{Conn, Request, SearchError, SearchOp, Settings, Shared, sealed};
 use crate::events::{
     self, IlmCompleted, IlmTransition, IlmTransitionFailed, IlmUnparseable, SearchBootstrapApplied,
 };
+use crate::supervisor::link::OpFuture;
 
 // ---------------------------------------------------------------------------------------------
 // Templates
@@ -390,7 +390,8 @@ pub(crate) async fn bootstrap(
 // ---------------------------------------------------------------------------------------------
 // Operations
 
-/// Runs the bootstrap now (it also runs each time the cluster comes up).
+/// Runs the bootstrap now (it also runs each time the cluster comes up). Waits for a run
+/// already in flight, then finds what is left to do; its report becomes the actor's last.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<BootstrapReport, SearchError>")]
 pub struct RunBootstrap;
@@ -400,16 +401,10 @@ impl sealed::Sealed for RunBootstrap {}
 impl SearchOp for RunBootstrap {
     type Output = BootstrapReport;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<
-        impl Future<Output = Result<BootstrapReport, SearchError>> + Send + 'static,
-        SearchError,
-    > {
-        let shared = shared.clone();
-        Ok(async move { bootstrap(&conn, &shared).await })
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
+        let owned = shared.clone();
+        let run = async move { bootstrap(&conn, &owned).await };
+        Ok(shared.bootstraps.exclusive(false, run))
     }
 }
 
@@ -428,12 +423,7 @@ impl sealed::Sealed for PlanLifecycle {}
 impl SearchOp for PlanLifecycle {
     type Output = Vec<Action>;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<Vec<Action>, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         let policy = shared.settings.policy.clone();
         let now = self.at.unwrap_or_else(|| shared.now());
         Ok(async move { plan_now(&conn, &policy, now, &self.backed_up).await })
@@ -467,14 +457,7 @@ impl sealed::Sealed for ApplyLifecycle {}
 impl SearchOp for ApplyLifecycle {
     type Output = LifecycleReport;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<
-        impl Future<Output = Result<LifecycleReport, SearchError>> + Send + 'static,
-        SearchError,
-    > {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         let policy = shared.settings.policy.clone();
         let now = self.at.unwrap_or_else(|| shared.now());
         Ok(async move {
@@ -515,12 +498,7 @@ impl sealed::Sealed for GetStats {}
 impl SearchOp for GetStats {
     type Output = SearchStats;
 
-    fn start(
-        self,
-        conn: Conn,
-        shared: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<SearchStats, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         let policy = shared.settings.policy.clone();
         let now = shared.now();
         Ok(async move { stats(&conn, &policy, now).await })

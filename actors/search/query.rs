@@ -3,7 +3,6 @@
 //! cardinality), and counts. Built from typed parts, so a malformed query is refused before
 //! sending; the server's own refusals come back as `Server` errors with its reason.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use actix::Message;
@@ -14,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::documents::Hit;
 use super::names::Entity;
 use super::{Conn, Request, SearchError, SearchOp, Shared, sealed};
+use crate::supervisor::link::OpFuture;
 
 /// At most this many hits per page (Elasticsearch's `index.max_result_window`).
 pub const MAX_SIZE: u32 = 10_000;
@@ -343,12 +343,7 @@ impl sealed::Sealed for Search {}
 impl SearchOp for Search {
     type Output = SearchReply;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<SearchReply, SearchError>> + Send + 'static, SearchError>
-    {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         let body = self.body()?;
         let size = self.size as usize;
         let sorted = !self.sort.is_empty();
@@ -441,11 +436,7 @@ impl sealed::Sealed for Count {}
 impl SearchOp for Count {
     type Output = u64;
 
-    fn start(
-        self,
-        conn: Conn,
-        _: &Arc<Shared>,
-    ) -> Result<impl Future<Output = Result<u64, SearchError>> + Send + 'static, SearchError> {
+    fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         let body = json!({"query": query(&self.filters, self.text.as_ref())?});
         Ok(async move {
             let answer = conn

@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{Conn, Request, SearchActor, SearchError, SearchHandle, Shared, within};
+use super::{Conn, Request, SearchActor, SearchError, SearchHandle, Shared};
+use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, Stopped, feed};
 use crate::transfer::{self, Admission, Batch, Source, SourceEnd, TargetState, next_batch};
 
@@ -228,7 +229,7 @@ impl SearchHandle {
     pub async fn list_indices(&self) -> Result<Vec<String>, SearchError> {
         let (conn, _) = self.shared.usable()?;
         let deadline = self.shared.settings.deadline;
-        let indices = within(deadline, super::indices::gather(&conn)).await?;
+        let indices = SearchError::within(deadline, super::indices::gather(&conn)).await?;
         Ok(indices.into_iter().map(|i| i.name).collect())
     }
 
@@ -324,7 +325,7 @@ async fn export(
             .body;
         Ok::<_, SearchError>((metadata_of(index, &definition, count), first))
     };
-    let (metadata, first) = match within(deadline, start).await {
+    let (metadata, first) = match SearchError::within(deadline, start).await {
         Ok(v) => v,
         Err(e) => {
             shared.report(generation, &e);
@@ -369,7 +370,7 @@ async fn export(
                     Request::new(Method::Post, "/_search/scroll")
                         .json(&json!({"scroll": SCROLL_KEEP, "scroll_id": id})),
                 );
-                page = within(deadline, next).await?.body;
+                page = SearchError::within(deadline, next).await?.body;
                 if let Some(id) = page["_scroll_id"].as_str() {
                     scroll_id = Some(id.to_owned());
                 }
@@ -427,7 +428,7 @@ async fn import(
         Admission::Into | Admission::Replace => {}
     }
     if found.0 != TargetState::Missing {
-        within(
+        SearchError::within(
             deadline,
             conn.send(Request::new(Method::Delete, format!("/{target}"))),
         )
@@ -442,7 +443,7 @@ async fn import(
             def.insert("is_write_index".to_owned(), Value::Bool(true));
         }
     }
-    within(
+    SearchError::within(
         deadline,
         conn.send(Request::new(Method::Put, format!("/{target}")).json(&body)),
     )
@@ -463,7 +464,7 @@ async fn import(
     let loaded = async {
         load(&conn, &target, settings, &mut source, &mut summary).await?;
         if metadata.write_blocked {
-            within(
+            SearchError::within(
                 deadline,
                 conn.send(
                     Request::new(Method::Put, format!("/{target}/_settings"))
@@ -477,7 +478,7 @@ async fn import(
     .await;
     if let Err(e) = loaded {
         // Nothing half restored: the index this import created goes again.
-        let _ = within(
+        let _ = SearchError::within(
             deadline,
             conn.send(Request::new(Method::Delete, format!("/{target}"))),
         )
@@ -496,7 +497,7 @@ async fn target_state(
     target: &str,
     deadline: std::time::Duration,
 ) -> Result<((TargetState, u64), Vec<String>), SearchError> {
-    let definition = match within(
+    let definition = match SearchError::within(
         deadline,
         conn.send(Request::new(Method::Get, format!("/{target}"))),
     )
@@ -520,7 +521,7 @@ async fn target_state(
         .filter(|(_, def)| def["is_write_index"] == true)
         .map(|(alias, _)| alias.clone())
         .collect();
-    let documents = within(
+    let documents = SearchError::within(
         deadline,
         conn.send(Request::new(Method::Get, format!("/{target}/_count"))),
     )
@@ -584,7 +585,7 @@ async fn load(
         }
     }
     let refresh = Request::new(Method::Post, format!("/{target}/_refresh"));
-    within(settings.deadline, conn.send(refresh)).await?;
+    SearchError::within(settings.deadline, conn.send(refresh)).await?;
     Ok(())
 }
 

@@ -1182,28 +1182,59 @@ async fn the_cli_prints_the_lifecycle_plan_changes_nothing_on_a_dry_run_and_appl
 /// deadline: a cluster that comes up meanwhile is used, one that does not is exit 69.
 #[test]
 fn the_cli_waits_for_a_cluster_that_comes_up_within_the_deadline() {
+    use std::io::{BufRead, BufReader, Read};
+
     const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
     let mut server = elasticsearch();
     let root = tempfile::tempdir().expect("tempdir");
     server.stop();
     let started = Instant::now();
-    let child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(BIN)
         .args(["search", "stats", "--json"])
         .env_clear()
         .env("LUCID_DB__VOLUMES__ROOT", root.path())
         .env("LUCID_DB__ELASTICSEARCH__URL", server.url())
         .env("LUCID_DB__SUPERVISOR__CALL_DEADLINE", "20s")
+        // The events on stderr: the test hears the failed attempt it waits for.
+        .env("RUST_LOG", "lucid_db::event=info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run lucid-db");
-    // Refused at first (a connect fails at once), then back while the command still waits.
-    std::thread::sleep(Duration::from_millis(500));
+    // Refused at first (a connect fails at once): the cluster comes back only once the command
+    // has said so (`backend.down`), while it still waits. Its stderr is read to the end on a
+    // thread, so the command never blocks on a full pipe.
+    let stderr = child.stderr.take().expect("stderr");
+    let (heard_down, down) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.expect("stderr line");
+            if line.contains("backend.down") {
+                let _ = heard_down.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    down.recv_timeout(Duration::from_secs(15))
+        .expect("backend.down while the cluster is away");
     server.start_again();
-    let out = child.wait_with_output().expect("wait");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let stats: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    let status = child.wait().expect("wait");
+    let err = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("backend.up"),
+        "it connected after the outage: {err}"
+    );
+    let stats: Value = serde_json::from_str(&stdout).expect("json");
     assert!(stats["status"].is_string(), "{stats}");
     assert!(started.elapsed() < Duration::from_secs(20));
 

@@ -58,6 +58,7 @@ use tokio::sync::mpsc;
 use crate::config::{ByteSize, SupervisorConfig, VolumesConfig};
 use crate::events::{self, VolumeCreated, VolumeDeleted, VolumeMigrated};
 use crate::health::HealthEntry;
+use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, feed};
 use crate::threads::ActorThread;
 use crate::transfer::{self, Source};
@@ -270,23 +271,19 @@ impl VolumeHandle {
         M: VolumeOp,
         VolumeActor: Handler<M>,
     {
-        let answer = if M::LONG {
-            self.addr.send(msg).await
-        } else {
-            match self.addr.send(msg).timeout(self.deadline).await {
-                Err(MailboxError::Timeout) => {
-                    return Err(VolumeError::DeadlineExceeded {
-                        after: self.deadline,
-                    });
-                }
-                answer => answer,
-            }
+        let send = async {
+            self.addr
+                .send(msg)
+                .await
+                .unwrap_or(Err(VolumeError::NotDelivered {
+                    reason: "the volume actor has stopped",
+                }))
         };
-        match answer {
-            Ok(res) => res,
-            Err(_) => Err(VolumeError::NotDelivered {
-                reason: "the volume actor has stopped",
-            }),
+        if M::LONG {
+            send.await
+        } else {
+            // The one deadline helper every actor's short calls use.
+            VolumeError::within(self.deadline, send).await
         }
     }
 

@@ -158,6 +158,13 @@ pub enum VolumeError {
     },
 }
 
+/// Short calls to the volume actor time out through the one helper every actor uses.
+impl crate::supervisor::DeadlineError for VolumeError {
+    fn deadline_exceeded(after: Duration) -> Self {
+        VolumeError::DeadlineExceeded { after }
+    }
+}
+
 impl VolumeError {
     /// Low-cardinality code for logs, events and metrics.
     pub fn code(&self) -> &'static str {

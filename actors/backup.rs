@@ -609,6 +609,21 @@ impl Shared {
             })
     }
 
+    /// Marks backup `id` as being read (a verify, restore or drill) until the answer is
+    /// dropped: retention and `backup delete` keep it meanwhile ([`readers`]).
+    async fn reading(&self, id: BackupId) -> Result<readers::ReadLock, BackupError> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            state.ensure()?;
+            readers::ReadLock::shared(&state, &id)
+        })
+        .await
+        .map_err(|e| BackupError::Interrupted {
+            reason: format!("marking the backup as read: {e}"),
+        })?
+        .map_err(BackupError::from)
+    }
+
     /// Takes the backup lock (`busy` when another run, restore or prune holds it).
     async fn lock(&self) -> Result<RunLock, BackupError> {
         let state = self.state.clone();
@@ -764,6 +779,38 @@ impl BackupActor {
         }
     }
 
+    /// `busy` while this process has a backup run in progress (the lock file says the same
+    /// for other processes; this says it with the run's id).
+    fn idle(&self) -> Result<(), BackupError> {
+        match self.running {
+            Some(id) => Err(BackupError::Busy {
+                reason: format!("backup {id} is running in this process"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `work` holding the backup lock: one backup, restore, prune or delete at a time,
+    /// here or in another process.
+    fn exclusive<T, F, Fut>(&self, work: F) -> Reply<T>
+    where
+        T: 'static,
+        F: FnOnce(Arc<Shared>, RunLock) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<T, BackupError>> + 'static,
+    {
+        if let Err(e) = self.idle() {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        let shared = self.shared.clone();
+        Box::pin(
+            async move {
+                let lock = shared.lock().await?;
+                work(shared, lock).await
+            }
+            .into_actor(self),
+        )
+    }
+
     fn finished(&mut self, report: RunReport) {
         self.running = None;
         self.runs
@@ -845,10 +892,8 @@ impl Handler<StartBackup> for BackupActor {
     type Result = Reply<BackupId>;
 
     fn handle(&mut self, msg: StartBackup, _: &mut Context<Self>) -> Self::Result {
-        if let Some(id) = self.running {
-            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
-                reason: format!("backup {id} is running in this process"),
-            })));
+        if let Err(e) = self.idle() {
+            return Box::pin(actix::fut::ready(Err(e)));
         }
         if let Err(e) = &self.shared.recipients {
             return Box::pin(actix::fut::ready(Err(BackupError::Key(e.clone()))));
@@ -985,17 +1030,8 @@ impl Handler<VerifyBackup> for BackupActor {
         let shared = self.shared.clone();
         Box::pin(
             async move {
-                // Marks the backup as read, so that retention keeps it until the verify ends.
-                let state = shared.state.clone();
-                let id = msg.id;
-                let _reader = tokio::task::spawn_blocking(move || {
-                    state.ensure()?;
-                    readers::ReadLock::shared(&state, &id)
-                })
-                .await
-                .map_err(|e| BackupError::Interrupted {
-                    reason: format!("marking the backup as read: {e}"),
-                })??;
+                // Retention keeps the backup until the verify (or drill) ends.
+                let _reader = shared.reading(msg.id).await?;
                 if msg.level == Level::Drilled {
                     // A drill writes scratch targets: one heavy operation at a time.
                     let lock = shared.lock().await?;
@@ -1012,20 +1048,10 @@ impl Handler<PruneBackups> for BackupActor {
     type Result = Reply<PruneReport>;
 
     fn handle(&mut self, msg: PruneBackups, _: &mut Context<Self>) -> Self::Result {
-        if let Some(id) = self.running {
-            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
-                reason: format!("backup {id} is running in this process"),
-            })));
-        }
-        let shared = self.shared.clone();
-        Box::pin(
-            async move {
-                let lock = shared.lock().await?;
-                let storage = shared.storage().await?;
-                prune::prune_locked(&shared, &storage, msg.dry_run, &lock).await
-            }
-            .into_actor(self),
-        )
+        self.exclusive(move |shared, lock| async move {
+            let storage = shared.storage().await?;
+            prune::prune_locked(&shared, &storage, msg.dry_run, &lock).await
+        })
     }
 }
 
@@ -1033,20 +1059,10 @@ impl Handler<DeleteBackup> for BackupActor {
     type Result = Reply<DeleteReport>;
 
     fn handle(&mut self, msg: DeleteBackup, _: &mut Context<Self>) -> Self::Result {
-        if let Some(id) = self.running {
-            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
-                reason: format!("backup {id} is running in this process"),
-            })));
-        }
-        let shared = self.shared.clone();
-        Box::pin(
-            async move {
-                let lock = shared.lock().await?;
-                let storage = shared.storage().await?;
-                prune::delete_locked(&shared, &storage, msg.id, msg.force, &lock).await
-            }
-            .into_actor(self),
-        )
+        self.exclusive(move |shared, lock| async move {
+            let storage = shared.storage().await?;
+            prune::delete_locked(&shared, &storage, msg.id, msg.force, &lock).await
+        })
     }
 }
 
@@ -1054,27 +1070,17 @@ impl Handler<RestoreBackup> for BackupActor {
     type Result = Reply<RestoreReport>;
 
     fn handle(&mut self, msg: RestoreBackup, _: &mut Context<Self>) -> Self::Result {
-        if let Some(id) = self.running {
-            return Box::pin(actix::fut::ready(Err(BackupError::Busy {
-                reason: format!("backup {id} is running in this process"),
-            })));
-        }
-        let shared = self.shared.clone();
-        Box::pin(
-            async move {
-                let _lock = shared.lock().await?;
-                restore::restore(
-                    &shared,
-                    msg.id,
-                    &msg.stores,
-                    msg.identity,
-                    &msg.targets,
-                    msg.force,
-                )
-                .await
-            }
-            .into_actor(self),
-        )
+        self.exclusive(move |shared, _lock| async move {
+            restore::restore(
+                &shared,
+                msg.id,
+                &msg.stores,
+                msg.identity,
+                &msg.targets,
+                msg.force,
+            )
+            .await
+        })
     }
 }
 

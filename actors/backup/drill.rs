@@ -31,7 +31,6 @@ use super::id::BackupId;
 use super::keys::Identities;
 use super::manifest::{ArtifactCheck, ArtifactRecord, Level, LevelResult};
 use super::pipeline::{self, Decoding, PipelineError};
-use super::readers::ReadLock;
 use super::restore::stored_manifest;
 use super::verify::{self, VerifyReport};
 use super::{BackupError, RunLock, Shared};
@@ -63,7 +62,8 @@ struct Compared {
     sampled: u64,
 }
 
-/// Drills backup `id`; see the module doc. The caller holds the backup lock.
+/// Drills backup `id`; see the module doc. The caller holds the backup lock and the backup's
+/// reader lock.
 pub(super) async fn drill(
     shared: &Shared,
     id: BackupId,
@@ -71,12 +71,6 @@ pub(super) async fn drill(
     _lock: &RunLock,
 ) -> Result<VerifyReport, BackupError> {
     let clock = Instant::now();
-    let state = shared.state.clone();
-    let _reader = tokio::task::spawn_blocking(move || ReadLock::shared(&state, &id))
-        .await
-        .map_err(|e| BackupError::Interrupted {
-            reason: format!("marking the backup as read: {e}"),
-        })??;
     let storage = shared.storage().await?;
     let manifest = stored_manifest(&storage, &id).await?;
     let decoding = Decoding::for_manifest(

@@ -33,7 +33,6 @@ use super::id::BackupId;
 use super::keys::Identities;
 use super::manifest::{ArtifactRecord, Manifest, Outcome};
 use super::pipeline::{self, Decoding, PipelineError};
-use super::readers::ReadLock;
 use super::select::StoreSelector;
 use super::storage::{MANIFEST, Storage};
 use super::{BackupError, Shared};
@@ -125,12 +124,7 @@ pub(super) async fn restore(
     force: bool,
 ) -> Result<RestoreReport, BackupError> {
     let clock = Instant::now();
-    let state = shared.state.clone();
-    let _reader = tokio::task::spawn_blocking(move || ReadLock::shared(&state, &id))
-        .await
-        .map_err(|e| BackupError::Interrupted {
-            reason: format!("marking the backup as read: {e}"),
-        })??;
+    let _reader = shared.reading(id).await?;
     let outcome = run(shared, id, selection, identity, targets, force).await;
     match &outcome {
         Ok(report) => events::emit(BackupRestored {

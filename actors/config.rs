@@ -96,6 +96,32 @@ pub struct SupervisorConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub bind: SocketAddr,
+    /// actix-web worker threads (1 on a Pi: the actors do the work on threads of their own).
+    pub workers: usize,
+    /// Largest JSON request body accepted.
+    pub body_limit: ByteSize,
+    /// Longest a request may take before it is answered `504`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The API tokens' names, scopes and SHA-256 hashes; empty: `tokens.json` in `state_dir`.
+    pub tokens_file: PathBuf,
+    /// Requests each token may make per `rate_window` (through the Redis sliding window).
+    pub rate_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub rate_window: Duration,
+    /// Audit documents held while MongoDB is down (the oldest beyond are dropped and counted).
+    pub audit_queue: usize,
+}
+
+impl HttpConfig {
+    /// `tokens_file`, or its default under the state directory.
+    pub fn tokens_path(&self, state_dir: &std::path::Path) -> PathBuf {
+        if self.tokens_file.as_os_str().is_empty() {
+            state_dir.join("tokens.json")
+        } else {
+            self.tokens_file.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -885,6 +911,18 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
             "http.bind",
             "must name a port (0 would pick a random one nobody can find)".to_owned(),
         );
+    }
+    for (key, zero) in [
+        ("http.workers", c.http.workers == 0),
+        ("http.body_limit", c.http.body_limit.0 == 0),
+        ("http.request_timeout", c.http.request_timeout.is_zero()),
+        ("http.rate_limit", c.http.rate_limit == 0),
+        ("http.rate_window", c.http.rate_window.is_zero()),
+        ("http.audit_queue", c.http.audit_queue == 0),
+    ] {
+        if zero {
+            err(key, "must be greater than zero".to_owned());
+        }
     }
 
     if let Err(reason) = check_redis_url(c.redis.url.expose()) {

@@ -499,6 +499,30 @@ events! {
         code: &'static str,
         error: String,
     }
+    /// A write or admin call of the HTTP API was answered (never the token itself).
+    ApiAudit = "api.audit", INFO, code = outcome {
+        /// The token's name.
+        token: String,
+        method: &'static str,
+        /// The route's pattern (`/api/v1/database/mongodb/{collection}`).
+        route: String,
+        /// What it acted on (a collection, a key, a backup id).
+        target: String,
+        /// `ok`, or the error code answered.
+        outcome: &'static str,
+        status: u32,
+    }
+    /// An audit document could not be queued for MongoDB (the queue held `http.audit_queue`):
+    /// the oldest was dropped. `dropped` is the total since start.
+    ApiAuditDropped = "api.audit_dropped", WARN {
+        dropped: u64,
+    }
+    /// The daemon (re)read `http.tokens_file`: at start and whenever it changed.
+    ApiTokensLoaded = "api.tokens_loaded", INFO, code = code {
+        /// `ok`, or `tokens_unreadable` (the tokens held before stay in use).
+        code: &'static str,
+        tokens: u64,
+    }
 }
 
 /// How a field type is handed to `tracing`: numbers stay numbers (JSON numbers, journald

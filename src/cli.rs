@@ -78,6 +78,32 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The HTTP API's bearer tokens in `http.tokens_file` (a running daemon sees changes
+    /// within seconds).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token: printed alone on stdout, once; only its SHA-256 is stored.
+    Add {
+        /// 1-64 of A-Z a-z 0-9 _ - .
+        name: String,
+        /// read, write (read and change data) or admin (also restore, delete by filter,
+        /// release another holder's lock).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        scope: String,
+    },
+    /// The tokens: name, scope, creation time (never the token).
+    Ls,
+    /// Remove a token; requests with it are refused within seconds.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -75,11 +75,7 @@ pub async fn run(loaded: Loaded) -> u8 {
     let handles = lucid_actors::start(&config, Roles::DAEMON);
     // Subscribed before the first STATUS=, so no change between the two is missed.
     let changes = handles.registry.subscribe();
-    let state = ApiState {
-        registry: handles.registry.clone(),
-        parts: handles.roles,
-        started,
-    };
+    let state = ApiState::new(&config, handles.clone(), started);
     let server = match http::serve(config.http.bind, state, config.supervisor.shutdown_timeout) {
         Ok(server) => server,
         Err(e) => {

@@ -5,7 +5,8 @@
 //! - `main` — parse the command line, load the configuration, dispatch.
 //! - `cli` — the clap definitions.
 //! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
-//! - `http` — the HTTP API (`/health`, `/ready`).
+//! - `http` — the HTTP API (docs/http.md).
+//! - `token_cmd` — `lucid-db token …`: the API's bearer tokens.
 //! - `health_cmd` — `lucid-db health`.
 //! - `backup_cmd` — `lucid-db backup …`.
 //! - `mongo_cmd` — `lucid-db mongo …`.
@@ -29,6 +30,7 @@ mod mongo_cmd;
 mod schedule_cmd;
 mod search_cmd;
 mod stores;
+mod token_cmd;
 mod volumes_cmd;
 
 use std::process::ExitCode;
@@ -107,6 +109,10 @@ fn main() -> ExitCode {
             let system = actix_rt::System::new();
             let code = system.block_on(search_cmd::run(&loaded.config, command, json));
             exit_now(code)
+        }
+        Command::Token { command, json } => {
+            let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
+            token_cmd::run(&loaded.config, command, json)
         }
         Command::Health { json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));

@@ -31,6 +31,8 @@ use crate::supervisor::link::OpFuture;
 pub enum RateSubject {
     User(String),
     Ip(IpAddr),
+    /// An HTTP API token, by name (`lucid:ratelimit:token:{name}`).
+    Token(String),
 }
 
 impl fmt::Display for RateSubject {
@@ -38,6 +40,7 @@ impl fmt::Display for RateSubject {
         match self {
             RateSubject::User(id) => write!(f, "user {id}"),
             RateSubject::Ip(ip) => write!(f, "ip {ip}"),
+            RateSubject::Token(name) => write!(f, "token {name}"),
         }
     }
 }
@@ -54,6 +57,13 @@ impl RateSubject {
                 "user",
                 id,
                 "user_id",
+                format_args!(":{limit}per{window_ms}ms"),
+            ),
+            RateSubject::Token(name) => Key::with_suffix(
+                "ratelimit",
+                "token",
+                name,
+                "token",
                 format_args!(":{limit}per{window_ms}ms"),
             ),
             RateSubject::Ip(ip) => match ip.to_canonical() {

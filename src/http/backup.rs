@@ -1,0 +1,203 @@
+//! `/api/v1/database/backup…`: start a backup (`202` with its id; it runs on, and `status`
+//! follows it), list them, verify one, restore one (`admin`). Through the backup actor, which
+//! holds the one backup lock: a second run while one runs is `409 busy`.
+
+use std::str::FromStr;
+
+use actix_web::{HttpResponse, web};
+use lucid_actors::backup::{
+    BackupHandle, BackupId, BackupStatus, Entry, Level, ListBackups, RestoreBackup, RunStatus,
+    StartBackup, StoreSelector, Targets, Trigger, VerifyBackup, outcome_of,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{ApiState, State, need, ok};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/backup/create", web::post().to(create))
+        .route("/backup/status", web::get().to(status_last))
+        .route("/backup/status/{id}", web::get().to(status))
+        .route("/backups", web::get().to(list))
+        .route("/backup/{id}/verify", web::post().to(verify))
+        .route("/backup/{id}/restore", web::post().to(restore));
+}
+
+fn handle(state: &ApiState) -> Result<&BackupHandle, ApiError> {
+    need(&state.handles.backup, "the backup")
+}
+
+fn backup_id(text: &str) -> Result<BackupId, ApiError> {
+    text.parse::<BackupId>()
+        .map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+fn selectors(stores: &[String]) -> Result<Vec<StoreSelector>, ApiError> {
+    stores
+        .iter()
+        .map(|s| {
+            StoreSelector::from_str(s)
+                .map_err(|e| ApiError::bad_request("invalid_store", e.to_string()))
+        })
+        .collect()
+}
+
+/// Starts a backup of `stores` through the actor; answers `202` with the id. Shared with the
+/// volumes' `POST …/volumes/{name}/backup`.
+pub async fn start(state: &ApiState, stores: Vec<StoreSelector>) -> Result<HttpResponse, ApiError> {
+    let id = handle(state)?
+        .call(StartBackup {
+            stores,
+            trigger: Trigger::Api,
+        })
+        .await?;
+    if let Ok(mut last) = state.last_backup.lock() {
+        *last = Some(id);
+    }
+    Ok(HttpResponse::Accepted().json(json!({
+        "id": id,
+        "status": format!("{}/backup/status/{id}", super::API),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    /// `mongodb`, `mongodb:users`, `redis`, `elasticsearch`, `volumes`, `volumes:NAME`, …;
+    /// empty: every store that runs.
+    #[serde(default)]
+    pub stores: Vec<String>,
+}
+
+async fn create(
+    state: State,
+    body: Option<web::Json<CreateBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    start(&state, selectors(&b.stores)?).await
+}
+
+fn status_json(s: &RunStatus) -> Value {
+    match s {
+        RunStatus::Running {
+            id,
+            trigger,
+            started,
+            progress,
+        } => json!({
+            "id": id,
+            "state": "running",
+            "trigger": trigger.as_str(),
+            "started": started.to_rfc3339(),
+            "progress": progress,
+        }),
+        RunStatus::Finished(r) => json!({
+            "id": r.id,
+            "state": "finished",
+            "trigger": r.trigger.as_str(),
+            "started": r.started.to_rfc3339(),
+            "ended": r.ended.to_rfc3339(),
+            "outcome": r.outcome,
+            "stores": r.stores,
+            "encrypted": r.encrypted,
+            "bytes_in": r.bytes_in,
+            "bytes_stored": r.bytes_stored,
+            "error": r.error.as_ref().map(|e| json!({"code": e.code()})),
+            "listed": r.listed,
+        }),
+    }
+}
+
+async fn status_of(state: &ApiState, id: BackupId) -> Result<HttpResponse, ApiError> {
+    let s = handle(state)?.call(BackupStatus { id }).await?;
+    Ok(ok(&status_json(&s)))
+}
+
+/// The backup started last through the API.
+async fn status_last(state: State) -> Result<HttpResponse, ApiError> {
+    let last = state.last_backup.lock().ok().and_then(|l| *l);
+    match last {
+        Some(id) => status_of(&state, id).await,
+        None => Err(ApiError::not_found(
+            "no backup was started through the API since the daemon started",
+        )),
+    }
+}
+
+async fn status(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = backup_id(&path)?;
+    status_of(&state, id).await
+}
+
+fn entry_json(e: &Entry) -> Value {
+    json!({
+        "id": e.manifest.id,
+        "outcome": outcome_of(&e.manifest.stores),
+        "counts_as": e.effective_level(),
+        "manifest": e.manifest,
+        "verify": e.verify,
+        "pins": e.pins.as_ref().map(|p| &p.pins),
+    })
+}
+
+async fn list(state: State) -> Result<HttpResponse, ApiError> {
+    let entries = handle(&state)?.call(ListBackups).await?;
+    Ok(ok(&json!({
+        "backups": entries.iter().map(entry_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// `checksummed` (default), `decoded` or `drilled`.
+    pub level: Option<Level>,
+}
+
+async fn verify(
+    state: State,
+    path: web::Path<String>,
+    body: Option<web::Json<VerifyBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = backup_id(&path)?;
+    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let report = handle(&state)?
+        .call(VerifyBackup {
+            id,
+            level: b.level.unwrap_or(Level::Checksummed),
+            identity: None,
+        })
+        .await?;
+    Ok(ok(&json!({ "passed": report.passed(), "report": report })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreBody {
+    /// Empty: every store the backup holds complete.
+    #[serde(default)]
+    pub stores: Vec<String>,
+    /// Replace targets that hold data.
+    #[serde(default)]
+    pub force: bool,
+}
+
+async fn restore(
+    state: State,
+    path: web::Path<String>,
+    body: Option<web::Json<RestoreBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = backup_id(&path)?;
+    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let report = handle(&state)?
+        .call(RestoreBackup {
+            id,
+            stores: selectors(&b.stores)?,
+            identity: None,
+            targets: Targets::default(),
+            force: b.force,
+        })
+        .await?;
+    Ok(ok(&report))
+}

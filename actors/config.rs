@@ -103,7 +103,8 @@ pub struct HttpConfig {
     /// Longest a request may take before it is answered `504`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// The API tokens' names, scopes and SHA-256 hashes; empty: `tokens.json` in `state_dir`.
+    /// The API tokens' names, scopes and SHA-256 hashes; empty: `http/tokens.json` in
+    /// `state_dir`.
     pub tokens_file: PathBuf,
     /// Requests each token may make per `rate_window` (through the Redis sliding window).
     pub rate_limit: u32,
@@ -117,7 +118,7 @@ impl HttpConfig {
     /// `tokens_file`, or its default under the state directory.
     pub fn tokens_path(&self, state_dir: &std::path::Path) -> PathBuf {
         if self.tokens_file.as_os_str().is_empty() {
-            state_dir.join("tokens.json")
+            state_dir.join("http").join("tokens.json")
         } else {
             self.tokens_file.clone()
         }

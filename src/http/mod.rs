@@ -3,7 +3,7 @@
 //! scope, a per-token rate limit and, for writes, the audit trail.
 //!
 //! One module per area: [`error`] (the one error shape), [`auth`] (tokens, scopes, the rate
-//! limit), [`audit`], and the endpoints in [`mongodb`], [`redis`], [`search`], [`volumes`],
+//! limit), [`audit`], and the endpoints in [`mongo`], [`redis_ops`] (the `redis` name is the driver's), [`search`], [`volumes`],
 //! [`backup`]. The router is [`routes`]; [`guard`] is the one middleware every request passes:
 //! it knows each route's scope ([`scope_of`]), so no handler can forget to check it.
 //!
@@ -14,8 +14,8 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod error;
-pub mod mongodb;
-pub mod redis;
+pub mod mongo;
+pub mod redis_ops;
 pub mod search;
 pub mod volumes;
 
@@ -213,7 +213,6 @@ async fn guard(
         .await?;
     let audited = need >= Scope::Write;
     let method = method_name(req.method());
-    let target = target_of(&req);
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     req.extensions_mut().insert(caller.clone());
     let res = match tokio::time::timeout(state.request_timeout, next.call(req)).await {
@@ -231,8 +230,8 @@ async fn guard(
                 state.audit.record(Record {
                     token: caller.name,
                     method,
-                    route: pattern.unwrap_or_default(),
-                    target,
+                    route: pattern.clone().unwrap_or_default(),
+                    target: pattern.unwrap_or_default(),
                     outcome: "timeout",
                     status: 504,
                     ip,
@@ -242,7 +241,7 @@ async fn guard(
         }
     };
     if audited {
-        let (outcome, status) = match &res {
+        let (outcome, status, target) = match &res {
             Ok(r) => {
                 let status = r.status();
                 let outcome = if status.is_success() {
@@ -253,11 +252,12 @@ async fn guard(
                         .and_then(|e| e.as_error::<ApiError>())
                         .map_or("error", |e| e.code)
                 };
-                (outcome, status.as_u16())
+                (outcome, status.as_u16(), target_of(r.request()))
             }
             Err(e) => (
                 e.as_error::<ApiError>().map_or("error", |e| e.code),
                 e.as_response_error().status_code().as_u16(),
+                pattern.clone().unwrap_or_default(),
             ),
         };
         state.audit.record(Record {
@@ -286,7 +286,7 @@ fn method_name(m: &Method) -> &'static str {
 
 /// What a call acts on, for the audit: the path's parameters (`collection=users`), never a
 /// session id (a credential of Lucid's users).
-fn target_of(req: &ServiceRequest) -> String {
+fn target_of(req: &actix_web::HttpRequest) -> String {
     let parts: Vec<String> = req
         .match_info()
         .iter()
@@ -316,8 +316,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // /metrics: registered here by the metrics module, under the guard like the others.
     cfg.service(
         web::scope(API)
-            .configure(mongodb::routes)
-            .configure(redis::routes)
+            .configure(mongo::routes)
+            .configure(redis_ops::routes)
             .configure(search::routes)
             .configure(volumes::routes)
             .configure(backup::routes),

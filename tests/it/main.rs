@@ -10,6 +10,7 @@ mod common;
 mod config_cli;
 mod daemon;
 mod docs;
+mod http;
 mod layering;
 mod mongo_service;
 mod redis_service;

@@ -61,7 +61,7 @@ pub async fn start(state: &ApiState, stores: Vec<StoreSelector>) -> Result<HttpR
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     /// `mongodb`, `mongodb:users`, `redis`, `elasticsearch`, `volumes`, `volumes:NAME`, …;
@@ -70,6 +70,15 @@ pub struct CreateBody {
     pub stores: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/backup/create",
+    operation_id = "backup_create",
+    tag = "backup",
+    request_body = CreateBody,
+    responses((status = 202, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn create(
     state: State,
     body: Option<web::Json<CreateBody>>,
@@ -115,6 +124,14 @@ async fn status_of(state: &ApiState, id: BackupId) -> Result<HttpResponse, ApiEr
 }
 
 /// The backup started last through the API.
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/backup/status",
+    operation_id = "backup_status_last",
+    tag = "backup",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn status_last(state: State) -> Result<HttpResponse, ApiError> {
     let last = state.last_backup.lock().ok().and_then(|l| *l);
     match last {
@@ -125,6 +142,15 @@ async fn status_last(state: State) -> Result<HttpResponse, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/backup/status/{id}",
+    operation_id = "backup_status",
+    tag = "backup",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn status(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = backup_id(&path)?;
     status_of(&state, id).await
@@ -141,6 +167,14 @@ fn entry_json(e: &Entry) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/backups",
+    operation_id = "backup_list",
+    tag = "backup",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn list(state: State) -> Result<HttpResponse, ApiError> {
     let entries = handle(&state)?.call(ListBackups).await?;
     Ok(ok(&json!({
@@ -148,13 +182,24 @@ async fn list(state: State) -> Result<HttpResponse, ApiError> {
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyBody {
     /// `checksummed` (default), `decoded` or `drilled`.
+    #[schema(value_type = Option<String>)]
     pub level: Option<Level>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/backup/{id}/verify",
+    operation_id = "backup_verify",
+    tag = "backup",
+    params(("id" = String, Path)),
+    request_body = VerifyBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn verify(
     state: State,
     path: web::Path<String>,
@@ -172,7 +217,7 @@ async fn verify(
     Ok(ok(&json!({ "passed": report.passed(), "report": report })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreBody {
     /// Empty: every store the backup holds complete.
@@ -183,6 +228,16 @@ pub struct RestoreBody {
     pub force: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/backup/{id}/restore",
+    operation_id = "backup_restore",
+    tag = "backup",
+    params(("id" = String, Path)),
+    request_body = RestoreBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["admin"]))
+)]
 async fn restore(
     state: State,
     path: web::Path<String>,

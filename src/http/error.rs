@@ -30,15 +30,18 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The one error shape, `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: &'a str,
-    message: &'a str,
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and low-cardinality: what a client branches on (docs/http.md lists them).
+    pub code: String,
+    /// For people: the field and the reason.
+    pub message: String,
 }
 
 impl ApiError {
@@ -115,10 +118,10 @@ impl ResponseError for ApiError {
                 res.insert_header((header::RETRY_AFTER, v));
             }
         }
-        res.json(Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
+        res.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
             },
         })
     }

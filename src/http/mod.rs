@@ -15,6 +15,7 @@ pub mod auth;
 pub mod backup;
 pub mod error;
 pub mod mongo;
+pub mod openapi;
 pub mod redis_ops;
 pub mod search;
 pub mod volumes;
@@ -314,6 +315,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready));
     // /metrics: registered here by the metrics module, under the guard like the others.
+    cfg.route("/api/v1/openapi.json", web::get().to(openapi::serve));
     cfg.service(
         web::scope(API)
             .configure(mongo::routes)
@@ -378,3 +380,21 @@ pub fn ok<T: Serialize>(value: &T) -> HttpResponse {
 
 /// The state as handlers take it.
 pub type State = web::Data<ApiState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_and_the_openapi_document_need_a_read_token_unless_bound_to_loopback() {
+        for path in ["/metrics", "/api/v1/openapi.json"] {
+            assert_eq!(scope_of(&Method::GET, Some(path), true), None, "{path}");
+            assert_eq!(scope_of(&Method::GET, Some(path), false), Some(Scope::Read));
+        }
+        for path in ["/health", "/ready"] {
+            assert_eq!(scope_of(&Method::GET, Some(path), false), None, "{path}");
+        }
+        // An unknown path needs a token before it is a 404.
+        assert_eq!(scope_of(&Method::GET, None, true), Some(Scope::Read));
+    }
+}

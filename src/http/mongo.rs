@@ -81,13 +81,16 @@ pub fn check_operators(field: &str, value: &Value) -> Result<(), ApiError> {
     walk(&mut field.to_owned(), value)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryBody {
     pub collection: String,
     #[serde(default = "empty")]
+    #[schema(value_type = Object)]
     pub filter: Value,
+    #[schema(value_type = Option<Object>)]
     pub projection: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     pub sort: Option<Value>,
     pub limit: Option<i64>,
     pub skip: Option<u64>,
@@ -97,6 +100,15 @@ fn empty() -> Value {
     json!({})
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/mongodb/query",
+    operation_id = "mongo_query",
+    tag = "mongodb",
+    request_body = QueryBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn query(state: State, body: web::Json<QueryBody>) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let collection = collection(&b.collection)?;
@@ -127,12 +139,14 @@ async fn query(state: State, body: web::Json<QueryBody>) -> Result<HttpResponse,
     Ok(ok(&json!({ "documents": documents })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InsertBody {
     /// One document…
+    #[schema(value_type = Option<Object>)]
     pub document: Option<Value>,
     /// …or several (exactly one of the two).
+    #[schema(value_type = Option<Vec<Object>>)]
     pub documents: Option<Vec<Value>>,
     /// For `documents`: stop at the first failure (default) or try every one.
     #[serde(default = "yes")]
@@ -143,6 +157,16 @@ fn yes() -> bool {
     true
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/mongodb/{collection}",
+    operation_id = "mongo_insert",
+    tag = "mongodb",
+    params(("collection" = String, Path)),
+    request_body = InsertBody,
+    responses((status = 201, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn insert(
     state: State,
     path: web::Path<String>,
@@ -184,11 +208,13 @@ async fn insert(
     Ok(HttpResponse::Created().json(json!({ "inserted_ids": ids })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
+    #[schema(value_type = Object)]
     pub filter: Value,
     /// Operators only (`$set`, `$inc`, …).
+    #[schema(value_type = Object)]
     pub update: Value,
     #[serde(default)]
     pub upsert: bool,
@@ -196,6 +222,16 @@ pub struct UpdateBody {
     pub many: bool,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/v1/database/mongodb/{collection}",
+    operation_id = "mongo_update",
+    tag = "mongodb",
+    params(("collection" = String, Path)),
+    request_body = UpdateBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn update(
     state: State,
     path: web::Path<String>,
@@ -217,14 +253,25 @@ async fn update(
     Ok(ok(&summary))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteBody {
+    #[schema(value_type = Object)]
     pub filter: Value,
     /// Required: every matching document (`true`) or the first (`false`).
     pub many: bool,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/database/mongodb/{collection}",
+    operation_id = "mongo_delete",
+    tag = "mongodb",
+    params(("collection" = String, Path)),
+    request_body = DeleteBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["admin"]))
+)]
 async fn delete(
     state: State,
     path: web::Path<String>,
@@ -243,12 +290,23 @@ async fn delete(
     Ok(ok(&json!({ "deleted": deleted })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateBody {
+    #[schema(value_type = Vec<Object>)]
     pub pipeline: Vec<Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/mongodb/{collection}/aggregate",
+    operation_id = "mongo_aggregate",
+    tag = "mongodb",
+    params(("collection" = String, Path)),
+    request_body = AggregateBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn aggregate(
     state: State,
     path: web::Path<String>,
@@ -279,6 +337,14 @@ async fn aggregate(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/mongodb/stats",
+    operation_id = "mongo_stats",
+    tag = "mongodb",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn stats(state: State) -> Result<HttpResponse, ApiError> {
     let stats = mongo(&state)?.call(GetStats).await?;
     Ok(ok(&stats))

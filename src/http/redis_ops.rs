@@ -49,17 +49,27 @@ fn key(service: &str, entity: &str, id: &str) -> Result<Key, ApiError> {
     Key::new(service, entity, id).map_err(ApiError::from)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheBody {
     pub service: String,
     pub entity: String,
     pub id: String,
+    #[schema(value_type = Object)]
     pub value: Value,
     /// Seconds; default `redis.cache_ttl`, at most `redis.cache_max_ttl`.
     pub ttl: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/redis/cache",
+    operation_id = "redis_ops_cache_set",
+    tag = "redis",
+    request_body = CacheBody,
+    responses((status = 201, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn cache_set(state: State, body: web::Json<CacheBody>) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let key = key(&b.service, &b.entity, &b.id)?;
@@ -75,6 +85,15 @@ async fn cache_set(state: State, body: web::Json<CacheBody>) -> Result<HttpRespo
     Ok(HttpResponse::Created().json(json!({ "key": key.as_str() })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/redis/cache/{service}/{entity}/{id}",
+    operation_id = "redis_ops_cache_get",
+    tag = "redis",
+    params(("service" = String, Path), ("entity" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn cache_get(
     state: State,
     path: web::Path<(String, String, String)>,
@@ -93,6 +112,15 @@ async fn cache_get(
     Ok(ok(&json!({ "key": key.as_str(), "value": value })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/database/redis/cache/{service}/{entity}/{id}",
+    operation_id = "redis_ops_cache_delete",
+    tag = "redis",
+    params(("service" = String, Path), ("entity" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn cache_delete(
     state: State,
     path: web::Path<(String, String, String)>,
@@ -103,18 +131,28 @@ async fn cache_delete(
     Ok(ok(&json!({ "deleted": deleted })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionBody {
     /// Default: a new random id.
     pub id: Option<String>,
     pub user_id: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub data: Value,
     /// Seconds; default `redis.session_ttl`.
     pub ttl: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/redis/session",
+    operation_id = "redis_ops_session_create",
+    tag = "redis",
+    request_body = SessionBody,
+    responses((status = 201, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn session_create(
     state: State,
     body: web::Json<SessionBody>,
@@ -138,6 +176,15 @@ fn session_json(s: &lucid_actors::redis::Session) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/redis/session/{session_id}",
+    operation_id = "redis_ops_session_get",
+    tag = "redis",
+    params(("session_id" = String, Path)),
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn session_get(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     match redis(&state)?.get_session(&path).await? {
         Some(s) => Ok(ok(&session_json(&s))),
@@ -145,21 +192,40 @@ async fn session_get(state: State, path: web::Path<String>) -> Result<HttpRespon
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/database/redis/session/{session_id}",
+    operation_id = "redis_ops_session_delete",
+    tag = "redis",
+    params(("session_id" = String, Path)),
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn session_delete(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let deleted = redis(&state)?.delete_session(&path).await?;
     Ok(ok(&json!({ "deleted": deleted })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitBody {
     /// Exactly one of `user_id` and `ip`.
     pub user_id: Option<String>,
+    #[schema(value_type = Option<String>)]
     pub ip: Option<IpAddr>,
     pub limit: u32,
     pub window_seconds: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/redis/ratelimit/check",
+    operation_id = "redis_ops_ratelimit_check",
+    tag = "redis",
+    request_body = RateLimitBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn ratelimit_check(
     state: State,
     body: web::Json<RateLimitBody>,
@@ -192,7 +258,7 @@ async fn ratelimit_check(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
     /// Milliseconds; default `redis.lock_lease`.
@@ -206,6 +272,16 @@ fn holder_key(name: &str) -> Result<Key, ApiError> {
     key("api", "lock", name)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/redis/lock/{name}",
+    operation_id = "redis_ops_lock_acquire",
+    tag = "redis",
+    params(("name" = String, Path)),
+    request_body = AcquireBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn lock_acquire(
     state: State,
     req: HttpRequest,
@@ -236,7 +312,7 @@ async fn lock_acquire(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
     /// The token the acquire answered.
@@ -244,6 +320,16 @@ pub struct ReleaseBody {
     pub fence: u64,
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/database/redis/lock/{name}",
+    operation_id = "redis_ops_lock_release",
+    tag = "redis",
+    params(("name" = String, Path)),
+    request_body = ReleaseBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn lock_release(
     state: State,
     req: HttpRequest,

@@ -33,7 +33,7 @@ fn entity(name: &str) -> Result<Entity, ApiError> {
 }
 
 /// A condition every hit meets.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum FilterBody {
     Term {
@@ -52,6 +52,7 @@ pub enum FilterBody {
     Exists {
         field: String,
     },
+    #[schema(no_recursion)]
     Not(Box<FilterBody>),
 }
 
@@ -67,16 +68,16 @@ impl FilterBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct QueryBody {
+pub struct TextQueryBody {
     pub text: String,
     pub fields: Vec<String>,
     #[serde(default)]
     pub fuzzy: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AggBody {
     Terms {
@@ -123,25 +124,25 @@ impl AggBody {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderBody {
     Asc,
     Desc,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SortBody {
     pub field: String,
     pub order: OrderBody,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchBody {
     pub entity: String,
-    pub query: Option<QueryBody>,
+    pub query: Option<TextQueryBody>,
     #[serde(default)]
     pub filters: Vec<FilterBody>,
     #[serde(default)]
@@ -149,11 +150,21 @@ pub struct SearchBody {
     /// Hits a page (default 10, at most 1000).
     pub size: Option<u32>,
     /// The `next` of the previous page.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub after: Option<Vec<Value>>,
     #[serde(default)]
     pub aggregations: Vec<AggBody>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/elasticsearch/search",
+    operation_id = "search_search",
+    tag = "elasticsearch",
+    request_body = SearchBody,
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn search(state: State, body: web::Json<SearchBody>) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let size = b.size.unwrap_or(10);
@@ -190,14 +201,25 @@ async fn search(state: State, body: web::Json<SearchBody>) -> Result<HttpRespons
     Ok(ok(&reply))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IndexBody {
     /// Default: the server picks one.
     pub id: Option<String>,
+    #[schema(value_type = Object)]
     pub document: Value,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/elasticsearch/{entity}",
+    operation_id = "search_index",
+    tag = "elasticsearch",
+    params(("entity" = String, Path)),
+    request_body = IndexBody,
+    responses((status = 201, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn index(
     state: State,
     path: web::Path<String>,
@@ -225,6 +247,14 @@ async fn index(
 
 /// The Lucid aggregations: documents per month and entity, the top users by sessions, and
 /// blocks per day.
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/elasticsearch/analytics",
+    operation_id = "search_analytics",
+    tag = "elasticsearch",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn analytics(state: State) -> Result<HttpResponse, ApiError> {
     let h = handle(&state)?;
     let mut per_month = serde_json::Map::new();
@@ -262,6 +292,14 @@ async fn analytics(state: State) -> Result<HttpResponse, ApiError> {
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/elasticsearch/stats",
+    operation_id = "search_stats",
+    tag = "elasticsearch",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn stats(state: State) -> Result<HttpResponse, ApiError> {
     let h = handle(&state)?;
     let cluster = h.call(GetStats).await?;

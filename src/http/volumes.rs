@@ -24,17 +24,43 @@ fn name(text: &str) -> Result<VolumeName, ApiError> {
     VolumeName::new(text).map_err(ApiError::from)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/volumes",
+    operation_id = "volumes_list",
+    tag = "volumes",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn list(state: State) -> Result<HttpResponse, ApiError> {
     let volumes = handle(&state)?.call(ListVolumes).await?;
     Ok(ok(&json!({ "volumes": volumes })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/volumes/{name}",
+    operation_id = "volumes_get",
+    tag = "volumes",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
 async fn get(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let name = name(&path)?;
     let info = handle(&state)?.call(InspectVolume { name }).await?;
     Ok(ok(&info))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/database/volumes/{name}/backup",
+    operation_id = "volumes_backup",
+    tag = "volumes",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["write"]))
+)]
 async fn backup(state: State, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let name = name(&path)?;
     // Refuse an unknown volume here, with the volume's own error, not the backup's.

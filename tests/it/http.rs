@@ -699,6 +699,48 @@ fn the_auth_matrix_holds_over_every_route_and_a_revoked_token_is_refused_within_
     // No token for these while bound to loopback.
     assert_eq!(raw(a, "GET", "/health", &[], b"").status, 200);
     assert_eq!(raw(a, "GET", "/ready", &[], b"").status, 200);
+
+    // The OpenAPI document: served without a token here, equal to the committed one, an
+    // OpenAPI 3 document naming every route above with its method and its scope.
+    let served = raw(a, "GET", "/api/v1/openapi.json", &[], b"");
+    assert_eq!(served.status, 200);
+    let committed =
+        std::fs::read_to_string(lucid_testkit::workspace_root().join("docs/openapi.json"))
+            .expect("docs/openapi.json");
+    assert!(
+        served.body == committed,
+        "docs/openapi.json differs from the served document: write GET /api/v1/openapi.json to it"
+    );
+    let doc = served.json();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer");
+    for (method, path, _, need) in routes() {
+        if path.ends_with("/nowhere") {
+            continue;
+        }
+        let paths = doc["paths"].as_object().expect("paths");
+        // The route itself, else the pattern it fills in.
+        let item = paths.get(&path).or_else(|| {
+            paths
+                .iter()
+                .find(|(pattern, _)| pattern_matches(pattern, &path))
+                .map(|(_, item)| item)
+        });
+        let op = item
+            .and_then(|item| item.get(method.to_lowercase()))
+            .unwrap_or_else(|| panic!("{method} {path} is not in the OpenAPI document"));
+        assert_eq!(op["security"][0]["bearer"][0], need, "{method} {path}");
+    }
+}
+
+/// Whether an OpenAPI path pattern (`/a/{x}/b`) matches a concrete path.
+fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let (p, q): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    p.len() == q.len() && p.iter().zip(&q).all(|(a, b)| a == b || a.starts_with('{'))
 }
 
 // ---------------------------------------------------------------------------------------------

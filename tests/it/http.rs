@@ -1218,3 +1218,80 @@ fn bad_input_is_a_clear_4xx_never_a_500_and_nothing_is_written() {
     let stderr = api.d.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Audit while MongoDB is down
+
+#[test]
+fn audit_documents_wait_while_mongodb_is_down_are_written_when_it_is_back_and_overflow_is_counted()
+{
+    let (r, m) = (redis(), mongo());
+    let mut cfg = config(&r.url(), Some(&m.url()), None, "[http]\naudit_queue = 2\n");
+    // MongoDB down must not make the test daemon unready for the API's sake.
+    cfg = cfg.replace("[mongodb]\n", "[mongodb]\nrequired = false\n");
+    let mut api = start(&cfg, &[], vec![r, m]);
+    wait_ready(api.d.http);
+    let a = api.d.http;
+    api._servers[1].stop();
+    // Wait until the daemon knows.
+    let deadline = Instant::now() + WITHIN;
+    while !raw(a, "GET", "/health", &[], b"")
+        .body
+        .contains("\"backend\":\"mongodb\",\"required\":false,\"state\":\"backoff\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "mongodb never down: {}",
+            raw(a, "GET", "/health", &[], b"").body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in ["1", "2", "3", "4"] {
+        let set = call(
+            a,
+            "POST",
+            &format!("{API}/redis/cache"),
+            Some(&api.write),
+            Some(&json!({"service": "audit", "entity": "test", "id": id, "value": id})),
+        );
+        assert_eq!(set.status, 201, "{}", set.body);
+    }
+    let health = raw(a, "GET", "/health", &[], b"").json();
+    assert_eq!(health["audit"]["queued"], 2, "{health}");
+    assert_eq!(health["audit"]["dropped"], 2, "{health}");
+    assert!(api.d.stderr().contains("\"event\":\"api.audit_dropped\""));
+
+    api._servers[1].start_again();
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let q = call(
+            a,
+            "POST",
+            &format!("{API}/mongodb/query"),
+            Some(&api.read),
+            Some(
+                &json!({"collection": "audit_logs", "filter": {"details.route": "/api/v1/database/redis/cache"}}),
+            ),
+        );
+        if q.status == 200 && q.json()["documents"].as_array().map(Vec::len) == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queued audit documents never written: {} {}\n{}",
+            q.status,
+            q.body,
+            api.d
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("audit") || l.contains("mongodb"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        raw(a, "GET", "/health", &[], b"").json()["audit"]["queued"],
+        0
+    );
+}

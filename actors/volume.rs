@@ -28,7 +28,8 @@
 //! disk work), `usage` (the usage cache and thresholds), `root` (the data root's check and
 //! probe), one file per long operation — `import`, `migrate`, `cleanup` —, [`reserve`]
 //! (quota for the daemon's own writes and streaming writers), [`integrity`] (manifests,
-//! verify), [`archive`] (tar streams) and [`fsops`] (paths that cannot escape, atomic writes,
+//! verify), [`snapshot`] (snapshots, their restore and retention), [`archive`] (tar streams)
+//! and [`fsops`] (paths that cannot escape, atomic writes,
 //! statvfs, walks, the lock).
 
 pub mod archive;
@@ -40,6 +41,7 @@ pub mod maintain;
 mod migrate;
 pub mod reserve;
 mod root;
+pub mod snapshot;
 mod store;
 mod types;
 mod usage;
@@ -62,10 +64,14 @@ use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, feed};
 use crate::threads::ActorThread;
 use crate::transfer::{self, Source};
+pub use fsops::CopyMethod;
 pub use integrity::VerifyReport;
 pub use maintain::{Maintain, MaintenanceFailure, MaintenanceReport};
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
 pub use root::check_root;
+pub use snapshot::{
+    DeleteSnapshot, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot, VerifySnapshot,
+};
 pub use types::{
     CleanupReport, DEFAULT_VOLUMES, HARD_MAX_QUOTA, ImportDetails, ImportOptions, ImportSummary,
     Usage, VolumeError, VolumeHealth, VolumeInfo, VolumeMeta, VolumeName, check_config,
@@ -335,6 +341,10 @@ struct Settings {
     min_free: u64,
     stream_idle: Duration,
     probe_interval: Duration,
+    /// Snapshots kept per volume (`volumes.snapshots.keep`; 0: all).
+    snapshot_keep: u32,
+    /// Volumes maintenance verifies (`volumes.verify_on_maintenance`).
+    verify_on_maintenance: Vec<VolumeName>,
 }
 
 /// See the module doc.
@@ -402,6 +412,12 @@ impl VolumeActor {
                 min_free: cfg.min_free.0,
                 stream_idle: sup.stream_idle_timeout,
                 probe_interval: sup.probe_interval,
+                snapshot_keep: cfg.snapshots.keep,
+                verify_on_maintenance: cfg
+                    .verify_on_maintenance
+                    .iter()
+                    .filter_map(|n| VolumeName::new(n).ok())
+                    .collect(),
             }),
             root_error: None,
             volumes: BTreeMap::new(),

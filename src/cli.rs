@@ -111,9 +111,39 @@ pub enum VolumesCommand {
     Verify {
         name: String,
         /// Re-seal the manifest after an intended change.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "snapshot")]
         update: bool,
+        /// Check this snapshot against the manifest sealed when it was taken.
+        #[arg(long)]
+        snapshot: Option<String>,
     },
+    /// Take a snapshot of a volume (a reflink copy where the filesystem has them, else a plain
+    /// copy); prints its name.
+    Snapshot {
+        name: String,
+        /// The snapshot's name [default: the time, UTC, YYYYMMDD-HHMMSS].
+        #[arg(long = "name", value_name = "SNAP")]
+        snapshot: Option<String>,
+        /// A note kept with the snapshot.
+        #[arg(long)]
+        label: Option<String>,
+        /// Snapshot a live database volume (mongodb, redis, elasticsearch): consistent file by
+        /// file only, so stop its server first.
+        #[arg(long)]
+        allow_live: bool,
+    },
+    /// A volume's snapshots, oldest first.
+    Snapshots { name: String },
+    /// Replace a volume's data with a snapshot's (the current data is kept until the swap).
+    RestoreSnapshot {
+        name: String,
+        snapshot: String,
+        /// Replace data the volume holds (and a live database volume's: stop its server first).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a snapshot.
+    DeleteSnapshot { name: String, snapshot: String },
     /// Remove old temporary files (volumes.cleanup_patterns older than volumes.cleanup_age).
     Cleanup { name: String },
     /// Move a volume's data to another path: copy, verify, then switch.
@@ -134,7 +164,11 @@ impl VolumesCommand {
             | VolumesCommand::Resize { name, .. }
             | VolumesCommand::Verify { name, .. }
             | VolumesCommand::Cleanup { name }
-            | VolumesCommand::Migrate { name, .. } => Some(name),
+            | VolumesCommand::Migrate { name, .. }
+            | VolumesCommand::Snapshot { name, .. }
+            | VolumesCommand::Snapshots { name }
+            | VolumesCommand::RestoreSnapshot { name, .. }
+            | VolumesCommand::DeleteSnapshot { name, .. } => Some(name),
         }
     }
 }

@@ -18,6 +18,9 @@ use lucid_actors::volume::{
     MeasureUsage, MigrateVolume, ResizeVolume, Verify, VolumeError, VolumeHandle, VolumeInfo,
     VolumeName, check_root,
 };
+use lucid_actors::volume::{
+    DeleteSnapshot, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot, VerifySnapshot,
+};
 use lucid_actors::{Config, Roles, StateDir};
 use serde::Serialize;
 
@@ -38,7 +41,9 @@ pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
         Err(e) => {
             eprintln!("lucid-db volumes: {e}");
             match e {
-                VolumeError::InvalidName { .. } | VolumeError::Invalid { .. } => exit::USAGE,
+                VolumeError::InvalidName { .. }
+                | VolumeError::Invalid { .. }
+                | VolumeError::Live { .. } => exit::USAGE,
                 VolumeError::Root { .. } => exit::CONFIG,
                 VolumeError::Busy { .. } => exit::TEMPFAIL,
                 _ => exit::FAILED,
@@ -161,13 +166,28 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 println!("{}: quota {}", info.meta.name, human(info.meta.quota_bytes))
             });
         }
-        VolumesCommand::Verify { name: n, update } => {
-            let report = v
-                .call(Verify {
-                    name: name(&n)?,
-                    update,
-                })
-                .await?;
+        VolumesCommand::Verify {
+            name: n,
+            update,
+            snapshot,
+        } => {
+            let report = match snapshot {
+                Some(snapshot) => {
+                    v.call(VerifySnapshot {
+                        name: name(&n)?,
+                        snapshot,
+                    })
+                    .await?
+                }
+                None => {
+                    v.call(Verify {
+                        name: name(&n)?,
+                        update,
+                    })
+                    .await?
+                }
+            };
+            let n = report.volume.clone();
             print(json, &report, || {
                 if report.sealed {
                     println!("{n}: no manifest yet; sealed {} entries", report.entries);
@@ -214,8 +234,74 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 println!("{} now at {}", info.meta.name, info.data_dir.display())
             });
         }
+        VolumesCommand::Snapshot {
+            name: n,
+            snapshot,
+            label,
+            allow_live,
+        } => {
+            let info = v
+                .call(TakeSnapshot {
+                    name: name(&n)?,
+                    snapshot,
+                    label,
+                    allow_live,
+                })
+                .await?;
+            print(json, &info, || println!("{}", info.name));
+        }
+        VolumesCommand::Snapshots { name: n } => {
+            let list = v.call(ListSnapshots { name: name(&n)? }).await?;
+            print(json, &list, || snapshots(&list));
+        }
+        VolumesCommand::RestoreSnapshot {
+            name: n,
+            snapshot,
+            force,
+        } => {
+            let info = v
+                .call(RestoreSnapshot {
+                    name: name(&n)?,
+                    snapshot,
+                    force,
+                })
+                .await?;
+            print(json, &info, || {
+                println!("{n}: restored snapshot {} ({})", info.name, info.created)
+            });
+        }
+        VolumesCommand::DeleteSnapshot { name: n, snapshot } => {
+            v.call(DeleteSnapshot {
+                name: name(&n)?,
+                snapshot: snapshot.clone(),
+            })
+            .await?;
+            print(
+                json,
+                &serde_json::json!({"volume": n, "deleted": snapshot}),
+                || println!("{n}: deleted snapshot {snapshot}"),
+            );
+        }
     }
     Ok(exit::OK)
+}
+
+fn snapshots(list: &[SnapshotInfo]) {
+    println!(
+        "{:<24} {:<24} {:<7} {:>8} {:>8}  LABEL",
+        "SNAPSHOT", "CREATED", "METHOD", "FILES", "SIZE"
+    );
+    for s in list {
+        println!(
+            "{:<24} {:<24} {:<7} {:>8} {:>8}  {}",
+            s.name,
+            s.created,
+            format!("{:?}", s.method).to_lowercase(),
+            s.files,
+            human(s.bytes),
+            s.label.as_deref().unwrap_or("")
+        );
+    }
 }
 
 fn print<T: Serialize>(json: bool, value: &T, human_form: impl FnOnce()) {
@@ -290,6 +376,10 @@ fn inspect(info: &VolumeInfo) {
             u.tally.files,
             u.tally.dirs,
             u.tally.symlinks
+        );
+        println!(
+            "snaps    {} (not counted in the quota)",
+            human(u.snapshot_bytes)
         );
         println!(
             "fs       {} free of {}, {} inodes free{}",

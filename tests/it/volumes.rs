@@ -23,6 +23,8 @@ use lucid_testkit::{Daemon, http_get};
 
 use crate::common::SLACK;
 
+mod snapshots;
+
 fn name(n: &str) -> VolumeName {
     VolumeName::new(n).expect("valid name")
 }

@@ -420,3 +420,84 @@ async fn a_plain_copy_that_does_not_fit_is_refused_before_it_starts() {
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     drop(v);
 }
+
+#[test]
+fn the_cli_takes_lists_restores_and_deletes_snapshots_with_clear_exit_codes() {
+    const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("LUCID_DB__VOLUMES__ROOT", root.path())
+            .env("LUCID_DB__STATE_DIR", state.path())
+            .output()
+            .expect("run lucid-db")
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    ok(&["volumes", "create", "photos"]);
+    let dir = root.path().join("photos");
+    plant_tree(&dir);
+    let before = exact(&dir);
+    let snap = ok(&["volumes", "snapshot", "photos", "--label", "first"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["volumes", "snapshots", "photos", "--json"])).expect("json");
+    assert_eq!(listed[0]["name"], snap.as_str());
+    assert_eq!(listed[0]["label"], "first");
+    assert_eq!(listed[0]["method"], "copy");
+    ok(&["volumes", "verify", "photos", "--snapshot", &snap]);
+    change_everything(&dir);
+    assert_eq!(
+        run(&["volumes", "restore-snapshot", "photos", &snap])
+            .status
+            .code(),
+        Some(1),
+        "not empty without --force"
+    );
+    ok(&["volumes", "restore-snapshot", "photos", &snap, "--force"]);
+    assert_eq!(exact(&dir), before);
+
+    for (args, code) in [
+        (&["volumes", "snapshot", "photos", "--name", "../x"][..], 64),
+        (&["volumes", "snapshot", "photos", "--name", &snap][..], 1),
+        (
+            &["volumes", "restore-snapshot", "photos", "nope", "--force"][..],
+            1,
+        ),
+        (&["volumes", "snapshot", "mongodb"][..], 64),
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?}: no error said");
+    }
+    // Busy: the volume's lock held exclusively (as an import or migration holds it).
+    let lock = std::fs::File::open(root.path().join(".photos.lock")).expect("lock file");
+    // SAFETY: flock on a file descriptor this test owns.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock");
+    let out = run(&["volumes", "snapshot", "photos"]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(lock);
+    ok(&["volumes", "delete-snapshot", "photos", &snap]);
+    assert_eq!(ok(&["volumes", "snapshots", "photos", "--json"]), "[]");
+}

@@ -247,6 +247,9 @@ pub struct VolumesConfig {
     /// A filesystem with fewer bytes free than this counts as full (the data root's health
     /// entry, a volume's health).
     pub min_free: ByteSize,
+    /// `volume.filling` when a volume's forecast says it is full sooner than this.
+    #[serde(with = "humantime_serde")]
+    pub fill_warning: Duration,
     /// Volumes whose integrity the scheduler's maintenance verifies.
     pub verify_on_maintenance: Vec<String>,
     pub snapshots: VolumeSnapshotsConfig,

@@ -193,6 +193,13 @@ events! {
         missing: u64,
         changed: u64,
     }
+    /// A volume's usage trend says it is full (`limit`: its `quota` or its `filesystem`)
+    /// sooner than `volumes.fill_warning`; once per crossing.
+    VolumeFilling = "volume.filling", WARN {
+        volume: String,
+        full_in_hours: u64,
+        limit: String,
+    }
     /// A snapshot of a volume was taken (`method`: `reflink` or `copy`); `removed` older
     /// snapshots went by retention.
     VolumeSnapshotCreated = "volume.snapshot_created", INFO {

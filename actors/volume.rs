@@ -34,6 +34,7 @@
 
 pub mod archive;
 mod cleanup;
+pub mod forecast;
 pub mod fsops;
 mod import;
 pub mod integrity;
@@ -64,6 +65,7 @@ use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, feed};
 use crate::threads::ActorThread;
 use crate::transfer::{self, Source};
+pub use forecast::Forecast;
 pub use fsops::CopyMethod;
 pub use integrity::VerifyReport;
 pub use maintain::{Maintain, MaintenanceFailure, MaintenanceReport};
@@ -345,6 +347,10 @@ struct Settings {
     snapshot_keep: u32,
     /// Volumes maintenance verifies (`volumes.verify_on_maintenance`).
     verify_on_maintenance: Vec<VolumeName>,
+    /// `volume.filling` below this forecast (`volumes.fill_warning`).
+    fill_warning: Duration,
+    /// Where the usage samples are kept (under the state directory; none: in memory only).
+    history_file: Option<PathBuf>,
 }
 
 /// See the module doc.
@@ -364,6 +370,13 @@ pub struct VolumeActor {
     above: BTreeSet<VolumeName>,
     /// The data root's registry entry and what its probes found.
     root: root::RootWatch,
+    /// Usage samples, for the time-to-full forecasts.
+    history: forecast::History,
+    /// Samples added since the history was last saved.
+    history_dirty: bool,
+    /// Volumes whose `volume.filling` has fired (until their forecast is re-armed).
+    filling: BTreeSet<VolumeName>,
+    clock: Arc<dyn crate::clock::Clock>,
     mailbox_capacity: usize,
 }
 
@@ -375,23 +388,43 @@ impl VolumeActor {
     /// Its probes of the data root go to no health registry: [`VolumeActor::start_reporting`]
     /// gives it its entry, as [`crate::start`] does.
     pub fn start_with(cfg: &VolumesConfig, sup: &SupervisorConfig) -> VolumeHandle {
-        Self::start(cfg, sup, None)
+        Self::start(cfg, sup, None, None, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// As [`VolumeActor::start_with`], keeping the usage samples in `history_file` and reading
+    /// "now" from `clock` (the forecasts' tests move it).
+    pub fn start_with_history(
+        cfg: &VolumesConfig,
+        sup: &SupervisorConfig,
+        history_file: Option<PathBuf>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> VolumeHandle {
+        Self::start(cfg, sup, None, history_file, clock)
     }
 
     /// As [`VolumeActor::start_with`], reporting the data root into `entry` (registered as
-    /// [`crate::Backend::Volumes`]).
+    /// [`crate::Backend::Volumes`]), its usage samples kept in `history_file`.
     pub fn start_reporting(
         cfg: &VolumesConfig,
         sup: &SupervisorConfig,
         entry: HealthEntry,
+        history_file: Option<PathBuf>,
     ) -> VolumeHandle {
-        Self::start(cfg, sup, Some(entry))
+        Self::start(
+            cfg,
+            sup,
+            Some(entry),
+            history_file,
+            Arc::new(crate::clock::SystemClock),
+        )
     }
 
     fn start(
         cfg: &VolumesConfig,
         sup: &SupervisorConfig,
         entry: Option<HealthEntry>,
+        history_file: Option<PathBuf>,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> VolumeHandle {
         let mut defaults: Vec<VolumeName> = DEFAULT_VOLUMES
             .iter()
@@ -418,6 +451,8 @@ impl VolumeActor {
                     .iter()
                     .filter_map(|n| VolumeName::new(n).ok())
                     .collect(),
+                fill_warning: cfg.fill_warning,
+                history_file,
             }),
             root_error: None,
             volumes: BTreeMap::new(),
@@ -426,6 +461,10 @@ impl VolumeActor {
             creating: BTreeSet::new(),
             above: BTreeSet::new(),
             root: root::RootWatch::new(entry),
+            history: forecast::History::default(),
+            history_dirty: false,
+            filling: BTreeSet::new(),
+            clock,
             mailbox_capacity: sup.mailbox_capacity,
         };
         VolumeHandle {
@@ -481,9 +520,11 @@ impl VolumeActor {
     }
 
     fn info(&self, meta: VolumeMeta) -> VolumeInfo {
+        let usage = self.fresh_usage(&meta.name);
         VolumeInfo {
             data_dir: store::data_dir(&self.settings.root, &meta),
-            usage: self.fresh_usage(&meta.name),
+            forecast: usage.map(|u| self.forecast_of(&meta.name, &u)),
+            usage,
             health: None,
             meta,
         }
@@ -589,6 +630,7 @@ impl Handler<InspectVolume> for VolumeActor {
                     act.record_walk(&found.meta.name, usage);
                 }
                 let mut info = act.info(found.meta);
+                info.forecast = found.usage.map(|u| act.forecast_of(&info.meta.name, &u));
                 info.usage = found.usage;
                 info.health = Some(found.health);
                 Ok(info)
@@ -653,6 +695,8 @@ impl Handler<DeleteVolume> for VolumeActor {
                 act.volumes.remove(&name);
                 act.usage.remove(&name);
                 act.above.remove(&name);
+                act.history.forget(&name);
+                act.filling.remove(&name);
                 events::emit(VolumeDeleted {
                     volume: name.to_string(),
                 });
@@ -736,6 +780,7 @@ impl Handler<CheckThresholds> for VolumeActor {
                         }
                     }
                 }
+                act.save_history();
                 Ok(act.above.iter().cloned().collect())
             },
         )

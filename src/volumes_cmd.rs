@@ -333,8 +333,8 @@ pub(crate) fn human(bytes: u64) -> String {
 
 fn table(list: &[VolumeInfo]) {
     println!(
-        "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  PATH",
-        "VOLUME", "QUOTA", "USED", "USE%", "FILES", "FS FREE"
+        "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {:<18} PATH",
+        "VOLUME", "QUOTA", "USED", "USE%", "FILES", "FS FREE", "FORECAST"
     );
     for info in list {
         let (used, pct, files, free) = match &info.usage {
@@ -346,14 +346,18 @@ fn table(list: &[VolumeInfo]) {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
+        let forecast = info
+            .forecast
+            .map_or_else(|| "-".to_owned(), |f| f.describe());
         println!(
-            "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {}",
+            "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {:<18} {}",
             info.meta.name.as_str(),
             human(info.meta.quota_bytes),
             used,
             pct,
             files,
             free,
+            forecast,
             info.data_dir.display()
         );
     }
@@ -381,6 +385,9 @@ fn inspect(info: &VolumeInfo) {
             "snaps    {} (not counted in the quota)",
             human(u.snapshot_bytes)
         );
+        if let Some(f) = &info.forecast {
+            println!("forecast {} (trend of the last 7 days)", f.describe());
+        }
         println!(
             "fs       {} free of {}, {} inodes free{}",
             human(u.fs.free_bytes),

@@ -130,6 +130,7 @@ impl Handler<Maintain> for VolumeActor {
                         }),
                     }
                 }
+                act.save_history();
                 report.above = act.above.iter().cloned().collect();
                 events::emit(events::VolumeMaintained {
                     volumes: report.volumes,

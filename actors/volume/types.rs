@@ -296,6 +296,9 @@ pub struct VolumeInfo {
     pub usage: Option<Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<VolumeHealth>,
+    /// When it is full at the rate of the last 7 days (with usage only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<super::Forecast>,
 }
 
 /// What a cleanup removed.

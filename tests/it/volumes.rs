@@ -23,6 +23,7 @@ use lucid_testkit::{Daemon, http_get};
 
 use crate::common::SLACK;
 
+mod forecast;
 mod snapshots;
 
 fn name(n: &str) -> VolumeName {

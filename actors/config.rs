@@ -247,6 +247,9 @@ pub struct VolumesConfig {
     /// A filesystem with fewer bytes free than this counts as full (the data root's health
     /// entry, a volume's health).
     pub min_free: ByteSize,
+    /// `volume.slow_io` when a volume's latency probes' p99 reaches this.
+    #[serde(with = "humantime_serde")]
+    pub slow_io_threshold: Duration,
     /// `volume.filling` when a volume's forecast says it is full sooner than this.
     #[serde(with = "humantime_serde")]
     pub fill_warning: Duration,

@@ -193,6 +193,14 @@ events! {
         missing: u64,
         changed: u64,
     }
+    /// The p99 of a volume's latency probes (a 4 KiB write and fsync) reached
+    /// `volumes.slow_io_threshold`: on an SD card, often the first sign of a dying card. Once
+    /// per crossing.
+    VolumeSlowIo = "volume.slow_io", WARN {
+        volume: String,
+        p99_ms: u64,
+        threshold_ms: u64,
+    }
     /// A volume's usage trend says it is full (`limit`: its `quota` or its `filesystem`)
     /// sooner than `volumes.fill_warning`; once per crossing.
     VolumeFilling = "volume.filling", WARN {

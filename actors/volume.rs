@@ -28,7 +28,8 @@
 //! disk work), `usage` (the usage cache and thresholds), `root` (the data root's check and
 //! probe), one file per long operation — `import`, `migrate`, `cleanup` —, [`reserve`]
 //! (quota for the daemon's own writes and streaming writers), [`integrity`] (manifests,
-//! verify), [`snapshot`] (snapshots, their restore and retention), [`archive`] (tar streams)
+//! verify), [`io`] (I/O figures and the latency probe), [`forecast`] (time to full),
+//! [`snapshot`] (snapshots, their restore and retention), [`archive`] (tar streams)
 //! and [`fsops`] (paths that cannot escape, atomic writes,
 //! statvfs, walks, the lock).
 
@@ -38,6 +39,7 @@ pub mod forecast;
 pub mod fsops;
 mod import;
 pub mod integrity;
+pub mod io;
 pub mod maintain;
 mod migrate;
 pub mod reserve;
@@ -68,6 +70,7 @@ use crate::transfer::{self, Source};
 pub use forecast::Forecast;
 pub use fsops::CopyMethod;
 pub use integrity::VerifyReport;
+pub use io::{Device, IoStats, VolumeStats};
 pub use maintain::{Maintain, MaintenanceFailure, MaintenanceReport};
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
 pub use root::check_root;
@@ -351,6 +354,8 @@ struct Settings {
     fill_warning: Duration,
     /// Where the usage samples are kept (under the state directory; none: in memory only).
     history_file: Option<PathBuf>,
+    /// `volume.slow_io` at this probe p99 (`volumes.slow_io_threshold`).
+    slow_io_threshold: Duration,
 }
 
 /// See the module doc.
@@ -377,6 +382,8 @@ pub struct VolumeActor {
     /// Volumes whose `volume.filling` has fired (until their forecast is re-armed).
     filling: BTreeSet<VolumeName>,
     clock: Arc<dyn crate::clock::Clock>,
+    /// The latency probes and the slow-I/O state.
+    probes: io::Probes,
     mailbox_capacity: usize,
 }
 
@@ -453,6 +460,7 @@ impl VolumeActor {
                     .collect(),
                 fill_warning: cfg.fill_warning,
                 history_file,
+                slow_io_threshold: cfg.slow_io_threshold,
             }),
             root_error: None,
             volumes: BTreeMap::new(),
@@ -465,6 +473,7 @@ impl VolumeActor {
             history_dirty: false,
             filling: BTreeSet::new(),
             clock,
+            probes: io::Probes::default(),
             mailbox_capacity: sup.mailbox_capacity,
         };
         VolumeHandle {

@@ -132,6 +132,9 @@ pub enum VolumesCommand {
         #[arg(long)]
         allow_live: bool,
     },
+    /// I/O figures of one volume or all: its device's read/write bytes and operations per
+    /// second and busy time over a short interval, and a latency probe (4 KiB write + fsync).
+    Stats { name: Option<String> },
     /// A volume's snapshots, oldest first.
     Snapshots { name: String },
     /// Replace a volume's data with a snapshot's (the current data is kept until the swap).
@@ -158,6 +161,7 @@ impl VolumesCommand {
     pub fn volume(&self) -> Option<&str> {
         match self {
             VolumesCommand::Ls => None,
+            VolumesCommand::Stats { name } => name.as_deref(),
             VolumesCommand::Inspect { name }
             | VolumesCommand::Create { name, .. }
             | VolumesCommand::Delete { name, .. }

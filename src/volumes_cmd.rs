@@ -19,7 +19,8 @@ use lucid_actors::volume::{
     VolumeName, check_root,
 };
 use lucid_actors::volume::{
-    DeleteSnapshot, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot, VerifySnapshot,
+    DeleteSnapshot, IoStats, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot,
+    VerifySnapshot, VolumeStats,
 };
 use lucid_actors::{Config, Roles, StateDir};
 use serde::Serialize;
@@ -250,6 +251,15 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 .await?;
             print(json, &info, || println!("{}", info.name));
         }
+        VolumesCommand::Stats { name: n } => {
+            let stats = v
+                .call(VolumeStats {
+                    name: n.as_deref().map(name).transpose()?,
+                    interval: Duration::from_millis(250),
+                })
+                .await?;
+            print(json, &stats, || io_table(&stats));
+        }
         VolumesCommand::Snapshots { name: n } => {
             let list = v.call(ListSnapshots { name: name(&n)? }).await?;
             print(json, &list, || snapshots(&list));
@@ -284,6 +294,42 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
         }
     }
     Ok(exit::OK)
+}
+
+fn io_table(stats: &[IoStats]) {
+    println!(
+        "{:<16} {:<10} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8}",
+        "VOLUME",
+        "DEVICE",
+        "READ/s",
+        "WRITE/s",
+        "RD op/s",
+        "WR op/s",
+        "BUSY%",
+        "PROBE50",
+        "PROBE99"
+    );
+    let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |b| human(b as u64));
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}ms"));
+    for s in stats {
+        let device = s.device.as_ref().map_or("-", |d| d.name.as_str());
+        println!(
+            "{:<16} {:<10} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8}",
+            s.volume.as_str(),
+            device,
+            rate(s.read_bytes_per_s),
+            rate(s.write_bytes_per_s),
+            num(s.reads_per_s),
+            num(s.writes_per_s),
+            num(s.busy_percent),
+            ms(s.probe_p50_ms),
+            ms(s.probe_p99_ms)
+        );
+        if let Some(why) = &s.unavailable {
+            println!("{:<16} device figures unavailable: {why}", "");
+        }
+    }
 }
 
 fn snapshots(list: &[SnapshotInfo]) {

@@ -24,6 +24,7 @@ use lucid_testkit::{Daemon, http_get};
 use crate::common::SLACK;
 
 mod forecast;
+mod io;
 mod snapshots;
 
 fn name(n: &str) -> VolumeName {

@@ -313,8 +313,8 @@ async fn bad_snapshot_input_is_refused_and_changes_nothing() {
 
 /// A filesystem mounted in the test's temp dir, unmounted when dropped — also when the test
 /// fails.
-struct Mounted {
-    at: PathBuf,
+pub(super) struct Mounted {
+    pub(super) at: PathBuf,
 }
 
 impl Drop for Mounted {

@@ -274,6 +274,24 @@ pub struct VolumesConfig {
     /// A filesystem with fewer bytes free than this counts as full (the data root's health
     /// entry, a volume's health).
     pub min_free: ByteSize,
+    /// `volume.slow_io` when a volume's latency probes' p99 reaches this.
+    #[serde(with = "humantime_serde")]
+    pub slow_io_threshold: Duration,
+    /// `volume.filling` when a volume's forecast says it is full sooner than this.
+    #[serde(with = "humantime_serde")]
+    pub fill_warning: Duration,
+    /// Volumes whose integrity the scheduler's maintenance verifies.
+    pub verify_on_maintenance: Vec<String>,
+    pub snapshots: VolumeSnapshotsConfig,
+}
+
+/// Volume snapshots (`lucid-db volumes snapshot`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSnapshotsConfig {
+    /// Snapshots kept per volume: a new one and maintenance remove the oldest beyond this
+    /// (a volume's label `snapshots.keep` overrides it).
+    pub keep: u32,
 }
 
 /// A size in bytes, written `10G`, `512M`, `64K`, `2T` or a plain number of bytes. The units
@@ -754,6 +772,10 @@ pub fn load_with(
 const LIST_KEYS: &[(&str, &str)] = &[
     ("LUCID_DB__REDIS__NOT_RESTORABLE", "redis.not_restorable"),
     ("LUCID_DB__VOLUMES__EXTRA", "volumes.extra"),
+    (
+        "LUCID_DB__VOLUMES__VERIFY_ON_MAINTENANCE",
+        "volumes.verify_on_maintenance",
+    ),
     (
         "LUCID_DB__VOLUMES__CLEANUP_PATTERNS",
         "volumes.cleanup_patterns",

@@ -193,6 +193,47 @@ events! {
         missing: u64,
         changed: u64,
     }
+    /// The p99 of a volume's latency probes (a 4 KiB write and fsync) reached
+    /// `volumes.slow_io_threshold`: on an SD card, often the first sign of a dying card. Once
+    /// per crossing.
+    VolumeSlowIo = "volume.slow_io", WARN {
+        volume: String,
+        p99_ms: u64,
+        threshold_ms: u64,
+    }
+    /// A volume's usage trend says it is full (`limit`: its `quota` or its `filesystem`)
+    /// sooner than `volumes.fill_warning`; once per crossing.
+    VolumeFilling = "volume.filling", WARN {
+        volume: String,
+        full_in_hours: u64,
+        limit: String,
+    }
+    /// A snapshot of a volume was taken (`method`: `reflink` or `copy`); `removed` older
+    /// snapshots went by retention.
+    VolumeSnapshotCreated = "volume.snapshot_created", INFO {
+        volume: String,
+        snapshot: String,
+        method: String,
+        bytes: u64,
+        removed: u64,
+    }
+    /// A volume's data was replaced by one of its snapshots.
+    VolumeSnapshotRestored = "volume.snapshot_restored", INFO {
+        volume: String,
+        snapshot: String,
+    }
+    /// The scheduler's maintenance ran over the volumes: what it removed, the snapshots
+    /// retention removed, the volumes it verified and those that failed.
+    VolumeMaintained = "volume.maintained", INFO {
+        volumes: u64,
+        removed_files: u64,
+        removed_bytes: u64,
+        removed_leftovers: u64,
+        snapshots_removed: u64,
+        verified: u64,
+        mismatched: u64,
+        failed: u64,
+    }
     /// The data root (`volumes.root`) cannot hold the volumes: missing, not a directory,
     /// read-only, full (below `volumes.min_free`) or not writable; once per outage.
     VolumeRootDown = "volume.root_down", WARN, code = code {

@@ -217,7 +217,12 @@ pub fn start(config: &Config, roles: Roles) -> Handles {
     let volumes = roles.contains(Part::Volumes).then(|| {
         // Required: a daemon whose data root is missing, read-only or full is not ready.
         let entry = registry.register(Backend::Volumes, true);
-        volume::VolumeActor::start_reporting(&config.volumes, &config.supervisor, entry)
+        volume::VolumeActor::start_reporting(
+            &config.volumes,
+            &config.supervisor,
+            entry,
+            Some(state::StateDir::new(&config.state_dir).volume_history()),
+        )
     });
     let backup = roles.contains(Part::Backup).then(|| {
         backup::BackupActor::start_with(

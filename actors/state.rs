@@ -81,6 +81,11 @@ impl StateDir {
         self.locks().join(format!("{name}.lock"))
     }
 
+    /// The volumes' usage samples, kept for their time-to-full forecasts.
+    pub fn volume_history(&self) -> PathBuf {
+        self.root.join("volumes").join("usage-history.json")
+    }
+
     /// The HTTP API's token file (issue #14).
     pub fn token_file(&self) -> PathBuf {
         self.root.join("http").join("tokens.toml")

@@ -28,18 +28,23 @@
 //! disk work), `usage` (the usage cache and thresholds), `root` (the data root's check and
 //! probe), one file per long operation — `import`, `migrate`, `cleanup` —, [`reserve`]
 //! (quota for the daemon's own writes and streaming writers), [`integrity`] (manifests,
-//! verify), [`archive`] (tar streams) and [`fsops`] (paths that cannot escape, atomic writes,
+//! verify), [`io`] (I/O figures and the latency probe), [`forecast`] (time to full),
+//! [`snapshot`] (snapshots, their restore and retention), [`archive`] (tar streams)
+//! and [`fsops`] (paths that cannot escape, atomic writes,
 //! statvfs, walks, the lock).
 
 pub mod archive;
 mod cleanup;
+pub mod forecast;
 pub mod fsops;
 mod import;
 pub mod integrity;
+pub mod io;
 pub mod maintain;
 mod migrate;
 pub mod reserve;
 mod root;
+pub mod snapshot;
 mod store;
 mod types;
 mod usage;
@@ -62,10 +67,16 @@ use crate::supervisor::DeadlineError;
 use crate::supervisor::feed::{Feed, feed};
 use crate::threads::ActorThread;
 use crate::transfer::{self, Source};
+pub use forecast::Forecast;
+pub use fsops::CopyMethod;
 pub use integrity::VerifyReport;
+pub use io::{Device, IoStats, VolumeStats};
 pub use maintain::{Maintain, MaintenanceFailure, MaintenanceReport};
 pub use reserve::{Reservation, ReserveQuota, ReservedWriter};
 pub use root::check_root;
+pub use snapshot::{
+    DeleteSnapshot, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot, VerifySnapshot,
+};
 pub use types::{
     CleanupReport, DEFAULT_VOLUMES, HARD_MAX_QUOTA, ImportDetails, ImportOptions, ImportSummary,
     Usage, VolumeError, VolumeHealth, VolumeInfo, VolumeMeta, VolumeName, check_config,
@@ -335,6 +346,16 @@ struct Settings {
     min_free: u64,
     stream_idle: Duration,
     probe_interval: Duration,
+    /// Snapshots kept per volume (`volumes.snapshots.keep`; 0: all).
+    snapshot_keep: u32,
+    /// Volumes maintenance verifies (`volumes.verify_on_maintenance`).
+    verify_on_maintenance: Vec<VolumeName>,
+    /// `volume.filling` below this forecast (`volumes.fill_warning`).
+    fill_warning: Duration,
+    /// Where the usage samples are kept (under the state directory; none: in memory only).
+    history_file: Option<PathBuf>,
+    /// `volume.slow_io` at this probe p99 (`volumes.slow_io_threshold`).
+    slow_io_threshold: Duration,
 }
 
 /// See the module doc.
@@ -354,6 +375,15 @@ pub struct VolumeActor {
     above: BTreeSet<VolumeName>,
     /// The data root's registry entry and what its probes found.
     root: root::RootWatch,
+    /// Usage samples, for the time-to-full forecasts.
+    history: forecast::History,
+    /// Samples added since the history was last saved.
+    history_dirty: bool,
+    /// Volumes whose `volume.filling` has fired (until their forecast is re-armed).
+    filling: BTreeSet<VolumeName>,
+    clock: Arc<dyn crate::clock::Clock>,
+    /// The latency probes and the slow-I/O state.
+    probes: io::Probes,
     mailbox_capacity: usize,
 }
 
@@ -365,23 +395,43 @@ impl VolumeActor {
     /// Its probes of the data root go to no health registry: [`VolumeActor::start_reporting`]
     /// gives it its entry, as [`crate::start`] does.
     pub fn start_with(cfg: &VolumesConfig, sup: &SupervisorConfig) -> VolumeHandle {
-        Self::start(cfg, sup, None)
+        Self::start(cfg, sup, None, None, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// As [`VolumeActor::start_with`], keeping the usage samples in `history_file` and reading
+    /// "now" from `clock` (the forecasts' tests move it).
+    pub fn start_with_history(
+        cfg: &VolumesConfig,
+        sup: &SupervisorConfig,
+        history_file: Option<PathBuf>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> VolumeHandle {
+        Self::start(cfg, sup, None, history_file, clock)
     }
 
     /// As [`VolumeActor::start_with`], reporting the data root into `entry` (registered as
-    /// [`crate::Backend::Volumes`]).
+    /// [`crate::Backend::Volumes`]), its usage samples kept in `history_file`.
     pub fn start_reporting(
         cfg: &VolumesConfig,
         sup: &SupervisorConfig,
         entry: HealthEntry,
+        history_file: Option<PathBuf>,
     ) -> VolumeHandle {
-        Self::start(cfg, sup, Some(entry))
+        Self::start(
+            cfg,
+            sup,
+            Some(entry),
+            history_file,
+            Arc::new(crate::clock::SystemClock),
+        )
     }
 
     fn start(
         cfg: &VolumesConfig,
         sup: &SupervisorConfig,
         entry: Option<HealthEntry>,
+        history_file: Option<PathBuf>,
+        clock: Arc<dyn crate::clock::Clock>,
     ) -> VolumeHandle {
         let mut defaults: Vec<VolumeName> = DEFAULT_VOLUMES
             .iter()
@@ -402,6 +452,15 @@ impl VolumeActor {
                 min_free: cfg.min_free.0,
                 stream_idle: sup.stream_idle_timeout,
                 probe_interval: sup.probe_interval,
+                snapshot_keep: cfg.snapshots.keep,
+                verify_on_maintenance: cfg
+                    .verify_on_maintenance
+                    .iter()
+                    .filter_map(|n| VolumeName::new(n).ok())
+                    .collect(),
+                fill_warning: cfg.fill_warning,
+                history_file,
+                slow_io_threshold: cfg.slow_io_threshold,
             }),
             root_error: None,
             volumes: BTreeMap::new(),
@@ -410,6 +469,11 @@ impl VolumeActor {
             creating: BTreeSet::new(),
             above: BTreeSet::new(),
             root: root::RootWatch::new(entry),
+            history: forecast::History::default(),
+            history_dirty: false,
+            filling: BTreeSet::new(),
+            clock,
+            probes: io::Probes::default(),
             mailbox_capacity: sup.mailbox_capacity,
         };
         VolumeHandle {
@@ -465,9 +529,11 @@ impl VolumeActor {
     }
 
     fn info(&self, meta: VolumeMeta) -> VolumeInfo {
+        let usage = self.fresh_usage(&meta.name);
         VolumeInfo {
             data_dir: store::data_dir(&self.settings.root, &meta),
-            usage: self.fresh_usage(&meta.name),
+            forecast: usage.map(|u| self.forecast_of(&meta.name, &u)),
+            usage,
             health: None,
             meta,
         }
@@ -573,6 +639,7 @@ impl Handler<InspectVolume> for VolumeActor {
                     act.record_walk(&found.meta.name, usage);
                 }
                 let mut info = act.info(found.meta);
+                info.forecast = found.usage.map(|u| act.forecast_of(&info.meta.name, &u));
                 info.usage = found.usage;
                 info.health = Some(found.health);
                 Ok(info)
@@ -637,6 +704,8 @@ impl Handler<DeleteVolume> for VolumeActor {
                 act.volumes.remove(&name);
                 act.usage.remove(&name);
                 act.above.remove(&name);
+                act.history.forget(&name);
+                act.filling.remove(&name);
                 events::emit(VolumeDeleted {
                     volume: name.to_string(),
                 });
@@ -720,6 +789,7 @@ impl Handler<CheckThresholds> for VolumeActor {
                         }
                     }
                 }
+                act.save_history();
                 Ok(act.above.iter().cloned().collect())
             },
         )

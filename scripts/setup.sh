@@ -119,6 +119,17 @@ else
     apt_install age
 fi
 
+# mkfs.btrfs and mkfs.xfs make the loop-mounted filesystems the volume snapshot tests take
+# reflink snapshots on (the tests mount them as root in their temp dirs).
+for pair in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs; do
+    pkg="${pair%%:*}" tool="${pair#*:}"
+    if command -v "$tool" >/dev/null 2>&1 || [[ -x "/usr/sbin/$tool" ]] || [[ -x "/sbin/$tool" ]]; then
+        say "$pkg: present"
+    else
+        apt_install "$pkg"
+    fi
+done
+
 # 2. Project-local venv with the pinned stand-in servers.
 want="$(printf '%s\n' "${requirements[@]}")"
 have=""

@@ -137,9 +137,42 @@ pub enum VolumesCommand {
     Verify {
         name: String,
         /// Re-seal the manifest after an intended change.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "snapshot")]
         update: bool,
+        /// Check this snapshot against the manifest sealed when it was taken.
+        #[arg(long)]
+        snapshot: Option<String>,
     },
+    /// Take a snapshot of a volume (a reflink copy where the filesystem has them, else a plain
+    /// copy); prints its name.
+    Snapshot {
+        name: String,
+        /// The snapshot's name [default: the time, UTC, YYYYMMDD-HHMMSS].
+        #[arg(long = "name", value_name = "SNAP")]
+        snapshot: Option<String>,
+        /// A note kept with the snapshot.
+        #[arg(long)]
+        label: Option<String>,
+        /// Snapshot a live database volume (mongodb, redis, elasticsearch): consistent file by
+        /// file only, so stop its server first.
+        #[arg(long)]
+        allow_live: bool,
+    },
+    /// I/O figures of one volume or all: its device's read/write bytes and operations per
+    /// second and busy time over a short interval, and a latency probe (4 KiB write + fsync).
+    Stats { name: Option<String> },
+    /// A volume's snapshots, oldest first.
+    Snapshots { name: String },
+    /// Replace a volume's data with a snapshot's (the current data is kept until the swap).
+    RestoreSnapshot {
+        name: String,
+        snapshot: String,
+        /// Replace data the volume holds (and a live database volume's: stop its server first).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a snapshot.
+    DeleteSnapshot { name: String, snapshot: String },
     /// Remove old temporary files (volumes.cleanup_patterns older than volumes.cleanup_age).
     Cleanup { name: String },
     /// Move a volume's data to another path: copy, verify, then switch.
@@ -154,13 +187,18 @@ impl VolumesCommand {
     pub fn volume(&self) -> Option<&str> {
         match self {
             VolumesCommand::Ls => None,
+            VolumesCommand::Stats { name } => name.as_deref(),
             VolumesCommand::Inspect { name }
             | VolumesCommand::Create { name, .. }
             | VolumesCommand::Delete { name, .. }
             | VolumesCommand::Resize { name, .. }
             | VolumesCommand::Verify { name, .. }
             | VolumesCommand::Cleanup { name }
-            | VolumesCommand::Migrate { name, .. } => Some(name),
+            | VolumesCommand::Migrate { name, .. }
+            | VolumesCommand::Snapshot { name, .. }
+            | VolumesCommand::Snapshots { name }
+            | VolumesCommand::RestoreSnapshot { name, .. }
+            | VolumesCommand::DeleteSnapshot { name, .. } => Some(name),
         }
     }
 }

@@ -18,6 +18,10 @@ use lucid_actors::volume::{
     MeasureUsage, MigrateVolume, ResizeVolume, Verify, VolumeError, VolumeHandle, VolumeInfo,
     VolumeName, check_root,
 };
+use lucid_actors::volume::{
+    DeleteSnapshot, IoStats, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot,
+    VerifySnapshot, VolumeStats,
+};
 use lucid_actors::{Config, Roles, StateDir};
 use serde::Serialize;
 
@@ -38,7 +42,9 @@ pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
         Err(e) => {
             eprintln!("lucid-db volumes: {e}");
             match e {
-                VolumeError::InvalidName { .. } | VolumeError::Invalid { .. } => exit::USAGE,
+                VolumeError::InvalidName { .. }
+                | VolumeError::Invalid { .. }
+                | VolumeError::Live { .. } => exit::USAGE,
                 VolumeError::Root { .. } => exit::CONFIG,
                 VolumeError::Busy { .. } => exit::TEMPFAIL,
                 _ => exit::FAILED,
@@ -161,13 +167,28 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 println!("{}: quota {}", info.meta.name, human(info.meta.quota_bytes))
             });
         }
-        VolumesCommand::Verify { name: n, update } => {
-            let report = v
-                .call(Verify {
-                    name: name(&n)?,
-                    update,
-                })
-                .await?;
+        VolumesCommand::Verify {
+            name: n,
+            update,
+            snapshot,
+        } => {
+            let report = match snapshot {
+                Some(snapshot) => {
+                    v.call(VerifySnapshot {
+                        name: name(&n)?,
+                        snapshot,
+                    })
+                    .await?
+                }
+                None => {
+                    v.call(Verify {
+                        name: name(&n)?,
+                        update,
+                    })
+                    .await?
+                }
+            };
+            let n = report.volume.clone();
             print(json, &report, || {
                 if report.sealed {
                     println!("{n}: no manifest yet; sealed {} entries", report.entries);
@@ -214,8 +235,119 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 println!("{} now at {}", info.meta.name, info.data_dir.display())
             });
         }
+        VolumesCommand::Snapshot {
+            name: n,
+            snapshot,
+            label,
+            allow_live,
+        } => {
+            let info = v
+                .call(TakeSnapshot {
+                    name: name(&n)?,
+                    snapshot,
+                    label,
+                    allow_live,
+                })
+                .await?;
+            print(json, &info, || println!("{}", info.name));
+        }
+        VolumesCommand::Stats { name: n } => {
+            let stats = v
+                .call(VolumeStats {
+                    name: n.as_deref().map(name).transpose()?,
+                    interval: Duration::from_millis(250),
+                })
+                .await?;
+            print(json, &stats, || io_table(&stats));
+        }
+        VolumesCommand::Snapshots { name: n } => {
+            let list = v.call(ListSnapshots { name: name(&n)? }).await?;
+            print(json, &list, || snapshots(&list));
+        }
+        VolumesCommand::RestoreSnapshot {
+            name: n,
+            snapshot,
+            force,
+        } => {
+            let info = v
+                .call(RestoreSnapshot {
+                    name: name(&n)?,
+                    snapshot,
+                    force,
+                })
+                .await?;
+            print(json, &info, || {
+                println!("{n}: restored snapshot {} ({})", info.name, info.created)
+            });
+        }
+        VolumesCommand::DeleteSnapshot { name: n, snapshot } => {
+            v.call(DeleteSnapshot {
+                name: name(&n)?,
+                snapshot: snapshot.clone(),
+            })
+            .await?;
+            print(
+                json,
+                &serde_json::json!({"volume": n, "deleted": snapshot}),
+                || println!("{n}: deleted snapshot {snapshot}"),
+            );
+        }
     }
     Ok(exit::OK)
+}
+
+fn io_table(stats: &[IoStats]) {
+    println!(
+        "{:<16} {:<10} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8}",
+        "VOLUME",
+        "DEVICE",
+        "READ/s",
+        "WRITE/s",
+        "RD op/s",
+        "WR op/s",
+        "BUSY%",
+        "PROBE50",
+        "PROBE99"
+    );
+    let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |b| human(b as u64));
+    let num = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}ms"));
+    for s in stats {
+        let device = s.device.as_ref().map_or("-", |d| d.name.as_str());
+        println!(
+            "{:<16} {:<10} {:>9} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8}",
+            s.volume.as_str(),
+            device,
+            rate(s.read_bytes_per_s),
+            rate(s.write_bytes_per_s),
+            num(s.reads_per_s),
+            num(s.writes_per_s),
+            num(s.busy_percent),
+            ms(s.probe_p50_ms),
+            ms(s.probe_p99_ms)
+        );
+        if let Some(why) = &s.unavailable {
+            println!("{:<16} device figures unavailable: {why}", "");
+        }
+    }
+}
+
+fn snapshots(list: &[SnapshotInfo]) {
+    println!(
+        "{:<24} {:<24} {:<7} {:>8} {:>8}  LABEL",
+        "SNAPSHOT", "CREATED", "METHOD", "FILES", "SIZE"
+    );
+    for s in list {
+        println!(
+            "{:<24} {:<24} {:<7} {:>8} {:>8}  {}",
+            s.name,
+            s.created,
+            format!("{:?}", s.method).to_lowercase(),
+            s.files,
+            human(s.bytes),
+            s.label.as_deref().unwrap_or("")
+        );
+    }
 }
 
 fn print<T: Serialize>(json: bool, value: &T, human_form: impl FnOnce()) {
@@ -247,8 +379,8 @@ pub(crate) fn human(bytes: u64) -> String {
 
 fn table(list: &[VolumeInfo]) {
     println!(
-        "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  PATH",
-        "VOLUME", "QUOTA", "USED", "USE%", "FILES", "FS FREE"
+        "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {:<18} PATH",
+        "VOLUME", "QUOTA", "USED", "USE%", "FILES", "FS FREE", "FORECAST"
     );
     for info in list {
         let (used, pct, files, free) = match &info.usage {
@@ -260,14 +392,18 @@ fn table(list: &[VolumeInfo]) {
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
+        let forecast = info
+            .forecast
+            .map_or_else(|| "-".to_owned(), |f| f.describe());
         println!(
-            "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {}",
+            "{:<16} {:>8} {:>8} {:>6} {:>9} {:>8}  {:<18} {}",
             info.meta.name.as_str(),
             human(info.meta.quota_bytes),
             used,
             pct,
             files,
             free,
+            forecast,
             info.data_dir.display()
         );
     }
@@ -291,6 +427,13 @@ fn inspect(info: &VolumeInfo) {
             u.tally.dirs,
             u.tally.symlinks
         );
+        println!(
+            "snaps    {} (not counted in the quota)",
+            human(u.snapshot_bytes)
+        );
+        if let Some(f) = &info.forecast {
+            println!("forecast {} (trend of the last 7 days)", f.describe());
+        }
         println!(
             "fs       {} free of {}, {} inodes free{}",
             human(u.fs.free_bytes),

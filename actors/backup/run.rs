@@ -721,6 +721,16 @@ async fn reserve(
             name: backups.clone(),
         })
         .await?;
+    // The pre-flight also says when the backups volume is full at its current rate.
+    if let Ok(info) = handle
+        .call(crate::volume::InspectVolume {
+            name: backups.clone(),
+        })
+        .await
+        && let Some(forecast) = info.forecast
+    {
+        tracing::info!(forecast = %forecast.describe(), estimate, "backups volume: {} at the rate of the last 7 days", forecast.describe());
+    }
     if estimate > usage.fs.free_bytes {
         return Err(BackupError::NoRoom {
             needed: estimate,

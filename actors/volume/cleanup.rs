@@ -1,6 +1,6 @@
 //! Cleanup: removes files matching `volumes.cleanup_patterns` (and lucid-db's own temporary
 //! files) older than `volumes.cleanup_age` from a volume, and the leftovers of interrupted
-//! imports, deletes and migrations beside it — never a `.replaced-` copy while it is the only
+//! imports, deletes, migrations and snapshots beside it — never a `.replaced-` copy while it is the only
 //! copy of the data.
 
 use std::time::SystemTime;
@@ -52,6 +52,18 @@ fn cleanup(s: &Settings, meta: &VolumeMeta) -> Result<CleanupReport, VolumeError
                 store::leftover_of(&meta.name, &name, &["import", "deleted", "migrated"])
                     || (store::leftover_of(&meta.name, &name, &["replaced"]) && dir.is_dir());
             if leftover
+                && entry.metadata().is_ok_and(|m| old_enough(&m))
+                && std::fs::remove_dir_all(entry.path()).is_ok()
+            {
+                report.removed_leftovers += 1;
+            }
+        }
+    }
+    // Snapshots interrupted while being taken or removed.
+    if let Ok(entries) = std::fs::read_dir(super::snapshot::area(&s.root, &meta.name)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if super::snapshot::is_leftover(&name)
                 && entry.metadata().is_ok_and(|m| old_enough(&m))
                 && std::fs::remove_dir_all(entry.path()).is_ok()
             {

@@ -321,15 +321,51 @@ pub(crate) fn lock(
     Ok(LockFile { _file: file })
 }
 
+/// How a tree copy copies file contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// A reflink (FICLONE): the copy shares the original's blocks until either is written,
+    /// so it takes no space and no time to speak of. btrfs, XFS with reflink.
+    Reflink,
+    /// The bytes are read and written again: the copy takes as much space as the original.
+    Copy,
+}
+
+/// What a tree copy did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Copied {
+    /// Bytes of file content copied or cloned.
+    pub bytes: u64,
+    pub files: u64,
+    /// Files cloned (the rest were copied: a clone refused, e.g. across a mount point).
+    pub cloned: u64,
+}
+
 /// Copies the tree at `src` into `dst` (which must not exist; it is created): regular files,
 /// directories and symlinks (as links, never followed), with their modes and mtimes, then
-/// flushes the filesystem. Other file types are skipped. Owners are not copied (the daemon has
-/// no CAP_CHOWN).
+/// flushes the filesystem. Other file types and lucid-db's own transient files are skipped.
+/// Owners are not copied (the daemon has no CAP_CHOWN).
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, VolumeError> {
+    Ok(copy_tree_as(src, dst, CopyMethod::Copy)?.bytes)
+}
+
+/// As [`copy_tree`], cloning each file where `method` is [`CopyMethod::Reflink`] (a file
+/// whose clone is refused is copied instead, and counted so).
+pub(crate) fn copy_tree_as(
+    src: &Path,
+    dst: &Path,
+    method: CopyMethod,
+) -> Result<Copied, VolumeError> {
     fs::create_dir(dst).map_err(|e| VolumeError::io("mkdir", dst, &e))?;
     let mut dirs = Vec::new();
-    let mut copied = 0u64;
-    for entry in walkdir::WalkDir::new(src).min_depth(1).follow_links(false) {
+    let mut copied = Copied::default();
+    for entry in walkdir::WalkDir::new(src)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| !is_transient(e.file_name()))
+    {
         let entry = entry.map_err(|e| walk_error(src, e))?;
         let rel = entry
             .path()
@@ -355,7 +391,10 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, VolumeError> {
                 .map_err(|e| VolumeError::io("symlink", &to, &e))?;
             let _ = filetime::set_symlink_file_times(&to, mtime, mtime);
         } else if ft.is_file() {
-            copied += copy_file(entry.path(), &to)?;
+            let (bytes, cloned) = copy_file(entry.path(), &to, method)?;
+            copied.bytes += bytes;
+            copied.files += 1;
+            copied.cloned += u64::from(cloned);
             fs::set_permissions(&to, meta.permissions())
                 .map_err(|e| VolumeError::io("chmod", &to, &e))?;
             filetime::set_file_mtime(&to, mtime).map_err(|e| VolumeError::io("utimes", &to, &e))?;
@@ -370,8 +409,10 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<u64, VolumeError> {
     Ok(copied)
 }
 
-/// Copies one file without following a symlink swapped in for it.
-fn copy_file(from: &Path, to: &Path) -> Result<u64, VolumeError> {
+/// Copies one file without following a symlink swapped in for it; with
+/// [`CopyMethod::Reflink`] it clones it, falling back to a copy when the clone is refused.
+/// Answers the bytes and whether it was cloned.
+fn copy_file(from: &Path, to: &Path, method: CopyMethod) -> Result<(u64, bool), VolumeError> {
     let mut src = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -384,7 +425,41 @@ fn copy_file(from: &Path, to: &Path) -> Result<u64, VolumeError> {
         .mode(0o600)
         .open(to)
         .map_err(|e| VolumeError::io("create", to, &e))?;
-    std::io::copy(&mut src, &mut dst).map_err(|e| VolumeError::io("copy", to, &e))
+    if method == CopyMethod::Reflink && rustix::fs::ioctl_ficlone(&dst, &src).is_ok() {
+        let len = dst
+            .metadata()
+            .map_err(|e| VolumeError::io("stat", to, &e))?
+            .len();
+        return Ok((len, true));
+    }
+    let n = std::io::copy(&mut src, &mut dst).map_err(|e| VolumeError::io("copy", to, &e))?;
+    Ok((n, false))
+}
+
+/// Whether `sample` can be cloned into the directory `into` (the same filesystem, and one
+/// that supports reflinks): a clone into a transient file there, removed again.
+pub(crate) fn can_reflink(sample: &Path, into: &Path) -> bool {
+    let probe = into.join(format!(
+        "{TRANSIENT_PREFIX}clone-{:016x}",
+        rand::random::<u64>()
+    ));
+    let cloned = (|| {
+        let src = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(sample)
+            .ok()?;
+        let dst = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .ok()?;
+        rustix::fs::ioctl_ficlone(&dst, &src).ok()
+    })()
+    .is_some();
+    let _ = fs::remove_file(&probe);
+    cloned
 }
 
 /// File-name glob for cleanup patterns.

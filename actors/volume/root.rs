@@ -140,8 +140,21 @@ impl VolumeActor {
     /// Loads the volumes (no message is handled meanwhile: `ctx.wait`), then probes the root.
     pub(super) fn load(&mut self, ctx: &mut Context<Self>) {
         let s = self.settings();
-        let work = blocking(move || store::load(&s));
+        let work = blocking(move || {
+            let history = super::forecast::load(s.history_file.as_deref());
+            Ok((history, store::load(&s)))
+        });
         ctx.wait(work.into_actor(self).map(|res, act, ctx| {
+            let res = match res {
+                Ok((history, loaded)) => {
+                    // Samples taken meanwhile (none: this runs before any message) come first.
+                    if act.history.volumes.is_empty() {
+                        act.history = history;
+                    }
+                    loaded
+                }
+                Err(e) => Err(e),
+            };
             match res {
                 Ok(volumes) => {
                     act.volumes = volumes;

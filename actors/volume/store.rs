@@ -289,6 +289,7 @@ pub(super) fn measure(s: &Settings, meta: &VolumeMeta) -> Result<Usage, VolumeEr
         tally,
         fs,
         age_ms: 0,
+        snapshot_bytes: super::snapshot::area_bytes(&s.root, &meta.name)?,
     })
 }
 
@@ -390,7 +391,9 @@ pub(super) fn delete(s: &Settings, name: &VolumeName, force: bool) -> Result<(),
     std::fs::rename(&dir, &doomed).map_err(|e| VolumeError::io("rename", &dir, &e))?;
     remove_meta(s, name)?;
     fsops::sync_dir(&s.root)?;
-    std::fs::remove_dir_all(&doomed).map_err(|e| VolumeError::io("remove", &doomed, &e))
+    std::fs::remove_dir_all(&doomed).map_err(|e| VolumeError::io("remove", &doomed, &e))?;
+    // Its snapshots go with it: a new volume of this name must not find them.
+    super::snapshot::remove_area(&s.root, name)
 }
 
 /// Sets a volume's quota, never below its use — always measured: a stale figure could let the

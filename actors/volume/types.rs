@@ -156,6 +156,31 @@ pub enum VolumeError {
         reserved: u64,
         wanted: u64,
     },
+    #[error("volume {volume} has no snapshot {snapshot}")]
+    NoSnapshot { volume: String, snapshot: String },
+    #[error("volume {volume} has a snapshot {snapshot} already")]
+    SnapshotExists { volume: String, snapshot: String },
+    /// A snapshot or restore of a live database volume without being told it is safe: its
+    /// server writes across files, which a file-by-file copy does not capture consistently.
+    #[error(
+        "volume {volume} holds a live database ({kind}); its snapshot is consistent file by \
+         file only (stop the server, then use {flag})"
+    )]
+    Live {
+        volume: String,
+        kind: String,
+        flag: &'static str,
+    },
+    /// A plain copy that would not fit: refused before it starts.
+    #[error(
+        "a copy of volume {volume} needs {needed} bytes; its filesystem has {free} free \
+         (keeping volumes.min_free)"
+    )]
+    NoSpace {
+        volume: String,
+        needed: u64,
+        free: u64,
+    },
 }
 
 /// Short calls to the volume actor time out through the one helper every actor uses.
@@ -187,6 +212,10 @@ impl VolumeError {
             VolumeError::NotDelivered { .. } => "not_delivered",
             VolumeError::DeadlineExceeded { .. } => "deadline_exceeded",
             VolumeError::OverReservation { .. } => "over_reservation",
+            VolumeError::NoSnapshot { .. } => "snapshot_not_found",
+            VolumeError::SnapshotExists { .. } => "snapshot_exists",
+            VolumeError::Live { .. } => "live_volume",
+            VolumeError::NoSpace { .. } => "no_space",
         }
     }
 
@@ -230,6 +259,10 @@ pub struct Usage {
     pub fs: FsStats,
     /// How long ago it was measured, when it is reported.
     pub age_ms: u64,
+    /// Space the volume's snapshots take (allocated, as `du` counts it: a reflinked file's
+    /// shared blocks count in full). Apart from `tally`: the quota counts the data only.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
 }
 
 /// A volume's health right now.
@@ -263,6 +296,9 @@ pub struct VolumeInfo {
     pub usage: Option<Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<VolumeHealth>,
+    /// When it is full at the rate of the last 7 days (with usage only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<super::Forecast>,
 }
 
 /// What a cleanup removed.
@@ -301,6 +337,14 @@ pub fn check_config(cfg: &VolumesConfig, errors: &mut Vec<ConfigError>) {
     for name in &cfg.extra {
         if let Err(e) = VolumeName::new(name) {
             errors.push(ConfigError::new("volumes.extra", e.to_string()));
+        }
+    }
+    for name in &cfg.verify_on_maintenance {
+        if let Err(e) = VolumeName::new(name) {
+            errors.push(ConfigError::new(
+                "volumes.verify_on_maintenance",
+                e.to_string(),
+            ));
         }
     }
     if cfg.max_quota > ByteSize(HARD_MAX_QUOTA) {

@@ -66,6 +66,8 @@ impl VolumeActor {
             },
         );
         self.check_threshold(name, usage.percent);
+        self.history_dirty |= self.history.record(name, &usage, self.clock.as_ref());
+        self.check_filling(name, &usage);
     }
 
     fn check_threshold(&mut self, name: &VolumeName, percent: f64) {

@@ -23,6 +23,10 @@ use lucid_testkit::{Daemon, http_get};
 
 use crate::common::SLACK;
 
+mod forecast;
+mod io;
+mod snapshots;
+
 fn name(n: &str) -> VolumeName {
     VolumeName::new(n).expect("valid name")
 }

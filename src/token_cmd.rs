@@ -4,6 +4,7 @@
 //! daemon re-reads the file within seconds: no restart, no call to it.
 
 use lucid_actors::Config;
+use lucid_actors::state::{self, StateError};
 use serde_json::json;
 
 use crate::cli::TokenCommand;
@@ -12,6 +13,20 @@ use crate::http::auth::{Scope, TokensFile};
 
 pub fn run(config: &Config, command: TokenCommand, json: bool) -> u8 {
     let path = config.http.tokens_path(&config.state_dir);
+    // A root `token add` beside a daemon running as `User=lucid` would leave a file the daemon
+    // cannot read: refuse, naming the owner, like every other command that writes state.
+    if !matches!(command, TokenCommand::Ls) {
+        let dir = path.parent().unwrap_or(&config.state_dir);
+        for p in [config.state_dir.as_path(), dir, path.as_path()] {
+            if let Err(e) = state::check_owner(p) {
+                eprintln!("lucid-db token: {e}");
+                return match e {
+                    StateError::ForeignOwner { .. } => exit::NOPERM,
+                    StateError::Unusable { .. } => exit::CONFIG,
+                };
+            }
+        }
+    }
     let mut file = match TokensFile::read(&path) {
         Ok(file) => file,
         Err(e) => {

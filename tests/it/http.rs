@@ -1295,3 +1295,39 @@ fn audit_documents_wait_while_mongodb_is_down_are_written_when_it_is_back_and_ov
         0
     );
 }
+
+/// `token add` into a state directory another user owns would leave a file the daemon
+/// (`User=lucid`) cannot read: refused with exit 77, naming the owner, and nothing written.
+#[test]
+fn token_add_into_a_state_directory_of_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // SAFETY: geteuid cannot fail.
+    let foreign = if unsafe { libc::geteuid() } == 0 {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).expect("mkdir");
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
+        theirs
+    } else {
+        std::path::PathBuf::from("/")
+    };
+    let owner = std::fs::metadata(&foreign).expect("stat").uid();
+    let out = Command::new(BIN)
+        .args(["token", "add", "svc", "--scope", "read"])
+        .env_clear()
+        .env("LUCID_DB__STATE_DIR", &foreign)
+        .env("LUCID_DB__VOLUMES__ROOT", dir.path().join("volumes"))
+        .output()
+        .expect("run lucid-db token add");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains(&format!("uid {owner}")),
+        "names the owner: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no token printed");
+    assert!(
+        !foreign.join("http").exists(),
+        "nothing written after the refusal"
+    );
+}

@@ -69,7 +69,8 @@ pub use sessions::{
 };
 pub use stats::{GetStats, RedisStats};
 pub use transfer::{
-    Export, ExportedKey, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget, KeyKind,
+    Export, ExportedKey, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget,
+    InspectImportTarget, KeyKind,
 };
 
 const BACKEND: Backend = Backend::Redis;

@@ -61,7 +61,7 @@ pub use names::{Entity, IndexName, Month};
 pub use query::{Agg, Count, Filter, Order, Search, SearchReply, TextQuery};
 pub use transfer::{
     EXPORT_FORMAT, Export, ExportedDocument, Import, ImportDetails, ImportOptions, ImportSummary,
-    ImportTarget, IndexMetadata,
+    ImportTarget, IndexMetadata, check_prefix,
 };
 
 const BACKEND: Backend = Backend::Elasticsearch;

@@ -338,6 +338,8 @@ async fn import(
     let db = conn.client.database(&database);
     let name = target.collection.name();
     let coll = db.collection::<RawDocumentBuf>(name);
+    // Into the live database: the daemon's own writes answer `busy` until the import ends.
+    let _gate = (database == settings.database).then(|| shared.restore_gate.hold());
 
     match options
         .existing

@@ -247,6 +247,8 @@ impl Handler<Import> for RedisActor {
         Box::pin(async move {
             let settings = shared.settings();
             let (mut conn, db, _) = target?.await?;
+            // Into the live database: the daemon's own writes answer `busy` until it ends.
+            let _gate = (db == shared.database).then(|| shared.restore_gate.hold());
             let (found, keys) = target_state(&mut conn, settings.deadline).await?;
             match msg.options.existing.admit(found) {
                 Admission::Into | Admission::Replace => {}

@@ -423,6 +423,8 @@ async fn import(
     let settings = &shared.settings;
     let target = format!("{prefix}{}", metadata.index);
     let deadline = settings.deadline;
+    // Under the live names: the daemon's own writes answer `busy` until the import ends.
+    let _gate = prefix.is_empty().then(|| shared.restore_gate.hold());
 
     let (found, write_flags) = match target_state(&conn, &target, deadline).await {
         Ok(found) => found,

@@ -975,6 +975,9 @@ fn stream_of<T: Send + 'static>(
     tokio::spawn(async move {
         let outcome = pipeline::decode_artifact(&storage, &id, &record, &decoding, move |plain| {
             let mut send = |item: T| {
+                // Lets a test slow a restore down to watch its progress (`failpoints` builds).
+                #[cfg(feature = "failpoints")]
+                fail::fail_point!("backup-restore-item");
                 // The import stopped reading (it failed, or refused): nothing to do.
                 pump.blocking_send(Ok(item))
                     .map_err(|_| io::Error::other("the import stopped reading"))

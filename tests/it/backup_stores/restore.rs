@@ -345,8 +345,20 @@ fn one_collection_restores_alone_and_refusals_and_cut_documents_change_nothing()
     let since = redis_read.elapsed();
     same_keys(&redis_keys(&b.redis.url()), &redis_before, since);
 
-    // One collection, alone.
-    let report = m.json(&["restore", &id, "--stores", "mongodb:users"], 0);
+    // One collection, alone; slowed down (10 ms a document), it shows its progress.
+    let out = m
+        .command(&["restore", &id, "--stores", "mongodb:users", "--json"])
+        .env("FAILPOINTS", "backup-restore-item=sleep(10)")
+        .output()
+        .expect("restore");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert!(
+        stderr.contains("0/1 artifacts, restoring mongodb/lucid/users.bson.zst (")
+            && stderr.contains(" items read)"),
+        "{stderr}"
+    );
     assert_eq!(
         report["restored"].as_array().expect("restored").len(),
         1,

@@ -276,8 +276,8 @@ pub(super) async fn stored_manifest(
     Ok(manifest)
 }
 
-/// Restores backup `id`; see the module doc. The caller holds the backup lock. `progress`
-/// hears of each artifact as it starts.
+/// Restores backup `id`; see the module doc. The caller holds the backup lock; where it is
+/// meanwhile, [`super::RestoreStatus`] answers.
 pub(super) async fn restore(
     shared: &Shared,
     id: BackupId,
@@ -990,4 +990,247 @@ fn stream_of<T: Send + 'static>(
         }
     });
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+
+    use super::*;
+    use crate::backup::manifest::{Encryption, Outcome, Trigger};
+    use crate::config::Compression;
+
+    fn artifact(name: &str, logical: &str) -> ArtifactRecord {
+        ArtifactRecord {
+            name: name.to_owned(),
+            logical: logical.to_owned(),
+            bytes_in: 1,
+            bytes_stored: 1,
+            sha256: "00".repeat(32),
+        }
+    }
+
+    fn store(outcome: Outcome, source: Value, artifacts: Vec<ArtifactRecord>) -> StoreRecord {
+        StoreRecord {
+            outcome,
+            started: None,
+            ended: None,
+            source: source.as_object().cloned().unwrap_or_default(),
+            artifacts,
+        }
+    }
+
+    /// Every store: two collections, two Redis databases, one index, one volume, lucid-db's own.
+    fn manifest() -> Manifest {
+        let id = BackupId::new(Utc::now());
+        let mut m = Manifest::new(
+            id,
+            Utc::now(),
+            "pi",
+            Trigger::Cli,
+            Encryption::default(),
+            Compression::Zstd,
+        );
+        let mongo = store(
+            Outcome::Complete,
+            json!({"collections": {"users": {"documents": 250}, "audit_logs": {"documents": 40}}}),
+            vec![
+                artifact("mongodb/lucid/users.bson.zst", "lucid.users"),
+                artifact(
+                    "mongodb/lucid/users.metadata.json.zst",
+                    "lucid.users.metadata",
+                ),
+                artifact("mongodb/lucid/audit_logs.bson.zst", "lucid.audit_logs"),
+                artifact(
+                    "mongodb/lucid/audit_logs.metadata.json.zst",
+                    "lucid.audit_logs.metadata",
+                ),
+            ],
+        );
+        let redis = store(
+            Outcome::Complete,
+            json!({}),
+            vec![
+                artifact("redis/db0.resp.zst", "db0"),
+                artifact("redis/db1.resp.zst", "db1"),
+            ],
+        );
+        // Failed after its first index: what it completed restores.
+        let search = store(
+            Outcome::Failed {
+                code: "unavailable".into(),
+                message: "gone".into(),
+            },
+            json!({"indices": {"lucid-a-2026.01": {"documents": 7, "write_blocked": true}}}),
+            vec![
+                artifact(
+                    "elasticsearch/lucid-a-2026.01.ndjson.zst",
+                    "lucid-a-2026.01",
+                ),
+                artifact(
+                    "elasticsearch/lucid-a-2026.01.meta.json.zst",
+                    "lucid-a-2026.01.meta",
+                ),
+            ],
+        );
+        let volumes = store(
+            Outcome::Complete,
+            json!({}),
+            vec![artifact("volumes/chunks.tar.zst", "chunks")],
+        );
+        let own = store(
+            Outcome::Complete,
+            json!({}),
+            vec![artifact("lucid-db/config.toml.zst", "config")],
+        );
+        for (name, s) in [
+            ("mongodb", mongo),
+            ("redis", redis),
+            ("elasticsearch", search),
+            ("volumes", volumes),
+            ("lucid-db", own),
+        ] {
+            m.stores.insert(name.to_owned(), s);
+        }
+        m
+    }
+
+    fn names(steps: &[Step]) -> Vec<(&str, String)> {
+        steps
+            .iter()
+            .map(|s| (s.record.name.as_str(), s.target.describe()))
+            .collect()
+    }
+
+    #[test]
+    fn the_default_plan_takes_every_store_with_artifacts_and_pairs_the_metadata() {
+        let m = manifest();
+        let steps = plan(&m, &[], &Targets::default()).expect("plan");
+        assert_eq!(
+            names(&steps),
+            [
+                (
+                    "elasticsearch/lucid-a-2026.01.ndjson.zst",
+                    "index lucid-a-2026.01".to_owned()
+                ),
+                (
+                    "mongodb/lucid/users.bson.zst",
+                    "collection ?.users".to_owned()
+                ),
+                (
+                    "mongodb/lucid/audit_logs.bson.zst",
+                    "collection ?.audit_logs".to_owned()
+                ),
+                ("redis/db0.resp.zst", "redis".to_owned()),
+                ("redis/db1.resp.zst", "redis".to_owned()),
+                ("volumes/chunks.tar.zst", "volume chunks".to_owned()),
+            ]
+        );
+        match &steps[1].target {
+            Target::Collection {
+                metadata,
+                documents,
+                ..
+            } => {
+                assert_eq!(metadata.name, "mongodb/lucid/users.metadata.json.zst");
+                assert_eq!(*documents, 250);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &steps[0].target {
+            Target::Index {
+                metadata,
+                write_blocked,
+                documents,
+                ..
+            } => {
+                assert_eq!(metadata.name, "elasticsearch/lucid-a-2026.01.meta.json.zst");
+                assert_eq!((*write_blocked, *documents), (true, 7));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn selections_and_targets_narrow_and_rename() {
+        let m = manifest();
+        let targets = Targets {
+            to_db: Some("copy".into()),
+            index_prefix: Some("r-".into()),
+            ..Targets::default()
+        };
+        let steps = plan(
+            &m,
+            &[
+                StoreSelector::Collection(Collection::AuditLogs),
+                StoreSelector::Index("lucid-a-2026.01".into()),
+            ],
+            &targets,
+        )
+        .expect("plan");
+        assert_eq!(
+            names(&steps),
+            [
+                (
+                    "mongodb/lucid/audit_logs.bson.zst",
+                    "collection copy.audit_logs".to_owned()
+                ),
+                (
+                    "elasticsearch/lucid-a-2026.01.ndjson.zst",
+                    "index r-lucid-a-2026.01".to_owned()
+                ),
+            ]
+        );
+        // A collection or index the backup does not hold, a store it has nothing of.
+        for selector in [
+            StoreSelector::Collection(Collection::Sessions),
+            StoreSelector::Index("lucid-b-2026.01".into()),
+        ] {
+            let e = plan(&m, &[selector], &Targets::default()).expect_err("not held");
+            assert_eq!(e.code(), "not_in_backup", "{e}");
+        }
+        let mut without = m.clone();
+        without.stores.remove("redis");
+        let e = plan(&without, &[StoreSelector::Redis], &Targets::default()).expect_err("none");
+        assert!(e.to_string().contains("holds no redis"), "{e}");
+        // One Redis database at most into --to-redis-db.
+        let e = plan(
+            &m,
+            &[StoreSelector::Redis],
+            &Targets {
+                to_redis_db: Some(3),
+                ..Targets::default()
+            },
+        )
+        .expect_err("two into one");
+        assert_eq!(e.code(), "bad_request", "{e}");
+        // Data without the metadata beside it cannot be recreated.
+        let mut cut = m.clone();
+        cut.stores
+            .get_mut("mongodb")
+            .expect("mongodb")
+            .artifacts
+            .retain(|a| a.logical != "lucid.users.metadata");
+        let e = plan(&cut, &[StoreSelector::Mongodb], &Targets::default()).expect_err("no meta");
+        assert!(e.to_string().contains("lucid.users.metadata"), "{e}");
+    }
+
+    #[test]
+    fn a_source_error_names_the_artifact_once() {
+        let e = undecodable(
+            "redis/db0.resp.zst",
+            "redis/db0.resp.zst: does not decode: command 3 (at byte 90): cut",
+        );
+        assert_eq!(
+            e.to_string(),
+            "redis/db0.resp.zst: does not decode: command 3 (at byte 90): cut"
+        );
+        assert_eq!(e.code(), "bad_format");
+        let other = undecodable("a.zst", "the import stopped");
+        assert_eq!(
+            other.to_string(),
+            "a.zst: does not decode: the import stopped"
+        );
+    }
 }

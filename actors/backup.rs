@@ -82,7 +82,7 @@ pub use manifest::{
 };
 pub use pipeline::{Codec, Decoding, PipelineError, TarSummary, walk_tar};
 pub use prune::{DeleteReport, Planned, PruneReport};
-pub use restore::{RestoreReport, Restored, Targets};
+pub use restore::{RestoreProgress, RestoreReport, Restored, Targets};
 pub use retention::{Reason, Refusal};
 pub use run::{BackupOutcome, Progress, RunReport, outcome_of};
 pub use select::{Indices, Plan, SelectionError, StoreSelector};
@@ -273,6 +273,12 @@ pub struct RestoreBackup {
     pub force: bool,
 }
 
+/// Where the restore that runs in this process is, if one runs: the CLI follows it with this
+/// while its [`RestoreBackup`] is under way.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Option<RestoreProgress>, BackupError>")]
+pub struct RestoreStatus;
+
 /// The lifecycle's deletion gate: the indices a good copy holds, exported while
 /// write-blocked ([`retention::backed_up_indices`]); `min_level` `None`: `backup.min_level`.
 #[derive(Debug, Clone, Copy, Message)]
@@ -365,6 +371,14 @@ pub enum BackupError {
     /// A drill restored an artifact and what came back differs from it.
     #[error("drill of {artifact}: {reason}")]
     DrillMismatch { artifact: String, reason: String },
+    /// A database store failed or refused a restore's import (the artifact decoded: this is
+    /// the store's own error, with its code).
+    #[error("{store}: {message}")]
+    Store {
+        store: &'static str,
+        code: &'static str,
+        message: String,
+    },
     /// A restore's target holds data, and `--force` was not given.
     #[error("{target} is not empty ({holds}): give --force to replace it")]
     TargetNotEmpty { target: String, holds: String },
@@ -425,6 +439,7 @@ impl BackupError {
             BackupError::Retention(r) => r.code(),
             BackupError::Guarded { .. } => "guarded",
             BackupError::TargetNotEmpty { .. } => "target_not_empty",
+            BackupError::Store { code, .. } => code,
             BackupError::DrillMismatch { .. } => "drill_mismatch",
             BackupError::NotInBackup { .. } => "not_in_backup",
             BackupError::BadRequest { .. } => "bad_request",
@@ -448,6 +463,7 @@ impl BackupError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             BackupError::Unavailable { .. } | BackupError::NotDelivered => true,
+            BackupError::Store { code, .. } => UNAVAILABLE_CODES.contains(code),
             BackupError::Storage(e) | BackupError::Catalogue(CatalogueError::Storage(e)) => {
                 matches!(e, StorageError::Unreachable { .. })
             }
@@ -559,6 +575,8 @@ struct Shared {
     io_timeout: Duration,
     /// Opened on first use: starting the actor touches no disk.
     catalogue: tokio::sync::Mutex<Option<Catalogue>>,
+    /// The restore under way in this process, for [`RestoreStatus`].
+    restoring: std::sync::Mutex<Option<restore::Tracker>>,
 }
 
 impl Shared {
@@ -767,6 +785,7 @@ impl BackupActor {
             state: StateDir::new(&config.state_dir),
             io_timeout: config.supervisor.stream_idle_timeout,
             catalogue: tokio::sync::Mutex::new(None),
+            restoring: std::sync::Mutex::new(None),
         };
         let actor = BackupActor {
             shared: Arc::new(shared),
@@ -1081,6 +1100,14 @@ impl Handler<RestoreBackup> for BackupActor {
             )
             .await
         })
+    }
+}
+
+impl Handler<RestoreStatus> for BackupActor {
+    type Result = Reply<Option<RestoreProgress>>;
+
+    fn handle(&mut self, _: RestoreStatus, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(actix::fut::ready(Ok(restore::progress(&self.shared))))
     }
 }
 

@@ -107,6 +107,9 @@ pub enum MongoError {
     /// Not delivered, not up, or no answer in time (shared with every backend).
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A write while a restore writes into the database (`busy`): nothing was sent.
+    #[error("mongodb: {0}")]
+    Restoring(#[from] crate::transfer::Restoring),
     /// The connection failed or was lost; the actor reconnects under backoff.
     #[error("mongodb connection failed ({code}): {message}")]
     Connection { code: &'static str, message: String },
@@ -163,6 +166,7 @@ impl MongoError {
             MongoError::Server { .. } => "server_error",
             MongoError::Codec { .. } => "codec",
             MongoError::StreamIdle { .. } => "stream_idle",
+            MongoError::Restoring(_) => "busy",
         }
     }
 
@@ -328,6 +332,9 @@ pub trait MongoOp:
     sealed::Sealed + Message<Result = Result<<Self as MongoOp>::Output, MongoError>> + Send + 'static
 {
     type Output: Send + 'static;
+    /// Whether it writes: refused with `busy` while a restore writes into the database
+    /// ([`crate::transfer::RestoreGate`]).
+    const WRITES: bool = false;
 
     /// Checks the input (an error here means nothing was sent) and returns the driver calls.
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError>;
@@ -341,6 +348,8 @@ pub struct Shared {
     front: Front<MongoActor>,
     /// The bootstrap runs (one at a time) and the last report, for `/health` and the CLI.
     bootstraps: Bootstraps<BootstrapReport>,
+    /// Held while an import writes into `mongodb.database` (see [`MongoOp::WRITES`]).
+    restore_gate: crate::transfer::RestoreGate,
 }
 
 impl Shared {
@@ -412,9 +421,12 @@ impl MongoHandle {
         deadline: Duration,
     ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
         let shared = &self.shared;
-        shared
-            .front
-            .run(deadline, move |conn| msg.start(conn, shared))
+        shared.front.run(deadline, move |conn| {
+            if M::WRITES {
+                shared.restore_gate.check()?;
+            }
+            msg.start(conn, shared)
+        })
     }
 }
 
@@ -441,6 +453,7 @@ impl MongoActor {
         let shared = Arc::new(Shared {
             settings: Settings::from_config(cfg, sup),
             catalog,
+            restore_gate: Default::default(),
             front: Front::new(health, sup),
             bootstraps: Bootstraps::default(),
         });

@@ -69,7 +69,8 @@ pub use sessions::{
 };
 pub use stats::{GetStats, RedisStats};
 pub use transfer::{
-    Export, ExportedKey, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget, KeyKind,
+    Export, ExportedKey, Import, ImportDetails, ImportOptions, ImportSummary, ImportTarget,
+    InspectImportTarget, KeyKind,
 };
 
 const BACKEND: Backend = Backend::Redis;
@@ -94,6 +95,9 @@ pub enum RedisError {
     /// Not delivered, not up, or no answer in time (shared with every backend).
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A write while a restore writes into the database (`busy`): nothing was sent.
+    #[error("redis: {0}")]
+    Restoring(#[from] crate::transfer::Restoring),
     /// The connection failed or was lost; the actor reconnects under backoff.
     #[error("redis connection failed ({code}): {message}")]
     Connection { code: &'static str, message: String },
@@ -141,6 +145,7 @@ impl RedisError {
     pub fn code(&self) -> &'static str {
         match self {
             RedisError::Call(e) => e.code(),
+            RedisError::Restoring(_) => "busy",
             RedisError::Connection { code, .. } => code,
             RedisError::Server { .. } => "server_error",
             RedisError::Invalid { .. } => "invalid",
@@ -289,6 +294,9 @@ pub trait RedisOp:
     sealed::Sealed + Message<Result = Result<<Self as RedisOp>::Output, RedisError>> + Send + 'static
 {
     type Output: Send + 'static;
+    /// Whether it writes: refused with `busy` while a restore writes into the store's live
+    /// data ([`crate::transfer::RestoreGate`]).
+    const WRITES: bool = false;
 
     /// Checks the input (an error here means nothing was sent) and returns the driver calls.
     fn start(self, conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError>;
@@ -316,6 +324,8 @@ pub struct Shared {
     flights: cache::Flights,
     /// The database `redis.url` selects (0 when it names none).
     database: i64,
+    /// Held while an import writes into `database` (see [`RedisOp::WRITES`]).
+    restore_gate: crate::transfer::RestoreGate,
 }
 
 impl Shared {
@@ -345,6 +355,9 @@ impl Shared {
 /// answers by the configured policy while Redis is down, for the operations that have one
 /// ([`RedisOp::when_down`]).
 async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisError> {
+    if M::WRITES {
+        shared.restore_gate.check()?;
+    }
     let (conn, generation) = match shared.usable() {
         Ok(usable) => usable,
         Err(e) => {
@@ -445,6 +458,7 @@ impl RedisActor {
             front: Front::new(health, sup),
             degraded_reported: AtomicBool::new(false),
             flights: cache::Flights::default(),
+            restore_gate: Default::default(),
             database: built
                 .as_ref()
                 .map_or(0, |c| c.get_connection_info().redis_settings().db()),

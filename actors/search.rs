@@ -61,7 +61,7 @@ pub use names::{Entity, IndexName, Month};
 pub use query::{Agg, Count, Filter, Order, Search, SearchReply, TextQuery};
 pub use transfer::{
     EXPORT_FORMAT, Export, ExportedDocument, Import, ImportDetails, ImportOptions, ImportSummary,
-    ImportTarget, IndexMetadata,
+    ImportTarget, IndexMetadata, check_prefix,
 };
 
 const BACKEND: Backend = Backend::Elasticsearch;
@@ -83,6 +83,9 @@ pub enum SearchError {
     /// Not delivered, not up, or no answer in time (shared with every backend).
     #[error(transparent)]
     Call(#[from] CallError),
+    /// A write while a restore writes into the live indices (`busy`): nothing was sent.
+    #[error("elasticsearch: {0}")]
+    Restoring(#[from] crate::transfer::Restoring),
     /// The connection failed; the actor reconnects under backoff.
     #[error("elasticsearch connection failed ({code}): {message}")]
     Connection { code: &'static str, message: String },
@@ -146,7 +149,7 @@ impl SearchError {
             SearchError::Exists { .. } => "exists",
             SearchError::ImportSource { .. } => "import_source_failed",
             SearchError::StreamIdle { .. } => "stream_idle",
-            SearchError::Busy { .. } => "busy",
+            SearchError::Busy { .. } | SearchError::Restoring(_) => "busy",
         }
     }
 
@@ -412,6 +415,9 @@ pub trait SearchOp:
     sealed::Sealed + Message<Result = Result<<Self as SearchOp>::Output, SearchError>> + Send + 'static
 {
     type Output: Send + 'static;
+    /// Whether it writes: refused with `busy` while a restore writes into the store's live
+    /// data ([`crate::transfer::RestoreGate`]).
+    const WRITES: bool = false;
 
     /// Checks the input (an error here means nothing was sent) and returns the requests.
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError>;
@@ -431,6 +437,8 @@ pub struct Shared {
     /// Bulk items sent again after the server refused them with 429 or 503.
     retried_documents: AtomicU64,
     indexer: Indexer,
+    /// Held while an import writes under no prefix (see [`SearchOp::WRITES`]).
+    restore_gate: crate::transfer::RestoreGate,
 }
 
 impl Shared {
@@ -481,6 +489,9 @@ async fn send_indexed(
         });
         return fail_all(batch, e);
     };
+    if let Err(e) = shared.restore_gate.check() {
+        return fail_all(batch, e.into());
+    }
     let (conn, generation) = match shared.usable() {
         Ok(usable) => usable,
         Err(e) => return fail_all(batch, e),
@@ -591,9 +602,12 @@ impl SearchHandle {
         deadline: Duration,
     ) -> impl Future<Output = Result<M::Output, SearchError>> + '_ {
         let shared = &self.shared;
-        shared
-            .front
-            .run(deadline, move |conn| msg.start(conn, shared))
+        shared.front.run(deadline, move |conn| {
+            if M::WRITES {
+                shared.restore_gate.check()?;
+            }
+            msg.start(conn, shared)
+        })
     }
 
     /// Sessions of one user, newest first, with more filters.
@@ -686,6 +700,7 @@ impl SearchActor {
                 bootstraps: Bootstraps::default(),
                 late_documents: AtomicU64::new(0),
                 retried_documents: AtomicU64::new(0),
+                restore_gate: Default::default(),
             }
         });
         let actor = SearchActor {

@@ -20,6 +20,7 @@
 //! another through it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
@@ -107,6 +108,52 @@ impl Existing {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The restore gate
+
+/// Held while an import writes into a store's live data (a restore in the daemon): the store's
+/// own writes answer [`Restoring`] meanwhile — at once, a clear `busy`, never a wait behind
+/// the import — so a request cannot land in data the restore is about to replace, and none
+/// hangs for the length of a restore. Reads go on. An import into a scratch target (another
+/// database, a prefix) does not hold it. Each store keeps one in its shared state and checks
+/// it where its write operations start.
+#[derive(Debug, Default)]
+pub struct RestoreGate {
+    imports: AtomicUsize,
+}
+
+impl RestoreGate {
+    /// Held until the answer is dropped (imports may overlap: each holds it).
+    pub fn hold(&self) -> GateHeld<'_> {
+        self.imports.fetch_add(1, Ordering::SeqCst);
+        GateHeld(self)
+    }
+
+    /// `Err` while an import holds the gate.
+    pub fn check(&self) -> Result<(), Restoring> {
+        if self.imports.load(Ordering::SeqCst) == 0 {
+            Ok(())
+        } else {
+            Err(Restoring)
+        }
+    }
+}
+
+/// See [`RestoreGate::hold`].
+#[derive(Debug)]
+pub struct GateHeld<'a>(&'a RestoreGate);
+
+impl Drop for GateHeld<'_> {
+    fn drop(&mut self) {
+        self.0.imports.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A write refused while a restore writes into the same store (each store's `busy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a restore is writing into this store: writes are refused until it ends; try again then")]
+pub struct Restoring;
 
 // ---------------------------------------------------------------------------------------------
 // Summary
@@ -262,6 +309,19 @@ mod tests {
             assert_eq!(rule.admit(found), admission, "{found:?} under {rule:?}");
         }
         assert_eq!(ImportOptions::new(3).existing, RefuseNonEmpty);
+    }
+
+    #[test]
+    fn the_gate_refuses_while_any_import_holds_it() {
+        let gate = RestoreGate::default();
+        assert_eq!(gate.check(), Ok(()));
+        let first = gate.hold();
+        let second = gate.hold();
+        assert_eq!(gate.check(), Err(Restoring));
+        drop(first);
+        assert_eq!(gate.check(), Err(Restoring), "one import still holds it");
+        drop(second);
+        assert_eq!(gate.check(), Ok(()));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lucid_actors::backup::{
     BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, DeleteBackup, Entry,
     Identities, KeyError, Level, ListBackups, Outcome, PinBackup, Progress, PruneBackups,
-    PruneReport, Reason, RestoreBackup, RunReport, RunStatus, ShowBackup, StartBackup, Targets,
-    Trigger, UnpinBackup, VerifyBackup, VerifyReport, keygen,
+    PruneReport, Reason, RestoreBackup, RestoreReport, RestoreStatus, RunReport, RunStatus,
+    ShowBackup, StartBackup, Targets, Trigger, UnpinBackup, VerifyBackup, VerifyReport, keygen,
 };
 use lucid_actors::config::BackupStorage;
 use lucid_actors::state::{self, DaemonLock, StateError};
@@ -238,6 +238,9 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
             stores,
             identity,
             to_volume,
+            to_db,
+            to_redis_db,
+            index_prefix,
             force,
         } => {
             let id = match parse_id(&id) {
@@ -252,15 +255,19 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                 }
             };
             eprintln!("lucid-db backup: restoring {id}: checking every artifact first");
-            let report = b
-                .call(RestoreBackup {
-                    id,
-                    stores,
-                    identity,
-                    targets: Targets { to_volume },
-                    force,
-                })
-                .await?;
+            let restore = b.call(RestoreBackup {
+                id,
+                stores,
+                identity,
+                targets: Targets {
+                    to_volume,
+                    to_db,
+                    to_redis_db,
+                    index_prefix,
+                },
+                force,
+            });
+            let report = follow_restore(b, id, restore).await?;
             if json {
                 print_json(&report);
             } else {
@@ -416,6 +423,41 @@ async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError
                 shown.finish();
                 return Err(e);
             }
+        }
+    }
+}
+
+/// Waits for a restore, with a progress line on stderr at most once a second while it runs
+/// (the restore's own [`RestoreStatus`], asked every [`POLL`]), when it changed.
+async fn follow_restore(
+    b: &BackupHandle,
+    id: BackupId,
+    restore: impl std::future::Future<Output = Result<RestoreReport, BackupError>>,
+) -> Result<RestoreReport, BackupError> {
+    tokio::pin!(restore);
+    let mut ticks = tokio::time::interval(POLL);
+    let (mut last_line, mut last_text) = (None::<tokio::time::Instant>, String::new());
+    loop {
+        tokio::select! {
+            report = &mut restore => return report,
+            _ = ticks.tick() => {}
+        }
+        let Ok(Some(p)) = b.call(RestoreStatus).await else {
+            continue;
+        };
+        let text = format!(
+            "lucid-db backup: restoring {id}: {}/{} artifacts{}",
+            p.artifacts_done,
+            p.artifacts_planned,
+            p.current
+                .as_deref()
+                .map(|a| format!(", restoring {a} ({} items read)", p.items_read))
+                .unwrap_or_default()
+        );
+        if text != last_text && last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            eprintln!("{text}");
+            last_line = Some(tokio::time::Instant::now());
+            last_text = text;
         }
     }
 }

@@ -240,8 +240,8 @@ pub enum BackupCommand {
     /// does not hold.
     Restore {
         id: String,
-        /// What to restore, comma-separated: volumes, volumes:NAME [default: everything the
-        /// backup holds complete].
+        /// What to restore, comma-separated: volumes, volumes:NAME, mongodb, mongodb:COLL, redis,
+        /// elasticsearch, elasticsearch:INDEX [default: everything the backup holds].
         #[arg(long, value_delimiter = ',', value_name = "STORES", value_parser = parse_store)]
         stores: Vec<StoreSelector>,
         /// An age identity file (as `backup keygen` or `age-keygen` write).
@@ -250,6 +250,15 @@ pub enum BackupCommand {
         /// Restore the one selected volume into this volume instead.
         #[arg(long, value_name = "NAME", value_parser = parse_volume)]
         to_volume: Option<VolumeName>,
+        /// Restore MongoDB collections into this database instead of mongodb.database.
+        #[arg(long, value_name = "NAME", value_parser = parse_database)]
+        to_db: Option<String>,
+        /// Restore Redis keys into this database index instead of the one redis.url selects.
+        #[arg(long, value_name = "N")]
+        to_redis_db: Option<u32>,
+        /// Put P before every restored Elasticsearch index and alias name (a-z 0-9 - _).
+        #[arg(long, value_name = "P", value_parser = parse_index_prefix)]
+        index_prefix: Option<String>,
         /// Replace targets that hold data.
         #[arg(long)]
         force: bool,
@@ -302,6 +311,16 @@ fn parse_store(text: &str) -> Result<StoreSelector, String> {
 
 fn parse_volume(text: &str) -> Result<VolumeName, String> {
     VolumeName::new(text).map_err(|e| e.to_string())
+}
+
+fn parse_database(text: &str) -> Result<String, String> {
+    lucid_actors::mongo::check_database_name(text).map(|()| text.to_owned())
+}
+
+fn parse_index_prefix(text: &str) -> Result<String, String> {
+    lucid_actors::search::check_prefix(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,7 +49,7 @@ pub(super) struct Probe<T> {
 
 /// Waits until `backend` is up, at most the call deadline; a backend that does not come up is
 /// `unavailable`, with what the registry knows of why.
-async fn wait_up(shared: &Shared, backend: Backend) -> Result<(), Failure> {
+pub(super) async fn wait_up(shared: &Shared, backend: Backend) -> Result<(), Failure> {
     let Some(registry) = &shared.stores.registry else {
         return Ok(());
     };

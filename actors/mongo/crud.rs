@@ -453,6 +453,7 @@ impl sealed::Sealed for InsertOne {}
 
 impl MongoOp for InsertOne {
     type Output = Bson;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let raw = checked(shared.catalog.get(self.collection), "", &self.document)?;
@@ -485,6 +486,7 @@ impl sealed::Sealed for InsertMany {}
 
 impl MongoOp for InsertMany {
     type Output = Vec<Bson>;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         if self.documents.is_empty() {
@@ -676,6 +678,7 @@ macro_rules! update_op {
 
         impl MongoOp for $name {
             type Output = UpdateSummary;
+            const WRITES: bool = true;
 
             fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
                 check_no_javascript("filter", &self.filter)?;
@@ -720,6 +723,7 @@ impl sealed::Sealed for ReplaceOne {}
 
 impl MongoOp for ReplaceOne {
     type Output = UpdateSummary;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         check_no_javascript("filter", &self.filter)?;
@@ -749,7 +753,7 @@ impl MongoOp for ReplaceOne {
 }
 
 macro_rules! filter_op {
-    ($(#[$doc:meta])* $name:ident -> $out:ty, |$coll:ident, $filter:ident| $body:expr) => {
+    ($(#[$doc:meta])* $name:ident -> $out:ty, writes: $writes:literal, |$coll:ident, $filter:ident| $body:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -765,6 +769,7 @@ macro_rules! filter_op {
 
         impl MongoOp for $name {
             type Output = $out;
+            const WRITES: bool = $writes;
 
             fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
                 check_no_javascript("filter", &self.filter)?;
@@ -780,15 +785,15 @@ macro_rules! filter_op {
 
 filter_op!(
     /// Deletes the first document matching `filter`; answers how many were deleted (0 or 1).
-    DeleteOne -> u64, |c, f| async move { c.delete_one(f).await.map(|r| r.deleted_count) }
+    DeleteOne -> u64, writes: true, |c, f| async move { c.delete_one(f).await.map(|r| r.deleted_count) }
 );
 filter_op!(
     /// Deletes every document matching `filter`; answers how many.
-    DeleteMany -> u64, |c, f| async move { c.delete_many(f).await.map(|r| r.deleted_count) }
+    DeleteMany -> u64, writes: true, |c, f| async move { c.delete_many(f).await.map(|r| r.deleted_count) }
 );
 filter_op!(
     /// How many documents match `filter` (an exact count).
-    Count -> u64, |c, f| c.count_documents(f)
+    Count -> u64, writes: false, |c, f| c.count_documents(f)
 );
 
 /// The distinct values of `field` among the documents matching `filter`.

@@ -394,6 +394,7 @@ impl sealed::Sealed for InsertJson {}
 
 impl MongoOp for InsertJson {
     type Output = Value;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let document = document("", self.document)?;
@@ -425,6 +426,7 @@ impl sealed::Sealed for InsertManyJson {}
 
 impl MongoOp for InsertManyJson {
     type Output = Vec<Value>;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let documents = self
@@ -481,6 +483,7 @@ impl sealed::Sealed for UpdateJson {}
 
 impl MongoOp for UpdateJson {
     type Output = JsonUpdateSummary;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let (collection, upsert) = (self.collection, self.upsert);
@@ -522,6 +525,7 @@ impl sealed::Sealed for DeleteJson {}
 
 impl MongoOp for DeleteJson {
     type Output = u64;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, MongoError> {
         let (collection, filter) = (self.collection, filter("filter", self.filter)?);

@@ -203,6 +203,39 @@ impl MongoHandle {
         self.send(Export { collection }).await
     }
 
+    /// What an import into `collection` of `database` (`None`: `mongodb.database`) would find
+    /// there, and how many documents it holds — the rule [`Import`] applies, asked before
+    /// anything is written (a restore looks at every target first). Writes nothing.
+    pub async fn import_target(
+        &self,
+        collection: Collection,
+        database: Option<&str>,
+    ) -> Result<(TargetState, u64), MongoError> {
+        let shared = &self.shared;
+        let (conn, generation) = shared.usable()?;
+        let database = database.unwrap_or(&shared.settings.database);
+        super::check_database_name(database)
+            .map_err(|reason| MongoError::invalid("database", reason))?;
+        let deadline = shared.settings.deadline;
+        let db = conn.client.database(database);
+        let coll = db.collection::<RawDocumentBuf>(collection.name());
+        let found = async {
+            let state = target_state(&db, &coll, deadline).await?;
+            let documents = if state == TargetState::Holding {
+                MongoError::within(deadline, async { Ok(coll.count_documents(doc! {}).await?) })
+                    .await?
+            } else {
+                0
+            };
+            Ok((state, documents))
+        }
+        .await;
+        if let Err(e) = &found {
+            shared.report(generation, e);
+        }
+        found
+    }
+
     /// Imports documents into a collection (see the module doc). `source` may be any stream
     /// — another export's feed too; one that yields nothing for
     /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it
@@ -305,6 +338,8 @@ async fn import(
     let db = conn.client.database(&database);
     let name = target.collection.name();
     let coll = db.collection::<RawDocumentBuf>(name);
+    // Into the live database: the daemon's own writes answer `busy` until the import ends.
+    let _gate = (database == settings.database).then(|| shared.restore_gate.hold());
 
     match options
         .existing

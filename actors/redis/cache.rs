@@ -110,6 +110,7 @@ impl RedisOp for CacheGet {
 
 impl RedisOp for CacheSet {
     type Output = ();
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         Ok(query(self.command(shared.settings())?, conn))
@@ -118,6 +119,7 @@ impl RedisOp for CacheSet {
 
 impl RedisOp for CacheDelete {
     type Output = bool;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let deleted = query::<u64>(self.command(), conn);

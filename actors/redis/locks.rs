@@ -173,6 +173,7 @@ impl Sealed for ExtendLock {}
 
 impl RedisOp for AcquireLock {
     type Output = LockAttempt;
+    const WRITES: bool = true;
 
     fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (lock, lease) = self.script_args(shared.settings())?;
@@ -232,6 +233,7 @@ impl RedisOp for ReleaseLock {
 
 impl RedisOp for ExtendLock {
     type Output = LockGuard;
+    const WRITES: bool = true;
 
     fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (lock, lease) = self.script_args(shared.settings())?;

@@ -250,6 +250,7 @@ impl Sealed for ListSessions {}
 
 impl RedisOp for CreateSession {
     type Output = Session;
+    const WRITES: bool = true;
 
     fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let CreateArgs {
@@ -315,6 +316,7 @@ impl RedisOp for GetSession {
 
 impl RedisOp for ExtendSession {
     type Output = Duration;
+    const WRITES: bool = true;
 
     fn start(self, mut conn: Conn, shared: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let (key, ttl) = self.script_args(shared.settings())?;
@@ -338,6 +340,7 @@ impl RedisOp for ExtendSession {
 
 impl RedisOp for DeleteSession {
     type Output = bool;
+    const WRITES: bool = true;
 
     fn start(self, mut conn: Conn, _: &Shared) -> Result<impl OpFuture<Self>, RedisError> {
         let key = self.script_args()?;

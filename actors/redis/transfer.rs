@@ -216,33 +216,39 @@ impl Handler<Export> for RedisActor {
     }
 }
 
+/// What an import into a database would find there, and how many keys it holds in all —
+/// the rule [`Import`] applies, asked before anything is written (a restore looks at every
+/// target first). Writes nothing.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(TargetState, u64), RedisError>")]
+pub struct InspectImportTarget {
+    pub target: ImportTarget,
+}
+
+impl Handler<InspectImportTarget> for RedisActor {
+    type Result = ResponseFuture<Result<(TargetState, u64), RedisError>>;
+
+    fn handle(&mut self, msg: InspectImportTarget, _: &mut Context<Self>) -> Self::Result {
+        let target = self.target_connection(msg.target);
+        Box::pin(async move {
+            let (mut conn, _, deadline) = target?.await?;
+            target_state(&mut conn, deadline).await
+        })
+    }
+}
+
 impl Handler<Import> for RedisActor {
     type Result = ResponseFuture<Result<ImportSummary, RedisError>>;
 
     /// Runs on the actor's arbiter, on a connection of its own to the target database.
     fn handle(&mut self, msg: Import, _: &mut Context<Self>) -> Self::Result {
-        let client = match self
-            .shared
-            .usable()
-            .and_then(|_| self.stream_client())
-            .and_then(|client| on_db(client, msg.options.target.db))
-        {
-            Ok(client) => client,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        let db = client.get_connection_info().redis_settings().db();
+        let target = self.target_connection(msg.options.target);
         let shared = self.shared.clone();
         Box::pin(async move {
             let settings = shared.settings();
-            let (mut conn, _) = connect_once(client, settings.deadline).await.map_err(|e| {
-                match (e, msg.options.target.db) {
-                    // The server refused the SELECT (an index past `databases`).
-                    (RedisError::Server { message }, Some(_)) => {
-                        RedisError::invalid("target.db", message)
-                    }
-                    (e, _) => e,
-                }
-            })?;
+            let (mut conn, db, _) = target?.await?;
+            // Into the live database: the daemon's own writes answer `busy` until it ends.
+            let _gate = (db == shared.database).then(|| shared.restore_gate.hold());
             let (found, keys) = target_state(&mut conn, settings.deadline).await?;
             match msg.options.existing.admit(found) {
                 Admission::Into | Admission::Replace => {}
@@ -301,6 +307,36 @@ async fn target_state(
 }
 
 impl RedisActor {
+    /// A connection of its own to an import's target database (the server refuses a
+    /// `SELECT` past `databases`: `invalid` naming `target.db`), its index, and the deadline.
+    fn target_connection(
+        &self,
+        target: ImportTarget,
+    ) -> Result<
+        impl Future<Output = Result<(MultiplexedConnection, i64, Duration), RedisError>> + use<>,
+        RedisError,
+    > {
+        let client = self
+            .shared
+            .usable()
+            .and_then(|_| self.stream_client())
+            .and_then(|client| on_db(client, target.db))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let deadline = self.shared.settings().deadline;
+        Ok(async move {
+            let (conn, _) =
+                connect_once(client, deadline)
+                    .await
+                    .map_err(|e| match (e, target.db) {
+                        (RedisError::Server { message }, Some(_)) => {
+                            RedisError::invalid("target.db", message)
+                        }
+                        (e, _) => e,
+                    })?;
+            Ok((conn, db, deadline))
+        })
+    }
+
     /// Streams run on a connection of their own: big DUMP or RESTORE batches must not delay
     /// the replies other callers wait for on the shared connection.
     fn stream_client(&self) -> Result<redis::Client, RedisError> {
@@ -553,6 +589,14 @@ impl RedisHandle {
     /// Streams every `lucid:*` key; see [`Export`].
     pub async fn export(&self) -> Result<Feed<ExportedKey, RedisError>, RedisError> {
         self.send(Export { pattern: None }).await
+    }
+
+    /// What an import into `target` would find there; see [`InspectImportTarget`].
+    pub async fn import_target(
+        &self,
+        target: ImportTarget,
+    ) -> Result<(TargetState, u64), RedisError> {
+        self.send(InspectImportTarget { target }).await
     }
 
     /// Restores keys from `source` into the database `options` names; see [`Import`]. The

@@ -171,6 +171,7 @@ impl sealed::Sealed for IndexDoc {}
 
 impl SearchOp for IndexDoc {
     type Output = IndexReply;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         if let Some(id) = &self.id {
@@ -342,6 +343,7 @@ impl sealed::Sealed for UpdateDoc {}
 
 impl SearchOp for UpdateDoc {
     type Output = IndexReply;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
@@ -394,6 +396,7 @@ impl sealed::Sealed for DeleteDoc {}
 
 impl SearchOp for DeleteDoc {
     type Output = bool;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, _: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         check_id(&self.id)?;
@@ -736,6 +739,7 @@ impl sealed::Sealed for Bulk {}
 
 impl SearchOp for Bulk {
     type Output = BulkReply;
+    const WRITES: bool = true;
 
     fn start(self, conn: Conn, shared: &Arc<Shared>) -> Result<impl OpFuture<Self>, SearchError> {
         if self.docs.is_empty() {

@@ -149,7 +149,8 @@ pub struct ImportDetails {
 /// document it cannot write fails it).
 pub type ImportSummary = transfer::ImportSummary<ImportDetails>;
 
-fn check_prefix(prefix: &str) -> Result<(), SearchError> {
+/// A prefix an import may put before index and alias names (`--index-prefix`).
+pub fn check_prefix(prefix: &str) -> Result<(), SearchError> {
     let ok = prefix.len() <= 64
         && prefix
             .chars()
@@ -242,6 +243,20 @@ impl SearchHandle {
             index: index.to_owned(),
         })
         .await
+    }
+
+    /// What an import into index `target` (prefix included) would find there, and how many
+    /// documents it holds — the rule [`Import`] applies, asked before anything is written (a
+    /// restore looks at every target first). Writes nothing.
+    pub async fn import_target(&self, target: &str) -> Result<(TargetState, u64), SearchError> {
+        let (conn, generation) = self.shared.usable()?;
+        match target_state(&conn, target, self.shared.settings.deadline).await {
+            Ok((found, _)) => Ok(found),
+            Err(e) => {
+                self.shared.report(generation, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Imports one index from an export (see the module doc). `documents` may be any stream
@@ -408,6 +423,8 @@ async fn import(
     let settings = &shared.settings;
     let target = format!("{prefix}{}", metadata.index);
     let deadline = settings.deadline;
+    // Under the live names: the daemon's own writes answer `busy` until the import ends.
+    let _gate = prefix.is_empty().then(|| shared.restore_gate.hold());
 
     let (found, write_flags) = match target_state(&conn, &target, deadline).await {
         Ok(found) => found,

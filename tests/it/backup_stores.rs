@@ -92,7 +92,7 @@ db.users.insert_many([{
     "nested": {"a": [1, "two", {"three": i}], "empty": {}}, "tags": ["x", "y"],
 } for i in range(250)])
 db.audit_logs.insert_many([{
-    "actor_id": f"u{i % 7}", "action": "login", "target": f"session {i}",
+    "actor_id": f"u{i % 7}", "action": "auth.login", "target": f"session {i}",
     "timestamp": start + datetime.timedelta(minutes=i), "details": {"ip": "10.0.0.1", "n": i},
 } for i in range(40)])
 "#;
@@ -726,6 +726,36 @@ fn a_backend_down_or_killed_mid_backup_makes_it_partial_naming_it_and_the_rest_v
         0,
     );
     assert_eq!(verified["passed"], true, "{verified}");
+
+    // What the partial backup holds complete restores (into another database here).
+    let restored = m.json(
+        &[
+            "restore",
+            &id,
+            "--identity",
+            &key_arg,
+            "--stores",
+            "mongodb",
+            "--to-db",
+            "after_partial",
+        ],
+        0,
+    );
+    let stores: Vec<&str> = restored["restored"]
+        .as_array()
+        .expect("restored")
+        .iter()
+        .map(|r| r["store"].as_str().expect("store"))
+        .collect();
+    assert!(
+        !stores.is_empty() && stores.iter().all(|s| *s == "mongodb"),
+        "{restored}"
+    );
+    let counted = python(
+        "import sys, pymongo\nprint(pymongo.MongoClient(sys.argv[1]).after_partial.users.count_documents({}))",
+        &[&b.mongo.url()],
+    );
+    assert_eq!(counted.trim(), "250");
 }
 
 /// Rewrites artifact `name` of backup `dir` (unencrypted zstd) with `change` applied to its
@@ -896,3 +926,5 @@ fn one_collection_or_one_index_alone_and_decoders_catch_what_checksums_cannot() 
         true
     );
 }
+
+mod restore;

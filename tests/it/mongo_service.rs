@@ -1695,3 +1695,75 @@ fn the_cli_prints_the_bootstrap_plan_applies_it_once_and_reports_stats() {
     let (code, _, err) = run(&nobody, &["stats"]);
     assert_eq!(code, Some(69), "{err}");
 }
+
+#[actix_rt::test]
+async fn writes_answer_busy_while_an_import_writes_into_the_live_database_and_reads_go_on() {
+    let server = mongo();
+    let (handles, m, _raw) = start(&server, |_| {}).await;
+    m.call(InsertOne {
+        collection: Collection::Users,
+        document: user(0),
+    })
+    .await
+    .expect("insert");
+    let (meta, _) = collect_export(&m, Collection::Users).await;
+
+    // An import into the live database, its source held open: a restore under way.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<RawDocumentBuf, String>>(1);
+    let source = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let importing = {
+        let m = m.clone();
+        let options = into_users(None, &meta).existing(Existing::Replace);
+        actix_rt::spawn(async move { m.import(options, source).await })
+    };
+    let started = Instant::now();
+    let err = loop {
+        match m
+            .call(InsertOne {
+                collection: Collection::AuditLogs,
+                document: doc! {"actor_id": "u1", "action": "auth.login", "target": "t",
+                "timestamp": DateTime::now()},
+            })
+            .await
+        {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "writes were never refused while the import ran"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(err.code(), "busy", "{err}");
+    assert!(err.to_string().contains("a restore is writing"), "{err}");
+    let refused_at = Instant::now();
+    let again = m
+        .call(DeleteMany {
+            collection: Collection::AuditLogs,
+            filter: doc! {},
+        })
+        .await
+        .expect_err("a delete is a write");
+    assert_eq!(again.code(), "busy");
+    assert!(refused_at.elapsed() < DEADLINE, "a refusal, not a wait");
+    // Reads go on.
+    m.call(Count {
+        collection: Collection::AuditLogs,
+        filter: doc! {},
+    })
+    .await
+    .expect("a read");
+
+    // The import ends: writes are taken again.
+    drop(tx);
+    importing.await.expect("join").expect("the import");
+    m.call(InsertOne {
+        collection: Collection::Users,
+        document: user(1),
+    })
+    .await
+    .expect("insert after");
+    stop(handles).await;
+}

@@ -1553,3 +1553,101 @@ async fn an_export_the_reader_abandons_ends_with_an_error_not_silently() {
     );
     stop(handles).await;
 }
+
+#[actix_rt::test]
+async fn writes_answer_busy_while_an_import_writes_into_the_live_database_and_reads_go_on() {
+    let server = redis();
+    let (handles, r, _raw) = start(&server, |_| {}).await;
+    let key = Key::new("cache", "profile", "busy").expect("key");
+    let value = Profile {
+        name: "bob".into(),
+        karma: 1,
+    };
+    r.cache_set(&key, &value, None).await.expect("set");
+
+    // An import into a scratch database holds nothing up.
+    let (scratch_feeder, scratch) = RedisHandle::import_feed();
+    let scratch_import = {
+        let r = r.clone();
+        actix_rt::spawn(async move {
+            r.import(ImportOptions::new(ImportTarget { db: Some(3) }), scratch)
+                .await
+        })
+    };
+    // A batch written there (64 keys), the scratch import still open: the live data takes
+    // writes.
+    for i in 0..64 {
+        let k = Key::new("cache", "filler", &i.to_string()).expect("key");
+        r.cache_set(&k, &value, None).await.expect("set");
+    }
+    for key in r.export_all().await.expect("export") {
+        scratch_feeder.send(key).await.expect("feed");
+    }
+    let mut db3 = raw_db(&server, 3).await;
+    let started = Instant::now();
+    loop {
+        let n: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut db3)
+            .await
+            .expect("DBSIZE");
+        if n >= 64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no batch in db 3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.cache_set(&key, &value, None)
+        .await
+        .expect("a scratch import does not hold writes up");
+
+    // An import into the live database, its source held open: a restore under way.
+    let (feeder, source) = RedisHandle::import_feed();
+    let live_import = {
+        let r = r.clone();
+        actix_rt::spawn(async move {
+            r.import(
+                ImportOptions::new(ImportTarget::default()).existing(Existing::Replace),
+                source,
+            )
+            .await
+        })
+    };
+    let started = Instant::now();
+    let err = loop {
+        match r.cache_set(&key, &value, None).await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "writes were never refused while the import ran"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Refused at once with `busy`, saying why; reads go on.
+    assert_eq!(err.code(), "busy", "{err}");
+    assert!(err.to_string().contains("a restore is writing"), "{err}");
+    let refused_at = Instant::now();
+    let again = r.cache_delete(&key).await.expect_err("a delete is a write");
+    assert_eq!(again.code(), "busy");
+    assert!(refused_at.elapsed() < DEADLINE, "a refusal, not a wait");
+    assert_eq!(
+        r.cache_get::<Profile>(&key).await.expect("read"),
+        Some(value.clone())
+    );
+
+    // The import ends: writes are taken again. The scratch import never held them up.
+    drop(feeder);
+    live_import.await.expect("join").expect("the import");
+    r.cache_set(&key, &value, None).await.expect("set after");
+    drop(scratch_feeder);
+    scratch_import
+        .await
+        .expect("join")
+        .expect("the scratch import");
+    stop(handles).await;
+}

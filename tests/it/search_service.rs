@@ -1797,3 +1797,54 @@ async fn stopping_the_daemon_sends_what_the_bulk_indexer_still_holds() {
     let (_, body) = raw.get("/lucid-transactions/_count").await;
     assert_eq!(body["count"], 25, "{body}");
 }
+
+#[actix_rt::test]
+async fn writes_answer_busy_while_an_import_writes_under_the_live_names_and_reads_go_on() {
+    let server = elasticsearch();
+    let (h, _, _raw) = start(&server, TestClock::at("2026-12-05T12:00:00Z"), |_| {}).await;
+    let write = |id: &str| IndexDoc {
+        entity: Entity::Sessions,
+        id: Some(id.into()),
+        source: session(id, "u1", "2026-12-01T10:00:00Z"),
+        refresh: true,
+    };
+    h.call(write("s0")).await.expect("indexed");
+    let (meta, _) = export_all(&h, "lucid-sessions-2026.12").await;
+
+    // An import under the live names, its source held open: a restore under way.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExportedDocument, String>>(1);
+    let source = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let importing = {
+        let h = h.clone();
+        let options = into(&meta, "").existing(Existing::Replace);
+        actix_rt::spawn(async move { h.import(options, source).await })
+    };
+    let started = Instant::now();
+    let err = loop {
+        match h.call(write("s1")).await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "writes were never refused while the import ran"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(err.code(), "busy", "{err}");
+    assert!(err.to_string().contains("a restore is writing"), "{err}");
+    // Reads go on.
+    h.call(Count {
+        entity: Entity::Sessions,
+        filters: vec![],
+        text: None,
+    })
+    .await
+    .expect("a read");
+
+    // The import ends: writes are taken again.
+    drop(tx);
+    importing.await.expect("join").expect("the import");
+    h.call(write("s2")).await.expect("indexed after");
+}

@@ -86,7 +86,12 @@ fn a_killed_drill_leaves_a_scratch_volume_that_the_next_drill_removes() {
         .spawn()
         .expect("spawn");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while scratch_volumes(&m).is_empty() {
+    // Its metadata, not its directory: the directory comes first, and a kill between the two
+    // leaves a bare directory that is not a volume yet (volume creation is not atomic).
+    while !scratch_volumes(&m)
+        .iter()
+        .any(|n| n.ends_with(".volume.json"))
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "no scratch volume appeared"

@@ -42,6 +42,7 @@ pub struct Config {
     pub log: LogConfig,
     pub supervisor: SupervisorConfig,
     pub http: HttpConfig,
+    pub metrics: MetricsConfig,
     pub redis: RedisConfig,
     pub mongodb: MongoConfig,
     pub elasticsearch: ElasticsearchConfig,
@@ -96,6 +97,14 @@ pub struct SupervisorConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub bind: SocketAddr,
+}
+
+/// The Prometheus metrics (docs/metrics.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record metrics and serve `/metrics`; off, `/metrics` answers 404.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -414,7 +414,9 @@ impl MongoHandle {
         let shared = &self.shared;
         shared
             .front
-            .run(deadline, move |conn| msg.start(conn, shared))
+            .run(crate::metrics::op_name::<M>(), deadline, move |conn| {
+                msg.start(conn, shared)
+            })
     }
 }
 

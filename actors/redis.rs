@@ -345,9 +345,11 @@ impl Shared {
 /// answers by the configured policy while Redis is down, for the operations that have one
 /// ([`RedisOp::when_down`]).
 async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisError> {
+    let operation = crate::metrics::op_name::<M>();
     let (conn, generation) = match shared.usable() {
         Ok(usable) => usable,
         Err(e) => {
+            crate::metrics::backend_call(Backend::Redis, operation, None, Some(e.code()));
             let Some(answer) = msg.when_down(&shared.settings) else {
                 return Err(e);
             };
@@ -357,7 +359,10 @@ async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisErr
         }
     };
     let fallback = msg.when_down(&shared.settings);
-    let res = RedisError::within(shared.front.deadline(), msg.start(conn, shared)?).await;
+    let work = msg.start(conn, shared).inspect_err(|e| {
+        crate::metrics::backend_call(Backend::Redis, operation, None, Some(e.code()));
+    })?;
+    let res = Front::<RedisActor>::timed(operation, shared.front.deadline(), work).await;
     match res {
         Err(e) if e.tells_of_connection() => {
             shared.front.report(generation, &e);

@@ -593,7 +593,9 @@ impl SearchHandle {
         let shared = &self.shared;
         shared
             .front
-            .run(deadline, move |conn| msg.start(conn, shared))
+            .run(crate::metrics::op_name::<M>(), deadline, move |conn| {
+                msg.start(conn, shared)
+            })
     }
 
     /// Sessions of one user, newest first, with more filters.

@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, HttpServer, middleware, web};
 use lucid_actors::{BackendStatus, HealthRegistry, Roles};
 use serde::{Deserialize, Serialize};
+
+use crate::http_metrics;
 
 /// What `/health` returns (and `lucid-db health --json` prints).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,9 +89,11 @@ pub fn serve(
     let data = web::Data::new(state);
     Ok(HttpServer::new(move || {
         App::new()
+            .wrap(middleware::from_fn(http_metrics::track))
             .app_data(data.clone())
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
+            .configure(http_metrics::routes)
     })
     .workers(2)
     .disable_signals()

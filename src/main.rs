@@ -6,6 +6,7 @@
 //! - `cli` — the clap definitions.
 //! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
 //! - `http` — the HTTP API (`/health`, `/ready`).
+//! - `http_metrics` — `GET /metrics` and the middleware counting HTTP requests.
 //! - `health_cmd` — `lucid-db health`.
 //! - `backup_cmd` — `lucid-db backup …`.
 //! - `mongo_cmd` — `lucid-db mongo …`.
@@ -24,6 +25,7 @@ mod daemon;
 mod exit;
 mod health_cmd;
 mod http;
+mod http_metrics;
 mod logging;
 mod mongo_cmd;
 mod schedule_cmd;

@@ -11,6 +11,7 @@ mod config_cli;
 mod daemon;
 mod docs;
 mod layering;
+mod metrics;
 mod mongo_service;
 mod redis_service;
 mod redis_supervision;

@@ -42,6 +42,7 @@ pub struct Config {
     pub log: LogConfig,
     pub supervisor: SupervisorConfig,
     pub http: HttpConfig,
+    pub metrics: MetricsConfig,
     pub redis: RedisConfig,
     pub mongodb: MongoConfig,
     pub elasticsearch: ElasticsearchConfig,
@@ -123,6 +124,14 @@ impl HttpConfig {
             self.tokens_file.clone()
         }
     }
+}
+
+/// The Prometheus metrics (docs/metrics.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record metrics and serve `/metrics`; off, `/metrics` answers 404.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

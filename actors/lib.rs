@@ -16,6 +16,7 @@
 //! - [`redact`] — the one redaction helper for URLs and credentials; [`redact::Secret`].
 //! - `glob` — the one `*`/`?` matcher: Redis keys a restore skips, cleanup's file patterns.
 //! - [`supervisor`] — connection state machine, backoff schedule, call errors and deadlines.
+//! - [`metrics`] — the Prometheus registry every actor records into, rendered for `/metrics`.
 //! - [`health`] — the health registry the backend actors and the volume actor (its data root)
 //!   write and `/health` reads.
 //! - `threads` — each store actor's own thread (an actix arbiter), named, tied to its starter.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod events;
 mod glob;
 pub mod health;
+pub mod metrics;
 pub mod mongo;
 pub mod redact;
 pub mod redis;
@@ -167,6 +169,7 @@ pub struct Handles {
 /// called.
 pub fn start(config: &Config, roles: Roles) -> Handles {
     let roles = roles.and(Roles::BUILT);
+    metrics::set_enabled(config.metrics.enabled);
     let registry = HealthRegistry::new();
     let stores = roles.contains(Part::Stores);
     let redis = (stores && config.redis.enabled).then(|| {

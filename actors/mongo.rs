@@ -421,12 +421,14 @@ impl MongoHandle {
         deadline: Duration,
     ) -> impl Future<Output = Result<M::Output, MongoError>> + '_ {
         let shared = &self.shared;
-        shared.front.run(deadline, move |conn| {
-            if M::WRITES {
-                shared.restore_gate.check()?;
-            }
-            msg.start(conn, shared)
-        })
+        shared
+            .front
+            .run(crate::metrics::op_name::<M>(), deadline, move |conn| {
+                if M::WRITES {
+                    shared.restore_gate.check()?;
+                }
+                msg.start(conn, shared)
+            })
     }
 }
 

@@ -358,9 +358,11 @@ async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisErr
     if M::WRITES {
         shared.restore_gate.check()?;
     }
+    let operation = crate::metrics::op_name::<M>();
     let (conn, generation) = match shared.usable() {
         Ok(usable) => usable,
         Err(e) => {
+            crate::metrics::backend_call(Backend::Redis, operation, None, Some(e.code()));
             let Some(answer) = msg.when_down(&shared.settings) else {
                 return Err(e);
             };
@@ -370,7 +372,10 @@ async fn exec<M: RedisOp>(shared: &Shared, msg: M) -> Result<M::Output, RedisErr
         }
     };
     let fallback = msg.when_down(&shared.settings);
-    let res = RedisError::within(shared.front.deadline(), msg.start(conn, shared)?).await;
+    let work = msg.start(conn, shared).inspect_err(|e| {
+        crate::metrics::backend_call(Backend::Redis, operation, None, Some(e.code()));
+    })?;
+    let res = Front::<RedisActor>::timed(operation, shared.front.deadline(), work).await;
     match res {
         Err(e) if e.tells_of_connection() => {
             shared.front.report(generation, &e);

@@ -762,6 +762,7 @@ impl SchedulerActor {
             }),
         }
         self.stats.runs += 1;
+        crate::metrics::job_run(job.as_str(), ended.outcome.label());
         let record = RunRecord {
             run_id: f.run_id,
             job,
@@ -787,6 +788,7 @@ impl SchedulerActor {
     ) {
         let now = self.now();
         self.stats.skipped += 1;
+        crate::metrics::job_run(job.as_str(), "skipped");
         events::emit(JobSkipped {
             job: job.as_str(),
             slot: show(slot),

@@ -602,12 +602,14 @@ impl SearchHandle {
         deadline: Duration,
     ) -> impl Future<Output = Result<M::Output, SearchError>> + '_ {
         let shared = &self.shared;
-        shared.front.run(deadline, move |conn| {
-            if M::WRITES {
-                shared.restore_gate.check()?;
-            }
-            msg.start(conn, shared)
-        })
+        shared
+            .front
+            .run(crate::metrics::op_name::<M>(), deadline, move |conn| {
+                if M::WRITES {
+                    shared.restore_gate.check()?;
+                }
+                msg.start(conn, shared)
+            })
     }
 
     /// Sessions of one user, newest first, with more filters.

@@ -216,6 +216,30 @@ impl Meter {
     }
 }
 
+/// The metrics of a run that wrote a manifest: the run's outcome, and each store's bytes,
+/// time and (when complete) the time of its last success; a skipped store is not counted.
+fn record_metrics(report: &RunReport) {
+    crate::metrics::backup_run(report.outcome.as_str());
+    for (store, r) in &report.stores {
+        if r.outcome == Outcome::Skipped {
+            continue;
+        }
+        let elapsed = r
+            .started
+            .zip(r.ended)
+            .and_then(|(s, e)| (e - s).to_std().ok());
+        let ended = r.ended.unwrap_or(report.ended);
+        crate::metrics::backup_store(crate::metrics::StoreBackup {
+            store,
+            complete: r.outcome == Outcome::Complete,
+            ended_unix: ended.timestamp_millis() as f64 / 1000.0,
+            elapsed,
+            source_bytes: r.artifacts.iter().map(|a| a.bytes_in).sum(),
+            stored_bytes: r.artifacts.iter().map(|a| a.bytes_stored).sum(),
+        });
+    }
+}
+
 /// Runs the job to its end; see the module doc.
 pub(super) async fn run(job: Job) -> RunReport {
     let started = Utc::now();
@@ -265,6 +289,7 @@ pub(super) async fn run(job: Job) -> RunReport {
                 // Storage is the truth: the next open of the catalogue picks the backup up.
                 tracing::warn!(id = %job.id, error = %e, code = e.code(), "backup catalogue not updated");
             }
+            record_metrics(&report);
             let failed: Vec<String> = failures(&report.stores)
                 .into_iter()
                 .map(|(what, _, _)| what)
@@ -302,6 +327,7 @@ pub(super) async fn run(job: Job) -> RunReport {
             {
                 tracing::warn!(id = %job.id, error = %del, "a failed backup's files were not removed; the next run will");
             }
+            crate::metrics::backup_run(BackupOutcome::Failed.as_str());
             events::emit(BackupFailed {
                 id: job.id.to_string(),
                 stores,

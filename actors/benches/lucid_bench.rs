@@ -14,6 +14,7 @@
 //! the actors. Each backend has its workloads (`redis_workloads`, `mongo_workloads`) and a
 //! section that starts its server; `cargo bench --bench lucid_bench -- mongo` runs one.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -437,6 +438,10 @@ fn main() {
         backup_child(&job);
         return;
     }
+    if let Ok(job) = std::env::var(FULL_CHILD) {
+        full_child(&job);
+        return;
+    }
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let seconds: f64 = std::env::var("LUCID_BENCH_SECONDS")
         .ok()
@@ -465,6 +470,13 @@ fn main() {
     // Its own section name: a filter containing "redis" or "backup" runs those sections too.
     let redis_backup = if wants("keyspace") {
         redis_backup_bench()
+    } else {
+        json!(null)
+    };
+    // A name of its own that no other filter matches: `backup` alone does not start three
+    // servers and plant 200 MB.
+    let full_backup = if wants("everystore") {
+        full_backup_bench()
     } else {
         json!(null)
     };
@@ -499,6 +511,7 @@ fn main() {
         "volume": volume,
         "backup": backup,
         "redis_backup": redis_backup,
+        "full_backup": full_backup,
     }));
 }
 
@@ -1783,5 +1796,361 @@ fn es_section(
         let rows = run(&wanted(es_workloads(h, client), filter), duration).await;
         handles.shutdown(Duration::from_secs(1)).await;
         rows
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full backup
+
+/// Set in the environment of a child this benchmark starts for the full backup (see
+/// [`full_child`]): `<mode>\t<redis url>\t<mongo url>\t<es url>\t<volumes root>\t<state
+/// dir>\t<result file>`; mode `full` (every store), `mongodb` (the MongoDB store alone) or
+/// `mongodb-direct` (a driver cursor loop).
+const FULL_CHILD: &str = "LUCID_BENCH_FULL_CHILD";
+
+/// What a `LUCID_BENCH_FULL_MB` data set is made of: MongoDB 30 %, Redis 20 %, Elasticsearch
+/// 10 %, volumes 40 % (of source bytes).
+const FULL_SHARES: [(&str, f64); 4] = [
+    ("mongodb", 0.3),
+    ("redis", 0.2),
+    ("elasticsearch", 0.1),
+    ("volumes", 0.4),
+];
+
+/// Random letters and digits, `n` of them (compresses about as well as JSON text does not).
+fn letters(x: &mut u64, n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ -"[(*x % 64) as usize]
+                as char
+        })
+        .collect()
+}
+
+/// One run in a child: the full backup or the MongoDB store through the actors (unencrypted,
+/// fs storage in the `backups` volume, as the defaults give), or the direct loop. Writes the
+/// seconds the work took and the documents it read to the result file.
+fn full_child(job: &str) {
+    use lucid_actors::backup::{BackupOutcome, BackupStatus, RunStatus, StartBackup, Trigger};
+    let [mode, redis_url, mongo_url, es_url, root, state, result] =
+        job.split('\t').collect::<Vec<_>>()[..]
+    else {
+        panic!("{FULL_CHILD}={job:?}: want 7 fields")
+    };
+    let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+    cfg.volumes.root = root.into();
+    cfg.state_dir = state.into();
+    cfg.redis.url = redis_url.into();
+    cfg.mongodb.url = mongo_url.into();
+    cfg.elasticsearch.url = es_url.into();
+    cfg.supervisor.call_deadline = Duration::from_secs(30);
+    let full = mode == "full";
+    cfg.redis.enabled = full;
+    cfg.elasticsearch.enabled = full;
+    let (elapsed, docs, bytes_in) = actix_rt::System::new().block_on(async {
+        if mode == "mongodb-direct" {
+            let (elapsed, docs) = mongo_direct(&cfg, root).await;
+            return (elapsed, docs, 0);
+        }
+        let handles = lucid_actors::start(&cfg, Roles::CLI);
+        let up = Instant::now();
+        while handles.registry.readiness().is_err()
+            || handles
+                .mongo
+                .as_ref()
+                .is_some_and(|m| m.last_bootstrap().is_none())
+        {
+            assert!(up.elapsed() < Duration::from_secs(60), "backends never up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let backup = handles.backup.clone().unwrap_or_else(|| panic!("backup"));
+        let stores = if full {
+            vec![]
+        } else {
+            vec!["mongodb".parse().unwrap_or_else(|e| panic!("{e}"))]
+        };
+        let started = Instant::now();
+        let id = backup
+            .call(StartBackup {
+                stores,
+                trigger: Trigger::Api,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let report = loop {
+            match backup.call(BackupStatus { id }).await {
+                Ok(RunStatus::Finished(r)) => break r,
+                Ok(RunStatus::Running { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("status: {e}"),
+            }
+        };
+        let elapsed = started.elapsed();
+        assert_eq!(report.outcome, BackupOutcome::Complete, "{report:?}");
+        let docs = report.stores.get("mongodb").map_or(0, |s| {
+            count_documents(&serde_json::Value::Object(s.source.clone()))
+        });
+        for (store, r) in &report.stores {
+            let bytes_in: u64 = r.artifacts.iter().map(|a| a.bytes_in).sum();
+            eprintln!("  {mode}: {store}: {bytes_in} bytes read");
+        }
+        handles.shutdown(Duration::from_secs(5)).await;
+        (elapsed, docs, report.bytes_in)
+    });
+    std::fs::write(
+        result,
+        format!("{} {docs} {bytes_in}", elapsed.as_secs_f64()),
+    )
+    .unwrap_or_else(|e| panic!("result: {e}"));
+}
+
+/// The documents a MongoDB store's source facts count, whatever their nesting.
+fn count_documents(v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v) {
+                ("count" | "documents", serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
+                _ => count_documents(v),
+            })
+            .sum(),
+        serde_json::Value::Array(a) => a.iter().map(count_documents).sum(),
+        _ => 0,
+    }
+}
+
+/// The direct path: every Lucid collection read with a plain driver cursor of raw documents,
+/// their bytes written as they are (concatenated BSON, as the backup's `.bson` files) through
+/// zstd -3 to a file, synced.
+async fn mongo_direct(cfg: &Config, root: &str) -> (Duration, u64) {
+    use lucid_actors::mongo::bson::RawDocumentBuf;
+    use std::io::Write;
+    let client = mongodb::Client::with_uri_str(cfg.mongodb.url.expose())
+        .await
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    let db = client.database(&cfg.mongodb.database);
+    let started = Instant::now();
+    let mut docs = 0u64;
+    let path = std::path::Path::new(root).join("direct.bson.zst");
+    let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("create: {e}"));
+    let mut out = zstd::Encoder::new(file, 3).unwrap_or_else(|e| panic!("zstd: {e}"));
+    for c in Collection::ALL {
+        let mut cursor = db
+            .collection::<RawDocumentBuf>(c.name())
+            .find(doc! {})
+            .await
+            .unwrap_or_else(|e| panic!("find: {e}"));
+        while let Some(d) = cursor.next().await {
+            let d = d.unwrap_or_else(|e| panic!("cursor: {e}"));
+            out.write_all(d.as_bytes())
+                .unwrap_or_else(|e| panic!("write: {e}"));
+            docs += 1;
+        }
+    }
+    let file = out.finish().unwrap_or_else(|e| panic!("zstd: {e}"));
+    file.sync_all().unwrap_or_else(|e| panic!("sync: {e}"));
+    (started.elapsed(), docs)
+}
+
+/// A full backup — MongoDB, Redis, Elasticsearch and the volumes under one id, through the
+/// daemon's actors in a process of its own — of a fixed data set of `LUCID_BENCH_FULL_MB`
+/// (default 200) MB: seconds, MB/s and the process's peak RSS (target ≤ 64 MiB; the seed's
+/// floor is 5 minutes). Then the MongoDB part alone against a direct driver cursor loop
+/// writing the same BSON through the same zstd: client CPU per document, median of `ROUNDS`
+/// interleaved runs, each a process of its own.
+fn full_backup_bench() -> serde_json::Value {
+    let mb: f64 = std::env::var("LUCID_BENCH_FULL_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200.0);
+    let share = |store: &str| {
+        FULL_SHARES
+            .iter()
+            .find(|(s, _)| *s == store)
+            .map_or(0.0, |(_, f)| f * mb * 1e6)
+    };
+    let (redis_s, mongo_s, es_s) = (
+        lucid_testkit::redis(),
+        lucid_testkit::mongo(),
+        lucid_testkit::elasticsearch(),
+    );
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (root, state) = (dir.path().join("volumes"), dir.path().join("state"));
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let planted = Instant::now();
+    let mut bytes = BTreeMap::new();
+    // Volumes: 512 KiB chunk files in one volume (plus its 2,000 small files).
+    let files = (share("volumes") / (512.0 * 1024.0)).ceil() as usize;
+    bytes.insert("volumes", plant_volume(&root.join("chunks"), files));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let database = Config::defaults()
+        .unwrap_or_else(|e| panic!("defaults: {e}"))
+        .mongodb
+        .database;
+    let mongo_docs = actix_rt::System::new().block_on(async {
+        // MongoDB: analytics points of about 1 KiB.
+        let client = mongodb::Client::with_uri_str(mongo_s.url())
+            .await
+            .unwrap_or_else(|e| panic!("client: {e}"));
+        let coll = client
+            .database(&database)
+            .collection::<Document>(Collection::Analytics.name());
+        let n = (share("mongodb") / 1024.0) as u64;
+        for start in (0..n).step_by(1000) {
+            let batch: Vec<Document> = (start..(start + 1000).min(n))
+                .map(|i| {
+                    doc! {
+                        "metric": "bench.full",
+                        // Now: the collection's TTL index deletes old points.
+                        "timestamp": DateTime::now(),
+                        "value": i as i64,
+                        "dimensions": {"note": letters(&mut x, 960)},
+                    }
+                })
+                .collect();
+            coll.insert_many(batch)
+                .await
+                .unwrap_or_else(|e| panic!("plant mongodb: {e}"));
+        }
+        // Redis: strings of 1 KiB.
+        let mut conn = redis::Client::open(redis_s.url())
+            .unwrap_or_else(|e| panic!("client: {e}"))
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("redis: {e}"));
+        let keys = (share("redis") / 1024.0) as u64;
+        for start in (0..keys).step_by(1000) {
+            let mut pipe = redis::pipe();
+            for i in start..(start + 1000).min(keys) {
+                pipe.cmd("SET")
+                    .arg(format!("lucid:cache:full:{i}"))
+                    .arg(letters(&mut x, 1024))
+                    .ignore();
+            }
+            let () = pipe
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("plant redis: {e}"));
+        }
+        // Elasticsearch: documents of about 1 KiB in one lucid-* index.
+        let transport = elasticsearch::http::transport::Transport::single_node(&es_s.url())
+            .unwrap_or_else(|e| panic!("transport: {e}"));
+        let client = elasticsearch::Elasticsearch::new(transport);
+        let docs = (share("elasticsearch") / 1024.0) as usize;
+        for start in (0..docs).step_by(1000) {
+            let mut body = Vec::new();
+            for i in start..(start + 1000).min(docs) {
+                body.extend_from_slice(format!("{{\"index\":{{\"_id\":\"d{i}\"}}}}\n").as_bytes());
+                body.extend_from_slice(
+                    json!({"user_id": format!("u{i}"), "note": letters(&mut x, 960)})
+                        .to_string()
+                        .as_bytes(),
+                );
+                body.push(b'\n');
+            }
+            assert!(
+                es_direct(&client, "/lucid-bench-full/_bulk?refresh=true", body, true).await,
+                "plant elasticsearch"
+            );
+        }
+        n
+    });
+    bytes.insert("mongodb", (share("mongodb")) as u64);
+    bytes.insert("redis", (share("redis")) as u64);
+    bytes.insert("elasticsearch", (share("elasticsearch")) as u64);
+    println!(
+        "\nfull backup: planted {mb:.0} MB ({mongo_docs} MongoDB documents) in {:.0} s",
+        planted.elapsed().as_secs_f64()
+    );
+
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let result = dir.path().join("result");
+    let child = |mode: &str| {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.env(
+            FULL_CHILD,
+            [
+                mode,
+                &redis_s.url(),
+                &mongo_s.url(),
+                &es_s.url(),
+                &root.display().to_string(),
+                &state.display().to_string(),
+                &result.display().to_string(),
+            ]
+            .join("\t"),
+        );
+        let cost = run_child(cmd);
+        let text = std::fs::read_to_string(&result).unwrap_or_else(|e| panic!("result: {e}"));
+        let [secs, docs, bytes_in] = text.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("result {text:?}")
+        };
+        let secs: f64 = secs.parse().unwrap_or_else(|e| panic!("{e}"));
+        let docs: u64 = docs.parse().unwrap_or_else(|e| panic!("{e}"));
+        let bytes_in: u64 = bytes_in.parse().unwrap_or_else(|e| panic!("{e}"));
+        // Backups go to the `backups` volume: removed, so every run writes the same.
+        let _ = std::fs::remove_dir_all(root.join("backups"));
+        let _ = std::fs::remove_file(root.join("direct.bson.zst"));
+        (cost, secs, docs, bytes_in)
+    };
+
+    let (cost, secs, _, bytes_in) = child("full");
+    // What the backup read, as its report counts it (the planted shares are the aim).
+    let total_mb = bytes_in as f64 / 1e6;
+    let rss_mib = cost.max_rss_kib as f64 / 1024.0;
+    println!(
+        "  every store: {secs:.1} s ({total_mb:.0} MB, {:.1} MB/s), {:.1} s CPU, peak RSS {rss_mib:.1} MiB (target ≤ 64 MiB; the seed's floor: 300 s); the process, start to exit: {:.1} s",
+        total_mb / secs,
+        cost.cpu.as_secs_f64(),
+        cost.wall.as_secs_f64()
+    );
+
+    let _ = (child("mongodb"), child("mongodb-direct")); // warm both
+    let (mut a, mut d) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            a.push(child("mongodb"));
+            d.push(child("mongodb-direct"));
+        } else {
+            d.push(child("mongodb-direct"));
+            a.push(child("mongodb"));
+        }
+    }
+    let per_doc = |runs: &[(ChildCost, f64, u64, u64)]| {
+        (
+            median(
+                runs.iter()
+                    .map(|(c, _, n, _)| c.cpu.as_secs_f64() * 1e6 / (*n).max(1) as f64)
+                    .collect(),
+            ),
+            median(runs.iter().map(|(_, s, _, _)| *s).collect()),
+            runs.first().map_or(0, |(_, _, n, _)| *n),
+        )
+    };
+    let ((a_us, a_s, a_n), (d_us, d_s, d_n)) = (per_doc(&a), per_doc(&d));
+    println!(
+        "  MongoDB part ({a_n} documents; direct read {d_n}): lucid-db {a_us:.1} µs CPU/doc, {a_s:.2} s; direct cursor loop {d_us:.1} µs CPU/doc, {d_s:.2} s; CPU ratio {:.2}",
+        a_us / d_us
+    );
+    json!({
+        "data_set_mb": total_mb,
+        "planted_bytes": bytes,
+        "seconds": secs,
+        "mb_per_s": total_mb / secs,
+        "cpu_s": cost.cpu.as_secs_f64(),
+        "peak_rss_mib": rss_mib,
+        "process_seconds": cost.wall.as_secs_f64(),
+        "mongodb": {
+            "documents": a_n,
+            "lucid_cpu_us_per_doc": a_us,
+            "direct_cpu_us_per_doc": d_us,
+            "cpu_ratio": a_us / d_us,
+            "lucid_seconds": a_s,
+            "direct_seconds": d_s,
+        },
     })
 }

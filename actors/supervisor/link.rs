@@ -13,6 +13,7 @@
 //! - the call side, [`Front`]: the published connection or the answer to give at once, the
 //!   operation within its deadline, news of a lost connection back to the actor, and mailbox
 //!   sends within the deadline plus [`DELIVERY_GRACE`];
+//! - the call's metrics, once for every backend ([`Front::timed`]: counted, timed, error coded);
 //! - what callers hold, [`Handle`], for any backend's shared state ([`Shares`]);
 //! - [`Bootstraps`]: a backend's bootstrap runs one at a time, at connect or asked for.
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::prelude::*;
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::{
@@ -31,6 +33,7 @@ use super::{
 };
 use crate::config::SupervisorConfig;
 use crate::health::HealthEntry;
+use crate::metrics;
 use crate::threads::ActorThread;
 
 /// A future the actor awaits on its own thread.
@@ -241,9 +244,12 @@ impl<A: Supervised> Front<A> {
     ///
     /// (Not an `async fn`: one would keep `start`, and the message in it, twice in the future
     /// every call moves.)
+    ///
+    /// `operation` names it in the metrics ([`crate::metrics::op_name`] of the message).
     #[allow(clippy::manual_async_fn)]
     pub fn run<T, F>(
         &self,
+        operation: &'static str,
         deadline: Duration,
         start: impl FnOnce(A::Conn) -> Result<F, A::Error>,
     ) -> impl Future<Output = Result<T, A::Error>>
@@ -252,13 +258,35 @@ impl<A: Supervised> Front<A> {
         A: Handler<CallFailed<A::Error>>,
     {
         async move {
-            let (conn, generation) = self.usable()?;
-            let res = A::Error::within(deadline, start(conn)?).await;
+            let (conn, generation) = self.usable().inspect_err(|e| {
+                metrics::backend_call(A::BACKEND, operation, None, Some(e.code()));
+            })?;
+            let work = start(conn).inspect_err(|e| {
+                metrics::backend_call(A::BACKEND, operation, None, Some(e.code()));
+            })?;
+            let res = Self::timed(operation, deadline, work).await;
             if let Err(e) = &res {
                 self.report(generation, e);
             }
             res
         }
+    }
+
+    /// `work` within `deadline` ([`DeadlineError::within`]), counted and timed in the metrics
+    /// under `operation` with its error's code: the one place a backend call is measured, for
+    /// [`Front::run`] and for a backend that runs its calls its own way (Redis's answers while
+    /// down). A `map`, not an `async` block, for the same reason as `within`.
+    pub fn timed<T>(
+        operation: &'static str,
+        deadline: Duration,
+        work: impl Future<Output = Result<T, A::Error>>,
+    ) -> impl Future<Output = Result<T, A::Error>> {
+        let started = std::time::Instant::now();
+        A::Error::within(deadline, work).map(move |res| {
+            let code = res.as_ref().err().map(LinkError::code);
+            metrics::backend_call(A::BACKEND, operation, Some(started.elapsed()), code);
+            res
+        })
     }
 
     /// Sends `msg` through the actor's mailbox and waits for the answer within the deadline

@@ -65,6 +65,7 @@ impl VolumeActor {
                 walked_at: Instant::now(),
             },
         );
+        crate::metrics::volume_usage(name.as_str(), usage.tally.bytes, usage.quota_bytes);
         self.check_threshold(name, usage.percent);
         self.history_dirty |= self.history.record(name, &usage, self.clock.as_ref());
         self.check_filling(name, &usage);
@@ -102,6 +103,7 @@ impl VolumeActor {
             t.apparent_bytes = t.apparent_bytes.saturating_add_signed(apparent);
             t.files = t.files.saturating_add_signed(files);
             m.usage.percent = percent(t.bytes, m.usage.quota_bytes);
+            crate::metrics::volume_usage(name.as_str(), t.bytes, m.usage.quota_bytes);
             let p = m.usage.percent;
             self.check_threshold(name, p);
         }

@@ -3,7 +3,7 @@
 //! scope, a per-token rate limit and, for writes, the audit trail.
 //!
 //! One module per area: [`error`] (the one error shape), [`auth`] (tokens, scopes, the rate
-//! limit), [`audit`], and the endpoints in [`mongo`], [`redis_ops`] (the `redis` name is the driver's), [`search`], [`volumes`],
+//! limit), [`audit`], [`metrics`] (`/metrics` and the request counter), and the endpoints in [`mongo`], [`redis_ops`] (the `redis` name is the driver's), [`search`], [`volumes`],
 //! [`backup`]. The router is [`routes`]; [`guard`] is the one middleware every request passes:
 //! it knows each route's scope ([`scope_of`]), so no handler can forget to check it.
 //!
@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod error;
+pub mod metrics;
 pub mod mongo;
 pub mod openapi;
 pub mod redis_ops;
@@ -274,13 +275,16 @@ async fn guard(
     res
 }
 
+/// The method as a fixed label (audit, metrics): an extension method is `OTHER`.
 fn method_name(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
+        Method::HEAD => "HEAD",
         Method::POST => "POST",
-        Method::PATCH => "PATCH",
         Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
         Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
     }
 }
@@ -310,11 +314,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such endpoint"))
 }
 
-/// Every route. `/metrics` goes here too, beside `/health` (see the marked spot).
+/// Every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
         .route("/ready", web::get().to(ready));
-    // /metrics: registered here by the metrics module, under the guard like the others.
+    // `/metrics` (only while metrics are on), under the guard like the others.
+    cfg.configure(metrics::routes);
     cfg.route("/api/v1/openapi.json", web::get().to(openapi::serve));
     cfg.service(
         web::scope(API)
@@ -356,6 +361,8 @@ pub fn serve(
             .app_data(query.clone())
             .app_data(web::PayloadConfig::new(body_limit))
             .wrap(from_fn(guard))
+            // Outermost, so refusals by the guard are counted too.
+            .wrap(from_fn(metrics::track))
             .configure(routes)
             .default_service(web::to(not_found))
     })

@@ -12,6 +12,7 @@ mod daemon;
 mod docs;
 mod http;
 mod layering;
+mod metrics;
 mod mongo_service;
 mod redis_service;
 mod redis_supervision;

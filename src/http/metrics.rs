@@ -1,6 +1,6 @@
 //! `GET /metrics` (the Prometheus text of `lucid_actors::metrics`) and the middleware that
 //! counts every HTTP request by route template, method and status. With `metrics.enabled =
-//! false` the route is not there (404) and the middleware records nothing; `/health` and
+//! false` it answers 404 and the middleware records nothing; `/health` and
 //! `/ready` answer as ever.
 
 use std::time::Instant;
@@ -11,19 +11,24 @@ use actix_web::middleware::Next;
 use actix_web::{HttpResponse, web};
 use lucid_actors::metrics;
 
+use super::error::ApiError;
 use super::{ApiState, method_name};
 
-/// Adds `/metrics` when metrics are on.
+/// `/metrics`, always routed so the guard's rule for it (no token on loopback) holds; with
+/// metrics off it answers 404 in the one error shape.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    if metrics::enabled() {
-        cfg.route("/metrics", web::get().to(serve));
-    }
+    cfg.route("/metrics", web::get().to(serve));
 }
 
-async fn serve(state: web::Data<ApiState>) -> HttpResponse {
-    HttpResponse::Ok()
+async fn serve(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    if !metrics::enabled() {
+        return Err(ApiError::not_found(
+            "metrics are off (metrics.enabled = false)",
+        ));
+    }
+    Ok(HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
-        .body(metrics::render(&state.registry))
+        .body(metrics::render(&state.registry)))
 }
 
 /// Counts and times the request under its route's template (`/api/v1/…/{id}`, never the raw

@@ -369,7 +369,8 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
     for _ in 0..3 {
         assert_eq!(http_get(d.http, "/health").expect("GET /health").0, 200);
     }
-    assert_eq!(http_get(d.http, "/no/such/route").expect("GET").0, 404);
+    // An unknown path without a token is refused before it is looked up (docs/http.md).
+    assert_eq!(http_get(d.http, "/no/such/route").expect("GET").0, 401);
 
     let (code, text) = http_get(d.http, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{text}");
@@ -461,7 +462,7 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
         max_of(
             &s,
             "lucid_db_http_requests_total",
-            &[("route", "unmatched"), ("status", "404")]
+            &[("route", "unmatched"), ("status", "401")]
         ),
         Some(1.0),
         "{text}"

@@ -436,7 +436,7 @@ pub(super) async fn resolve(shared: &Shared, steps: &mut [Step]) -> Result<(), B
 }
 
 /// A database store's handle, or why there is none.
-fn store<'a, H>(handle: Option<&'a H>, what: &str) -> Result<&'a H, BackupError> {
+pub(super) fn store<'a, H>(handle: Option<&'a H>, what: &str) -> Result<&'a H, BackupError> {
     handle.ok_or_else(|| BackupError::Unavailable {
         what: what.to_owned(),
         reason: format!("{what} is disabled or does not run in this process"),
@@ -615,7 +615,11 @@ fn undecodable(artifact: &str, reason: &str) -> BackupError {
     })
 }
 
-fn store_error(store: &'static str, code: &'static str, e: &dyn std::fmt::Display) -> BackupError {
+pub(super) fn store_error(
+    store: &'static str,
+    code: &'static str,
+    e: &dyn std::fmt::Display,
+) -> BackupError {
     BackupError::Store {
         store,
         code,

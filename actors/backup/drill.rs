@@ -371,12 +371,22 @@ async fn drill_databases(
 /// What the server holds after one step, against the source facts: the documents of the
 /// collection or index, the keys the import wrote (the artifact's keys per type were compared
 /// with the facts before the import, as `decoded` does; expired and not-restorable keys are
-/// skipped by design).
+/// skipped by design, a key the server refused fails the drill).
 async fn compare_database(
     shared: &Shared,
     step: &Step,
     done: &super::restore::Restored,
 ) -> Result<(), BackupError> {
+    if done.refused > 0 {
+        return Err(BackupError::DrillMismatch {
+            artifact: step.record.name.clone(),
+            reason: format!(
+                "{} refused {} of its items (see the log for which and why)",
+                step.target.describe(),
+                done.refused
+            ),
+        });
+    }
     let (expected, found, what) = match &step.target {
         Target::Collection {
             collection,

@@ -88,6 +88,9 @@ pub struct Restored {
     pub read: u64,
     pub written: u64,
     pub skipped: u64,
+    /// Of `skipped`, the items the store refused alone (a Redis key whose payload it would
+    /// not take): a restore goes on without them, a drill fails.
+    pub refused: u64,
     pub elapsed_ms: u64,
 }
 
@@ -462,6 +465,7 @@ pub(super) async fn import_step(
         decoding,
         items,
     };
+    let mut refused = 0;
     let (read, written, skipped) = match &step.target {
         Target::Volume(name) => {
             let handle = shared.volumes("volumes")?;
@@ -528,6 +532,11 @@ pub(super) async fn import_step(
             for (key, why) in &summary.details.failures {
                 tracing::warn!(%key, reason = %why, "redis refused a key of the backup");
             }
+            refused = summary
+                .skipped
+                .get(&crate::transfer::Skip::Refused)
+                .copied()
+                .unwrap_or(0);
             (summary.read, summary.written, summary.skipped_total())
         }
         Target::Index {
@@ -569,6 +578,7 @@ pub(super) async fn import_step(
         read,
         written,
         skipped,
+        refused,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }

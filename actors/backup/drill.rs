@@ -114,27 +114,11 @@ pub(super) async fn drill(
                 let done = outcome?;
                 cleaned?;
                 restored += done.restored;
-                for (artifact, result) in done.checks {
-                    match result {
-                        Ok(()) => {
-                            checks.insert(artifact, ArtifactCheck::Ok);
-                        }
-                        Err(e) if is_finding(&e) => {
-                            about_the_key |= matches!(
-                                e,
-                                BackupError::Pipeline(PipelineError::WrongIdentity { .. })
-                            );
-                            passed = false;
-                            checks.insert(
-                                artifact,
-                                ArtifactCheck::Failed {
-                                    code: e.code().to_owned(),
-                                    message: e.to_string(),
-                                },
-                            );
-                        }
-                        Err(e) => return Err(e),
-                    }
+                for (artifact, outcome) in done.checks {
+                    let (check, key) = check_of(outcome)?;
+                    about_the_key |= key;
+                    passed &= check == ArtifactCheck::Ok;
+                    checks.insert(artifact, check);
                 }
                 steps
                     .iter()
@@ -145,6 +129,10 @@ pub(super) async fn drill(
             None => BTreeMap::new(),
         };
         for artifact in &record.artifacts {
+            // Restored by the steps above: only what no step takes is decoded here.
+            if database_steps.contains_key(&artifact.name) {
+                continue;
+            }
             // The stored bytes first, as a restore does: a damaged artifact is named as such
             // (not as whatever its import would stumble on), and nothing is restored from it.
             let checked = pipeline::verify_checksum(&storage, &id, artifact)
@@ -155,8 +143,6 @@ pub(super) async fn drill(
                 "volumes" => drill_volume(shared, &storage, &id, artifact, &decoding, &suffix)
                     .await
                     .map(|n| restored += n),
-                // Restored by the steps below: only what no step takes is decoded here.
-                _ if database_steps.contains_key(&artifact.name) => continue,
                 // Stores whose restore is not drilled yet: decoded and counted, as `decoded`.
                 _ => {
                     let parse = verify::parser_for(&artifact.name);
@@ -166,21 +152,9 @@ pub(super) async fn drill(
                         .map_err(BackupError::Pipeline)
                 }
             };
-            let check = match outcome {
-                Ok(()) => ArtifactCheck::Ok,
-                Err(e) if is_finding(&e) => {
-                    about_the_key |= matches!(
-                        e,
-                        BackupError::Pipeline(PipelineError::WrongIdentity { .. })
-                    );
-                    passed = false;
-                    ArtifactCheck::Failed {
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    }
-                }
-                Err(e) => return Err(e),
-            };
+            let (check, key) = check_of(outcome)?;
+            about_the_key |= key;
+            passed &= check == ArtifactCheck::Ok;
             checks.insert(artifact.name.clone(), check);
         }
         stores.insert(
@@ -229,6 +203,25 @@ pub(super) async fn drill(
         recorded: !about_the_key,
         counts_as,
     })
+}
+
+/// What is recorded of one artifact's outcome, and whether a failure is about the key (then
+/// nothing is recorded at all); an error that is no finding ends the drill.
+fn check_of(outcome: Result<(), BackupError>) -> Result<(ArtifactCheck, bool), BackupError> {
+    match outcome {
+        Ok(()) => Ok((ArtifactCheck::Ok, false)),
+        Err(e) if is_finding(&e) => Ok((
+            ArtifactCheck::Failed {
+                code: e.code().to_owned(),
+                message: e.to_string(),
+            },
+            matches!(
+                e,
+                BackupError::Pipeline(PipelineError::WrongIdentity { .. })
+            ),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// A failure that says something about the backup (recorded), rather than about the machine

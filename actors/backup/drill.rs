@@ -45,8 +45,8 @@ use super::keys::Identities;
 use super::manifest::{ArtifactCheck, ArtifactRecord, Level, LevelResult};
 use super::pipeline::{self, Decoding, PipelineError};
 use super::restore::{
-    Step, Target, Targets, check_artifact, import_step, plan, resolve, store, store_error,
-    stored_manifest,
+    Step, Target, Targets, check_artifact, database_target, import_step, plan, resolve, store,
+    store_error, stored_manifest,
 };
 use super::select::StoreSelector;
 use super::verify::{self, VerifyReport};
@@ -380,42 +380,13 @@ async fn compare_database(
             ),
         });
     }
-    let (expected, found, what) = match &step.target {
-        Target::Collection {
-            collection,
-            database,
-            documents,
-            ..
-        } => {
-            let mongo = store(shared.stores.mongo.as_ref(), "mongodb")?;
-            let (_, n) = mongo
-                .import_target(*collection, database.as_deref())
-                .await
-                .map_err(|e| store_error("mongodb", e.code(), &e))?;
-            (*documents, n, "documents")
-        }
-        Target::Redis { db } => {
-            let redis = store(shared.stores.redis.as_ref(), "redis")?;
-            let (_, n) = redis
-                .import_target(crate::redis::ImportTarget { db: *db })
-                .await
-                .map_err(|e| store_error("redis", e.code(), &e))?;
-            (done.written, n, "keys")
-        }
-        Target::Index {
-            index,
-            prefix,
-            documents,
-            ..
-        } => {
-            let search = store(shared.stores.search.as_ref(), "elasticsearch")?;
-            let (_, n) = search
-                .import_target(&format!("{prefix}{index}"))
-                .await
-                .map_err(|e| store_error("elasticsearch", e.code(), &e))?;
-            (*documents, n, "documents")
-        }
+    let expected = match &step.target {
+        Target::Collection { documents, .. } | Target::Index { documents, .. } => *documents,
+        Target::Redis { .. } => done.written,
         Target::Volume(_) => return Ok(()),
+    };
+    let Some((_, found, what)) = database_target(shared, &step.target).await? else {
+        return Ok(());
     };
     if expected != found {
         return Err(BackupError::DrillMismatch {

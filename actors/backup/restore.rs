@@ -662,6 +662,21 @@ pub(super) async fn holding(
                 Err(e) => Err(BackupError::Volume(e)),
             };
         }
+        _ => database_target(shared, target)
+            .await?
+            .unwrap_or((TargetState::Missing, 0, "")),
+    };
+    Ok((state == TargetState::Holding).then(|| format!("{count} {what}")))
+}
+
+/// What a database target holds (its state, and how many documents or keys: the unit's
+/// name); `None` for a volume.
+pub(super) async fn database_target(
+    shared: &Shared,
+    target: &Target,
+) -> Result<Option<(TargetState, u64, &'static str)>, BackupError> {
+    Ok(Some(match target {
+        Target::Volume(_) => return Ok(None),
         Target::Collection {
             collection,
             database,
@@ -690,8 +705,7 @@ pub(super) async fn holding(
                 .map_err(|e| store_error("elasticsearch", e.code(), &e))?;
             (state, n, "documents")
         }
-    };
-    Ok((state == TargetState::Holding).then(|| format!("{count} {what}")))
+    }))
 }
 
 /// The stores a default selection restores, by the manifest's store names.

@@ -403,6 +403,7 @@ pub struct BackupConfig {
     pub identity_file: PathBuf,
     pub s3: BackupS3Config,
     pub volumes: BackupVolumesConfig,
+    pub drill: BackupDrillConfig,
     /// Back up the stores at once instead of one after another (each store's export, and the
     /// compression of each, then compete for the disk and the CPU).
     pub parallel_stores: bool,
@@ -460,6 +461,15 @@ pub struct BackupVolumesConfig {
     pub include: Vec<String>,
     /// Volumes left out.
     pub exclude: Vec<String>,
+}
+
+/// Where a drill (`verify --level drilled`) restores what has no name of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupDrillConfig {
+    /// The Redis database index a drill restores keys into and empties afterwards: never the
+    /// one `redis.url` selects.
+    pub redis_db: u32,
 }
 
 /// Compression of backup artifacts.
@@ -1098,6 +1108,19 @@ fn validate(c: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
 
+    // A drill empties its Redis database afterwards: it must not be the live one.
+    if let Ok(info) = redis::IntoConnectionInfo::into_connection_info(c.redis.url.expose())
+        && info.redis_settings().db() == i64::from(c.backup.drill.redis_db)
+    {
+        err(
+            "backup.drill.redis_db",
+            format!(
+                "{} is the database redis.url selects: a drill empties this one afterwards",
+                c.backup.drill.redis_db
+            ),
+        );
+    }
+
     // Cron strings and jitters are the scheduler's (`scheduler::check_config`).
 }
 
@@ -1329,7 +1352,7 @@ mod tests {
     #[test]
     fn errors_name_their_key() {
         type Env<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(&str, Env, &str); 8] = [
+        let cases: [(&str, Env, &str); 9] = [
             ("[redis]\nurll = \"x\"\n", &[], "redis.urll"),
             ("bogus = 1\n", &[], "bogus"),
             ("[redis]\nurl = \"::not a url\"\n", &[], "redis.url"),
@@ -1353,6 +1376,12 @@ mod tests {
                 "[supervisor]\nbackoff_cap = \"100ms\"\n",
                 &[],
                 "supervisor.backoff_cap",
+            ),
+            // A drill empties its Redis database: never the live one.
+            (
+                "[redis]\nurl = \"redis://127.0.0.1:6379/3\"\n[backup.drill]\nredis_db = 3\n",
+                &[],
+                "backup.drill.redis_db",
             ),
         ];
         for (file, env, key) in cases {

@@ -2,8 +2,9 @@
 //! drill restores it into scratch targets beside the live data, compares what came back with
 //! the artifacts, records the outcome and each store's restore time as the `drilled` level in
 //! `verify.json`, and removes every scratch target — also when it fails. A drill that was
-//! killed leaves scratch targets behind: they carry the `drill-` prefix, and the next drill
-//! removes them by name before it starts.
+//! killed leaves scratch targets behind: they are named as drills' (`drill-…` volumes and
+//! indices, `<db>_drill_…` databases, the Redis database `backup.drill.redis_db`), and the
+//! next drill removes them by name before it starts.
 //!
 //! What is restored and compared:
 //!
@@ -14,7 +15,17 @@
 //!   every doubling of the archive (every 2nd file, every 4th, …; about 1,700 files of a
 //!   million) —, and the counts of files and bytes must match the archive's.
 //! - `lucid-db/…` (configuration, schema files): decoded to their end, as `decoded` does.
-//! - MongoDB, Redis and Elasticsearch join with their restores.
+//! - **MongoDB, Redis, Elasticsearch**: each store's artifacts through the restore's own
+//!   steps (checksum and decode against the source facts, then the store's import, refusing
+//!   any existing target) into scratch targets — MongoDB into `<db>_drill_<suffix>`, Redis
+//!   into `backup.drill.redis_db`, Elasticsearch under `drill-<suffix>-` — then the server's
+//!   counts are compared with the source facts (documents per collection and per index; the
+//!   keys written, the keys per type having been compared while decoding). A scratch target
+//!   is never the live data, so the stores' busy gate is not held: the daemon writes on.
+//!   Scratch targets are removed (drop database, `FLUSHDB`, delete `drill-*` indices) also
+//!   when the drill fails; a killed drill's are removed by name by the next. With Redis's
+//!   `maxmemory` set, a drill whose backup's `used_memory` does not fit beside what the server
+//!   uses is refused: it would evict live keys.
 //!
 //! A drill holds the backup lock (it writes, and a Pi has one disk) and the backup's reader
 //! lock. It needs an identity for an encrypted backup, like `decoded`.
@@ -22,6 +33,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -31,7 +44,11 @@ use super::id::BackupId;
 use super::keys::Identities;
 use super::manifest::{ArtifactCheck, ArtifactRecord, Level, LevelResult};
 use super::pipeline::{self, Decoding, PipelineError};
-use super::restore::stored_manifest;
+use super::restore::{
+    Step, Target, Targets, check_artifact, database_target, import_step, plan, resolve, store,
+    store_error, stored_manifest,
+};
+use super::select::StoreSelector;
 use super::verify::{self, VerifyReport};
 use super::{BackupError, RunLock, Shared};
 use crate::events::{self, BackupDrillFailed, BackupDrilled};
@@ -77,7 +94,8 @@ pub(super) async fn drill(
         &manifest,
         verify::keys_for(shared, &storage, &manifest, identity).await?,
     );
-    remove_leftovers(shared).await?;
+    remove_leftovers(shared, &manifest).await?;
+    redis_headroom(shared, &manifest).await?;
     let suffix = format!("{:04x}", rand::random::<u16>());
 
     let mut checks: BTreeMap<String, ArtifactCheck> = BTreeMap::new();
@@ -87,7 +105,34 @@ pub(super) async fn drill(
         let started = Instant::now();
         let mut restored = 0;
         let mut passed = true;
+        let database_steps = match database_plan(shared, &manifest, store, &suffix)? {
+            Some(steps) => {
+                let outcome =
+                    drill_databases(shared, &storage, &id, &manifest, &decoding, &steps).await;
+                // Every scratch target goes, whatever the outcome.
+                let cleaned = remove_scratch(shared, store, &suffix).await;
+                let done = outcome?;
+                cleaned?;
+                restored += done.restored;
+                for (artifact, outcome) in done.checks {
+                    let (check, key) = check_of(outcome)?;
+                    about_the_key |= key;
+                    passed &= check == ArtifactCheck::Ok;
+                    checks.insert(artifact, check);
+                }
+                steps
+                    .iter()
+                    .flat_map(|s| std::iter::once(&s.record).chain(s.target.metadata()))
+                    .map(|r| (r.name.clone(), ()))
+                    .collect::<BTreeMap<_, _>>()
+            }
+            None => BTreeMap::new(),
+        };
         for artifact in &record.artifacts {
+            // Restored by the steps above: only what no step takes is decoded here.
+            if database_steps.contains_key(&artifact.name) {
+                continue;
+            }
             // The stored bytes first, as a restore does: a damaged artifact is named as such
             // (not as whatever its import would stumble on), and nothing is restored from it.
             let checked = pipeline::verify_checksum(&storage, &id, artifact)
@@ -107,21 +152,9 @@ pub(super) async fn drill(
                         .map_err(BackupError::Pipeline)
                 }
             };
-            let check = match outcome {
-                Ok(()) => ArtifactCheck::Ok,
-                Err(e) if is_finding(&e) => {
-                    about_the_key |= matches!(
-                        e,
-                        BackupError::Pipeline(PipelineError::WrongIdentity { .. })
-                    );
-                    passed = false;
-                    ArtifactCheck::Failed {
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    }
-                }
-                Err(e) => return Err(e),
-            };
+            let (check, key) = check_of(outcome)?;
+            about_the_key |= key;
+            passed &= check == ArtifactCheck::Ok;
             checks.insert(artifact.name.clone(), check);
         }
         stores.insert(
@@ -172,6 +205,25 @@ pub(super) async fn drill(
     })
 }
 
+/// What is recorded of one artifact's outcome, and whether a failure is about the key (then
+/// nothing is recorded at all); an error that is no finding ends the drill.
+fn check_of(outcome: Result<(), BackupError>) -> Result<(ArtifactCheck, bool), BackupError> {
+    match outcome {
+        Ok(()) => Ok((ArtifactCheck::Ok, false)),
+        Err(e) if is_finding(&e) => Ok((
+            ArtifactCheck::Failed {
+                code: e.code().to_owned(),
+                message: e.to_string(),
+            },
+            matches!(
+                e,
+                BackupError::Pipeline(PipelineError::WrongIdentity { .. })
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// A failure that says something about the backup (recorded), rather than about the machine
 /// the drill runs on (which ends the drill with an error).
 fn is_finding(e: &BackupError) -> bool {
@@ -182,8 +234,289 @@ fn is_finding(e: &BackupError) -> bool {
     }
 }
 
-/// Removes the scratch volumes a killed drill left (by their prefix).
-async fn remove_leftovers(shared: &Shared) -> Result<(), BackupError> {
+/// The steps that restore `store`'s artifacts into its scratch targets: MongoDB into
+/// `<db>_drill_<suffix>`, Redis into `backup.drill.redis_db`, Elasticsearch under
+/// `drill-<suffix>-`. `None` for a store that is not a database or has no artifacts.
+fn database_plan(
+    shared: &Shared,
+    manifest: &super::manifest::Manifest,
+    store: &str,
+    suffix: &str,
+) -> Result<Option<Vec<Step>>, BackupError> {
+    let selector = match store {
+        "mongodb" => StoreSelector::Mongodb,
+        "redis" => StoreSelector::Redis,
+        "elasticsearch" => StoreSelector::Elasticsearch,
+        _ => return Ok(None),
+    };
+    if manifest
+        .stores
+        .get(store)
+        .is_none_or(|s| s.artifacts.is_empty())
+    {
+        return Ok(None);
+    }
+    let targets = Targets {
+        to_db: Some(scratch_database(shared, suffix)),
+        index_prefix: Some(format!("{PREFIX}{suffix}-")),
+        ..Targets::default()
+    };
+    let mut steps = plan(manifest, &[selector], &targets)?;
+    // Every Redis database of the backup into the drill's one, one after another (each is
+    // compared, then the database emptied for the next).
+    for step in &mut steps {
+        if let Target::Redis { db } = &mut step.target {
+            *db = Some(shared.config.backup.drill.redis_db);
+        }
+    }
+    Ok(Some(steps))
+}
+
+fn scratch_database(shared: &Shared, suffix: &str) -> String {
+    format!("{}{suffix}", scratch_database_prefix(shared))
+}
+
+fn scratch_database_prefix(shared: &Shared) -> String {
+    format!("{}_drill_", shared.config.mongodb.database)
+}
+
+/// What the database steps of one store found, per artifact.
+struct DatabaseDrill {
+    restored: u64,
+    checks: Vec<(String, Result<(), BackupError>)>,
+}
+
+/// Restores each step into its scratch target through the restore's own import (a scratch
+/// target is never the live data, so the store's busy gate is not held), then compares what
+/// the server holds with the manifest's source facts. A finding about one artifact is
+/// recorded and the drill goes on; anything else ends it (the caller removes the targets).
+async fn drill_databases(
+    shared: &Shared,
+    storage: &super::Storage,
+    id: &BackupId,
+    manifest: &super::manifest::Manifest,
+    decoding: &Decoding,
+    steps: &[Step],
+) -> Result<DatabaseDrill, BackupError> {
+    let mut steps = steps.to_vec();
+    resolve(shared, &mut steps).await?;
+    let mut out = DatabaseDrill {
+        restored: 0,
+        checks: Vec::new(),
+    };
+    let items = Arc::new(AtomicU64::new(0));
+    for step in &steps {
+        // As a restore does: stored bytes and decoded counts first, so a damaged artifact is
+        // named as such and nothing is imported from it.
+        let mut damaged = false;
+        for record in std::iter::once(&step.record).chain(step.target.metadata()) {
+            match check_artifact(storage, id, manifest, step.store, record, decoding).await {
+                Err(e) if is_finding(&e) => {
+                    damaged = true;
+                    out.checks.push((record.name.clone(), Err(e)));
+                }
+                Err(e) => return Err(e),
+                // The data artifact's check is recorded once its import compared.
+                Ok(()) if record.name != step.record.name => {
+                    out.checks.push((record.name.clone(), Ok(())));
+                }
+                Ok(()) => {}
+            }
+        }
+        if damaged {
+            continue;
+        }
+        let outcome = match import_step(
+            shared,
+            storage,
+            *id,
+            decoding,
+            step,
+            Existing::RefuseAny,
+            &items,
+        )
+        .await
+        {
+            Ok(done) => compare_database(shared, step, &done)
+                .await
+                .map(|()| done.written),
+            Err(e) => Err(e),
+        };
+        if let Target::Redis { db: Some(db) } = step.target {
+            // The next Redis database of the backup lands on an empty one too.
+            store(shared.stores.redis.as_ref(), "redis")?
+                .flush_scratch(db)
+                .await
+                .map_err(|e| store_error("redis", e.code(), &e))?;
+        }
+        match outcome {
+            Ok(written) => {
+                out.restored += written;
+                out.checks.push((step.record.name.clone(), Ok(())));
+            }
+            Err(e) if is_finding(&e) => out.checks.push((step.record.name.clone(), Err(e))),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What the server holds after one step, against the source facts: the documents of the
+/// collection or index, the keys the import wrote (the artifact's keys per type were compared
+/// with the facts before the import, as `decoded` does; expired and not-restorable keys are
+/// skipped by design, a key the server refused fails the drill).
+async fn compare_database(
+    shared: &Shared,
+    step: &Step,
+    done: &super::restore::Restored,
+) -> Result<(), BackupError> {
+    if done.refused > 0 {
+        return Err(BackupError::DrillMismatch {
+            artifact: step.record.name.clone(),
+            reason: format!(
+                "{} refused {} of its items (see the log for which and why)",
+                step.target.describe(),
+                done.refused
+            ),
+        });
+    }
+    let expected = match &step.target {
+        Target::Collection { documents, .. } | Target::Index { documents, .. } => *documents,
+        Target::Redis { .. } => done.written,
+        Target::Volume(_) => return Ok(()),
+    };
+    let Some((_, found, what)) = database_target(shared, &step.target).await? else {
+        return Ok(());
+    };
+    if expected != found {
+        return Err(BackupError::DrillMismatch {
+            artifact: step.record.name.clone(),
+            reason: format!(
+                "the backup holds {expected} {what}, {} holds {found} after the restore",
+                step.target.describe()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes `store`'s scratch targets of the drill with `suffix` (an empty `suffix`: of every
+/// drill, by name). A store that is not configured has none.
+async fn remove_scratch(shared: &Shared, store: &str, suffix: &str) -> Result<(), BackupError> {
+    match store {
+        "mongodb" => {
+            if let Some(mongo) = shared.stores.mongo.as_ref() {
+                let prefix = format!("{}{suffix}", scratch_database_prefix(shared));
+                let dropped = mongo
+                    .drop_prefixed(&prefix)
+                    .await
+                    .map_err(|e| store_error("mongodb", e.code(), &e))?;
+                log_removed(suffix, "database", &dropped);
+            }
+        }
+        "redis" => {
+            if let Some(redis) = shared.stores.redis.as_ref() {
+                redis
+                    .flush_scratch(shared.config.backup.drill.redis_db)
+                    .await
+                    .map_err(|e| store_error("redis", e.code(), &e))?;
+            }
+        }
+        "elasticsearch" => {
+            if let Some(search) = shared.stores.search.as_ref() {
+                let prefix = if suffix.is_empty() {
+                    PREFIX.to_owned()
+                } else {
+                    format!("{PREFIX}{suffix}-")
+                };
+                let deleted = search
+                    .delete_prefixed(&prefix)
+                    .await
+                    .map_err(|e| store_error("elasticsearch", e.code(), &e))?;
+                log_removed(suffix, "index", &deleted);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn log_removed(suffix: &str, what: &str, names: &[String]) {
+    for name in names {
+        if suffix.is_empty() {
+            tracing::info!(%name, "removing a scratch {what} an earlier drill left");
+        }
+    }
+}
+
+/// Refuses a drill whose Redis restore could make the server evict live keys: with
+/// `maxmemory` set, the room left must hold what the backup's server held (`used_memory`).
+async fn redis_headroom(
+    shared: &Shared,
+    manifest: &super::manifest::Manifest,
+) -> Result<(), BackupError> {
+    let Some(record) = manifest
+        .stores
+        .get("redis")
+        .filter(|r| !r.artifacts.is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(redis) = shared.stores.redis.as_ref() else {
+        return Ok(());
+    };
+    let needed = record
+        .source
+        .get("used_memory")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let stats = redis
+        .stats()
+        .await
+        .map_err(|e| store_error("redis", e.code(), &e))?;
+    let room = stats
+        .maxmemory_bytes
+        .saturating_sub(stats.used_memory_bytes);
+    if stats.maxmemory_bytes > 0 && room < needed {
+        return Err(BackupError::Unavailable {
+            what: "redis".to_owned(),
+            reason: format!(
+                "a drill needs room for about {needed} bytes (the backup's used_memory), and \
+                 maxmemory {} leaves {room} beside the {} bytes in use: it could evict live \
+                 keys, so it is not drilled (raise maxmemory or drill elsewhere)",
+                stats.maxmemory_bytes, stats.used_memory_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes the scratch targets a killed drill left (by their names): the volumes, and those
+/// of the database stores this backup holds (once each is up).
+async fn remove_leftovers(
+    shared: &Shared,
+    manifest: &super::manifest::Manifest,
+) -> Result<(), BackupError> {
+    for (store, backend) in [
+        ("mongodb", crate::Backend::Mongodb),
+        ("redis", crate::Backend::Redis),
+        ("elasticsearch", crate::Backend::Elasticsearch),
+    ] {
+        if manifest
+            .stores
+            .get(store)
+            .is_none_or(|s| s.artifacts.is_empty())
+        {
+            continue;
+        }
+        super::databases::wait_up(shared, backend)
+            .await
+            .map_err(|(code, message)| BackupError::Unavailable {
+                what: backend.to_string(),
+                reason: format!("{message} ({code})"),
+            })?;
+        remove_scratch(shared, store, "").await?;
+    }
     let Some(handle) = shared.stores.volumes.as_ref() else {
         return Ok(());
     };

@@ -88,6 +88,9 @@ pub struct Restored {
     pub read: u64,
     pub written: u64,
     pub skipped: u64,
+    /// Of `skipped`, the items the store refused alone (a Redis key whose payload it would
+    /// not take): a restore goes on without them, a drill fails.
+    pub refused: u64,
     pub elapsed_ms: u64,
 }
 
@@ -436,7 +439,7 @@ pub(super) async fn resolve(shared: &Shared, steps: &mut [Step]) -> Result<(), B
 }
 
 /// A database store's handle, or why there is none.
-fn store<'a, H>(handle: Option<&'a H>, what: &str) -> Result<&'a H, BackupError> {
+pub(super) fn store<'a, H>(handle: Option<&'a H>, what: &str) -> Result<&'a H, BackupError> {
     handle.ok_or_else(|| BackupError::Unavailable {
         what: what.to_owned(),
         reason: format!("{what} is disabled or does not run in this process"),
@@ -462,6 +465,7 @@ pub(super) async fn import_step(
         decoding,
         items,
     };
+    let mut refused = 0;
     let (read, written, skipped) = match &step.target {
         Target::Volume(name) => {
             let handle = shared.volumes("volumes")?;
@@ -528,6 +532,11 @@ pub(super) async fn import_step(
             for (key, why) in &summary.details.failures {
                 tracing::warn!(%key, reason = %why, "redis refused a key of the backup");
             }
+            refused = summary
+                .skipped
+                .get(&crate::transfer::Skip::Refused)
+                .copied()
+                .unwrap_or(0);
             (summary.read, summary.written, summary.skipped_total())
         }
         Target::Index {
@@ -569,6 +578,7 @@ pub(super) async fn import_step(
         read,
         written,
         skipped,
+        refused,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -615,7 +625,11 @@ fn undecodable(artifact: &str, reason: &str) -> BackupError {
     })
 }
 
-fn store_error(store: &'static str, code: &'static str, e: &dyn std::fmt::Display) -> BackupError {
+pub(super) fn store_error(
+    store: &'static str,
+    code: &'static str,
+    e: &dyn std::fmt::Display,
+) -> BackupError {
     BackupError::Store {
         store,
         code,
@@ -648,6 +662,21 @@ pub(super) async fn holding(
                 Err(e) => Err(BackupError::Volume(e)),
             };
         }
+        _ => database_target(shared, target)
+            .await?
+            .unwrap_or((TargetState::Missing, 0, "")),
+    };
+    Ok((state == TargetState::Holding).then(|| format!("{count} {what}")))
+}
+
+/// What a database target holds (its state, and how many documents or keys: the unit's
+/// name); `None` for a volume.
+pub(super) async fn database_target(
+    shared: &Shared,
+    target: &Target,
+) -> Result<Option<(TargetState, u64, &'static str)>, BackupError> {
+    Ok(Some(match target {
+        Target::Volume(_) => return Ok(None),
         Target::Collection {
             collection,
             database,
@@ -676,8 +705,7 @@ pub(super) async fn holding(
                 .map_err(|e| store_error("elasticsearch", e.code(), &e))?;
             (state, n, "documents")
         }
-    };
-    Ok((state == TargetState::Holding).then(|| format!("{count} {what}")))
+    }))
 }
 
 /// The stores a default selection restores, by the manifest's store names.

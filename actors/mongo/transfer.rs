@@ -236,6 +236,41 @@ impl MongoHandle {
         found
     }
 
+    /// Drops every database whose name starts with `prefix` (a drill's scratch databases,
+    /// `<db>_drill_<suffix>`); answers their names. A prefix `mongodb.database` starts with
+    /// is `invalid`: this never drops the live database.
+    pub async fn drop_prefixed(&self, prefix: &str) -> Result<Vec<String>, MongoError> {
+        let shared = &self.shared;
+        if prefix.is_empty() || shared.settings.database.starts_with(prefix) {
+            return Err(MongoError::invalid(
+                "database",
+                "a scratch database prefix, not the live database",
+            ));
+        }
+        let (conn, generation) = shared.usable()?;
+        let deadline = shared.settings.deadline;
+        let dropped = async {
+            let names = MongoError::within(deadline, async {
+                Ok(conn.client.list_database_names().await?)
+            })
+            .await?;
+            let names: Vec<String> = names
+                .into_iter()
+                .filter(|n| n.starts_with(prefix))
+                .collect();
+            for name in &names {
+                let db = conn.client.database(name);
+                MongoError::within(deadline, async { Ok(db.drop().await?) }).await?;
+            }
+            Ok(names)
+        }
+        .await;
+        if let Err(e) = &dropped {
+            shared.report(generation, e);
+        }
+        dropped
+    }
+
     /// Imports documents into a collection (see the module doc). `source` may be any stream
     /// — another export's feed too; one that yields nothing for
     /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it

@@ -260,6 +260,35 @@ impl Handler<Import> for RedisActor {
     }
 }
 
+/// See [`RedisHandle::flush_scratch`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(), RedisError>")]
+pub struct FlushScratch {
+    pub db: u32,
+}
+
+impl Handler<FlushScratch> for RedisActor {
+    type Result = ResponseFuture<Result<(), RedisError>>;
+
+    fn handle(&mut self, msg: FlushScratch, _: &mut Context<Self>) -> Self::Result {
+        let live = self.shared.database;
+        let target = self.target_connection(ImportTarget { db: Some(msg.db) });
+        Box::pin(async move {
+            if i64::from(msg.db) == live {
+                return Err(RedisError::invalid(
+                    "db",
+                    format!("{} is the live database, not a scratch one", msg.db),
+                ));
+            }
+            let (mut conn, _, deadline) = target?.await?;
+            RedisError::within(deadline, async {
+                Ok(redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?)
+            })
+            .await
+        })
+    }
+}
+
 /// The client for database `db` of the same server (`None`: the client as it is).
 fn on_db(client: redis::Client, db: Option<u32>) -> Result<redis::Client, RedisError> {
     let Some(db) = db else {
@@ -597,6 +626,12 @@ impl RedisHandle {
         target: ImportTarget,
     ) -> Result<(TargetState, u64), RedisError> {
         self.send(InspectImportTarget { target }).await
+    }
+
+    /// Empties database `db` (`FLUSHDB`): a drill's scratch database. The live database
+    /// (the one `redis.url` selects) is `invalid`: this never reaches the live keys.
+    pub async fn flush_scratch(&self, db: u32) -> Result<(), RedisError> {
+        self.send(FlushScratch { db }).await
     }
 
     /// Restores keys from `source` into the database `options` names; see [`Import`]. The

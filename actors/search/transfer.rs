@@ -259,6 +259,56 @@ impl SearchHandle {
         }
     }
 
+    /// Deletes every index whose name starts with `prefix` (a drill's scratch indices,
+    /// `drill-<suffix>-…`); answers their names. A prefix [`check_prefix`] refuses, or an
+    /// empty one, is `invalid`: this never reaches the live indices.
+    pub async fn delete_prefixed(&self, prefix: &str) -> Result<Vec<String>, SearchError> {
+        check_prefix(prefix)?;
+        if prefix.is_empty() || "lucid-".starts_with(prefix) {
+            return Err(SearchError::invalid(
+                "prefix",
+                "a scratch prefix, not the live one",
+            ));
+        }
+        let (conn, generation) = self.shared.usable()?;
+        let deadline = self.shared.settings.deadline;
+        let deleted = async {
+            let found = SearchError::within(
+                deadline,
+                conn.send(
+                    Request::new(Method::Get, format!("/{prefix}*/_settings"))
+                        .query("allow_no_indices", "true"),
+                ),
+            )
+            .await?
+            .body;
+            let names: Vec<String> = found
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(name, _)| name.clone())
+                .filter(|name| name.starts_with(prefix))
+                .collect();
+            for name in &names {
+                match SearchError::within(
+                    deadline,
+                    conn.send(Request::new(Method::Delete, format!("/{name}"))),
+                )
+                .await
+                {
+                    Err(e) if e.status() != Some(404) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(names)
+        }
+        .await;
+        if let Err(e) = &deleted {
+            self.shared.report(generation, e);
+        }
+        deleted
+    }
+
     /// Imports one index from an export (see the module doc). `documents` may be any stream
     /// of documents — the export's feed, or a backup's `_bulk` file read back; one that yields nothing for
     /// `supervisor.stream_idle_timeout` fails the import, one that yields an `Err` fails it

@@ -927,4 +927,5 @@ fn one_collection_or_one_index_alone_and_decoders_catch_what_checksums_cannot() 
     );
 }
 
+mod drill;
 mod restore;

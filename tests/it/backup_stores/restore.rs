@@ -63,18 +63,18 @@ import sys, pymongo
 pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000).drop_database(sys.argv[2])
 "#;
 
-fn snapshot_mongo(url: &str, db: &str) -> Value {
+pub(super) fn snapshot_mongo(url: &str, db: &str) -> Value {
     let out = python(SNAPSHOT_MONGO, &[url, db, "users", "audit_logs"]);
     serde_json::from_str(&out).expect("snapshot")
 }
 
-fn snapshot_es(url: &str, prefix: &str) -> Value {
+pub(super) fn snapshot_es(url: &str, prefix: &str) -> Value {
     let indices = r#"["lucid-scratch-2026.01", "lucid-scratch-2026.02"]"#;
     let out = python(SNAPSHOT_ES, &[url, prefix, indices]);
     serde_json::from_str(&out).expect("snapshot")
 }
 
-fn redis_conn(url: &str) -> redis::Connection {
+pub(super) fn redis_conn(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .expect("client")
         .get_connection()

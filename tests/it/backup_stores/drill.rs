@@ -1,0 +1,175 @@
+//! Drills of MongoDB, Redis and Elasticsearch against real servers: a good backup of every
+//! store passes with each store's restore time, a damaged database artifact fails naming it,
+//! and neither leaves a scratch database, a key in the drill's Redis database or a `drill-*`
+//! index behind; a Redis whose `maxmemory` leaves no room for the backup is not drilled.
+
+use super::restore::{redis_conn, snapshot_es, snapshot_mongo};
+use super::*;
+
+/// The drill's Redis database (`backup.drill.redis_db`'s default).
+const DRILL_DB: u32 = 15;
+
+const MONGO_DATABASES: &str = r#"
+import sys, json, pymongo
+print(json.dumps(pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000).list_database_names()))
+"#;
+
+/// What the drills may have left: scratch databases, keys in the drill's Redis database,
+/// `drill-*` indices.
+fn scratch_targets(b: &Backends) -> Vec<String> {
+    let mut left: Vec<String> =
+        serde_json::from_str::<Vec<String>>(&python(MONGO_DATABASES, &[&b.mongo.url()]))
+            .expect("database names")
+            .into_iter()
+            .filter(|n| n.contains("_drill_"))
+            .collect();
+    let mut c = redis_conn(&b.redis.url());
+    let keys: u64 = redis::cmd("SELECT")
+        .arg(DRILL_DB)
+        .query::<()>(&mut c)
+        .and_then(|()| redis::cmd("DBSIZE").query(&mut c))
+        .expect("DBSIZE");
+    if keys > 0 {
+        left.push(format!("{keys} keys in redis db {DRILL_DB}"));
+    }
+    let indices = es(
+        &b.es.url(),
+        "GET",
+        "/drill-*/_settings?allow_no_indices=true",
+        "application/json",
+        b"",
+    );
+    left.extend(indices.as_object().expect("indices").keys().cloned());
+    left
+}
+
+fn seeded() -> (Backends, Machine, String, PathBuf) {
+    let b = Backends::start();
+    python(SEED_MONGO, &[&b.mongo.url()]);
+    seed_redis(&b.redis.url());
+    seed_es(&b.es.url());
+    let m = machine(&b);
+    let report = m.json(&["now"], 0);
+    assert_eq!(report["outcome"], "complete", "{report}");
+    let (id, dir) = backup_dir(&m, &report);
+    (b, m, id, dir)
+}
+
+#[test]
+fn a_drill_of_every_store_passes_timing_each_and_leaves_no_scratch_target() {
+    let (b, m, id, _) = seeded();
+    let mongo_before = snapshot_mongo(&b.mongo.url(), "lucid");
+    let redis_before: Vec<String> = redis_keys(&b.redis.url()).into_keys().collect();
+    let es_before = snapshot_es(&b.es.url(), "");
+
+    // What a killed drill would have left: the next drill removes it by name.
+    python(
+        r#"
+import sys, pymongo
+pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000)["lucid_drill_dead"]["users"].insert_one({"x": 1})
+"#,
+        &[&b.mongo.url()],
+    );
+    let mut c = redis_conn(&b.redis.url());
+    redis::pipe()
+        .cmd("SELECT")
+        .arg(DRILL_DB)
+        .cmd("SET")
+        .arg("lucid:left")
+        .arg("1")
+        .query::<()>(&mut c)
+        .expect("SET");
+    es(
+        &b.es.url(),
+        "PUT",
+        "/drill-dead-lucid-scratch-2026.01",
+        "application/json",
+        b"{}",
+    );
+    assert_eq!(scratch_targets(&b).len(), 3, "{:?}", scratch_targets(&b));
+
+    let report = m.json(&["verify", &id, "--level", "drilled"], 0);
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["counts_as"], "drilled", "{report}");
+    let stores = &report["stores"];
+    for store in ["mongodb", "redis", "elasticsearch", "volumes"] {
+        assert_eq!(stores[store]["passed"], true, "{store}: {report}");
+        assert!(stores[store]["restore_ms"].is_u64(), "{store}: {report}");
+    }
+    // users (250) and audit_logs; both indices (10,050 and 3); the restorable keys.
+    assert!(
+        stores["mongodb"]["restored"].as_u64().expect("restored") > 250,
+        "{report}"
+    );
+    assert_eq!(
+        stores["elasticsearch"]["restored"],
+        json!(SCRATCH_DOCS as u64 + 3),
+        "{report}"
+    );
+    assert!(
+        stores["redis"]["restored"].as_u64().expect("restored") > 0,
+        "{report}"
+    );
+    assert_eq!(scratch_targets(&b), Vec::<String>::new());
+
+    // The live data is as it was.
+    assert_eq!(snapshot_mongo(&b.mongo.url(), "lucid"), mongo_before);
+    assert_eq!(
+        redis_keys(&b.redis.url()).into_keys().collect::<Vec<_>>(),
+        redis_before
+    );
+    assert_eq!(snapshot_es(&b.es.url(), ""), es_before);
+}
+
+#[test]
+fn a_damaged_database_artifact_fails_the_drill_naming_it_and_leaves_no_scratch_target() {
+    let (b, m, id, dir) = seeded();
+    // A document short, with the checksum to match: only decoding it can tell.
+    tamper(&dir, "mongodb/lucid/users.bson.zst", without_last_document);
+    let (code, out, err) = m.cli(&["verify", &id, "--level", "drilled"]);
+    assert_eq!(code, 65, "{out}{err}");
+    assert!(out.contains("mongodb/lucid/users.bson.zst"), "{out}");
+    let report = m.json(&["show", &id], 0);
+    let drilled = &report["verify"]["levels"]["drilled"];
+    assert_eq!(drilled["passed"], false, "{report}");
+    assert_eq!(drilled["stores"]["mongodb"]["passed"], false, "{report}");
+    // The other stores were drilled all the same.
+    assert_eq!(drilled["stores"]["redis"]["passed"], true, "{report}");
+    assert_eq!(
+        drilled["stores"]["elasticsearch"]["passed"], true,
+        "{report}"
+    );
+    assert_eq!(scratch_targets(&b), Vec::<String>::new());
+}
+
+#[test]
+fn a_redis_without_room_for_the_backup_beside_its_live_keys_is_not_drilled() {
+    let (b, m, id, _) = seeded();
+    let mut c = redis_conn(&b.redis.url());
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut c)
+        .expect("INFO");
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("used_memory:"))
+        .and_then(|v| v.parse().ok())
+        .expect("used_memory");
+    // Room for a few more keys, not for the backup's used_memory again.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + (64 << 10))
+        .query::<()>(&mut c)
+        .expect("CONFIG SET");
+    let keys_before = redis_keys(&b.redis.url()).len();
+
+    let (code, out, err) = m.cli(&["verify", &id, "--level", "drilled"]);
+    assert_eq!(code, 69, "{out}{err}");
+    assert!(format!("{out}{err}").contains("maxmemory"), "{out}{err}");
+    assert_eq!(redis_keys(&b.redis.url()).len(), keys_before);
+    assert_eq!(scratch_targets(&b), Vec::<String>::new());
+    // Refused, not failed: nothing recorded about the backup.
+    let shown = m.json(&["show", &id], 0);
+    assert!(shown["verify"]["levels"]["drilled"].is_null(), "{shown}");
+}

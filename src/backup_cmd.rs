@@ -46,8 +46,10 @@ pub async fn run(config: &Config, command: BackupCommand, json: bool) -> u8 {
             Ok(true) => {
                 eprintln!(
                     "lucid-db backup restore: the lucid-db daemon runs with this state directory: \
-                     a restore must not write into the stores it serves. Stop it first \
-                     (systemctl stop lucid-db), restore, then start it again"
+                     a restore must not write into the stores it serves. Ask the daemon to \
+                     restore (POST /api/v1/database/backup/ID/restore with an admin token; \
+                     docs/http.md), or stop it (systemctl stop lucid-db), restore, then start \
+                     it again"
                 );
                 return exit::TEMPFAIL;
             }
@@ -409,7 +411,7 @@ fn print_prune(r: &PruneReport, json: bool) {
 
 /// Waits for run `id` to end, showing its progress on stderr (see the module doc).
 async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError> {
-    let mut shown = Shown::new(id, std::io::stderr().is_terminal());
+    let mut shown = Shown::new(std::io::stderr().is_terminal());
     let mut ticks = tokio::time::interval(POLL);
     loop {
         ticks.tick().await;
@@ -418,7 +420,7 @@ async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError
                 shown.finish();
                 return Ok(report);
             }
-            Ok(RunStatus::Running { progress, .. }) => shown.update(&progress),
+            Ok(RunStatus::Running { progress, .. }) => shown.update(id, &progress),
             Err(e) => {
                 shown.finish();
                 return Err(e);
@@ -427,64 +429,81 @@ async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError
     }
 }
 
-/// Waits for a restore, with a progress line on stderr at most once a second while it runs
-/// (the restore's own [`RestoreStatus`], asked every [`POLL`]), when it changed.
+/// Waits for a restore, showing its progress on stderr like `follow` (the restore's own
+/// [`RestoreStatus`], asked every [`POLL`]): on a terminal a bar of artifacts restored, with
+/// the one under way and its items read; elsewhere a line at most once a second.
 async fn follow_restore(
     b: &BackupHandle,
     id: BackupId,
     restore: impl std::future::Future<Output = Result<RestoreReport, BackupError>>,
 ) -> Result<RestoreReport, BackupError> {
     tokio::pin!(restore);
+    let mut shown = Shown::new(std::io::stderr().is_terminal());
+    if let Shown::Bar(bar) = &shown {
+        // Nothing is read yet while the artifacts' checksums are checked.
+        bar.set_style(style("{spinner} {wide_msg}"));
+    }
     let mut ticks = tokio::time::interval(POLL);
-    let (mut last_line, mut last_text) = (None::<tokio::time::Instant>, String::new());
     loop {
         tokio::select! {
-            report = &mut restore => return report,
+            report = &mut restore => {
+                shown.finish();
+                return report;
+            }
             _ = ticks.tick() => {}
         }
         let Ok(Some(p)) = b.call(RestoreStatus).await else {
             continue;
         };
-        let text = format!(
-            "lucid-db backup: restoring {id}: {}/{} artifacts{}",
-            p.artifacts_done,
-            p.artifacts_planned,
-            p.current
-                .as_deref()
-                .map(|a| format!(", restoring {a} ({} items read)", p.items_read))
-                .unwrap_or_default()
-        );
-        if text != last_text && last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
-            eprintln!("{text}");
-            last_line = Some(tokio::time::Instant::now());
-            last_text = text;
+        let current = p
+            .current
+            .as_deref()
+            .map(|a| format!("restoring {a} ({} items read)", p.items_read))
+            .unwrap_or_default();
+        match &shown {
+            Shown::Bar(bar) => {
+                if bar.length().is_none() {
+                    bar.set_style(style("[{bar:20}] {pos}/{len} artifacts, {wide_msg}"));
+                }
+                bar.set_length(p.artifacts_planned.max(p.artifacts_done));
+                bar.set_position(p.artifacts_done);
+                bar.set_message(current);
+            }
+            Shown::Lines { .. } => shown.line(format!(
+                "lucid-db backup: restoring {id}: {}/{} artifacts{}",
+                p.artifacts_done,
+                p.artifacts_planned,
+                if current.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {current}")
+                }
+            )),
         }
     }
 }
 
-/// How `follow` shows progress: a bar on a terminal, otherwise a line at most once a second
-/// and only when it changed.
+/// How `follow` and `follow_restore` show progress: a bar on a terminal, otherwise a line at
+/// most once a second and only when it changed.
 enum Shown {
     Bar(ProgressBar),
     Lines {
-        id: BackupId,
         last_line: Option<tokio::time::Instant>,
         last_text: String,
     },
 }
 
 impl Shown {
-    fn new(id: BackupId, terminal: bool) -> Shown {
+    fn new(terminal: bool) -> Shown {
         if !terminal {
             return Shown::Lines {
-                id,
                 last_line: None,
                 last_text: String::new(),
             };
         }
-        // A spinner until the run has its estimate, then a bar of bytes read against it. Four
-        // redraws a second are plenty and cost a Pi nothing; `wide_msg` cuts the message to
-        // the terminal's width, so a long artifact name never wraps the line.
+        // A spinner until the work has its size, then a bar. Four redraws a second are plenty
+        // and cost a Pi nothing; `wide_msg` cuts the message to the terminal's width, so a
+        // long artifact name never wraps the line.
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
         // The id is on the "started" line above; the bar leaves the width to the artifacts.
         bar.set_style(style("{spinner} {bytes} read, {wide_msg}"));
@@ -492,7 +511,8 @@ impl Shown {
         Shown::Bar(bar)
     }
 
-    fn update(&mut self, p: &Progress) {
+    /// A backup run's progress.
+    fn update(&mut self, id: BackupId, p: &Progress) {
         let artifacts = format!(
             "{}/{} artifacts",
             p.artifacts_done,
@@ -518,22 +538,26 @@ impl Shown {
                 bar.set_position(p.bytes_in);
                 bar.set_message(format!("{artifacts}{writing}"));
             }
-            Shown::Lines {
-                id,
-                last_line,
-                last_text,
-            } => {
-                let text = format!(
-                    "lucid-db backup: {id}: {artifacts}, {} read, {} stored{writing}",
-                    human(p.bytes_in),
-                    human(p.bytes_stored),
-                );
-                let due = last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
-                if due && text != *last_text {
-                    eprintln!("{text}");
-                    *last_line = Some(tokio::time::Instant::now());
-                    *last_text = text;
-                }
+            Shown::Lines { .. } => self.line(format!(
+                "lucid-db backup: {id}: {artifacts}, {} read, {} stored{writing}",
+                human(p.bytes_in),
+                human(p.bytes_stored),
+            )),
+        }
+    }
+
+    /// Prints `text` as a plain line when one is due and it changed (not on a terminal).
+    fn line(&mut self, text: String) {
+        if let Shown::Lines {
+            last_line,
+            last_text,
+        } = self
+        {
+            let due = last_line.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+            if due && text != *last_text {
+                eprintln!("{text}");
+                *last_line = Some(tokio::time::Instant::now());
+                *last_text = text;
             }
         }
     }

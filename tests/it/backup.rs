@@ -1897,7 +1897,7 @@ fn killed_mid_backup(m: &Machine, leftovers: impl Fn(&str) -> usize) {
 /// report; through a pipe the same run writes plain lines with no control characters (the
 /// other tests read those lines).
 #[test]
-fn backup_now_draws_a_progress_bar_on_a_terminal_and_plain_lines_in_a_pipe() {
+fn backup_now_and_restore_draw_a_progress_bar_on_a_terminal_and_plain_lines_in_a_pipe() {
     let mut m = Machine::new();
     m.set("LUCID_DB__VOLUMES__EXTRA", "big");
     noise_file(&m.volume("big"), "data.bin", 8 << 20);
@@ -1948,6 +1948,31 @@ fn backup_now_draws_a_progress_bar_on_a_terminal_and_plain_lines_in_a_pipe() {
     assert!(
         !stderr.contains('\x1b') && !stderr.contains('\r'),
         "control characters in a pipe: {stderr:?}"
+    );
+
+    // A restore on a terminal draws its bar too: artifacts restored, the one under way.
+    let list = m.json(&["list"], 0);
+    let id = list[0]["id"].as_str().expect("id").to_owned();
+    let command = format!("{BIN} backup restore {id} --stores volumes:big --force");
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .envs(m.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("FAILPOINTS", "backup-restore-item=sleep(10)")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("] 0/1 artifacts, restoring volumes/big") && tty.contains("\x1b["),
+        "no restore bar drawn in place: {tty:?}"
+    );
+    assert!(
+        !tty.contains(&format!("restoring {id}: 0/1 artifacts")),
+        "a plain progress line on a tty: {tty:?}"
     );
 }
 

@@ -9,6 +9,7 @@ use lucid_actors::backup::{
     BackupHandle, BackupId, BackupStatus, Entry, Level, ListBackups, RestoreBackup, RunStatus,
     StartBackup, StoreSelector, Targets, Trigger, VerifyBackup, outcome_of,
 };
+use lucid_actors::volume::VolumeName;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -226,6 +227,45 @@ pub struct RestoreBody {
     /// Replace targets that hold data.
     #[serde(default)]
     pub force: bool,
+    /// Restore the one selected volume into this volume instead (as `--to-volume`).
+    #[serde(default)]
+    pub to_volume: Option<String>,
+    /// Restore MongoDB collections into this database instead (as `--to-db`).
+    #[serde(default)]
+    pub to_db: Option<String>,
+    /// Restore Redis keys into this database index instead (as `--to-redis-db`).
+    #[serde(default)]
+    pub to_redis_db: Option<u32>,
+    /// Put this before every restored Elasticsearch index and alias name (as `--index-prefix`).
+    #[serde(default)]
+    pub index_prefix: Option<String>,
+}
+
+impl RestoreBody {
+    /// The targets, each checked as the CLI checks its flag (400 naming the field).
+    fn targets(&self) -> Result<Targets, ApiError> {
+        let bad = |field: &str, e: String| {
+            ApiError::bad_request("invalid_argument", format!("{field}: {e}"))
+        };
+        let to_volume = self
+            .to_volume
+            .as_deref()
+            .map(|v| VolumeName::new(v).map_err(|e| bad("to_volume", e.to_string())))
+            .transpose()?;
+        if let Some(db) = &self.to_db {
+            lucid_actors::mongo::check_database_name(db).map_err(|e| bad("to_db", e))?;
+        }
+        if let Some(p) = &self.index_prefix {
+            lucid_actors::search::check_prefix(p)
+                .map_err(|e| bad("index_prefix", e.to_string()))?;
+        }
+        Ok(Targets {
+            to_volume,
+            to_db: self.to_db.clone(),
+            to_redis_db: self.to_redis_db,
+            index_prefix: self.index_prefix.clone(),
+        })
+    }
 }
 
 #[utoipa::path(
@@ -250,7 +290,7 @@ async fn restore(
             id,
             stores: selectors(&b.stores)?,
             identity: None,
-            targets: Targets::default(),
+            targets: b.targets()?,
             force: b.force,
         })
         .await?;

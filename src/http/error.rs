@@ -87,6 +87,12 @@ impl ApiError {
         )
     }
 
+    /// A restore writes into the store's live data: its own writes wait (409, retry later).
+    fn restoring(e: &dyn fmt::Display) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "busy", e.to_string())
+            .retry_after(Duration::from_secs(5))
+    }
+
     fn call(what: &str, e: &CallError) -> Self {
         match e {
             CallError::DeadlineExceeded { .. } => ApiError::new(
@@ -191,6 +197,7 @@ impl From<MongoError> for ApiError {
                     code.map(|c| format!(" (code {c})")).unwrap_or_default()
                 ),
             ),
+            MongoError::Restoring(r) => ApiError::restoring(r),
             _ => ApiError::internal("the mongodb call", e.code(), &e),
         }
     }
@@ -212,6 +219,7 @@ impl From<RedisError> for ApiError {
             RedisError::LockBusy { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "lock_busy", e.to_string())
             }
+            RedisError::Restoring(r) => ApiError::restoring(r),
             _ => ApiError::internal("the redis call", e.code(), &e),
         }
     }
@@ -227,6 +235,7 @@ impl From<SearchError> for ApiError {
             SearchError::Ambiguous { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            SearchError::Restoring(r) => ApiError::restoring(r),
             SearchError::Busy { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
@@ -278,8 +287,76 @@ impl From<BackupError> for ApiError {
             BackupError::NotFound { .. } => ApiError::not_found(e.to_string()),
             BackupError::Selection(_)
             | BackupError::NotSupported { .. }
-            | BackupError::IdentityRequired => ApiError::bad_request(e.code(), e.to_string()),
+            | BackupError::IdentityRequired
+            | BackupError::BadRequest { .. } => ApiError::bad_request(e.code(), e.to_string()),
+            // The request is well formed, but this backup or target does not allow it.
+            BackupError::TargetNotEmpty { .. }
+            | BackupError::Guarded { .. }
+            | BackupError::Retention(_) => {
+                ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
+            }
+            BackupError::NotInBackup { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+            }
+            BackupError::NoRoom { .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.code(), e.to_string())
+            }
             _ => ApiError::internal("the backup call", e.code(), &e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lucid_actors::transfer::Restoring;
+
+    use super::*;
+
+    /// A write refused because a restore writes into the store is the caller's to retry: 409
+    /// `busy` with `Retry-After`, never a 500.
+    #[test]
+    fn a_write_refused_during_a_restore_is_409_busy_in_every_store() {
+        for e in [
+            ApiError::from(MongoError::Restoring(Restoring)),
+            ApiError::from(RedisError::Restoring(Restoring)),
+            ApiError::from(SearchError::Restoring(Restoring)),
+        ] {
+            assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "busy"), "{e:?}");
+            let res = e.error_response();
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+
+    /// A restore the target or the backup does not allow is the caller's to fix: a 4xx with
+    /// the backup's own code, never a 500.
+    #[test]
+    fn restore_refusals_are_4xx_with_their_code() {
+        let cases = [
+            (
+                BackupError::TargetNotEmpty {
+                    target: "lucid.users".into(),
+                    holds: "3 documents".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                BackupError::NotInBackup {
+                    what: "redis".into(),
+                    id: "20261130T020000Z-3f9a".into(),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                BackupError::BadRequest {
+                    what: "to_redis_db with two databases".into(),
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (e, status) in cases {
+            let code = e.code();
+            let api = ApiError::from(e);
+            assert_eq!((api.status, api.code), (status, code));
         }
     }
 }

@@ -546,6 +546,30 @@ fn every_endpoint_answers_its_happy_path_and_writes_are_audited() {
         "{}",
         ver.body
     );
+    // Restore (admin), into another database and Redis database: the live ones stay as they
+    // are, the report names the targets.
+    let res = call(
+        a,
+        "POST",
+        &format!("{API}/backup/{bid}/restore"),
+        adm,
+        Some(
+            &json!({"stores": ["mongodb:users", "redis"], "to_db": "lucid_http_copy", "to_redis_db": 7}),
+        ),
+    );
+    assert_eq!(res.status, 200, "{}", res.body);
+    let targets: Vec<String> = res.json()["restored"]
+        .as_array()
+        .expect("restored")
+        .iter()
+        .map(|r| r["target"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        targets.iter().any(|t| t.starts_with("lucid_http_copy."))
+            && targets.iter().any(|t| t == "db7"),
+        "{}",
+        res.body
+    );
 
     // The audit: a document for a write, through MongoDB, naming the token (never the token).
     let deadline = Instant::now() + WITHIN;
@@ -866,6 +890,7 @@ fn bad_input_is_a_clear_4xx_never_a_500_and_nothing_is_written() {
     wait_ready(api.d.http);
     let a = api.d.http;
     let w = api.write.clone();
+    let adm = api.admin.clone();
     let auth = format!("Bearer {w}");
     let json_h = [
         ("Authorization", auth.as_str()),
@@ -1161,6 +1186,30 @@ fn bad_input_is_a_clear_4xx_never_a_500_and_nothing_is_written() {
             ),
             400,
             "invalid_id",
+        ),
+        (
+            "bad restore target database",
+            call(
+                a,
+                "POST",
+                &format!("{API}/backup/20261130T020000Z-3f9a/restore"),
+                Some(&adm),
+                Some(&json!({"to_db": "a/b"})),
+            ),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "bad restore index prefix",
+            call(
+                a,
+                "POST",
+                &format!("{API}/backup/20261130T020000Z-3f9a/restore"),
+                Some(&adm),
+                Some(&json!({"index_prefix": "UP/"})),
+            ),
+            400,
+            "invalid_argument",
         ),
         (
             "bad store",

@@ -253,6 +253,13 @@ pub(super) fn create(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && adopt => {
             fsops::check_data_dir(&dir)?
         }
+        // An empty directory without metadata is what a create killed between its mkdir and
+        // its metadata leaves: no volume is listed by that name, so taking the directory over
+        // loses nothing, and refusing would block the name until an operator removed it.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && !meta_path(&s.root, name).exists()
+                && is_empty_real_dir(&dir) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(VolumeError::Exists {
                 volume: name.to_string(),
@@ -272,6 +279,12 @@ pub(super) fn create(
     };
     write_meta(&s.root, &meta)?;
     Ok(meta)
+}
+
+/// `dir` is a real directory (not a symlink) with nothing in it.
+fn is_empty_real_dir(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+        && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// Walks the volume now: its usage against its quota, and its filesystem.

@@ -234,6 +234,27 @@ async fn quotas_are_checked_and_enforced_on_our_own_writes() {
         .await
         .expect_err("exists");
     assert!(matches!(err, VolumeError::Exists { .. }));
+    // A directory with data but no metadata is not taken over by a create; an empty one,
+    // what a create killed before its metadata leaves, is.
+    std::fs::create_dir(root.path().join("orphan")).expect("mkdir");
+    std::fs::write(root.path().join("orphan/data"), b"x").expect("write");
+    let err = v
+        .call(CreateVolume {
+            name: name("orphan"),
+            quota: None,
+            kind: None,
+            labels: BTreeMap::new(),
+        })
+        .await
+        .expect_err("holds a file");
+    assert!(matches!(err, VolumeError::Exists { .. }), "{err:?}");
+    std::fs::remove_file(root.path().join("orphan/data")).expect("rm");
+    create(&v, "orphan", Some("256K")).await;
+    v.call(InspectVolume {
+        name: name("orphan"),
+    })
+    .await
+    .expect("listed after the create took the empty directory over");
 
     write(&v, "small", "a.bin", 100 << 10).await.expect("fits");
     write(&v, "small", "b.bin", 100 << 10).await.expect("fits");

@@ -273,6 +273,13 @@ pub struct RestoreBackup {
     pub force: bool,
 }
 
+/// The backup run under way in this process, else the latest one that ran here (any
+/// trigger: the scheduler's, the API's, the CLI's); `None` before the first. What the API's
+/// `GET /backup/status` follows.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Option<BackupId>, BackupError>")]
+pub struct LatestRun;
+
 /// Where the restore that runs in this process is, if one runs: the CLI follows it with this
 /// while its [`RestoreBackup`] is under way.
 #[derive(Debug, Clone, Copy, Message)]
@@ -1100,6 +1107,18 @@ impl Handler<RestoreBackup> for BackupActor {
             )
             .await
         })
+    }
+}
+
+impl Handler<LatestRun> for BackupActor {
+    type Result = Reply<Option<BackupId>>;
+
+    fn handle(&mut self, _: LatestRun, _: &mut Context<Self>) -> Self::Result {
+        // Ids sort by their start time.
+        let latest = self
+            .running
+            .or_else(|| self.runs.keys().next_back().copied());
+        Box::pin(actix::fut::ready(Ok(latest)))
     }
 }
 

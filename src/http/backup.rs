@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use actix_web::{HttpResponse, web};
 use lucid_actors::backup::{
-    BackupHandle, BackupId, BackupStatus, Entry, Level, ListBackups, RestoreBackup, RunStatus,
-    StartBackup, StoreSelector, Targets, Trigger, VerifyBackup, outcome_of,
+    BackupHandle, BackupId, BackupStatus, Entry, LatestRun, Level, ListBackups, RestoreBackup,
+    RunStatus, StartBackup, StoreSelector, Targets, Trigger, VerifyBackup, outcome_of,
 };
 use lucid_actors::volume::VolumeName;
 use serde::Deserialize;
@@ -53,9 +53,6 @@ pub async fn start(state: &ApiState, stores: Vec<StoreSelector>) -> Result<HttpR
             trigger: Trigger::Api,
         })
         .await?;
-    if let Ok(mut last) = state.last_backup.lock() {
-        *last = Some(id);
-    }
     Ok(HttpResponse::Accepted().json(json!({
         "id": id,
         "status": format!("{}/backup/status/{id}", super::API),
@@ -124,7 +121,7 @@ async fn status_of(state: &ApiState, id: BackupId) -> Result<HttpResponse, ApiEr
     Ok(ok(&status_json(&s)))
 }
 
-/// The backup started last through the API.
+/// The backup running in the daemon, else the latest that ran there (any trigger).
 #[utoipa::path(
     get,
     path = "/api/v1/database/backup/status",
@@ -134,11 +131,10 @@ async fn status_of(state: &ApiState, id: BackupId) -> Result<HttpResponse, ApiEr
     security(("bearer" = ["read"]))
 )]
 async fn status_last(state: State) -> Result<HttpResponse, ApiError> {
-    let last = state.last_backup.lock().ok().and_then(|l| *l);
-    match last {
+    match handle(&state)?.call(LatestRun).await? {
         Some(id) => status_of(&state, id).await,
         None => Err(ApiError::not_found(
-            "no backup was started through the API since the daemon started",
+            "no backup has run in the daemon since it started",
         )),
     }
 }

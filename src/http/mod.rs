@@ -30,7 +30,6 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
-use lucid_actors::backup::BackupId;
 use lucid_actors::{BackendStatus, Config, Handles, HealthRegistry, Roles};
 use serde::{Deserialize, Serialize};
 
@@ -104,8 +103,6 @@ pub struct ApiState {
     pub audit: Audit,
     /// `http.bind` is a loopback address: `/metrics` and the OpenAPI document need no token.
     pub loopback: bool,
-    /// The last backup started through the API (`GET …/backup/status`).
-    pub last_backup: std::sync::Mutex<Option<BackupId>>,
     pub body_limit: usize,
     pub request_timeout: Duration,
     pub workers: usize,
@@ -126,7 +123,6 @@ impl ApiState {
             ),
             audit: Audit::new(http.audit_queue),
             loopback: http.bind.ip().is_loopback(),
-            last_backup: std::sync::Mutex::new(None),
             body_limit: usize::try_from(http.body_limit.0).unwrap_or(usize::MAX),
             request_timeout: http.request_timeout,
             workers: http.workers,

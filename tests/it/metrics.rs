@@ -341,6 +341,19 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
         seed_run(&state, job);
     }
 
+    // A read token, for the backup status below.
+    let out = Command::new(BIN)
+        .args(["token", "add", "reader", "--scope", "read"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("token add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let mut denv: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     denv.push(("LUCID_DB__SCHEDULER__BACKUP", "0 2 * * *"));
     let d = Daemon::start(
@@ -369,6 +382,17 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
     for _ in 0..3 {
         assert_eq!(http_get(d.http, "/health").expect("GET /health").0, 200);
     }
+    // The API's backup status follows the daemon's runs, the scheduler's too.
+    let (code, text) =
+        lucid_testkit::http_get_as(d.http, "/api/v1/database/backup/status", Some(&reader))
+            .expect("GET /backup/status");
+    assert_eq!(code, 200, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (status["state"].as_str(), status["trigger"].as_str()),
+        (Some("finished"), Some("schedule")),
+        "{text}"
+    );
     // An unknown path without a token is refused before it is looked up (docs/http.md).
     assert_eq!(http_get(d.http, "/no/such/route").expect("GET").0, 401);
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode, header};
-use actix_web::middleware::{Next, from_fn};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next, from_fn};
 use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
 use lucid_actors::{BackendStatus, Config, Handles, HealthRegistry, Roles};
 use serde::{Deserialize, Serialize};
@@ -357,6 +357,8 @@ pub fn serve(
             .app_data(query.clone())
             .app_data(web::PayloadConfig::new(body_limit))
             .wrap(from_fn(guard))
+            // actix answers a known path with a wrong method by an empty 405: the error shape.
+            .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
             // Outermost, so refusals by the guard are counted too.
             .wrap(from_fn(metrics::track))
             .configure(routes)
@@ -367,6 +369,17 @@ pub fn serve(
     .shutdown_timeout(shutdown_timeout.as_secs().max(1))
     .bind(addr)?
     .run())
+}
+
+fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let e = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method (docs/http.md)",
+    );
+    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&e));
+    Ok(ErrorHandlerResponse::Response(res.map_into_right_body()))
 }
 
 /// Shared by the handlers: the actor handle, or 503 when that part does not run here.

@@ -1188,6 +1188,12 @@ fn bad_input_is_a_clear_4xx_never_a_500_and_nothing_is_written() {
             "invalid_id",
         ),
         (
+            "wrong method",
+            call(a, "PUT", &format!("{API}/mongodb/query"), Some(&w), None),
+            405,
+            "method_not_allowed",
+        ),
+        (
             "bad restore target database",
             call(
                 a,

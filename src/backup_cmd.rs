@@ -772,10 +772,15 @@ fn print_verify(r: &VerifyReport, json: bool) {
     }
     for (store, d) in &r.result.stores {
         println!(
-            "{}  {store}: {} restored into scratch targets in {:.1}s",
+            "{}  {store}: {} restored into scratch targets in {:.1}s{}",
             if d.passed { "ok    " } else { "FAILED" },
             d.restored,
-            d.restore_ms as f64 / 1000.0
+            d.restore_ms as f64 / 1000.0,
+            if d.compared > 0 {
+                format!(", {} compared one by one with the backup", d.compared)
+            } else {
+                String::new()
+            }
         );
     }
     println!(

@@ -236,6 +236,34 @@ impl MongoHandle {
         found
     }
 
+    /// The documents of `collection` in `database` whose `_id` is one of `ids`, as the server
+    /// holds them (raw BSON): what a drill compares with the backup's documents. Reads only.
+    pub async fn documents_by_id(
+        &self,
+        collection: Collection,
+        database: &str,
+        ids: Vec<Bson>,
+    ) -> Result<Vec<RawDocumentBuf>, MongoError> {
+        use futures_util::TryStreamExt;
+        let shared = &self.shared;
+        super::check_database_name(database)
+            .map_err(|reason| MongoError::invalid("database", reason))?;
+        let (conn, generation) = shared.usable()?;
+        let coll = conn
+            .client
+            .database(database)
+            .collection::<RawDocumentBuf>(collection.name());
+        let found = MongoError::within(shared.settings.deadline, async {
+            let cursor = coll.find(doc! { "_id": { "$in": ids } }).await?;
+            Ok(cursor.try_collect::<Vec<_>>().await?)
+        })
+        .await;
+        if let Err(e) = &found {
+            shared.report(generation, e);
+        }
+        found
+    }
+
     /// Drops every database whose name starts with `prefix` (a drill's scratch databases,
     /// `<db>_drill_<suffix>`); answers their names. A prefix `mongodb.database` starts with
     /// is `invalid`: this never drops the live database.

@@ -289,6 +289,115 @@ impl Handler<FlushScratch> for RedisActor {
     }
 }
 
+/// How a key of a drill's database compares with the backup's; see
+/// [`RedisHandle::compare_keys`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyComparison {
+    Same,
+    Missing,
+    Differs,
+}
+
+/// See [`RedisHandle::compare_keys`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<KeyComparison>, RedisError>")]
+pub struct CompareKeys {
+    pub db: u32,
+    pub keys: Vec<ExportedKey>,
+}
+
+/// Where a drill puts a backup's payload to read its value (outside `lucid:*`).
+const COMPARE_KEY: &str = "drill-compare";
+
+impl Handler<CompareKeys> for RedisActor {
+    type Result = ResponseFuture<Result<Vec<KeyComparison>, RedisError>>;
+
+    fn handle(&mut self, msg: CompareKeys, _: &mut Context<Self>) -> Self::Result {
+        let live = self.shared.database;
+        let target = self.target_connection(ImportTarget { db: Some(msg.db) });
+        Box::pin(async move {
+            if i64::from(msg.db) == live {
+                return Err(RedisError::invalid(
+                    "db",
+                    format!("{} is the live database, not a scratch one", msg.db),
+                ));
+            }
+            let (mut conn, _, deadline) = target?.await?;
+            let mut out = Vec::with_capacity(msg.keys.len());
+            for key in &msg.keys {
+                let conn = &mut conn;
+                let found = RedisError::within(deadline, async {
+                    let held: Option<Vec<u8>> =
+                        redis::cmd("DUMP").arg(&key.key).query_async(conn).await?;
+                    let Some(held) = held else {
+                        return Ok(KeyComparison::Missing);
+                    };
+                    if held == key.payload {
+                        return Ok(KeyComparison::Same);
+                    }
+                    // A set's or hash's payload follows its table's layout, which differs
+                    // between two copies of the same value: compare the values themselves.
+                    redis::cmd("RESTORE")
+                        .arg(COMPARE_KEY)
+                        .arg(0)
+                        .arg(&key.payload)
+                        .arg("REPLACE")
+                        .query_async::<()>(conn)
+                        .await?;
+                    let backed = value_of(conn, COMPARE_KEY).await;
+                    redis::cmd("DEL")
+                        .arg(COMPARE_KEY)
+                        .query_async::<()>(conn)
+                        .await?;
+                    let same = backed? == value_of(conn, &key.key).await?;
+                    Ok(if same {
+                        KeyComparison::Same
+                    } else {
+                        KeyComparison::Differs
+                    })
+                })
+                .await?;
+                out.push(found);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A key's type and value in an order that does not depend on how the server laid it out.
+async fn value_of(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+) -> Result<(String, redis::Value), redis::RedisError> {
+    let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await?;
+    let (name, extra): (&str, &[&str]) = match kind.as_str() {
+        "string" => ("GET", &[]),
+        "list" => ("LRANGE", &["0", "-1"]),
+        "set" => ("SMEMBERS", &[]),
+        "hash" => ("HGETALL", &[]),
+        "zset" => ("ZRANGE", &["0", "-1", "WITHSCORES"]),
+        "stream" => ("XRANGE", &["-", "+"]),
+        // No way to read it here: its payload is all there is (it differed).
+        _ => return Ok((kind, redis::Value::Nil)),
+    };
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key).arg(extra);
+    if !matches!(kind.as_str(), "set" | "hash") {
+        let value: redis::Value = cmd.query_async(conn).await?;
+        return Ok((kind, value));
+    }
+    let mut items: Vec<Vec<u8>> = cmd.query_async(conn).await?;
+    if kind == "hash" {
+        let mut pairs: Vec<Vec<Vec<u8>>> = items.chunks(2).map(<[_]>::to_vec).collect();
+        pairs.sort();
+        items = pairs.into_iter().flatten().collect();
+    } else {
+        items.sort();
+    }
+    let items = items.into_iter().map(redis::Value::BulkString).collect();
+    Ok((kind, redis::Value::Array(items)))
+}
+
 /// The client for database `db` of the same server (`None`: the client as it is).
 fn on_db(client: redis::Client, db: Option<u32>) -> Result<redis::Client, RedisError> {
     let Some(db) = db else {
@@ -632,6 +741,18 @@ impl RedisHandle {
     /// (the one `redis.url` selects) is `invalid`: this never reaches the live keys.
     pub async fn flush_scratch(&self, db: u32) -> Result<(), RedisError> {
         self.send(FlushScratch { db }).await
+    }
+
+    /// How each of `keys` (as the backup holds them) compares with the key of the same name
+    /// in scratch database `db`, in order: the `DUMP` payloads, or where they differ, the
+    /// values (a set's or hash's payload depends on its table's layout). Writes only a
+    /// transient key outside `lucid:*` in `db`; the live database is `invalid`.
+    pub async fn compare_keys(
+        &self,
+        db: u32,
+        keys: Vec<ExportedKey>,
+    ) -> Result<Vec<KeyComparison>, RedisError> {
+        self.send(CompareKeys { db, keys }).await
     }
 
     /// Restores keys from `source` into the database `options` names; see [`Import`]. The

@@ -259,6 +259,39 @@ impl SearchHandle {
         }
     }
 
+    /// The `_source` of each document of `index` whose `_id` is one of `ids`, by id (a
+    /// missing document is absent): what a drill compares with the backup's documents.
+    /// Reads only.
+    pub async fn sources_by_id(
+        &self,
+        index: &str,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, Value>, SearchError> {
+        let (conn, generation) = self.shared.usable()?;
+        let deadline = self.shared.settings.deadline;
+        let found = SearchError::within(
+            deadline,
+            conn.send(
+                Request::new(Method::Post, format!("/{index}/_mget")).json(&json!({ "ids": ids })),
+            ),
+        )
+        .await;
+        let body = match found {
+            Ok(answer) => answer.body,
+            Err(e) => {
+                self.shared.report(generation, &e);
+                return Err(e);
+            }
+        };
+        Ok(body["docs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["found"] == Value::Bool(true))
+            .filter_map(|d| Some((d["_id"].as_str()?.to_owned(), d["_source"].clone())))
+            .collect())
+    }
+
     /// Deletes every index whose name starts with `prefix` (a drill's scratch indices,
     /// `drill-<suffix>-…`); answers their names. A prefix [`check_prefix`] refuses, or an
     /// empty one, is `invalid`: this never reaches the live indices.

@@ -110,6 +110,28 @@ pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000)["lucid_drill_de
         stores["redis"]["restored"].as_u64().expect("restored") > 0,
         "{report}"
     );
+    // Each database store's items compared one by one: every Redis key of the few the
+    // backup holds that a restore writes, and documents of each collection and index.
+    for store in ["mongodb", "redis", "elasticsearch"] {
+        assert!(
+            stores[store]["compared"].as_u64().expect("compared") > 0,
+            "{store}: {report}"
+        );
+    }
+    // Users (250, all sampled up to 128) and audit logs; both indices: sampled, not all.
+    assert!(
+        stores["mongodb"]["compared"].as_u64().expect("compared") > 128,
+        "{report}"
+    );
+    assert!(
+        stores["elasticsearch"]["compared"]
+            .as_u64()
+            .expect("compared")
+            < stores["elasticsearch"]["restored"]
+                .as_u64()
+                .expect("restored"),
+        "{report}"
+    );
     assert_eq!(scratch_targets(&b), Vec::<String>::new());
 
     // The live data is as it was.
@@ -172,4 +194,78 @@ fn a_redis_without_room_for_the_backup_beside_its_live_keys_is_not_drilled() {
     // Refused, not failed: nothing recorded about the backup.
     let shown = m.json(&["show", &id], 0);
     assert!(shown["verify"]["levels"]["drilled"].is_null(), "{shown}");
+}
+
+#[test]
+fn a_key_that_differs_from_the_backup_after_the_restore_fails_the_drill_naming_it() {
+    let (b, m, id, _) = seeded();
+    // The drill pauses once Redis's import is done; the test changes the restored keys in the
+    // drill's database meanwhile, as a restore that wrote something else would have.
+    let child = m
+        .command(&["verify", &id, "--level", "drilled"])
+        .env("FAILPOINTS", "backup-drill-redis-imported=sleep(8000)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut c = redis_conn(&b.redis.url());
+    redis::cmd("SELECT")
+        .arg(DRILL_DB)
+        .query::<()>(&mut c)
+        .expect("SELECT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !redis::cmd("EXISTS")
+        .arg("lucid:test:list")
+        .query::<bool>(&mut c)
+        .expect("EXISTS")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key was not restored"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Every restored key changed: whichever the drill samples differs (the first of the
+    // artifact, always sampled, is restored first).
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).expect("KEYS");
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut c).expect("TYPE");
+        let mut cmd = match kind.as_str() {
+            "string" => redis::cmd("APPEND"),
+            "list" => redis::cmd("RPUSH"),
+            "set" => redis::cmd("SADD"),
+            "zset" => redis::cmd("ZADD"),
+            "hash" => redis::cmd("HSET"),
+            "stream" => redis::cmd("XADD"),
+            _ => continue,
+        };
+        cmd.arg(&key);
+        match kind.as_str() {
+            "zset" => cmd.arg(7).arg("changed"),
+            "hash" => cmd.arg("changed").arg("1"),
+            "stream" => cmd.arg("*").arg("changed").arg("1"),
+            _ => cmd.arg("changed"),
+        };
+        // A key that expired meanwhile is not there to change.
+        let _ = cmd.query::<redis::Value>(&mut c);
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("redis/db0.resp.zst")
+            && stdout.contains("key lucid:")
+            && stdout.contains("its value differs from the backup's"),
+        "{stdout}"
+    );
+    let report = m.json(&["show", &id], 0);
+    let drilled = &report["verify"]["levels"]["drilled"];
+    assert_eq!(drilled["stores"]["redis"]["passed"], false, "{report}");
+    assert_eq!(drilled["stores"]["mongodb"]["passed"], true, "{report}");
+    assert_eq!(scratch_targets(&b), Vec::<String>::new());
 }

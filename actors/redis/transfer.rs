@@ -271,15 +271,8 @@ impl Handler<FlushScratch> for RedisActor {
     type Result = ResponseFuture<Result<(), RedisError>>;
 
     fn handle(&mut self, msg: FlushScratch, _: &mut Context<Self>) -> Self::Result {
-        let live = self.shared.database;
-        let target = self.target_connection(ImportTarget { db: Some(msg.db) });
+        let target = self.scratch_connection(msg.db);
         Box::pin(async move {
-            if i64::from(msg.db) == live {
-                return Err(RedisError::invalid(
-                    "db",
-                    format!("{} is the live database, not a scratch one", msg.db),
-                ));
-            }
             let (mut conn, _, deadline) = target?.await?;
             RedisError::within(deadline, async {
                 Ok(redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?)
@@ -313,15 +306,8 @@ impl Handler<CompareKeys> for RedisActor {
     type Result = ResponseFuture<Result<Vec<KeyComparison>, RedisError>>;
 
     fn handle(&mut self, msg: CompareKeys, _: &mut Context<Self>) -> Self::Result {
-        let live = self.shared.database;
-        let target = self.target_connection(ImportTarget { db: Some(msg.db) });
+        let target = self.scratch_connection(msg.db);
         Box::pin(async move {
-            if i64::from(msg.db) == live {
-                return Err(RedisError::invalid(
-                    "db",
-                    format!("{} is the live database, not a scratch one", msg.db),
-                ));
-            }
             let (mut conn, _, deadline) = target?.await?;
             let mut out = Vec::with_capacity(msg.keys.len());
             for key in &msg.keys {
@@ -445,6 +431,24 @@ async fn target_state(
 }
 
 impl RedisActor {
+    /// [`Self::target_connection`] to a drill's scratch database; the live one is refused
+    /// (`invalid`), so no drill message can flush or compare live keys.
+    fn scratch_connection(
+        &self,
+        db: u32,
+    ) -> Result<
+        impl Future<Output = Result<(MultiplexedConnection, i64, Duration), RedisError>> + use<>,
+        RedisError,
+    > {
+        if i64::from(db) == self.shared.database {
+            return Err(RedisError::invalid(
+                "db",
+                format!("{db} is the live database, not a scratch one"),
+            ));
+        }
+        self.target_connection(ImportTarget { db: Some(db) })
+    }
+
     /// A connection of its own to an import's target database (the server refuses a
     /// `SELECT` past `databases`: `invalid` naming `target.db`), its index, and the deadline.
     fn target_connection(

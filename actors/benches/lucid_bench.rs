@@ -996,7 +996,8 @@ fn snapshot_bench() -> serde_json::Value {
 /// One snapshot comparison with its volumes root in `base`.
 fn snapshot_path(base: &std::path::Path, b3sum: bool) -> serde_json::Value {
     use lucid_actors::volume::{
-        DeleteSnapshot, ListVolumes, TakeSnapshot, VolumeActor, VolumeName, VolumeStats,
+        CreateVolume, DeleteSnapshot, ListVolumes, TakeSnapshot, VolumeActor, VolumeName,
+        VolumeStats,
     };
     let root = base.join("volumes");
     let scratch = base.join("cp");
@@ -1004,13 +1005,16 @@ fn snapshot_path(base: &std::path::Path, b3sum: bool) -> serde_json::Value {
     std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("mkdir: {e}"));
     let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
     cfg.volumes.root = root.clone();
-    let bytes = plant_volume(&root.join("photos"), 200);
-    let mb = bytes as f64 / (1 << 20) as f64;
     let name = VolumeName::new("photos").unwrap_or_else(|e| panic!("{e}"));
     let system = actix_rt::System::new();
     system.block_on(async {
         let v = VolumeActor::start_with(&cfg.volumes, &cfg.supervisor);
         v.call(ListVolumes).await.unwrap_or_else(|e| panic!("start: {e}"));
+        v.call(CreateVolume { name: name.clone(), quota: None, kind: None, labels: Default::default() })
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let bytes = plant_volume(&root.join("photos"), 200);
+        let mb = bytes as f64 / (1 << 20) as f64;
         let mut method = String::new();
         let actor = || {
             let v = v.clone();

@@ -102,9 +102,23 @@ struct Metrics {
     backup_runs: Family<OutcomeLabels, Counter>,
     volume_used: Family<VolumeLabels, Gauge>,
     volume_quota: Family<VolumeLabels, Gauge>,
+    volume_io: VolumeIoGauges,
     job_runs: Family<JobLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_seconds: Histograms<RouteLabels>,
+}
+
+/// The I/O figures of a volume's device and its latency probe, one gauge family each.
+#[derive(Default)]
+struct VolumeIoGauges {
+    available: Family<VolumeLabels, Gauge>,
+    read_bytes: Family<VolumeLabels, TimestampGauge>,
+    write_bytes: Family<VolumeLabels, TimestampGauge>,
+    reads: Family<VolumeLabels, TimestampGauge>,
+    writes: Family<VolumeLabels, TimestampGauge>,
+    busy: Family<VolumeLabels, TimestampGauge>,
+    probe_p50: Family<VolumeLabels, TimestampGauge>,
+    probe_p99: Family<VolumeLabels, TimestampGauge>,
 }
 
 /// Backend calls: 0.5 ms to about 16 s, doubling.
@@ -137,6 +151,7 @@ impl Metrics {
             backup_runs: Family::default(),
             volume_used: Family::default(),
             volume_quota: Family::default(),
+            volume_io: VolumeIoGauges::default(),
             job_runs: Family::default(),
             http_requests: Family::default(),
             http_seconds: Family::new_with_constructor(http_buckets),
@@ -197,6 +212,47 @@ impl Metrics {
             "lucid_db_volume_quota_bytes",
             "The volume's quota",
             m.volume_quota.clone(),
+        );
+        let io = &m.volume_io;
+        r.register(
+            "lucid_db_volume_io_available",
+            "1 when the volume's block device was found and its counters read at the last I/O sample, else 0",
+            io.available.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_read_bytes_per_second",
+            "Bytes read per second from the volume's device (the whole device's) over the last I/O sample",
+            io.read_bytes.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_write_bytes_per_second",
+            "Bytes written per second to the volume's device over the last I/O sample",
+            io.write_bytes.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_read_ops_per_second",
+            "Read operations per second on the volume's device over the last I/O sample",
+            io.reads.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_write_ops_per_second",
+            "Write operations per second on the volume's device over the last I/O sample",
+            io.writes.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_busy_ratio",
+            "Share of the last I/O sample's interval the volume's device had I/O in flight, 0 to 1",
+            io.busy.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_probe_p50_seconds",
+            "Median of the volume's recent latency probes (a 4 KiB write and fsync)",
+            io.probe_p50.clone(),
+        );
+        r.register(
+            "lucid_db_volume_io_probe_p99_seconds",
+            "99th percentile of the volume's recent latency probes",
+            io.probe_p99.clone(),
         );
         r.register(
             "lucid_db_scheduler_job_runs",
@@ -329,6 +385,49 @@ pub fn volume_usage(volume: &str, used_bytes: u64, quota_bytes: u64) {
     m.volume_quota
         .get_or_create(&labels)
         .set(i64::try_from(quota_bytes).unwrap_or(i64::MAX));
+}
+
+/// One I/O sample of a volume (`VolumeStats`): rates over the sample's interval, `None`
+/// where its device was not found; probe percentiles in seconds, `None` before any probe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VolumeIo {
+    pub read_bytes_per_s: Option<f64>,
+    pub write_bytes_per_s: Option<f64>,
+    pub reads_per_s: Option<f64>,
+    pub writes_per_s: Option<f64>,
+    /// 0–1.
+    pub busy_ratio: Option<f64>,
+    pub probe_p50_s: Option<f64>,
+    pub probe_p99_s: Option<f64>,
+}
+
+/// A volume's I/O was sampled. A figure that is unavailable has its series removed rather
+/// than left at a stale value; `lucid_db_volume_io_available` says whether the device's
+/// figures are there.
+pub fn volume_io(volume: &str, io: VolumeIo) {
+    let Some(m) = metrics() else { return };
+    let labels = VolumeLabels {
+        volume: volume.to_owned(),
+    };
+    let g = &m.volume_io;
+    let set = |family: &Family<VolumeLabels, TimestampGauge>, value: Option<f64>| match value {
+        Some(v) => {
+            family.get_or_create(&labels).set(v);
+        }
+        None => {
+            family.remove(&labels);
+        }
+    };
+    set(&g.read_bytes, io.read_bytes_per_s);
+    set(&g.write_bytes, io.write_bytes_per_s);
+    set(&g.reads, io.reads_per_s);
+    set(&g.writes, io.writes_per_s);
+    set(&g.busy, io.busy_ratio);
+    set(&g.probe_p50, io.probe_p50_s);
+    set(&g.probe_p99, io.probe_p99_s);
+    g.available
+        .get_or_create(&labels)
+        .set(i64::from(io.read_bytes_per_s.is_some()));
 }
 
 /// A scheduler job's run was recorded: `ok`, `failed` or `skipped`.
@@ -471,6 +570,27 @@ mod tests {
         });
         backup_run("partial");
         volume_usage("chunks", 4096, 1 << 20);
+        volume_io(
+            "chunks",
+            VolumeIo {
+                read_bytes_per_s: Some(2048.0),
+                write_bytes_per_s: Some(512.0),
+                reads_per_s: Some(4.0),
+                writes_per_s: Some(1.0),
+                busy_ratio: Some(0.25),
+                probe_p50_s: Some(0.002),
+                probe_p99_s: Some(0.03),
+            },
+        );
+        // A volume on tmpfs: no device, only its probe.
+        volume_io(
+            "scratch",
+            VolumeIo {
+                probe_p50_s: Some(0.001),
+                probe_p99_s: Some(0.001),
+                ..VolumeIo::default()
+            },
+        );
         job_run("backup", "ok");
         http_request("/health", "GET", 200, Duration::from_millis(2));
         let text = render(&HealthRegistry::new());
@@ -509,6 +629,32 @@ mod tests {
         assert_eq!(
             value(&text, "lucid_db_volume_quota_bytes", &v),
             Some(1048576.0)
+        );
+        assert_eq!(value(&text, "lucid_db_volume_io_available", &v), Some(1.0));
+        assert_eq!(
+            value(&text, "lucid_db_volume_io_read_bytes_per_second", &v),
+            Some(2048.0)
+        );
+        assert_eq!(
+            value(&text, "lucid_db_volume_io_busy_ratio", &v),
+            Some(0.25)
+        );
+        assert_eq!(
+            value(&text, "lucid_db_volume_io_probe_p99_seconds", &v),
+            Some(0.03)
+        );
+        let scratch = ["volume=\"scratch\""];
+        assert_eq!(
+            value(&text, "lucid_db_volume_io_available", &scratch),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, "lucid_db_volume_io_read_bytes_per_second", &scratch),
+            None
+        );
+        assert_eq!(
+            value(&text, "lucid_db_volume_io_probe_p50_seconds", &scratch),
+            Some(0.001)
         );
         assert_eq!(
             value(

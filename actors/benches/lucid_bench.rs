@@ -462,6 +462,12 @@ fn main() {
     } else {
         json!(null)
     };
+    // Its own name: `volume` alone does not take snapshots, nor mount a btrfs.
+    let snapshot = if wants("snapshot") {
+        snapshot_bench()
+    } else {
+        json!(null)
+    };
     let backup = if wants("backup") {
         backup_bench()
     } else {
@@ -509,6 +515,7 @@ fn main() {
         "results": rows,
         "redis_benchmark_c64": redis_bench,
         "volume": volume,
+        "snapshot": snapshot,
         "backup": backup,
         "redis_backup": redis_backup,
         "full_backup": full_backup,
@@ -907,6 +914,176 @@ fn volume_bench(duration: Duration) -> serde_json::Value {
             "actor_cpu_s": a_cpu,
             "tar_zstd_cpu_s": d_cpu,
             "quick_ms": quick,
+        })
+    })
+}
+
+/// A loop-mounted btrfs image in `dir` (the snapshot tests' reflink filesystem), unmounted
+/// on drop; `Err` says why there is none (not root, no loop device, no mkfs.btrfs).
+struct LoopBtrfs {
+    at: std::path::PathBuf,
+}
+
+impl LoopBtrfs {
+    fn mount(dir: &std::path::Path) -> Result<LoopBtrfs, String> {
+        use std::process::Command;
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{cmd:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let (image, at) = (dir.join("btrfs.img"), dir.join("mnt"));
+        std::fs::create_dir(&at).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        // Sparse; room for the tree, its snapshot and cp's copy.
+        file.set_len(1 << 30).map_err(|e| e.to_string())?;
+        drop(file);
+        run(Command::new("mkfs.btrfs").arg("-q").arg(&image))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&at))?;
+        Ok(LoopBtrfs { at })
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.at).status();
+    }
+}
+
+/// A snapshot of a 100 MiB volume with 2,000 small files (`plant_volume`'s tree) through the
+/// actor — copy, then the blake3 manifest sealed over the copy — against
+/// `cp -a --reflink=auto DIR SNAP` and blake3 of every copied file with `b3sum` (b3sum has no
+/// recursive flag: `find -exec b3sum {} +`), on the same tree in the same run, ABBA; on the
+/// copy path (the temporary directory's filesystem) and on the reflink path (a loop-mounted
+/// btrfs, when this runs as root). Then the wall time of `volumes stats` (one `VolumeStats`
+/// at the CLI's 250 ms interval). Without `b3sum` the comparison is skipped and says so.
+fn snapshot_bench() -> serde_json::Value {
+    let b3sum = std::process::Command::new("b3sum")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !b3sum {
+        println!(
+            "\nsnapshot: SKIPPED the comparison: b3sum is not installed (apt-get install b3sum)"
+        );
+    }
+    let mut paths = serde_json::Map::new();
+    let copy_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    paths.insert("copy".into(), snapshot_path(copy_dir.path(), b3sum));
+    let reflink_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    match LoopBtrfs::mount(reflink_dir.path()) {
+        Ok(fs) => {
+            paths.insert("reflink".into(), snapshot_path(&fs.at, b3sum));
+            drop(fs);
+        }
+        Err(e) => {
+            println!("snapshot: SKIPPED the reflink path: no loop-mounted btrfs here: {e}");
+            paths.insert("reflink".into(), json!({ "skipped": e }));
+        }
+    }
+    json!({ "b3sum": b3sum, "paths": paths })
+}
+
+/// One snapshot comparison with its volumes root in `base`.
+fn snapshot_path(base: &std::path::Path, b3sum: bool) -> serde_json::Value {
+    use lucid_actors::volume::{
+        CreateVolume, DeleteSnapshot, ListVolumes, TakeSnapshot, VolumeActor, VolumeName,
+        VolumeStats,
+    };
+    let root = base.join("volumes");
+    let scratch = base.join("cp");
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let mut cfg = Config::defaults().unwrap_or_else(|e| panic!("defaults: {e}"));
+    cfg.volumes.root = root.clone();
+    let name = VolumeName::new("photos").unwrap_or_else(|e| panic!("{e}"));
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let v = VolumeActor::start_with(&cfg.volumes, &cfg.supervisor);
+        v.call(ListVolumes).await.unwrap_or_else(|e| panic!("start: {e}"));
+        v.call(CreateVolume { name: name.clone(), quota: None, kind: None, labels: Default::default() })
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let bytes = plant_volume(&root.join("photos"), 200);
+        let mb = bytes as f64 / (1 << 20) as f64;
+        let mut method = String::new();
+        let actor = || {
+            let v = v.clone();
+            let name = name.clone();
+            async move {
+                let started = Instant::now();
+                let info = v
+                    .call(TakeSnapshot { name: name.clone(), snapshot: Some("bench".into()), label: None, allow_live: false })
+                    .await
+                    .unwrap_or_else(|e| panic!("snapshot: {e}"));
+                let took = started.elapsed();
+                v.call(DeleteSnapshot { name, snapshot: "bench".into() }).await.unwrap_or_else(|e| panic!("delete: {e}"));
+                (took, format!("{:?}", info.method))
+            }
+        };
+        let direct = || {
+            let snap = scratch.join("snap");
+            let started = Instant::now();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("cp -a --reflink=auto \"$1\" \"$2\" && find \"$2\" -type f -exec b3sum {} + > /dev/null")
+                .args(["sh", &root.join("photos").display().to_string(), &snap.display().to_string()])
+                .status()
+                .unwrap_or_else(|e| panic!("sh: {e}"));
+            let took = started.elapsed();
+            assert!(status.success(), "cp -a --reflink=auto && b3sum failed");
+            std::fs::remove_dir_all(&snap).unwrap_or_else(|e| panic!("rm: {e}"));
+            took
+        };
+        let _ = actor().await; // warm the page cache for both
+        let (mut a, mut d) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            if b3sum && round % 2 == 1 {
+                d.push(direct().as_secs_f64());
+            }
+            let (t, m) = actor().await;
+            method = m;
+            a.push(t.as_secs_f64());
+            if b3sum && round % 2 == 0 {
+                d.push(direct().as_secs_f64());
+            }
+        }
+        let a_s = median(a);
+        let d_s = (!d.is_empty()).then(|| median(d));
+        match d_s {
+            Some(d_s) => println!(
+                "\nsnapshot of a {mb:.0} MiB volume, 2,000 small files ({method}, {}): actor {a_s:.3} s, `cp -a --reflink=auto && b3sum` {d_s:.3} s: throughput ratio {:.2}",
+                base.display(),
+                d_s / a_s
+            ),
+            None => println!("\nsnapshot of a {mb:.0} MiB volume ({method}): actor {a_s:.3} s (no b3sum: no comparison)"),
+        }
+        let started = Instant::now();
+        let stats = v
+            .call(VolumeStats { name: Some(name.clone()), interval: Duration::from_millis(250) })
+            .await
+            .unwrap_or_else(|e| panic!("stats: {e}"));
+        let stats_ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "  volumes stats (250 ms interval): {stats_ms:.0} ms; device {}",
+            stats.first().and_then(|s| s.device.as_ref()).map_or("none", |d| d.name.as_str())
+        );
+        json!({
+            "tree_mib": mb,
+            "method": method,
+            "actor_s": a_s,
+            "cp_b3sum_s": d_s,
+            "throughput_ratio": d_s.map(|d| d / a_s),
+            "stats_ms": stats_ms,
         })
     })
 }

@@ -9,7 +9,8 @@
 //! so — `device: None` with the reason — instead of guessing. The device figures are the
 //! whole device's, not the volume's alone: every volume on one card shows the same.
 //!
-//! [`VolumeStats`] answers the figures (the metrics layer can read them from it too);
+//! [`VolumeStats`] answers the figures, and each sample is put on `/metrics` (the scheduler's
+//! `volume_usage` job takes one, so they stay fresh without a scrape waiting on a sample);
 //! `volume.slow_io` fires once when a volume's probe p99 crosses `volumes.slow_io_threshold`,
 //! re-armed only when it is back under three quarters of it.
 
@@ -373,12 +374,13 @@ impl VolumeActor {
         let all: Vec<f64> = recent.iter().copied().collect();
         let p99 = percentile(&all, 99.0);
         self.check_slow_io(&x.name, p99);
+        let p50 = percentile(&all, 50.0);
         let per_s = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(0.001);
         let (device, unavailable) = match x.device {
             Ok(d) => (Some(d), None),
             Err(e) => (None, Some(e)),
         };
-        IoStats {
+        let stats = IoStats {
             volume: x.name,
             device,
             unavailable,
@@ -391,10 +393,30 @@ impl VolumeActor {
                 .rates
                 .map(|(c, d)| (c.busy_ms as f64 / (d.as_secs_f64() * 1000.0) * 100.0).min(100.0)),
             probe_ms,
-            probe_p50_ms: percentile(&all, 50.0),
+            probe_p50_ms: p50,
             probe_p99_ms: p99,
             probes: all.len() as u64,
-        }
+        };
+        Self::record_sample(&stats);
+        stats
+    }
+
+    /// Puts a sample on `/metrics` (docs/metrics.md): every `VolumeStats` refreshes them,
+    /// the scheduler's `volume_usage` job among its callers.
+    fn record_sample(stats: &IoStats) {
+        let secs = |ms: Option<f64>| ms.map(|ms| ms / 1000.0);
+        crate::metrics::volume_io(
+            stats.volume.as_str(),
+            crate::metrics::VolumeIo {
+                read_bytes_per_s: stats.read_bytes_per_s,
+                write_bytes_per_s: stats.write_bytes_per_s,
+                reads_per_s: stats.reads_per_s,
+                writes_per_s: stats.writes_per_s,
+                busy_ratio: stats.busy_percent.map(|p| p / 100.0),
+                probe_p50_s: secs(stats.probe_p50_ms),
+                probe_p99_s: secs(stats.probe_p99_ms),
+            },
+        );
     }
 
     /// `volume.slow_io` once per crossing of `volumes.slow_io_threshold` by the probes' p99.

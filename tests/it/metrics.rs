@@ -411,6 +411,8 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
         "lucid_db_backup_runs_total",
         "lucid_db_volume_used_bytes",
         "lucid_db_volume_quota_bytes",
+        "lucid_db_volume_io_probe_p50_seconds",
+        "lucid_db_volume_io_probe_p99_seconds",
         "lucid_db_scheduler_job_runs_total",
         "lucid_db_http_requests_total",
         "lucid_db_http_request_duration_seconds_count",
@@ -461,6 +463,43 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
         Some(10.0 * 1024.0 * 1024.0),
         "{text}"
     );
+    // The volume_usage job's I/O sample: the probe ran in the volume (a 4 KiB write and
+    // fsync takes more than nothing and less than the job's minute), and the device's figures
+    // are there exactly when its availability says so (a tempdir on tmpfs or overlay has none).
+    let p50 = max_of(&s, "lucid_db_volume_io_probe_p50_seconds", &ledger);
+    let p99 = max_of(&s, "lucid_db_volume_io_probe_p99_seconds", &ledger);
+    assert!(
+        p50.is_some_and(|v| v > 0.0 && v < 60.0) && p99 >= p50,
+        "{text}"
+    );
+    let available = max_of(&s, "lucid_db_volume_io_available", &ledger);
+    let device_series = [
+        "lucid_db_volume_io_read_bytes_per_second",
+        "lucid_db_volume_io_write_bytes_per_second",
+        "lucid_db_volume_io_read_ops_per_second",
+        "lucid_db_volume_io_write_ops_per_second",
+        "lucid_db_volume_io_busy_ratio",
+    ];
+    match available {
+        Some(1.0) => {
+            for name in device_series {
+                assert!(
+                    max_of(&s, name, &ledger).is_some_and(|v| v >= 0.0),
+                    "{name}:\n{text}"
+                );
+            }
+            assert!(
+                max_of(&s, "lucid_db_volume_io_busy_ratio", &ledger).is_some_and(|v| v <= 1.0),
+                "{text}"
+            );
+        }
+        Some(0.0) => {
+            for name in device_series {
+                assert_eq!(max_of(&s, name, &ledger), None, "{name}:\n{text}");
+            }
+        }
+        other => panic!("lucid_db_volume_io_available is {other:?}:\n{text}"),
+    }
     for job in ["backup", "volume_usage", "health_summary"] {
         assert!(
             max_of(

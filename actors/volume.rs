@@ -379,6 +379,9 @@ pub struct VolumeActor {
     history: forecast::History,
     /// Samples added since the history was last saved.
     history_dirty: bool,
+    /// Saves run on the blocking pool and may finish out of order: each carries a number, and
+    /// the newest written so far is kept here, so an older copy never overwrites a newer one.
+    history_saves: (u64, Arc<std::sync::Mutex<u64>>),
     /// Volumes whose `volume.filling` has fired (until their forecast is re-armed).
     filling: BTreeSet<VolumeName>,
     clock: Arc<dyn crate::clock::Clock>,
@@ -471,6 +474,7 @@ impl VolumeActor {
             root: root::RootWatch::new(entry),
             history: forecast::History::default(),
             history_dirty: false,
+            history_saves: Default::default(),
             filling: BTreeSet::new(),
             clock,
             probes: io::Probes::default(),

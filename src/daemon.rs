@@ -14,11 +14,11 @@ use lucid_actors::events::{
 };
 use lucid_actors::state::DaemonLock;
 use lucid_actors::{Handles, HealthRegistry, Roles, StateDir};
-use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::exit;
 use crate::http::{self, ApiState};
+use crate::notify::Notifier;
 
 pub async fn run(loaded: Loaded) -> u8 {
     let config = loaded.config;
@@ -87,24 +87,26 @@ pub async fn run(loaded: Loaded) -> u8 {
     let server_handle = server.handle();
     actix_rt::spawn(server);
 
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status(&handles.registry.summary()),
-    ]);
+    let notifier = Notifier::start();
+    notifier.ready(handles.registry.summary());
     events::emit(DaemonReady {
         http_addr: config.http.bind.to_string(),
     });
-    let status = actix_rt::spawn(report_status(handles.registry.clone(), changes));
+    let status = actix_rt::spawn(report_status(
+        handles.registry.clone(),
+        changes,
+        notifier.clone(),
+    ));
     // A zero or absurdly small WATCHDOG_USEC is a misconfiguration, not a reason to spin.
     let watchdog = sd_notify::watchdog_enabled()
         .filter(|period| *period >= Duration::from_millis(2))
-        .map(|period| actix_rt::spawn(feed_watchdog(handles.clone(), period)));
+        .map(|period| actix_rt::spawn(feed_watchdog(handles.clone(), period, notifier.clone())));
 
     let signal = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
-    notify(&[NotifyState::Stopping]);
+    notifier.stopping();
     events::emit(DaemonStopping { signal });
     // Stopping is not a stalled loop: no more watchdog pings or status lines.
     if let Some(watchdog) = watchdog {
@@ -122,6 +124,8 @@ pub async fn run(loaded: Loaded) -> u8 {
             .await;
     })
     .await;
+    // STOPPING=1 goes out from the notify thread: let it, before the process ends.
+    notifier.flush(Duration::from_secs(1));
     events::emit(DaemonStopped {
         code: if drained.is_ok() {
             "drained"
@@ -134,35 +138,29 @@ pub async fn run(loaded: Loaded) -> u8 {
 }
 
 /// STATUS= carries the one-line health summary, rewritten on every state change.
-async fn report_status(registry: HealthRegistry, mut changes: tokio::sync::watch::Receiver<u64>) {
+async fn report_status(
+    registry: HealthRegistry,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    notifier: Notifier,
+) {
     while changes.changed().await.is_ok() {
-        notify(&[NotifyState::Status(&registry.summary())]);
+        notifier.status(registry.summary());
     }
 }
 
 /// WATCHDOG=1 at half the watchdog period, and only after every actor answered a round trip:
 /// a wedged event loop stops the pings and systemd restarts the daemon.
-async fn feed_watchdog(handles: Handles, period: Duration) {
+async fn feed_watchdog(handles: Handles, period: Duration, notifier: Notifier) {
     let mut tick = tokio::time::interval(period / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match handles.heartbeat(period / 4).await {
-            Ok(()) => notify(&[NotifyState::Watchdog]),
+            Ok(()) => notifier.watchdog(),
             Err(e) => events::emit(WatchdogSkipped {
                 code: e.code(),
                 error: e.to_string(),
             }),
         }
-    }
-}
-
-/// Tells systemd, when it listens (`NOTIFY_SOCKET` set and not empty).
-fn notify(states: &[NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none_or(|s| s.is_empty()) {
-        return;
-    }
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }

@@ -27,6 +27,7 @@ mod health_cmd;
 mod http;
 mod logging;
 mod mongo_cmd;
+mod notify;
 mod schedule_cmd;
 mod search_cmd;
 mod stores;

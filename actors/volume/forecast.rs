@@ -264,7 +264,17 @@ impl super::VolumeActor {
             return;
         }
         let history = self.history.clone();
+        self.history_saves.0 += 1;
+        let (this, newest) = (self.history_saves.0, self.history_saves.1.clone());
         tokio::task::spawn_blocking(move || {
+            // Held across the write: saves take turns, and a later one has already won.
+            let mut written = newest
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *written > this {
+                return;
+            }
+            *written = this;
             let saved = serde_json::to_vec(&history)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| {

@@ -103,8 +103,9 @@ impl Audit {
             return;
         };
         let mut changes = registry.subscribe();
+        let mut waiting = None;
         loop {
-            self.flush(&mongo).await;
+            self.flush(&mongo, &mut waiting).await;
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = changes.changed() => {}
@@ -115,7 +116,7 @@ impl Audit {
 
     /// Writes the queue front to back; stops at the first document MongoDB could not take
     /// for a reason of its own (down, slow), which stays at the front.
-    async fn flush(&self, mongo: &MongoHandle) {
+    async fn flush(&self, mongo: &MongoHandle, waiting: &mut Option<&'static str>) {
         loop {
             let Some(doc) = self.queue.lock().ok().and_then(|q| q.front().cloned()) else {
                 return;
@@ -132,7 +133,21 @@ impl Audit {
                     // Not going to succeed later either: said once, and dropped.
                     tracing::warn!(code = "invalid", "an audit document was refused");
                 }
-                Err(_) => return,
+                Err(e) => {
+                    // Said once per reason, so an operator sees why the trail waits.
+                    if *waiting != Some(e.code()) {
+                        tracing::info!(
+                            code = e.code(),
+                            queued = self.queued(),
+                            "audit documents wait for mongodb"
+                        );
+                        *waiting = Some(e.code());
+                    }
+                    return;
+                }
+            }
+            if let Some(code) = waiting.take() {
+                tracing::info!(after = code, "audit documents are written again");
             }
             if let Ok(mut q) = self.queue.lock() {
                 q.pop_front();

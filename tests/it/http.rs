@@ -1277,6 +1277,9 @@ fn bad_input_is_a_clear_4xx_never_a_500_and_nothing_is_written() {
 // ---------------------------------------------------------------------------------------------
 // Audit while MongoDB is down
 
+/// Also the guard against a stalled event loop: the audit writer runs on the main arbiter, and
+/// MongoDB's reconnects fill the notify socket (which this test never reads) with STATUS= lines;
+/// when those were sent from the event loop, the writer stopped once the socket's queue was full.
 #[test]
 fn audit_documents_wait_while_mongodb_is_down_are_written_when_it_is_back_and_overflow_is_counted()
 {
@@ -1333,9 +1336,10 @@ fn audit_documents_wait_while_mongodb_is_down_are_written_when_it_is_back_and_ov
         }
         assert!(
             Instant::now() < deadline,
-            "queued audit documents never written: {} {}\n{}",
+            "queued audit documents never written: {} {}\n{}\n{}",
             q.status,
             q.body,
+            raw(a, "GET", "/health", &[], b"").body,
             api.d
                 .stderr()
                 .lines()

@@ -82,20 +82,21 @@ async fn a_growing_volume_is_forecast_to_fill_and_warned_about_once() {
         Some(Forecast::NotGrowing)
     );
 
-    // Saved under the state directory (on the blocking pool: wait for the file), and read
-    // again by the next actor.
-    for _ in 0..100 {
-        if history.is_file() {
+    // Saved under the state directory (on the blocking pool, after each tick: wait for the
+    // last save), and read again by the next actor.
+    let saved_samples = || {
+        std::fs::read(&history)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["volumes"]["uploads"].as_array().map(Vec::len))
+    };
+    for _ in 0..250 {
+        if saved_samples() == Some(6) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&history).expect("saved")).expect("json");
-    assert_eq!(
-        saved["volumes"]["uploads"].as_array().map(Vec::len),
-        Some(6)
-    );
+    assert_eq!(saved_samples(), Some(6));
     drop(v);
     let again = start(root.path(), &history, clock.clone());
     v_has_forecast(&again).await;

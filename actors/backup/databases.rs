@@ -82,27 +82,35 @@ fn failed<E: StoreErrorLike>(what: &str, e: E) -> Failure {
 }
 
 /// The three stores' error types, as far as a backup needs them.
-trait StoreErrorLike: std::fmt::Display {
+pub(super) trait StoreErrorLike: std::fmt::Display {
     fn code(&self) -> &'static str;
+    /// The reason an import's source (a backup artifact being read) failed, when that is
+    /// what this error says: the artifact's fault, not the store's.
+    fn import_source(&self) -> Option<&str>;
 }
 
-impl StoreErrorLike for crate::mongo::MongoError {
-    fn code(&self) -> &'static str {
-        crate::mongo::MongoError::code(self)
-    }
+/// The three database stores' errors have the same shape where a backup looks.
+macro_rules! store_error_like {
+    ($($error:ident),+) => {$(
+        impl StoreErrorLike for $error {
+            fn code(&self) -> &'static str {
+                $error::code(self)
+            }
+
+            fn import_source(&self) -> Option<&str> {
+                match self {
+                    $error::ImportSource { reason, .. } => Some(reason),
+                    _ => None,
+                }
+            }
+        }
+    )+};
 }
 
-impl StoreErrorLike for crate::redis::RedisError {
-    fn code(&self) -> &'static str {
-        crate::redis::RedisError::code(self)
-    }
-}
-
-impl StoreErrorLike for crate::search::SearchError {
-    fn code(&self) -> &'static str {
-        crate::search::SearchError::code(self)
-    }
-}
+use crate::mongo::MongoError;
+use crate::redis::RedisError;
+use crate::search::SearchError;
+store_error_like!(MongoError, RedisError, SearchError);
 
 /// A store record for `store` that failed before its export.
 pub(super) fn failed_record(failure: &Failure, facts: Map<String, Value>) -> StoreRecord {
@@ -233,6 +241,48 @@ impl Sink<'_> {
         )
         .await
     }
+
+    /// One exported item of a store with a data and a metadata artifact (a MongoDB
+    /// collection, an Elasticsearch index): `{stem}{data_ext}` from `feed`, then
+    /// `{stem}{meta_ext}` holding `meta`. Answers both records and the items written, or the
+    /// store's failure (the store stops there).
+    #[allow(clippy::too_many_arguments)]
+    async fn item<T, E>(
+        &self,
+        stem: &str,
+        (data_ext, meta_ext): (&str, &str),
+        logical: &str,
+        what: &str,
+        feed: impl Stream<Item = Result<T, E>>,
+        encode: fn(&T, &mut Vec<u8>),
+        meta: Vec<u8>,
+    ) -> Result<Result<([ArtifactRecord; 2], u64), Failure>, BackupError>
+    where
+        E: StoreErrorLike,
+    {
+        let (written, items) = self
+            .feed(
+                &format!("{stem}{data_ext}"),
+                logical,
+                what,
+                feed,
+                encode,
+                |_| {},
+            )
+            .await?;
+        let data = match written {
+            Written::Done(r) => r,
+            Written::Failed(f) => return Ok(Err(f)),
+        };
+        let meta_record = self
+            .small(
+                &format!("{stem}{meta_ext}"),
+                &format!("{logical}{}", meta_ext.trim_end_matches(".json")),
+                meta,
+            )
+            .await?;
+        Ok(Ok(([data, meta_record], items)))
+    }
 }
 
 /// Ends a store's record: complete, or failed with `failure`.
@@ -325,32 +375,18 @@ pub(super) async fn mongodb_store(
             }
         };
         let stem = format!("mongodb/{database}/{name}");
+        let meta = mongodump::CollectionMetadata::from_export(&metadata);
         let logical = format!("{database}.{name}");
-        let (written, documents) = sink
-            .feed(
-                &format!("{stem}.bson"),
-                &logical,
-                &what,
-                feed,
-                mongodump::encode_document,
-                |_| {},
-            )
-            .await?;
-        let bson = match written {
-            Written::Done(r) => r,
-            Written::Failed(f) => {
+        let exts = (".bson", ".metadata.json");
+        let encode = mongodump::encode_document;
+        let item = sink.item(&stem, exts, &logical, &what, feed, encode, meta.to_json());
+        let (written, documents) = match item.await? {
+            Ok(done) => done,
+            Err(f) => {
                 failure = Some(f);
                 break;
             }
         };
-        let meta = mongodump::CollectionMetadata::from_export(&metadata);
-        let meta_record = sink
-            .small(
-                &format!("{stem}.metadata.json"),
-                &format!("{logical}.metadata"),
-                meta.to_json(),
-            )
-            .await?;
         per_collection.insert(
             name.to_owned(),
             json!({
@@ -359,7 +395,7 @@ pub(super) async fn mongodb_store(
                 "indexes": meta.index_names(),
             }),
         );
-        artifacts.extend([bson, meta_record]);
+        artifacts.extend(written);
     }
     facts.insert("collections".into(), Value::Object(per_collection));
     Ok(record(started, failure, facts, artifacts))
@@ -505,31 +541,17 @@ pub(super) async fn search_store(
             }
         };
         let stem = format!("elasticsearch/{index}");
-        let (written, documents) = sink
-            .feed(
-                &format!("{stem}.ndjson"),
-                &index,
-                &what,
-                feed,
-                bulk::encode_document,
-                |_| {},
-            )
-            .await?;
-        let ndjson = match written {
-            Written::Done(r) => r,
-            Written::Failed(f) => {
+        let body = bulk::IndexBody::from_metadata(&metadata);
+        let exts = (".ndjson", ".meta.json");
+        let encode = bulk::encode_document;
+        let item = sink.item(&stem, exts, &index, &what, feed, encode, body.to_json());
+        let (written, documents) = match item.await? {
+            Ok(done) => done,
+            Err(f) => {
                 failure = Some(f);
                 break;
             }
         };
-        let body = bulk::IndexBody::from_metadata(&metadata);
-        let meta_record = sink
-            .small(
-                &format!("{stem}.meta.json"),
-                &format!("{index}.meta"),
-                body.to_json(),
-            )
-            .await?;
         per_index.insert(
             index.clone(),
             json!({
@@ -538,7 +560,7 @@ pub(super) async fn search_store(
                 "write_blocked": metadata.write_blocked,
             }),
         );
-        artifacts.extend([ndjson, meta_record]);
+        artifacts.extend(written);
     }
     facts.insert("indices".into(), Value::Object(per_index));
     Ok(record(started, failure, facts, artifacts))

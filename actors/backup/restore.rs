@@ -506,12 +506,7 @@ pub(super) async fn import_step(
             let summary = mongo
                 .import(ImportOptions::new(target).existing(existing), items)
                 .await
-                .map_err(|e| match e {
-                    crate::mongo::MongoError::ImportSource { reason, .. } => {
-                        undecodable(artifact, &reason)
-                    }
-                    other => store_error("mongodb", other.code(), &other),
-                })?;
+                .map_err(|e| import_error("mongodb", artifact, &e))?;
             (summary.read, summary.written, summary.skipped_total())
         }
         Target::Redis { db } => {
@@ -523,12 +518,7 @@ pub(super) async fn import_step(
             let summary = redis
                 .import(ImportOptions::new(target).existing(existing), items)
                 .await
-                .map_err(|e| match e {
-                    crate::redis::RedisError::ImportSource { reason, .. } => {
-                        undecodable(artifact, &reason)
-                    }
-                    other => store_error("redis", other.code(), &other),
-                })?;
+                .map_err(|e| import_error("redis", artifact, &e))?;
             for (key, why) in &summary.details.failures {
                 tracing::warn!(%key, reason = %why, "redis refused a key of the backup");
             }
@@ -562,12 +552,7 @@ pub(super) async fn import_step(
             let summary = search
                 .import(ImportOptions::new(target).existing(existing), items)
                 .await
-                .map_err(|e| match e {
-                    crate::search::SearchError::ImportSource { reason, .. } => {
-                        undecodable(artifact, &reason)
-                    }
-                    other => store_error("elasticsearch", other.code(), &other),
-                })?;
+                .map_err(|e| import_error("elasticsearch", artifact, &e))?;
             (summary.read, summary.written, summary.skipped_total())
         }
     };
@@ -623,6 +608,18 @@ fn undecodable(artifact: &str, reason: &str) -> BackupError {
         artifact: artifact.to_owned(),
         reason: reason.to_owned(),
     })
+}
+
+/// An import's error: the artifact's when its reading failed, else the store's.
+fn import_error(
+    store: &'static str,
+    artifact: &str,
+    e: &impl super::databases::StoreErrorLike,
+) -> BackupError {
+    match e.import_source() {
+        Some(reason) => undecodable(artifact, reason),
+        None => store_error(store, e.code(), e),
+    }
 }
 
 pub(super) fn store_error(

@@ -4,7 +4,9 @@
 //!
 //! A volume is a directory `root/{name}` (or, after a migration, the path its metadata names)
 //! with its metadata beside it in `root/{name}.volume.json`, its integrity manifest in
-//! `root/{name}.manifest.json` and a lock file `root/.{name}.lock`. Quotas are advisory on a
+//! `root/{name}.manifest.json` and a lock file `root/.{name}.lock` (empty; it outlives a delete:
+//! unlinking a lock file another process waits on would let two processes hold "the" lock on
+//! two different files, should the name be created again). Quotas are advisory on a
 //! plain filesystem (nothing stops a database server from writing past one): they are
 //! measured, warned about, and enforced on the daemon's own writes (`WriteFile`, `Import`).
 //!

@@ -405,7 +405,8 @@ pub(super) fn delete(s: &Settings, name: &VolumeName, force: bool) -> Result<(),
     remove_meta(s, name)?;
     fsops::sync_dir(&s.root)?;
     std::fs::remove_dir_all(&doomed).map_err(|e| VolumeError::io("remove", &doomed, &e))?;
-    // Its snapshots go with it: a new volume of this name must not find them.
+    // Its snapshots go with it: a new volume of this name must not find them. The lock file
+    // stays (module doc of `volume`).
     super::snapshot::remove_area(&s.root, name)
 }
 

@@ -47,3 +47,51 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJson<T> {
         Box::pin(async move { json.await.map(|j| OptionalJson(j.into_inner())) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default)]
+        force: bool,
+    }
+
+    async fn extract(req: TestRequest) -> Result<Body, actix_web::Error> {
+        let (req, mut payload) = req.to_http_parts();
+        OptionalJson::<Body>::from_request(&req, &mut payload)
+            .await
+            .map(OptionalJson::into_inner)
+    }
+
+    fn json(text: &'static str) -> TestRequest {
+        TestRequest::post()
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .set_payload(text)
+    }
+
+    /// No body: the defaults. A body: parsed, and refused when a field is unknown or of the
+    /// wrong type — where `Option<Json<T>>` would answer the defaults.
+    #[actix_rt::test]
+    async fn only_a_missing_body_gets_the_defaults() {
+        assert_eq!(
+            extract(TestRequest::post()).await.ok(),
+            Some(Body::default())
+        );
+        assert_eq!(
+            extract(json(r#"{"force": true}"#)).await.ok(),
+            Some(Body { force: true })
+        );
+        for bad in [r#"{"forse": true}"#, r#"{"force": "yes"}"#, "{"] {
+            assert!(extract(json(bad)).await.is_err(), "{bad}");
+        }
+        // A body that is not declared JSON is not taken for one.
+        let plain = TestRequest::post().set_payload(r#"{"force": true}"#);
+        assert!(extract(plain).await.is_err());
+    }
+}

@@ -585,6 +585,20 @@ fn bad_volume_input_is_a_4xx_with_the_actors_code_and_changes_nothing() {
             "snapshot_not_found",
         ),
         (
+            // The same optional-body extractor: a misspelt field is refused, not dropped
+            // (which would restore every store of the backup).
+            "an unknown field in a backup restore's body",
+            call(
+                a,
+                "POST",
+                &path("/backup/nope/restore"),
+                adm,
+                Some(&json!({"stores": ["volumes:keep"], "forse": true})),
+            ),
+            400,
+            "invalid_body",
+        ),
+        (
             "a volume that does not",
             call(a, "POST", &path("/volumes/nowhere/cleanup"), w, None),
             404,

@@ -1,7 +1,7 @@
 //! The volume routes that change data, through the real daemon on a free port and real HTTP:
 //! each one's happy path and its effect on the disk (the volume exists, the quota changed, the
 //! snapshot exists, restore brings the data back, the deleted volume is gone), the audit of
-//! each, and bad input (traversal in a name or a snapshot name, unknown fields, a quota that
+//! each, the answers equal to what `lucid-db volumes … --json` prints in process, and bad input (traversal in a name or a snapshot name, unknown fields, a quota that
 //! is not one, a relative migration target, a non-empty volume deleted without `force`):
 //! each the right 4xx with the volume actor's code, never a 500, nothing changed.
 
@@ -635,5 +635,130 @@ fn bad_volume_input_is_a_4xx_with_the_actors_code_and_changes_nothing() {
     assert!(
         !stderr.contains("\"status\":500"),
         "a 500 was answered:\n{stderr}"
+    );
+}
+
+/// `lucid-db volumes …` in process (no daemon answers), on the daemon's data root: its
+/// `--json` output as JSON.
+fn cli_json(api: &super::Api, args: &[&str]) -> Value {
+    let d = &api.d;
+    let out = std::process::Command::new(super::BIN)
+        .arg("--config")
+        .arg(d.dir().join("lucid-db.toml"))
+        .arg("volumes")
+        .args(args)
+        .arg("--json")
+        .env_clear()
+        .env("LUCID_DB__STATE_DIR", d.dir().join("state"))
+        .env("LUCID_DB__VOLUMES__ROOT", d.dir().join("volumes"))
+        .output()
+        .expect("run lucid-db volumes");
+    assert!(
+        out.status.success(),
+        "volumes {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("volumes {args:?}: {e}"))
+}
+
+/// The keys of an object, and of the objects in it, as paths.
+fn shape(v: &Value, at: &str, into: &mut Vec<String>) {
+    if let Value::Object(m) = v {
+        for (k, child) in m {
+            let p = format!("{at}.{k}");
+            shape(child, &p, into);
+            into.push(p);
+        }
+    }
+}
+
+#[test]
+fn each_answer_is_what_the_cli_prints_with_json() {
+    let (mut api, _) = redis_only("", &[]);
+    let (a, w, adm, r) = (
+        api.d.http,
+        Some(api.write.as_str()),
+        Some(api.admin.as_str()),
+        Some(api.read.as_str()),
+    );
+    let root = api.d.dir().join("volumes");
+    let created = expect(
+        &call(
+            a,
+            "POST",
+            &path("/volumes"),
+            w,
+            Some(&json!({"name": "same", "quota": "1M", "labels": {"k": "v"}})),
+        ),
+        201,
+        "create",
+    );
+    std::fs::write(root.join("same/a.txt"), "one").expect("write");
+    for s in ["s1", "s2"] {
+        expect(
+            &call(
+                a,
+                "POST",
+                &path("/volumes/same/snapshots"),
+                w,
+                Some(&json!({"name": s})),
+            ),
+            201,
+            "snapshot",
+        );
+    }
+    let deleted = expect(
+        &call(a, "DELETE", &path("/volumes/same/snapshots/s2"), adm, None),
+        200,
+        "delete-snapshot",
+    );
+    expect(
+        &call(a, "POST", &path("/volumes/same/verify"), w, None),
+        200,
+        "seal",
+    );
+    let verified = expect(
+        &call(a, "POST", &path("/volumes/same/verify"), w, None),
+        200,
+        "verify",
+    );
+    let listed = expect(
+        &call(a, "GET", &path("/volumes/same/snapshots"), r, None),
+        200,
+        "snapshots",
+    );
+    let cleaned = expect(
+        &call(a, "POST", &path("/volumes/same/cleanup"), w, None),
+        200,
+        "cleanup",
+    );
+
+    // The daemon stops: the CLI runs in process, on the same data root.
+    api.d.signal(libc::SIGTERM);
+    assert!(
+        api.d.wait_exit(super::WITHIN).is_some(),
+        "the daemon did not stop"
+    );
+    assert_eq!(cli_json(&api, &["snapshots", "same"]), listed);
+    assert_eq!(cli_json(&api, &["verify", "same"]), verified);
+    assert_eq!(cli_json(&api, &["cleanup", "same"]), cleaned);
+    cli_json(&api, &["snapshot", "same", "--name", "s2"]);
+    assert_eq!(cli_json(&api, &["delete-snapshot", "same", "s2"]), deleted);
+    // A new volume: the same fields (its name, path and time differ).
+    let other = cli_json(
+        &api,
+        &["create", "other", "--quota", "1M", "--label", "k=v"],
+    );
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    shape(&created, "", &mut want);
+    shape(&other, "", &mut got);
+    assert_eq!(got, want, "{other} vs {created}");
+    assert_eq!(
+        (&other["quota_bytes"], &other["labels"]),
+        (&created["quota_bytes"], &created["labels"])
+    );
+    assert_eq!(
+        cli_json(&api, &["delete", "other"]),
+        json!({"deleted": "other"})
     );
 }

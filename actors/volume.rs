@@ -279,11 +279,16 @@ impl VolumeHandle {
     /// Sends a message and waits for its answer: a short call at most
     /// `supervisor.call_deadline` (then `deadline_exceeded`, so a wedged actor never hangs
     /// its caller), a long operation as long as it makes progress ([`VolumeOp::LONG`]).
+    ///
+    /// Every call is counted in the backend metrics as the other stores' are
+    /// ([`crate::metrics::backend_call`]: `backend="volumes"`, the message's name, its error
+    /// code), timed unless the actor never took it.
     pub async fn call<M>(&self, msg: M) -> Result<M::Output, VolumeError>
     where
         M: VolumeOp,
         VolumeActor: Handler<M>,
     {
+        let started = std::time::Instant::now();
         let send = async {
             self.addr
                 .send(msg)
@@ -292,12 +297,24 @@ impl VolumeHandle {
                     reason: "the volume actor has stopped",
                 }))
         };
-        if M::LONG {
+        let res = if M::LONG {
             send.await
         } else {
             // The one deadline helper every actor's short calls use.
             VolumeError::within(self.deadline, send).await
-        }
+        };
+        let code = res.as_ref().err().map(VolumeError::code);
+        let elapsed = match &res {
+            Err(VolumeError::NotDelivered { .. }) => None,
+            _ => Some(started.elapsed()),
+        };
+        crate::metrics::backend_call(
+            crate::Backend::Volumes,
+            crate::metrics::op_name::<M>(),
+            elapsed,
+            code,
+        );
+        res
     }
 
     /// Streams a volume as tar ([`ExportVolume`]).

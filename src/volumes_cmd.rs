@@ -152,9 +152,7 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 force,
             })
             .await?;
-            print(json, &serde_json::json!({"deleted": n}), || {
-                println!("deleted {n}")
-            });
+            print(json, &deleted_json(&n), || println!("deleted {n}"));
         }
         VolumesCommand::Resize { name: n, quota } => {
             let info = v
@@ -286,14 +284,28 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                 snapshot: snapshot.clone(),
             })
             .await?;
-            print(
-                json,
-                &serde_json::json!({"volume": n, "deleted": snapshot}),
-                || println!("{n}: deleted snapshot {snapshot}"),
-            );
+            print(json, &snapshot_deleted_json(&n, &snapshot), || {
+                println!("{n}: deleted snapshot {snapshot}")
+            });
         }
     }
     Ok(exit::OK)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The JSON answers, shared with the HTTP API (`src/http/volumes.rs`): a route answers exactly
+// what the command prints with `--json`. Every other command prints the volume actor's answer
+// as it is (`VolumeInfo`, `VerifyReport`, `SnapshotInfo`, `CleanupReport`), so the route sends
+// that same value; these two have no value of the actor's to print.
+
+/// `volumes delete NAME --json`, and `DELETE /volumes/{name}`.
+pub(crate) fn deleted_json(volume: &str) -> serde_json::Value {
+    serde_json::json!({ "deleted": volume })
+}
+
+/// `volumes delete-snapshot NAME S --json`, and `DELETE /volumes/{name}/snapshots/{snapshot}`.
+pub(crate) fn snapshot_deleted_json(volume: &str, snapshot: &str) -> serde_json::Value {
+    serde_json::json!({ "volume": volume, "deleted": snapshot })
 }
 
 fn io_table(stats: &[IoStats]) {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::extract::OptionalJson;
 use super::{ApiState, State, need, ok};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -77,11 +78,8 @@ pub struct CreateBody {
     responses((status = 202, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
     security(("bearer" = ["write"]))
 )]
-async fn create(
-    state: State,
-    body: Option<web::Json<CreateBody>>,
-) -> Result<HttpResponse, ApiError> {
-    let b = body.map(web::Json::into_inner).unwrap_or_default();
+async fn create(state: State, body: OptionalJson<CreateBody>) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
     start(&state, selectors(&b.stores)?).await
 }
 
@@ -200,10 +198,10 @@ pub struct VerifyBody {
 async fn verify(
     state: State,
     path: web::Path<String>,
-    body: Option<web::Json<VerifyBody>>,
+    body: OptionalJson<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = backup_id(&path)?;
-    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let b = body.into_inner();
     let report = handle(&state)?
         .call(VerifyBackup {
             id,
@@ -277,10 +275,10 @@ impl RestoreBody {
 async fn restore(
     state: State,
     path: web::Path<String>,
-    body: Option<web::Json<RestoreBody>>,
+    body: OptionalJson<RestoreBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = backup_id(&path)?;
-    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let b = body.into_inner();
     let report = handle(&state)?
         .call(RestoreBackup {
             id,

@@ -262,8 +262,22 @@ impl From<VolumeError> for ApiError {
             VolumeError::InvalidName { .. }
             | VolumeError::Invalid { .. }
             | VolumeError::PathEscape { .. } => ApiError::bad_request(e.code(), e.to_string()),
-            VolumeError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            VolumeError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
+            VolumeError::NotFound { .. } | VolumeError::NoSnapshot { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, e.code(), e.to_string())
+            }
+            // Well formed, but the volume as it is now does not allow it (`force`, a lower
+            // quota, another name): the caller's to decide, with the actor's own code.
+            VolumeError::Busy { .. }
+            | VolumeError::Exists { .. }
+            | VolumeError::NotEmpty { .. }
+            | VolumeError::SnapshotExists { .. }
+            | VolumeError::QuotaBelowUsage { .. }
+            | VolumeError::Live { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.code(), e.to_string())
+            }
+            VolumeError::OverQuota { .. } | VolumeError::NoSpace { .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.code(), e.to_string())
+            }
             VolumeError::DeadlineExceeded { .. } => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "deadline_exceeded",
@@ -324,6 +338,67 @@ mod tests {
             assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "busy"), "{e:?}");
             let res = e.error_response();
             assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+
+    /// A volume operation the volume does not allow as it is is the caller's: a 4xx with the
+    /// volume actor's own code (the CLI maps it to its exit code), never a 500.
+    #[test]
+    fn volume_refusals_are_4xx_with_the_actors_code() {
+        let v = || "v".to_owned();
+        let cases = [
+            (VolumeError::NotEmpty { volume: v() }, StatusCode::CONFLICT),
+            (VolumeError::Exists { volume: v() }, StatusCode::CONFLICT),
+            (
+                VolumeError::SnapshotExists {
+                    volume: v(),
+                    snapshot: "s".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                VolumeError::QuotaBelowUsage {
+                    volume: v(),
+                    quota: 1,
+                    used: 2,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                VolumeError::Live {
+                    volume: v(),
+                    kind: "mongodb".into(),
+                    flag: "--allow-live",
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                VolumeError::NoSnapshot {
+                    volume: v(),
+                    snapshot: "s".into(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                VolumeError::NoSpace {
+                    volume: v(),
+                    needed: 2,
+                    free: 1,
+                },
+                StatusCode::INSUFFICIENT_STORAGE,
+            ),
+            (
+                VolumeError::Invalid {
+                    field: "to",
+                    reason: "must be an absolute path".into(),
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (e, status) in cases {
+            let code = e.code();
+            let api = ApiError::from(e);
+            assert_eq!((api.status, api.code), (status, code));
         }
     }
 

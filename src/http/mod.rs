@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod mongo;
 pub mod openapi;
@@ -176,6 +177,10 @@ pub fn scope_of(method: &Method, pattern: Option<&str>, loopback: bool) -> Optio
             // holder's lock.
             ("DELETE", "/mongodb/{collection}") => Scope::Admin,
             ("POST", "/backup/{id}/restore") => Scope::Admin,
+            // Removing a volume or a snapshot, replacing a volume's data, moving it.
+            ("DELETE", "/volumes/{name}" | "/volumes/{name}/snapshots/{snapshot}") => Scope::Admin,
+            ("POST", "/volumes/{name}/snapshots/{snapshot}/restore") => Scope::Admin,
+            ("POST", "/volumes/{name}/migrate") => Scope::Admin,
             ("GET", _) => Scope::Read,
             // Reads with a body.
             ("POST", "/mongodb/query" | "/mongodb/{collection}/aggregate") => Scope::Read,
@@ -183,6 +188,31 @@ pub fn scope_of(method: &Method, pattern: Option<&str>, loopback: bool) -> Optio
             _ => Scope::Write,
         }),
     }
+}
+
+/// The routes `http.request_timeout` does not cut off, the one list: each runs a volume
+/// operation whose caller waits as long as it makes progress (copying, hashing, removing or
+/// walking a volume's data; `VolumeOp::LONG`). Cut off, the caller would hear `504 timeout`
+/// while the operation goes on, and could not tell whether the data changed.
+pub fn unbounded(method: &Method, pattern: Option<&str>) -> bool {
+    let Some(p) = pattern.and_then(|p| p.strip_prefix(API)) else {
+        return false;
+    };
+    matches!(
+        (method.as_str(), p),
+        (
+            "DELETE",
+            "/volumes/{name}" | "/volumes/{name}/snapshots/{snapshot}"
+        ) | ("PUT", "/volumes/{name}/quota")
+            | (
+                "POST",
+                "/volumes/{name}/verify"
+                    | "/volumes/{name}/snapshots"
+                    | "/volumes/{name}/snapshots/{snapshot}/restore"
+                    | "/volumes/{name}/cleanup"
+                    | "/volumes/{name}/migrate"
+            )
+    )
 }
 
 /// Every request passes here: the token and its scope, the rate limit, the request timeout,
@@ -213,7 +243,13 @@ async fn guard(
     let method = method_name(req.method());
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     req.extensions_mut().insert(caller.clone());
-    let res = match tokio::time::timeout(state.request_timeout, next.call(req)).await {
+    // `Duration::MAX`: no deadline at all (tokio sets none past the clock's end).
+    let limit = if unbounded(req.method(), pattern.as_deref()) {
+        Duration::MAX
+    } else {
+        state.request_timeout
+    };
+    let res = match tokio::time::timeout(limit, next.call(req)).await {
         Ok(res) => res,
         Err(_) => {
             let e = ApiError::new(

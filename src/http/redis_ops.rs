@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::auth::{Scope, authorize};
 use super::error::ApiError;
+use super::extract::OptionalJson;
 use super::{State, caller_of, need, ok};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -286,10 +287,10 @@ async fn lock_acquire(
     state: State,
     req: HttpRequest,
     path: web::Path<String>,
-    body: Option<web::Json<AcquireBody>>,
+    body: OptionalJson<AcquireBody>,
 ) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
-    let b = body.map(web::Json::into_inner).unwrap_or_default();
+    let b = body.into_inner();
     let caller = caller_of(&req).ok_or_else(|| ApiError::not_found("no caller"))?;
     let holder = holder_key(&name)?;
     let wait = b.wait_ms.map(|ms| Duration::from_millis(ms.min(10_000)));

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use lucid_testkit::{Daemon, Server, elasticsearch, mongo, redis};
 use serde_json::{Value, json};
 
+/// The volume routes that change data.
+mod volumes;
+
 const BIN: &str = env!("CARGO_BIN_EXE_lucid-db");
 const API: &str = "/api/v1/database";
 
@@ -645,6 +648,26 @@ fn routes() -> Vec<(&'static str, String, Option<Value>, &'static str)> {
         ("GET", p("/volumes"), None, "read"),
         ("GET", p("/volumes/sessions"), None, "read"),
         ("POST", p("/volumes/no..pe/backup"), None, "write"),
+        ("POST", p("/volumes"), nothing.clone(), "write"),
+        ("DELETE", p("/volumes/no..pe"), None, "admin"),
+        ("PUT", p("/volumes/no..pe/quota"), nothing.clone(), "write"),
+        ("POST", p("/volumes/no..pe/verify"), None, "write"),
+        ("POST", p("/volumes/no..pe/snapshots"), None, "write"),
+        ("GET", p("/volumes/no..pe/snapshots"), None, "read"),
+        (
+            "POST",
+            p("/volumes/no..pe/snapshots/s/restore"),
+            None,
+            "admin",
+        ),
+        ("DELETE", p("/volumes/no..pe/snapshots/s"), None, "admin"),
+        ("POST", p("/volumes/no..pe/cleanup"), None, "write"),
+        (
+            "POST",
+            p("/volumes/no..pe/migrate"),
+            nothing.clone(),
+            "admin",
+        ),
         ("POST", p("/backup/create"), nothing.clone(), "write"),
         ("GET", p("/backup/status"), None, "read"),
         ("GET", p("/backup/status/nope"), None, "read"),

@@ -281,6 +281,87 @@ async fn real_redis_and_mongodb_calls_are_counted_timed_and_their_errors_coded()
     );
 }
 
+/// The volume actor's operations are counted, timed and their errors coded in the same
+/// series as the other stores' calls (`backend="volumes"`, the message's name).
+#[actix_rt::test]
+async fn volume_operations_are_counted_timed_and_their_errors_coded() {
+    use lucid_actors::volume::{
+        CreateVolume, InspectVolume, ResizeVolume, TakeSnapshot, Verify, VolumeActor, VolumeName,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = lucid_actors::Config::defaults().expect("defaults");
+    c.volumes.root = dir.path().to_path_buf();
+    let v = VolumeActor::start_with(&c.volumes, &c.supervisor);
+    let name = VolumeName::new("ledger").expect("name");
+    v.call(CreateVolume {
+        name: name.clone(),
+        quota: None,
+        kind: None,
+        labels: Default::default(),
+    })
+    .await
+    .expect("create");
+    std::fs::write(dir.path().join("ledger/a.txt"), "one").expect("write");
+    for _ in 0..2 {
+        v.call(Verify {
+            name: name.clone(),
+            update: false,
+        })
+        .await
+        .expect("verify");
+    }
+    v.call(TakeSnapshot {
+        name: name.clone(),
+        snapshot: Some("s1".into()),
+        label: None,
+        allow_live: false,
+    })
+    .await
+    .expect("snapshot");
+    // Refused: a quota of nothing, a volume that is not there.
+    v.call(ResizeVolume {
+        name: name.clone(),
+        quota: lucid_actors::config::ByteSize(0),
+    })
+    .await
+    .expect_err("quota 0");
+    v.call(InspectVolume {
+        name: VolumeName::new("nowhere").expect("name"),
+    })
+    .await
+    .expect_err("no such volume");
+
+    let text = metrics::render(&lucid_actors::HealthRegistry::new());
+    let s = parse_exposition(&text);
+    let (calls, seconds) = (
+        "lucid_db_backend_calls_total",
+        "lucid_db_backend_call_duration_seconds_count",
+    );
+    for (op, n) in [
+        ("CreateVolume", 1.0),
+        ("Verify", 2.0),
+        ("TakeSnapshot", 1.0),
+    ] {
+        let labels = [("backend", "volumes"), ("operation", op)];
+        assert_eq!(max_of(&s, calls, &labels), Some(n), "{op}: {text}");
+        assert_eq!(max_of(&s, seconds, &labels), Some(n), "{op}: {text}");
+    }
+    let errors = "lucid_db_backend_call_errors_total";
+    for (op, code) in [("ResizeVolume", "invalid"), ("InspectVolume", "not_found")] {
+        let labels = [("backend", "volumes"), ("operation", op), ("code", code)];
+        assert_eq!(max_of(&s, errors, &labels), Some(1.0), "{op}: {text}");
+    }
+    assert_eq!(
+        max_of(
+            &s,
+            errors,
+            &[("backend", "volumes"), ("operation", "Verify")]
+        ),
+        None,
+        "{text}"
+    );
+}
+
 /// A run record of `job` two days old, so the daemon catches the job up at start.
 fn seed_run(state: &Path, job: JobName) {
     let then = Utc::now() - chrono::Duration::days(2);
@@ -431,7 +512,8 @@ async fn the_daemon_serves_every_named_series_after_a_backup_jobs_and_a_usage_re
             "{text}"
         );
     }
-    for backend in ["redis", "mongodb"] {
+    // The volumes too: the usage job's and the backup's calls to the volume actor.
+    for backend in ["redis", "mongodb", "volumes"] {
         assert!(
             max_of(&s, "lucid_db_backend_calls_total", &[("backend", backend)])
                 .is_some_and(|v| v > 0.0),

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mongo;
 pub mod openapi;
 pub mod redis_ops;
+pub mod schedule;
 pub mod search;
 pub mod volumes;
 
@@ -176,6 +177,7 @@ pub fn scope_of(method: &Method, pattern: Option<&str>, loopback: bool) -> Optio
             // holder's lock.
             ("DELETE", "/mongodb/{collection}") => Scope::Admin,
             ("POST", "/backup/{id}/restore") => Scope::Admin,
+            ("POST", "/schedule/{job}/run") => Scope::Admin,
             ("GET", _) => Scope::Read,
             // Reads with a body.
             ("POST", "/mongodb/query" | "/mongodb/{collection}/aggregate") => Scope::Read,
@@ -213,7 +215,13 @@ async fn guard(
     let method = method_name(req.method());
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     req.extensions_mut().insert(caller.clone());
-    let res = match tokio::time::timeout(state.request_timeout, next.call(req)).await {
+    let limit = if unbounded(req.method(), pattern.as_deref()) {
+        // Longer than any request: what the route runs ends by itself.
+        Duration::MAX
+    } else {
+        state.request_timeout
+    };
+    let res = match tokio::time::timeout(limit, next.call(req)).await {
         Ok(res) => res,
         Err(_) => {
             let e = ApiError::new(
@@ -271,6 +279,17 @@ async fn guard(
     res
 }
 
+/// Routes `http.request_timeout` does not cut: a verification, a restore and a job run by hand
+/// take as long as their data takes, and the actor goes on whatever the client is told — a
+/// `504` would only hide the outcome from it (docs/http.md).
+fn unbounded(method: &Method, pattern: Option<&str>) -> bool {
+    *method == Method::POST
+        && matches!(
+            pattern.and_then(|p| p.strip_prefix(API)),
+            Some("/backup/{id}/verify" | "/backup/{id}/restore" | "/schedule/{job}/run")
+        )
+}
+
 /// The method as a fixed label (audit, metrics): an extension method is `OTHER`.
 fn method_name(m: &Method) -> &'static str {
     match *m {
@@ -323,7 +342,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(redis_ops::routes)
             .configure(search::routes)
             .configure(volumes::routes)
-            .configure(backup::routes),
+            .configure(backup::routes)
+            .configure(schedule::routes),
     );
 }
 
@@ -412,5 +432,29 @@ mod tests {
         }
         // An unknown path needs a token before it is a 404.
         assert_eq!(scope_of(&Method::GET, None, true), Some(Scope::Read));
+    }
+
+    #[test]
+    fn only_verify_restore_and_a_job_run_escape_the_request_timeout() {
+        for p in [
+            "/backup/{id}/verify",
+            "/backup/{id}/restore",
+            "/schedule/{job}/run",
+        ] {
+            assert!(unbounded(&Method::POST, Some(&format!("{API}{p}"))), "{p}");
+            assert!(!unbounded(&Method::GET, Some(&format!("{API}{p}"))), "{p}");
+        }
+        for p in ["/backup/create", "/mongodb/query", "/backup/status/{id}"] {
+            assert!(!unbounded(&Method::POST, Some(&format!("{API}{p}"))), "{p}");
+        }
+        assert!(!unbounded(&Method::POST, None));
+        assert_eq!(
+            scope_of(
+                &Method::POST,
+                Some(&format!("{API}/schedule/{{job}}/run")),
+                true
+            ),
+            Some(Scope::Admin)
+        );
     }
 }

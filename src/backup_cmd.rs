@@ -1084,3 +1084,75 @@ fn print_verify(r: &VerifyReport, json: bool) -> u8 {
     );
     code
 }
+
+#[cfg(test)]
+mod tests {
+    use lucid_actors::backup::{ManifestError, PipelineError, Refusal};
+
+    use super::*;
+
+    /// Beside a daemon the CLI has only the error's code: each code gives the exit code the
+    /// same error gives in process.
+    #[test]
+    fn an_api_error_code_exits_as_the_same_error_does_in_process() {
+        let s = |t: &str| t.to_owned();
+        let errors = [
+            BackupError::Busy { reason: s("r") },
+            BackupError::NotFound { id: s("x") },
+            BackupError::NotSupported { what: s("w") },
+            BackupError::Unavailable {
+                what: s("w"),
+                reason: s("r"),
+            },
+            BackupError::NotDelivered,
+            BackupError::IdentityRequired,
+            BackupError::Retention(Refusal::ClockUnsynchronised),
+            BackupError::Manifest(ManifestError::Malformed {
+                file: "manifest.json",
+                reason: s("r"),
+            }),
+            BackupError::Pipeline(PipelineError::ChecksumMismatch {
+                artifact: s("a"),
+                expected: s("e"),
+                found: s("f"),
+            }),
+            BackupError::Pipeline(PipelineError::Truncated {
+                artifact: s("a"),
+                expected: 2,
+                found: 1,
+            }),
+            BackupError::Pipeline(PipelineError::WrongIdentity { artifact: s("a") }),
+            BackupError::DrillMismatch {
+                artifact: s("a"),
+                reason: s("r"),
+            },
+            BackupError::Store {
+                store: "redis",
+                code: "connection_refused",
+                message: s("m"),
+            },
+            BackupError::Store {
+                store: "redis",
+                code: "rejected",
+                message: s("m"),
+            },
+            BackupError::TargetNotEmpty {
+                target: s("db0"),
+                holds: s("3 keys"),
+            },
+            BackupError::NotInBackup {
+                what: s("redis"),
+                id: s("x"),
+            },
+            BackupError::BadRequest { what: s("w") },
+            BackupError::Guarded {
+                id: s("x"),
+                reasons: s("pinned"),
+            },
+            BackupError::Interrupted { reason: s("r") },
+        ];
+        for e in &errors {
+            assert_eq!(exit_for_code(e.code()), exit_for(e), "{e:?}");
+        }
+    }
+}

@@ -107,7 +107,12 @@ fn main() -> ExitCode {
         Command::Volumes { command, json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
-            let code = system.block_on(volumes_cmd::run(&loaded.config, command, json));
+            let code = system.block_on(volumes_cmd::run(
+                &loaded.config,
+                command,
+                json,
+                cli.token_file.as_deref(),
+            ));
             exit_now(code)
         }
         Command::Mongo { command, json } => {

@@ -369,3 +369,138 @@ fn schedule_run_beside_the_daemon_runs_the_job_there_and_its_history_has_it() {
     );
     assert_eq!((r.status, r.code()), (400, "invalid_job".to_owned()));
 }
+
+/// Needs the daemon's volume routes (branch `volapi`, docs/http.md's Volumes table).
+#[test]
+fn volume_commands_beside_the_daemon_go_through_its_api() {
+    let (api, _) = redis_only("[http]\nrate_limit = 100000\n", &[]);
+    let (w, adm) = (Some(api.write.as_str()), Some(api.admin.as_str()));
+    let inspect = |n: &str| {
+        call(
+            api.d.http,
+            "GET",
+            &format!("{API}/volumes/{n}"),
+            Some(&api.read),
+            None,
+        )
+    };
+
+    let o = lucid(
+        &api.d,
+        w,
+        &[
+            "volumes", "create", "clivol", "--quota", "10M", "--label", "team=ops", "--json",
+        ],
+    );
+    assert_exit(&o, 0, "volumes create");
+    let created: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(created["meta"]["name"], "clivol", "{created}");
+    // The daemon made it: it knows it at once, and its audit has the writer's call.
+    let info = inspect("clivol");
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.json()["meta"]["labels"]["team"], "ops");
+    assert!(!audited(&api.d, &format!("{API}/volumes"), "writer").is_empty());
+
+    let o = lucid(&api.d, w, &["volumes", "resize", "clivol", "20M"]);
+    assert_exit(&o, 0, "volumes resize");
+    assert_eq!(
+        inspect("clivol").json()["meta"]["quota_bytes"],
+        20 * 1024 * 1024
+    );
+
+    // Verify seals on first use, then a changed file is a mismatch: 65, as in process.
+    let data = PathBuf::from(
+        inspect("clivol").json()["data_dir"]
+            .as_str()
+            .expect("data_dir"),
+    );
+    std::fs::write(data.join("a.txt"), "one").expect("write");
+    assert_exit(
+        &lucid(&api.d, w, &["volumes", "verify", "clivol"]),
+        0,
+        "verify seals",
+    );
+    let o = lucid(
+        &api.d,
+        w,
+        &["volumes", "snapshot", "clivol", "--name", "s1"],
+    );
+    assert_exit(&o, 0, "volumes snapshot");
+    assert_eq!(text(&o).0.trim(), "s1");
+    std::fs::write(data.join("a.txt"), "two!").expect("write");
+    assert_exit(
+        &lucid(&api.d, w, &["volumes", "verify", "clivol"]),
+        65,
+        "verify of a change",
+    );
+
+    let o = lucid(&api.d, w, &["volumes", "snapshots", "clivol", "--json"]);
+    assert_exit(&o, 0, "volumes snapshots");
+    let list: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|s| s["name"] == "s1")),
+        "{list}"
+    );
+
+    // Admin commands: refused to a write token (77, nothing done), done with an admin one.
+    let o = lucid(
+        &api.d,
+        w,
+        &["volumes", "restore-snapshot", "clivol", "s1", "--force"],
+    );
+    assert_exit(&o, 77, "restore-snapshot with a write token");
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.txt")).expect("read"),
+        "two!"
+    );
+    let o = lucid(
+        &api.d,
+        adm,
+        &["volumes", "restore-snapshot", "clivol", "s1", "--force"],
+    );
+    assert_exit(&o, 0, "restore-snapshot");
+    assert_eq!(
+        std::fs::read_to_string(data.join("a.txt")).expect("read"),
+        "one"
+    );
+    assert_exit(
+        &lucid(&api.d, adm, &["volumes", "delete-snapshot", "clivol", "s1"]),
+        0,
+        "delete-snapshot",
+    );
+    assert_exit(
+        &lucid(&api.d, w, &["volumes", "cleanup", "clivol"]),
+        0,
+        "cleanup",
+    );
+    let to = api.d.dir().join("elsewhere");
+    let o = lucid(
+        &api.d,
+        adm,
+        &["volumes", "migrate", "clivol", to.to_str().expect("utf-8")],
+    );
+    assert_exit(&o, 0, "migrate");
+    assert!(
+        to.join("a.txt").exists() || to.exists(),
+        "nothing at {}",
+        to.display()
+    );
+
+    // A bad name is refused before anything is asked (64), a busy or missing one by the daemon.
+    assert_exit(
+        &lucid(&api.d, w, &["volumes", "create", "no/pe"]),
+        64,
+        "a bad name",
+    );
+    assert_exit(
+        &lucid(&api.d, w, &["volumes", "create", "clivol"]),
+        1,
+        "an existing volume",
+    );
+    let o = lucid(&api.d, w, &["volumes", "delete", "clivol", "--force"]);
+    assert_exit(&o, 77, "delete with a write token");
+    let o = lucid(&api.d, adm, &["volumes", "delete", "clivol", "--force"]);
+    assert_exit(&o, 0, "delete");
+    assert_eq!(inspect("clivol").status, 404);
+}

@@ -187,6 +187,23 @@ pub fn scope_of(method: &Method, pattern: Option<&str>, loopback: bool) -> Optio
     }
 }
 
+/// The routes `http.request_timeout` does not cut off, the one list: a backup's verification or
+/// restore and a job run by hand take as long as their data takes, and the actor goes on
+/// whatever the client is told. Cut off, the caller would hear `504 timeout` while the
+/// operation goes on, and could not tell how it ended (docs/http.md).
+pub fn unbounded(method: &Method, pattern: Option<&str>) -> bool {
+    let Some(p) = pattern.and_then(|p| p.strip_prefix(API)) else {
+        return false;
+    };
+    matches!(
+        (method.as_str(), p),
+        (
+            "POST",
+            "/backup/{id}/verify" | "/backup/{id}/restore" | "/schedule/{job}/run"
+        )
+    )
+}
+
 /// Every request passes here: the token and its scope, the rate limit, the request timeout,
 /// and the audit of writes. Nothing reaches a handler (or the body parser) before the token
 /// is checked.
@@ -215,8 +232,8 @@ async fn guard(
     let method = method_name(req.method());
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     req.extensions_mut().insert(caller.clone());
+    // `Duration::MAX`: no deadline at all (tokio sets none past the clock's end).
     let limit = if unbounded(req.method(), pattern.as_deref()) {
-        // Longer than any request: what the route runs ends by itself.
         Duration::MAX
     } else {
         state.request_timeout
@@ -277,17 +294,6 @@ async fn guard(
         });
     }
     res
-}
-
-/// Routes `http.request_timeout` does not cut: a verification, a restore and a job run by hand
-/// take as long as their data takes, and the actor goes on whatever the client is told — a
-/// `504` would only hide the outcome from it (docs/http.md).
-fn unbounded(method: &Method, pattern: Option<&str>) -> bool {
-    *method == Method::POST
-        && matches!(
-            pattern.and_then(|p| p.strip_prefix(API)),
-            Some("/backup/{id}/verify" | "/backup/{id}/restore" | "/schedule/{job}/run")
-        )
 }
 
 /// The method as a fixed label (audit, metrics): an extension method is `OTHER`.

@@ -394,19 +394,16 @@ fn volume_commands_beside_the_daemon_go_through_its_api() {
     );
     assert_exit(&o, 0, "volumes create");
     let created: Value = serde_json::from_slice(&o.stdout).expect("JSON");
-    assert_eq!(created["meta"]["name"], "clivol", "{created}");
+    assert_eq!(created["name"], "clivol", "{created}");
     // The daemon made it: it knows it at once, and its audit has the writer's call.
     let info = inspect("clivol");
     assert_eq!(info.status, 200, "{}", info.body);
-    assert_eq!(info.json()["meta"]["labels"]["team"], "ops");
+    assert_eq!(info.json()["labels"]["team"], "ops");
     assert!(!audited(&api.d, &format!("{API}/volumes"), "writer").is_empty());
 
     let o = lucid(&api.d, w, &["volumes", "resize", "clivol", "20M"]);
     assert_exit(&o, 0, "volumes resize");
-    assert_eq!(
-        inspect("clivol").json()["meta"]["quota_bytes"],
-        20 * 1024 * 1024
-    );
+    assert_eq!(inspect("clivol").json()["quota_bytes"], 20 * 1024 * 1024);
 
     // Verify seals on first use, then a changed file is a mismatch: 65, as in process.
     let data = PathBuf::from(

@@ -42,6 +42,9 @@ use crate::volumes_cmd::human;
 
 /// How often `now` asks for the run's status; progress lines go out at most once a second.
 const POLL: Duration = Duration::from_millis(200);
+/// The same through the daemon's API: every request counts against the token's rate limit
+/// (`http.rate_limit`, 600 a minute by default), and lines go out once a second anyway.
+const REMOTE_POLL: Duration = Duration::from_secs(1);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(
@@ -226,7 +229,7 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                 })
                 .await?;
             eprintln!("lucid-db backup: {id} started");
-            let report = follow(id, || async move {
+            let report = follow(id, POLL, || async move {
                 Ok::<_, BackupError>(match b.call(BackupStatus { id }).await? {
                     RunStatus::Finished(report) => Polled::Finished(report),
                     RunStatus::Running { progress, .. } => Polled::Running(progress),
@@ -322,7 +325,7 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                 },
                 force,
             });
-            let report = follow_restore(id, restore, || async move {
+            let report = follow_restore(id, restore, POLL, || async move {
                 b.call(RestoreStatus).await.ok().flatten()
             })
             .await?;
@@ -422,8 +425,13 @@ async fn remote(api: &Api, command: BackupCommand, json: bool) -> u8 {
             let id = started.id;
             eprintln!("lucid-db backup: {id} started (in the daemon)");
             let path = format!("{API}/backup/status/{id}");
-            let report = follow(id, || async {
-                let v = api.call(Method::GET, &path, None, false).await?;
+            let report = follow(id, REMOTE_POLL, || async {
+                let v = match api.call(Method::GET, &path, None, false).await {
+                    Ok(v) => v,
+                    // The run goes on in the daemon: ask again rather than give up on it.
+                    Err(f) if matches!(f.status, 429 | 503) => return Ok(Polled::NoNews),
+                    Err(f) => return Err(f),
+                };
                 if v["state"] == "running" {
                     let progress =
                         serde_json::from_value(v["progress"].clone()).unwrap_or_default();
@@ -514,7 +522,7 @@ async fn remote(api: &Api, command: BackupCommand, json: bool) -> u8 {
             let path = format!("{API}/backup/{id}/restore");
             let restore = api.call_as::<RestoreReport>(Method::POST, &path, Some(&body), true);
             let status = format!("{API}/backup/restore/status");
-            let report = follow_restore(id, restore, || async {
+            let report = follow_restore(id, restore, REMOTE_POLL, || async {
                 let v = api.call(Method::GET, &status, None, false).await.ok()?;
                 serde_json::from_value::<Option<RestoreProgress>>(v["progress"].clone())
                     .ok()
@@ -630,19 +638,21 @@ fn print_prune(r: &PruneReport, json: bool) {
 /// What one look at a run found.
 enum Polled<R> {
     Running(Progress),
+    /// No answer this time, worth asking again (the daemon's rate limit said to wait).
+    NoNews,
     Finished(R),
 }
 
-/// Waits for run `id` to end, asking `poll` every [`POLL`] (the actor in process, the daemon's
+/// Waits for run `id` to end, asking `poll` every `every` (the actor in process, the daemon's
 /// `GET …/backup/status/{id}` beside it) and showing its progress on stderr (see the module
 /// doc).
-async fn follow<R, E, F, Fut>(id: BackupId, mut poll: F) -> Result<R, E>
+async fn follow<R, E, F, Fut>(id: BackupId, every: Duration, mut poll: F) -> Result<R, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Polled<R>, E>>,
 {
     let mut shown = Shown::new(std::io::stderr().is_terminal());
-    let mut ticks = tokio::time::interval(POLL);
+    let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
         match poll().await {
@@ -651,6 +661,7 @@ where
                 return Ok(report);
             }
             Ok(Polled::Running(progress)) => shown.update(id, &progress),
+            Ok(Polled::NoNews) => {}
             Err(e) => {
                 shown.finish();
                 return Err(e);
@@ -660,12 +671,13 @@ where
 }
 
 /// Waits for a restore, showing its progress on stderr like `follow` (the restore's own
-/// [`RestoreStatus`], asked every [`POLL`] through `status`): on a terminal a bar of artifacts
+/// [`RestoreStatus`], asked every `every` through `status`): on a terminal a bar of artifacts
 /// restored, with the one under way and its items read; elsewhere a line at most once a
 /// second.
 async fn follow_restore<E, F, Fut>(
     id: BackupId,
     restore: impl Future<Output = Result<RestoreReport, E>>,
+    every: Duration,
     mut status: F,
 ) -> Result<RestoreReport, E>
 where
@@ -678,7 +690,7 @@ where
         // Nothing is read yet while the artifacts' checksums are checked.
         bar.set_style(style("{spinner} {wide_msg}"));
     }
-    let mut ticks = tokio::time::interval(POLL);
+    let mut ticks = tokio::time::interval(every);
     loop {
         tokio::select! {
             report = &mut restore => {

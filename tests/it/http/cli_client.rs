@@ -140,7 +140,7 @@ fn slow_restores() -> Api {
 #[test]
 fn backup_now_verify_and_restore_beside_the_daemon_go_through_its_api() {
     let mut api = slow_restores();
-    put_keys(&api, 30);
+    put_keys(&api, 60);
     let before = backups(&api).len();
 
     // `backup now`: the daemon runs it (trigger `api` in its manifest, audited as the writer's
@@ -196,7 +196,7 @@ fn backup_now_verify_and_restore_beside_the_daemon_go_through_its_api() {
     assert_exit(&o, 1, "restore into a non-empty target");
     assert!(text(&o).1.contains("target_not_empty"), "{}", text(&o).1);
 
-    // Into an empty database: 30 keys at 100 ms each, far past the 1 s request timeout, never
+    // Into an empty database: 60 keys at 100 ms each, far past the 1 s request timeout, never
     // cut; its progress drawn from the daemon's restore status while it runs.
     let o = lucid(
         &api.d,

@@ -2,54 +2,85 @@
 //! this process, with the daemon's settings, state directory and lock files: a backup here and
 //! one in the daemon never overlap (the second is refused, exit 75).
 //!
+//! Beside a running daemon, `now`, `verify` and `restore` go through its HTTP API instead
+//! ([`crate::client`]): the same progress, output and exit codes, the work done by the daemon.
+//!
 //! `now` waits for the outcome and shows progress on stderr: a progress bar (indicatif) when
 //! stderr is a terminal, plain lines at most one a second otherwise (a pipe, a file, the
 //! journal: a bar's redraws would be noise there). The result goes to stdout, as text or
 //! `--json`. Exit codes: docs/cli.md.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use actix_web::http::Method;
 
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lucid_actors::backup::{
     BackupError, BackupHandle, BackupId, BackupOutcome, BackupStatus, DeleteBackup, Entry,
     Identities, KeyError, Level, ListBackups, Outcome, PinBackup, Progress, PruneBackups,
-    PruneReport, Reason, RestoreBackup, RestoreReport, RestoreStatus, RunReport, RunStatus,
-    ShowBackup, StartBackup, Targets, Trigger, UnpinBackup, VerifyBackup, VerifyReport, keygen,
+    PruneReport, Reason, RestoreBackup, RestoreProgress, RestoreReport, RestoreStatus, RunReport,
+    RunStatus, ShowBackup, StartBackup, StoreRecord, Targets, Trigger, UnpinBackup, VerifyBackup,
+    VerifyReport, keygen,
 };
 use lucid_actors::config::BackupStorage;
 use lucid_actors::state::{self, DaemonLock, StateError};
 use lucid_actors::volume::check_root;
 use lucid_actors::{Config, Roles, StateDir};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{BackupCommand, VerifyLevel};
+use crate::client::{self, Api, Failure};
 use crate::exit;
+use crate::http::API;
 use crate::volumes_cmd::human;
 
 /// How often `now` asks for the run's status; progress lines go out at most once a second.
 const POLL: Duration = Duration::from_millis(200);
+/// The same through the daemon's API: every request counts against the token's rate limit
+/// (`http.rate_limit`, 600 a minute by default), and lines go out once a second anyway.
+const REMOTE_POLL: Duration = Duration::from_secs(1);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(config: &Config, command: BackupCommand, json: bool) -> u8 {
+pub async fn run(
+    config: &Config,
+    command: BackupCommand,
+    json: bool,
+    token_file: Option<&Path>,
+) -> u8 {
     if let BackupCommand::Keygen { out } = &command {
         return keygen_cmd(out, json);
     }
-    if let Err(code) = prepare(config) {
+    let through_api = match &command {
+        BackupCommand::Now { .. } => Some("lucid-db backup now"),
+        BackupCommand::Verify { .. } => Some("lucid-db backup verify"),
+        BackupCommand::Restore { .. } => Some("lucid-db backup restore"),
+        _ => None,
+    };
+    if let Some(what) = through_api {
+        match client::connect(config, token_file, what).await {
+            Ok(Some(api)) => return remote(&api, command, json).await,
+            Ok(None) => {}
+            Err(code) => return code,
+        }
+    }
+    if let Err(code) = prepare(config, "lucid-db backup") {
         return code;
     }
     if matches!(command, BackupCommand::Restore { .. }) {
+        // The daemon started since `connect` looked: a restore must not write into the
+        // stores it serves from here.
         match DaemonLock::held(&StateDir::new(&config.state_dir)) {
             Ok(false) => {}
             Ok(true) => {
                 eprintln!(
-                    "lucid-db backup restore: the lucid-db daemon runs with this state directory: \
-                     a restore must not write into the stores it serves. Ask the daemon to \
-                     restore (POST /api/v1/database/backup/ID/restore with an admin token; \
-                     docs/http.md), or stop it (systemctl stop lucid-db), restore, then start \
-                     it again"
+                    "lucid-db backup restore: the lucid-db daemon started meanwhile: run the \
+                     restore again, it then goes through the daemon's API"
                 );
                 return exit::TEMPFAIL;
             }
@@ -98,11 +129,40 @@ fn exit_for(e: &BackupError) -> u8 {
     }
 }
 
+/// The exit code an API error's `code` has (the in-process [`exit_for`] of the same error:
+/// a unit test keeps the two together).
+pub(crate) fn exit_for_code(code: &str) -> u8 {
+    match code {
+        "busy" | "clock_unsynchronised" | "clock_behind" => exit::TEMPFAIL,
+        // A bad backup: a manifest, an artifact or key.age that does not check out.
+        "unknown_format" | "bad_manifest" | "wrong_passphrase" | "drill_mismatch" | "missing"
+        | "truncated" | "checksum_mismatch" | "wrong_identity" | "bad_format"
+        | "count_mismatch" => exit::DATAERR,
+        "unavailable"
+        | "disabled"
+        | "not_delivered"
+        | "storage_unreachable"
+        | "root_unavailable"
+        | "deadline_exceeded"
+        | "connection_refused"
+        | "connection_dropped"
+        | "timeout" => exit::UNAVAILABLE,
+        "no_bucket" | "invalid_config" | "storage_denied" | "bad_recipient" | "bad_identity"
+        | "identity_required" | "state_dir_unusable" | "nothing_selected" => exit::CONFIG,
+        // The request itself: what the in-process command refuses as a usage error (and the
+        // API's own checks of the same arguments).
+        "not_supported" | "not_found" | "not_in_backup" | "bad_request" | "invalid_id"
+        | "invalid_store" | "invalid_argument" | "invalid_body" => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
 /// Refuses directories another user owns and an unusable data root, then creates the state
-/// directory: nothing is written before every check passed.
-fn prepare(config: &Config) -> Result<(), u8> {
+/// directory: nothing is written before every check passed. `what` starts the messages
+/// (`lucid-db backup`, `lucid-db schedule`).
+pub(crate) fn prepare(config: &Config, what: &str) -> Result<(), u8> {
     let state_error = |e: StateError| {
-        eprintln!("lucid-db backup: {e}");
+        eprintln!("{what}: {e}");
         match e {
             StateError::ForeignOwner { .. } => exit::NOPERM,
             StateError::Unusable { .. } => exit::CONFIG,
@@ -116,7 +176,7 @@ fn prepare(config: &Config) -> Result<(), u8> {
         state::check_owner(path).map_err(state_error)?;
     }
     if let Err(e) = check_root(&config.volumes.root) {
-        eprintln!("lucid-db backup: {e}");
+        eprintln!("{what}: {e}");
         return Err(exit::CONFIG);
     }
     StateDir::new(&config.state_dir)
@@ -169,8 +229,14 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                 })
                 .await?;
             eprintln!("lucid-db backup: {id} started");
-            let report = follow(b, id).await?;
-            print_report(&report, json);
+            let report = follow(id, POLL, || async move {
+                Ok::<_, BackupError>(match b.call(BackupStatus { id }).await? {
+                    RunStatus::Finished(report) => Polled::Finished(report),
+                    RunStatus::Running { progress, .. } => Polled::Running(progress),
+                })
+            })
+            .await?;
+            print_report(&ReportView::from(&report), json);
             Ok(match report.outcome {
                 BackupOutcome::Complete => exit::OK,
                 BackupOutcome::Partial => exit::PARTIAL,
@@ -216,24 +282,14 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                     return Ok(exit::CONFIG);
                 }
             };
-            let level = match level {
-                VerifyLevel::Checksummed => Level::Checksummed,
-                VerifyLevel::Decoded => Level::Decoded,
-                VerifyLevel::Drilled => Level::Drilled,
-            };
             let report = b
                 .call(VerifyBackup {
                     id,
-                    level,
+                    level: level_of(level),
                     identity,
                 })
                 .await?;
-            print_verify(&report, json);
-            Ok(if report.passed() {
-                exit::OK
-            } else {
-                exit::DATAERR
-            })
+            Ok(print_verify(&report, json))
         }
         BackupCommand::Restore {
             id,
@@ -269,31 +325,11 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
                 },
                 force,
             });
-            let report = follow_restore(b, id, restore).await?;
-            if json {
-                print_json(&report);
-            } else {
-                for r in &report.restored {
-                    println!(
-                        "restored {:<44} -> {} {}: {} written{}",
-                        r.artifact,
-                        r.store,
-                        r.target,
-                        r.written,
-                        if r.skipped > 0 {
-                            format!(", {} skipped", r.skipped)
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
-                println!(
-                    "backup {}: {} artifacts restored in {:.1}s",
-                    report.id,
-                    report.restored.len(),
-                    report.elapsed_ms as f64 / 1000.0
-                );
-            }
+            let report = follow_restore(id, restore, POLL, || async move {
+                b.call(RestoreStatus).await.ok().flatten()
+            })
+            .await?;
+            print_restore(&report, json);
             Ok(exit::OK)
         }
         BackupCommand::Prune { dry_run } => {
@@ -353,6 +389,196 @@ async fn execute(b: &BackupHandle, command: BackupCommand, json: bool) -> Result
     }
 }
 
+fn level_of(level: VerifyLevel) -> Level {
+    match level {
+        VerifyLevel::Checksummed => Level::Checksummed,
+        VerifyLevel::Decoded => Level::Decoded,
+        VerifyLevel::Drilled => Level::Drilled,
+    }
+}
+
+/// `now`, `verify` and `restore` through the daemon's API: the same requests the in-process
+/// [`execute`] sends the actor, as HTTP calls; the same progress, output and exit codes.
+async fn remote(api: &Api, command: BackupCommand, json: bool) -> u8 {
+    let what = api.what.as_str();
+    let failed = |f: Failure| f.report(what, exit_for_code);
+    match command {
+        BackupCommand::Now { stores } => {
+            let body =
+                json!({ "stores": stores.iter().map(ToString::to_string).collect::<Vec<_>>() });
+            #[derive(Deserialize)]
+            struct Started {
+                id: BackupId,
+            }
+            let started: Started = match api
+                .call_as(
+                    Method::POST,
+                    &format!("{API}/backup/create"),
+                    Some(&body),
+                    false,
+                )
+                .await
+            {
+                Ok(s) => s,
+                Err(f) => return failed(f),
+            };
+            let id = started.id;
+            eprintln!("lucid-db backup: {id} started (in the daemon)");
+            let path = format!("{API}/backup/status/{id}");
+            let report = follow(id, REMOTE_POLL, || async {
+                let v = match api.call(Method::GET, &path, None, false).await {
+                    Ok(v) => v,
+                    // The run goes on in the daemon: ask again rather than give up on it.
+                    Err(f) if matches!(f.status, 429 | 503) => return Ok(Polled::NoNews),
+                    Err(f) => return Err(f),
+                };
+                if v["state"] == "running" {
+                    let progress =
+                        serde_json::from_value(v["progress"].clone()).unwrap_or_default();
+                    return Ok(Polled::Running(progress));
+                }
+                serde_json::from_value::<ReportView>(v)
+                    .map(Polled::Finished)
+                    .map_err(|e| Failure {
+                        status: 0,
+                        code: "bad_answer".to_owned(),
+                        message: format!("the daemon's status does not read as expected: {e}"),
+                        retry_after: None,
+                    })
+            })
+            .await;
+            let report = match report {
+                Ok(r) => r,
+                Err(f) => return failed(f),
+            };
+            print_report(&report, json);
+            match report.outcome {
+                BackupOutcome::Complete => exit::OK,
+                BackupOutcome::Partial => exit::PARTIAL,
+                BackupOutcome::Failed => report
+                    .error
+                    .as_ref()
+                    .map_or(exit::FAILED, |e| exit_for_code(&e.code)),
+            }
+        }
+        BackupCommand::Verify {
+            id,
+            level,
+            identity,
+        } => {
+            if identity.is_some() {
+                return identity_refused(what);
+            }
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return code,
+            };
+            #[derive(Deserialize)]
+            struct Verified {
+                report: VerifyReport,
+            }
+            let body = json!({ "level": level_of(level) });
+            match api
+                .call_as::<Verified>(
+                    Method::POST,
+                    &format!("{API}/backup/{id}/verify"),
+                    Some(&body),
+                    true,
+                )
+                .await
+            {
+                Ok(v) => print_verify(&v.report, json),
+                Err(f) => failed(f),
+            }
+        }
+        BackupCommand::Restore {
+            id,
+            stores,
+            identity,
+            to_volume,
+            to_db,
+            to_redis_db,
+            index_prefix,
+            force,
+        } => {
+            if identity.is_some() {
+                return identity_refused(what);
+            }
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(code) => return code,
+            };
+            let body = json!({
+                "stores": stores.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "force": force,
+                "to_volume": to_volume.as_ref().map(|v| v.as_str()),
+                "to_db": to_db,
+                "to_redis_db": to_redis_db,
+                "index_prefix": index_prefix,
+            });
+            eprintln!(
+                "lucid-db backup: restoring {id} (in the daemon): checking every artifact first"
+            );
+            let path = format!("{API}/backup/{id}/restore");
+            let restore = api.call_as::<RestoreReport>(Method::POST, &path, Some(&body), true);
+            let status = format!("{API}/backup/restore/status");
+            let report = follow_restore(id, restore, REMOTE_POLL, || async {
+                let v = api.call(Method::GET, &status, None, false).await.ok()?;
+                serde_json::from_value::<Option<RestoreProgress>>(v["progress"].clone())
+                    .ok()
+                    .flatten()
+            })
+            .await;
+            match report {
+                Ok(report) => {
+                    print_restore(&report, json);
+                    exit::OK
+                }
+                Err(f) => failed(f),
+            }
+        }
+        // `run` sends only these here.
+        _ => exit::USAGE,
+    }
+}
+
+/// An identity file is a secret key: it is not sent to the daemon.
+fn identity_refused(what: &str) -> u8 {
+    eprintln!(
+        "{what}: --identity cannot be used beside a running daemon: the key would have to go \
+         over HTTP to it. Set backup.identity_file (or the backup_identity credential) in the \
+         daemon's configuration, or stop the daemon and run this command again"
+    );
+    exit::USAGE
+}
+
+fn print_restore(report: &RestoreReport, json: bool) {
+    if json {
+        print_json(report);
+    } else {
+        for r in &report.restored {
+            println!(
+                "restored {:<44} -> {} {}: {} written{}",
+                r.artifact,
+                r.store,
+                r.target,
+                r.written,
+                if r.skipped > 0 {
+                    format!(", {} skipped", r.skipped)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!(
+            "backup {}: {} artifacts restored in {:.1}s",
+            report.id,
+            report.restored.len(),
+            report.elapsed_ms as f64 / 1000.0
+        );
+    }
+}
+
 fn print_entry(entry: &Entry, json: bool) {
     if json {
         print_json(&entry_json(entry));
@@ -409,18 +635,33 @@ fn print_prune(r: &PruneReport, json: bool) {
     );
 }
 
-/// Waits for run `id` to end, showing its progress on stderr (see the module doc).
-async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError> {
+/// What one look at a run found.
+enum Polled<R> {
+    Running(Progress),
+    /// No answer this time, worth asking again (the daemon's rate limit said to wait).
+    NoNews,
+    Finished(R),
+}
+
+/// Waits for run `id` to end, asking `poll` every `every` (the actor in process, the daemon's
+/// `GET …/backup/status/{id}` beside it) and showing its progress on stderr (see the module
+/// doc).
+async fn follow<R, E, F, Fut>(id: BackupId, every: Duration, mut poll: F) -> Result<R, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Polled<R>, E>>,
+{
     let mut shown = Shown::new(std::io::stderr().is_terminal());
-    let mut ticks = tokio::time::interval(POLL);
+    let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        match b.call(BackupStatus { id }).await {
-            Ok(RunStatus::Finished(report)) => {
+        match poll().await {
+            Ok(Polled::Finished(report)) => {
                 shown.finish();
                 return Ok(report);
             }
-            Ok(RunStatus::Running { progress, .. }) => shown.update(id, &progress),
+            Ok(Polled::Running(progress)) => shown.update(id, &progress),
+            Ok(Polled::NoNews) => {}
             Err(e) => {
                 shown.finish();
                 return Err(e);
@@ -430,20 +671,26 @@ async fn follow(b: &BackupHandle, id: BackupId) -> Result<RunReport, BackupError
 }
 
 /// Waits for a restore, showing its progress on stderr like `follow` (the restore's own
-/// [`RestoreStatus`], asked every [`POLL`]): on a terminal a bar of artifacts restored, with
-/// the one under way and its items read; elsewhere a line at most once a second.
-async fn follow_restore(
-    b: &BackupHandle,
+/// [`RestoreStatus`], asked every `every` through `status`): on a terminal a bar of artifacts
+/// restored, with the one under way and its items read; elsewhere a line at most once a
+/// second.
+async fn follow_restore<E, F, Fut>(
     id: BackupId,
-    restore: impl std::future::Future<Output = Result<RestoreReport, BackupError>>,
-) -> Result<RestoreReport, BackupError> {
+    restore: impl Future<Output = Result<RestoreReport, E>>,
+    every: Duration,
+    mut status: F,
+) -> Result<RestoreReport, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<RestoreProgress>>,
+{
     tokio::pin!(restore);
     let mut shown = Shown::new(std::io::stderr().is_terminal());
     if let Shown::Bar(bar) = &shown {
         // Nothing is read yet while the artifacts' checksums are checked.
         bar.set_style(style("{spinner} {wide_msg}"));
     }
-    let mut ticks = tokio::time::interval(POLL);
+    let mut ticks = tokio::time::interval(every);
     loop {
         tokio::select! {
             report = &mut restore => {
@@ -452,7 +699,7 @@ async fn follow_restore(
             }
             _ = ticks.tick() => {}
         }
-        let Ok(Some(p)) = b.call(RestoreStatus).await else {
+        let Some(p) = status().await else {
             continue;
         };
         let current = p
@@ -585,40 +832,83 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-fn report_json(r: &RunReport) -> serde_json::Value {
-    json!({
-        "id": r.id,
-        "outcome": r.outcome,
-        "trigger": r.trigger,
-        "started": r.started.to_rfc3339(),
-        "ended": r.ended.to_rfc3339(),
-        "encrypted": r.encrypted,
-        "listed": r.listed,
-        "bytes_in": r.bytes_in,
-        "bytes_stored": r.bytes_stored,
-        "stores": r.stores,
-        "cleaned_up": {
-            "partials": r.cleaned.partials,
-            "incomplete": r.cleaned.incomplete,
-            "uploads": r.cleaned.uploads,
-        },
-        "error": r.error.as_ref().map(|e| json!({"code": e.code(), "message": e.to_string()})),
-    })
+/// A finished run as `now` prints it: made from the actor's [`RunReport`] in process, read
+/// from the daemon's `GET …/backup/status/{id}` beside it (which has the same fields; its
+/// error has the code alone: the message, which may name internals, stays in its log).
+#[derive(Serialize, Deserialize)]
+struct ReportView {
+    id: BackupId,
+    outcome: BackupOutcome,
+    trigger: Trigger,
+    started: String,
+    ended: String,
+    encrypted: bool,
+    listed: bool,
+    bytes_in: u64,
+    bytes_stored: u64,
+    stores: BTreeMap<String, StoreRecord>,
+    cleaned_up: CleanedView,
+    error: Option<ErrorView>,
 }
 
-fn print_report(r: &RunReport, json: bool) {
+#[derive(Serialize, Deserialize)]
+struct CleanedView {
+    partials: Vec<String>,
+    incomplete: Vec<BackupId>,
+    uploads: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorView {
+    code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl From<&RunReport> for ReportView {
+    fn from(r: &RunReport) -> Self {
+        ReportView {
+            id: r.id,
+            outcome: r.outcome,
+            trigger: r.trigger,
+            started: r.started.to_rfc3339(),
+            ended: r.ended.to_rfc3339(),
+            encrypted: r.encrypted,
+            listed: r.listed,
+            bytes_in: r.bytes_in,
+            bytes_stored: r.bytes_stored,
+            stores: r.stores.clone(),
+            cleaned_up: CleanedView {
+                partials: r.cleaned.partials.clone(),
+                incomplete: r.cleaned.incomplete.clone(),
+                uploads: r.cleaned.uploads.clone(),
+            },
+            error: r.error.as_ref().map(|e| ErrorView {
+                code: e.code().to_owned(),
+                message: Some(e.to_string()),
+            }),
+        }
+    }
+}
+
+fn print_report(r: &ReportView, json: bool) {
     if json {
-        print_json(&report_json(r));
+        // Through a `Value`: its keys in order, as every other `--json` here.
+        match serde_json::to_value(r) {
+            Ok(v) => print_json(&v),
+            Err(e) => eprintln!("lucid-db: cannot render JSON: {e}"),
+        }
         return;
     }
-    let removed = r.cleaned.partials.len() + r.cleaned.incomplete.len() + r.cleaned.uploads.len();
+    let c = &r.cleaned_up;
+    let removed = c.partials.len() + c.incomplete.len() + c.uploads.len();
     if removed > 0 {
         eprintln!(
             "lucid-db backup: removed what interrupted runs left: {} partial files, {} \
              incomplete backups, {} open uploads",
-            r.cleaned.partials.len(),
-            r.cleaned.incomplete.len(),
-            r.cleaned.uploads.len()
+            c.partials.len(),
+            c.incomplete.len(),
+            c.uploads.len()
         );
     }
     println!(
@@ -631,7 +921,13 @@ fn print_report(r: &RunReport, json: bool) {
     );
     stores(&r.stores);
     if let Some(e) = &r.error {
-        println!("error ({}): {e}", e.code());
+        println!(
+            "error ({}): {}",
+            e.code,
+            e.message
+                .as_deref()
+                .unwrap_or("the daemon's log has the detail")
+        );
     }
 }
 
@@ -746,7 +1042,9 @@ fn show(e: &Entry) {
     stores(&m.stores);
 }
 
-fn print_verify(r: &VerifyReport, json: bool) {
+/// Prints a verification's report; its exit code: 0 passed, 65 not.
+fn print_verify(r: &VerifyReport, json: bool) -> u8 {
+    let code = if r.passed() { exit::OK } else { exit::DATAERR };
     if json {
         print_json(&json!({
             "id": r.id,
@@ -760,7 +1058,7 @@ fn print_verify(r: &VerifyReport, json: bool) {
                 "artifact": artifact, "code": code, "message": message,
             })),
         }));
-        return;
+        return code;
     }
     for (name, check) in &r.result.artifacts {
         match check {
@@ -796,4 +1094,77 @@ fn print_verify(r: &VerifyReport, json: bool) {
         },
         r.counts_as.map_or("unverified", |l| l.as_str())
     );
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use lucid_actors::backup::{ManifestError, PipelineError, Refusal};
+
+    use super::*;
+
+    /// Beside a daemon the CLI has only the error's code: each code gives the exit code the
+    /// same error gives in process.
+    #[test]
+    fn an_api_error_code_exits_as_the_same_error_does_in_process() {
+        let s = |t: &str| t.to_owned();
+        let errors = [
+            BackupError::Busy { reason: s("r") },
+            BackupError::NotFound { id: s("x") },
+            BackupError::NotSupported { what: s("w") },
+            BackupError::Unavailable {
+                what: s("w"),
+                reason: s("r"),
+            },
+            BackupError::NotDelivered,
+            BackupError::IdentityRequired,
+            BackupError::Retention(Refusal::ClockUnsynchronised),
+            BackupError::Manifest(ManifestError::Malformed {
+                file: "manifest.json",
+                reason: s("r"),
+            }),
+            BackupError::Pipeline(PipelineError::ChecksumMismatch {
+                artifact: s("a"),
+                expected: s("e"),
+                found: s("f"),
+            }),
+            BackupError::Pipeline(PipelineError::Truncated {
+                artifact: s("a"),
+                expected: 2,
+                found: 1,
+            }),
+            BackupError::Pipeline(PipelineError::WrongIdentity { artifact: s("a") }),
+            BackupError::DrillMismatch {
+                artifact: s("a"),
+                reason: s("r"),
+            },
+            BackupError::Store {
+                store: "redis",
+                code: "connection_refused",
+                message: s("m"),
+            },
+            BackupError::Store {
+                store: "redis",
+                code: "rejected",
+                message: s("m"),
+            },
+            BackupError::TargetNotEmpty {
+                target: s("db0"),
+                holds: s("3 keys"),
+            },
+            BackupError::NotInBackup {
+                what: s("redis"),
+                id: s("x"),
+            },
+            BackupError::BadRequest { what: s("w") },
+            BackupError::Guarded {
+                id: s("x"),
+                reasons: s("pinned"),
+            },
+            BackupError::Interrupted { reason: s("r") },
+        ];
+        for e in &errors {
+            assert_eq!(exit_for_code(e.code()), exit_for(e), "{e:?}");
+        }
+    }
 }

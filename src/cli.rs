@@ -18,6 +18,16 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
 
+    /// The API token's file (the token alone; `lucid-db token add`): commands that change
+    /// data go through a running daemon's API with it. Not read when no daemon runs.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = crate::client::TOKEN_FILE_ENV
+    )]
+    pub token_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -2,7 +2,6 @@
 //! store actors here and report their first connect. Exit 0 when every required backend is
 //! up, 69 otherwise.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use lucid_actors::{Config, Roles};
@@ -20,7 +19,7 @@ struct Output {
 }
 
 pub async fn run(config: &Config, json: bool) -> u8 {
-    let output = match ask_daemon(config.http.bind).await {
+    let output = match crate::client::health(config.http.bind).await {
         Ok(report) => Output {
             source: "daemon",
             report,
@@ -43,26 +42,6 @@ pub async fn run(config: &Config, json: bool) -> u8 {
     } else {
         exit::UNAVAILABLE
     }
-}
-
-async fn ask_daemon(bind: SocketAddr) -> Result<HealthReport, String> {
-    // A wildcard bind is reached over loopback.
-    let addr = match bind.ip() {
-        ip if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bind.port()),
-        _ => bind,
-    };
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .finish();
-    let mut resp = client
-        .get(format!("http://{addr}/health"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("/health answered {}", resp.status()));
-    }
-    resp.json::<HealthReport>().await.map_err(|e| e.to_string())
 }
 
 /// The store actors only: a probe must change nothing on disk (no default volumes, no state

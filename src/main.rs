@@ -7,6 +7,7 @@
 //! - `daemon` — `lucid-db run`: actors, HTTP, systemd notify and watchdog, the signal path.
 //! - `http` — the HTTP API (docs/http.md).
 //! - `token_cmd` — `lucid-db token …`: the API's bearer tokens.
+//! - `client` — the CLI as the running daemon's HTTP client.
 //! - `health_cmd` — `lucid-db health`.
 //! - `backup_cmd` — `lucid-db backup …`.
 //! - `mongo_cmd` — `lucid-db mongo …`.
@@ -21,6 +22,7 @@
 
 mod backup_cmd;
 mod cli;
+mod client;
 mod daemon;
 mod exit;
 mod health_cmd;
@@ -84,19 +86,34 @@ fn main() -> ExitCode {
         Command::Backup { command, json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
-            let code = system.block_on(backup_cmd::run(&loaded.config, command, json));
+            let code = system.block_on(backup_cmd::run(
+                &loaded.config,
+                command,
+                json,
+                cli.token_file.as_deref(),
+            ));
             exit_now(code)
         }
         Command::Schedule { command, json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
-            let code = system.block_on(schedule_cmd::run(&loaded.config, command, json));
+            let code = system.block_on(schedule_cmd::run(
+                &loaded.config,
+                command,
+                json,
+                cli.token_file.as_deref(),
+            ));
             exit_now(code)
         }
         Command::Volumes { command, json } => {
             let _ = logging::init(&loaded.config.log, cli.log_format, Some("error"));
             let system = actix_rt::System::new();
-            let code = system.block_on(volumes_cmd::run(&loaded.config, command, json));
+            let code = system.block_on(volumes_cmd::run(
+                &loaded.config,
+                command,
+                json,
+                cli.token_file.as_deref(),
+            ));
             exit_now(code)
         }
         Command::Mongo { command, json } => {

@@ -3,27 +3,37 @@
 //! `ls` and `history` read what the daemon's scheduler wrote (`state_dir/scheduler/runs/`)
 //! and the schedules from the configuration; they start no actor and write nothing.
 //!
-//! `run JOB` runs one job in this process — the CLI's parts (stores, volumes, backup) and a
-//! scheduler with no triggers — while no daemon runs. It takes the scheduler lock the daemon
-//! holds (`state_dir/locks/scheduler.lock`), which is how it knows: while the daemon runs, it
-//! is refused with exit 75, since two processes must never run jobs or write the records at
-//! once. Jobs will run through the daemon's HTTP API once it has one (issue #14).
+//! `run JOB` runs one job through the running daemon's API (`POST …/schedule/{job}/run`, an
+//! admin token: [`crate::client`]), which runs it and records it in its history. With no daemon
+//! running, it runs in this process — the CLI's parts (stores, volumes, backup) and a scheduler
+//! with no triggers — taking the scheduler lock the daemon holds
+//! (`state_dir/locks/scheduler.lock`): two processes never run jobs or write the records at
+//! once (a daemon started meanwhile refuses it, exit 75).
 
+use std::path::Path;
 use std::time::Duration;
+
+use actix_web::http::Method;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lucid_actors::scheduler::{
     self, JobName, JobStatus, Options, Peers, RunOutcome, RunRecord, SchedulerActor,
     SchedulerError, records,
 };
-use lucid_actors::state::{self, StateError};
-use lucid_actors::volume::check_root;
 use lucid_actors::{Backend, Config, Roles, StateDir};
 
+use crate::backup_cmd::prepare;
 use crate::cli::ScheduleCommand;
+use crate::client::{self, Api};
 use crate::exit;
+use crate::http::API;
 
-pub async fn run(config: &Config, command: ScheduleCommand, json: bool) -> u8 {
+pub async fn run(
+    config: &Config,
+    command: ScheduleCommand,
+    json: bool,
+    token_file: Option<&Path>,
+) -> u8 {
     let dir = StateDir::new(&config.state_dir).scheduler_runs();
     match command {
         ScheduleCommand::Ls => ls(config, &dir, json),
@@ -32,7 +42,11 @@ pub async fn run(config: &Config, command: ScheduleCommand, json: bool) -> u8 {
             Err(code) => code,
         },
         ScheduleCommand::Run { job } => match parse_job(&job) {
-            Ok(job) => run_now(config, job, json).await,
+            Ok(job) => match client::connect(config, token_file, "lucid-db schedule run").await {
+                Ok(Some(api)) => run_remote(&api, job, json).await,
+                Ok(None) => run_now(config, job, json).await,
+                Err(code) => code,
+            },
             Err(code) => code,
         },
     }
@@ -160,30 +174,41 @@ fn history(dir: &std::path::Path, job: JobName, json: bool) -> u8 {
     exit::OK
 }
 
-/// Refuses directories another user owns and an unusable data root, then creates the state
-/// directory: nothing is written before every check passed.
-fn prepare(config: &Config) -> Result<(), u8> {
-    let state_error = |e: StateError| {
-        eprintln!("lucid-db schedule: {e}");
-        match e {
-            StateError::ForeignOwner { .. } => exit::NOPERM,
-            StateError::Unusable { .. } => exit::CONFIG,
-        }
-    };
-    for path in [&config.state_dir, &config.volumes.root] {
-        state::check_owner(path).map_err(state_error)?;
+/// The job through the daemon's API: it runs there and is recorded in its history.
+async fn run_remote(api: &Api, job: JobName, json: bool) -> u8 {
+    let path = format!("{API}/schedule/{job}/run");
+    match api
+        .call_as::<RunRecord>(Method::POST, &path, None, true)
+        .await
+    {
+        Ok(record) => print_record(job, &record, json),
+        Err(f) => f.report(&api.what, |code| match code {
+            "busy" => exit::TEMPFAIL,
+            "not_delivered" | "disabled" => exit::UNAVAILABLE,
+            "invalid_job" => exit::USAGE,
+            "state_dir_unusable" | "foreign_owner" => exit::CONFIG,
+            _ => exit::FAILED,
+        }),
     }
-    if let Err(e) = check_root(&config.volumes.root) {
-        eprintln!("lucid-db schedule: {e}");
-        return Err(exit::CONFIG);
+}
+
+/// Prints a run's record as `run` does; its exit code.
+fn print_record(job: JobName, record: &RunRecord, json: bool) -> u8 {
+    if json {
+        print_json(record);
+    } else {
+        let tail = match &record.outcome {
+            RunOutcome::Failed { error, .. } => format!(": {error}"),
+            _ if record.detail.is_empty() => String::new(),
+            _ => format!(": {}", record.detail),
+        };
+        println!("{job} {}{tail}", outcome(record));
     }
-    StateDir::new(&config.state_dir)
-        .ensure()
-        .map_err(state_error)
+    exit_for(&record.outcome)
 }
 
 async fn run_now(config: &Config, job: JobName, json: bool) -> u8 {
-    if let Err(code) = prepare(config) {
+    if let Err(code) = prepare(config, "lucid-db schedule") {
         return code;
     }
     let handles = lucid_actors::start(config, Roles::CLI);
@@ -216,24 +241,11 @@ async fn run_now(config: &Config, job: JobName, json: bool) -> u8 {
         .shutdown(config.supervisor.call_deadline.min(Duration::from_secs(1)))
         .await;
     match result {
-        Ok(record) => {
-            if json {
-                print_json(&record);
-            } else {
-                let tail = match &record.outcome {
-                    RunOutcome::Failed { error, .. } => format!(": {error}"),
-                    _ if record.detail.is_empty() => String::new(),
-                    _ => format!(": {}", record.detail),
-                };
-                println!("{job} {}{tail}", outcome(&record));
-            }
-            exit_for(&record.outcome)
-        }
+        Ok(record) => print_record(job, &record, json),
         Err(e @ SchedulerError::Elsewhere { .. }) => {
             eprintln!(
-                "lucid-db schedule run: {e} ({}). Jobs cannot be run by hand while the daemon \
-                 runs until its HTTP API takes them (issue #14): wait for the job's schedule, \
-                 or stop the daemon first.",
+                "lucid-db schedule run: {e} ({}): the daemon started meanwhile; run the command \
+                 again, it then goes through the daemon's API.",
                 e.code()
             );
             exit::TEMPFAIL

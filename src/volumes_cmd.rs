@@ -6,17 +6,24 @@
 //! Before anything is started, the state directory, the data root and the named volume must
 //! belong to the user this runs as: files a root CLI wrote there could not be opened by the
 //! daemon (`User=lucid`) later.
+//!
+//! Beside a running daemon, the commands that change a volume (all but `ls`, `inspect` and
+//! `stats`, which only read) go through its API instead ([`crate::client`]; the routes are
+//! docs/http.md's Volumes): the daemon's answer is the `--json` form as is, and the table
+//! reads it as the same type the actor answers here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use actix_web::http::Method;
 
 use lucid_actors::config::ByteSize;
 use lucid_actors::state::{self, StateError};
 use lucid_actors::volume::{
-    CheckThresholds, CleanupVolume, CreateVolume, DeleteVolume, InspectVolume, ListVolumes,
-    MeasureUsage, MigrateVolume, ResizeVolume, Verify, VolumeError, VolumeHandle, VolumeInfo,
-    VolumeName, check_root,
+    CheckThresholds, CleanupReport, CleanupVolume, CreateVolume, DeleteVolume, InspectVolume,
+    ListVolumes, MeasureUsage, MigrateVolume, ResizeVolume, Verify, VerifyReport, VolumeError,
+    VolumeHandle, VolumeInfo, VolumeName, check_root,
 };
 use lucid_actors::volume::{
     DeleteSnapshot, IoStats, ListSnapshots, RestoreSnapshot, SnapshotInfo, TakeSnapshot,
@@ -24,11 +31,31 @@ use lucid_actors::volume::{
 };
 use lucid_actors::{Config, Roles, StateDir};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
 use crate::cli::VolumesCommand;
+use crate::client::{self, Api};
 use crate::exit;
+use crate::http::API;
 
-pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
+pub async fn run(
+    config: &Config,
+    command: VolumesCommand,
+    json: bool,
+    token_file: Option<&Path>,
+) -> u8 {
+    let reads = matches!(
+        command,
+        VolumesCommand::Ls | VolumesCommand::Inspect { .. } | VolumesCommand::Stats { .. }
+    );
+    if !reads {
+        match client::connect(config, token_file, "lucid-db volumes").await {
+            Ok(Some(api)) => return remote(&api, command, json).await,
+            Ok(None) => {}
+            Err(code) => return code,
+        }
+    }
     if let Err(code) = prepare(config, &command) {
         return code;
     }
@@ -41,14 +68,7 @@ pub async fn run(config: &Config, command: VolumesCommand, json: bool) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lucid-db volumes: {e}");
-            match e {
-                VolumeError::InvalidName { .. }
-                | VolumeError::Invalid { .. }
-                | VolumeError::Live { .. } => exit::USAGE,
-                VolumeError::Root { .. } => exit::CONFIG,
-                VolumeError::Busy { .. } => exit::TEMPFAIL,
-                _ => exit::FAILED,
-            }
+            exit_for_code(e.code())
         }
     };
     // The answer is printed; a store actor slow to close its connection holds nothing back.
@@ -87,8 +107,255 @@ fn prepare(config: &Config, command: &VolumesCommand) -> Result<(), u8> {
         .map_err(state_error)
 }
 
+/// The exit code of a volume error, by its code: the same in process and from the daemon's
+/// API (whose volume errors carry the actor's code; its own checks of a body are usage errors).
+fn exit_for_code(code: &str) -> u8 {
+    match code {
+        "invalid_name" | "invalid" | "live_volume" | "invalid_body" | "invalid_json"
+        | "invalid_query" | "invalid_path" => exit::USAGE,
+        "root_unavailable" => exit::CONFIG,
+        "busy" => exit::TEMPFAIL,
+        _ => exit::FAILED,
+    }
+}
+
 fn name(n: &str) -> Result<VolumeName, VolumeError> {
     VolumeName::new(n)
+}
+
+/// A snapshot's name as a path segment: checked here so that it cannot name another route
+/// (the daemon's volume actor checks it as in process).
+fn segment(snapshot: &str) -> Result<&str, VolumeError> {
+    if snapshot.is_empty()
+        || snapshot == "."
+        || snapshot == ".."
+        || snapshot.contains(['/', '?', '#', '%'])
+    {
+        return Err(VolumeError::Invalid {
+            field: "snapshot",
+            reason: format!("{snapshot:?} is not a snapshot name"),
+        });
+    }
+    Ok(snapshot)
+}
+
+/// A command that changes a volume, through the daemon's API (docs/http.md, Volumes): the same
+/// checks of the arguments first, then the request; the answer printed as in process.
+async fn remote(api: &Api, command: VolumesCommand, json: bool) -> u8 {
+    match remote_call(api, command, json).await {
+        Ok(code) => code,
+        Err(Remote::Local(e)) => {
+            eprintln!("lucid-db volumes: {e}");
+            exit_for_code(e.code())
+        }
+        Err(Remote::Api(f)) => f.report(&api.what, exit_for_code),
+    }
+}
+
+enum Remote {
+    Local(VolumeError),
+    Api(client::Failure),
+}
+
+impl From<VolumeError> for Remote {
+    fn from(e: VolumeError) -> Self {
+        Remote::Local(e)
+    }
+}
+
+impl From<client::Failure> for Remote {
+    fn from(f: client::Failure) -> Self {
+        Remote::Api(f)
+    }
+}
+
+/// Prints the daemon's answer: as is with `--json` (it is the in-process `--json` form), else
+/// read as `T` and shown by `show`.
+fn answer<T: DeserializeOwned>(
+    value: Value,
+    json: bool,
+    show: impl FnOnce(&T),
+) -> Result<T, Remote> {
+    let typed: T = serde_json::from_value(value.clone()).map_err(|e| {
+        Remote::Api(client::Failure {
+            status: 0,
+            code: "bad_answer".to_owned(),
+            message: format!(
+                "the daemon's answer does not read as expected ({e}): is it another version?"
+            ),
+            retry_after: None,
+        })
+    })?;
+    print(json, &value, || show(&typed));
+    Ok(typed)
+}
+
+async fn remote_call(api: &Api, command: VolumesCommand, json: bool) -> Result<u8, Remote> {
+    let base = format!("{API}/volumes");
+    match command {
+        VolumesCommand::Create {
+            name: n,
+            quota,
+            kind,
+            labels,
+        } => {
+            let n = name(&n)?;
+            if let Some(q) = &quota {
+                size("quota", q)?;
+            }
+            let mut map = BTreeMap::new();
+            for label in labels {
+                let (k, val) = label.split_once('=').ok_or_else(|| VolumeError::Invalid {
+                    field: "label",
+                    reason: format!("{label:?} is not KEY=VALUE"),
+                })?;
+                map.insert(k.to_owned(), val.to_owned());
+            }
+            let mut body = json!({ "name": n.as_str() });
+            if let Some(q) = quota {
+                body["quota"] = json!(q);
+            }
+            if let Some(k) = kind {
+                body["kind"] = json!(k);
+            }
+            if !map.is_empty() {
+                body["labels"] = json!(map);
+            }
+            let v = api.call(Method::POST, &base, Some(&body), true).await?;
+            answer::<VolumeInfo>(v, json, show_created)?;
+        }
+        VolumesCommand::Delete { name: n, force } => {
+            let n = name(&n)?;
+            let force = if force { "?force=true" } else { "" };
+            let v = api
+                .call(Method::DELETE, &format!("{base}/{n}{force}"), None, true)
+                .await?;
+            print(json, &v, || println!("deleted {n}"));
+        }
+        VolumesCommand::Resize { name: n, quota } => {
+            let n = name(&n)?;
+            size("quota", &quota)?;
+            let body = json!({ "quota": quota });
+            let v = api
+                .call(Method::PUT, &format!("{base}/{n}/quota"), Some(&body), true)
+                .await?;
+            answer::<VolumeInfo>(v, json, show_quota)?;
+        }
+        VolumesCommand::Verify {
+            name: n,
+            update,
+            snapshot,
+        } => {
+            let n = name(&n)?;
+            let mut body = json!({});
+            if update {
+                body["update"] = json!(true);
+            }
+            if let Some(s) = &snapshot {
+                body["snapshot"] = json!(segment(s)?);
+            }
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("{base}/{n}/verify"),
+                    Some(&body),
+                    true,
+                )
+                .await?;
+            let report = answer::<VerifyReport>(v, json, show_verify)?;
+            return Ok(verify_exit(&report));
+        }
+        VolumesCommand::Cleanup { name: n } => {
+            let n = name(&n)?;
+            let v = api
+                .call(Method::POST, &format!("{base}/{n}/cleanup"), None, true)
+                .await?;
+            answer::<CleanupReport>(v, json, |r| show_cleanup(n.as_str(), r))?;
+        }
+        VolumesCommand::Migrate { name: n, to } => {
+            let n = name(&n)?;
+            let body = json!({ "to": to });
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("{base}/{n}/migrate"),
+                    Some(&body),
+                    true,
+                )
+                .await?;
+            answer::<VolumeInfo>(v, json, show_migrated)?;
+        }
+        VolumesCommand::Snapshot {
+            name: n,
+            snapshot,
+            label,
+            allow_live,
+        } => {
+            let n = name(&n)?;
+            let mut body = json!({});
+            if let Some(s) = &snapshot {
+                body["name"] = json!(segment(s)?);
+            }
+            if let Some(l) = label {
+                body["label"] = json!(l);
+            }
+            if allow_live {
+                body["allow_live"] = json!(true);
+            }
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("{base}/{n}/snapshots"),
+                    Some(&body),
+                    true,
+                )
+                .await?;
+            answer::<SnapshotInfo>(v, json, |s| println!("{}", s.name))?;
+        }
+        VolumesCommand::Snapshots { name: n } => {
+            let n = name(&n)?;
+            let v = api
+                .call(Method::GET, &format!("{base}/{n}/snapshots"), None, false)
+                .await?;
+            answer::<Vec<SnapshotInfo>>(v, json, |list| snapshots(list))?;
+        }
+        VolumesCommand::RestoreSnapshot {
+            name: n,
+            snapshot,
+            force,
+        } => {
+            let n = name(&n)?;
+            let s = segment(&snapshot)?;
+            let body = json!({ "force": force });
+            let v = api
+                .call(
+                    Method::POST,
+                    &format!("{base}/{n}/snapshots/{s}/restore"),
+                    Some(&body),
+                    true,
+                )
+                .await?;
+            answer::<SnapshotInfo>(v, json, |info| show_restored_snapshot(n.as_str(), info))?;
+        }
+        VolumesCommand::DeleteSnapshot { name: n, snapshot } => {
+            let n = name(&n)?;
+            let s = segment(&snapshot)?;
+            let v = api
+                .call(
+                    Method::DELETE,
+                    &format!("{base}/{n}/snapshots/{s}"),
+                    None,
+                    true,
+                )
+                .await?;
+            print(json, &v, || println!("{n}: deleted snapshot {snapshot}"));
+        }
+        // Reads stay in process (`run`).
+        VolumesCommand::Ls | VolumesCommand::Inspect { .. } | VolumesCommand::Stats { .. } => {
+            return Ok(exit::USAGE);
+        }
+    }
+    Ok(exit::OK)
 }
 
 fn size(field: &'static str, text: &str) -> Result<ByteSize, VolumeError> {
@@ -137,14 +404,7 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                     labels: map,
                 })
                 .await?;
-            print(json, &info, || {
-                println!(
-                    "created {} ({} quota) at {}",
-                    info.meta.name,
-                    human(info.meta.quota_bytes),
-                    info.data_dir.display()
-                )
-            });
+            print(json, &info, || show_created(&info));
         }
         VolumesCommand::Delete { name: n, force } => {
             v.call(DeleteVolume {
@@ -161,9 +421,7 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                     quota: size("quota", &quota)?,
                 })
                 .await?;
-            print(json, &info, || {
-                println!("{}: quota {}", info.meta.name, human(info.meta.quota_bytes))
-            });
+            print(json, &info, || show_quota(&info));
         }
         VolumesCommand::Verify {
             name: n,
@@ -186,41 +444,12 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                     .await?
                 }
             };
-            let n = report.volume.clone();
-            print(json, &report, || {
-                if report.sealed {
-                    println!("{n}: no manifest yet; sealed {} entries", report.entries);
-                } else if report.clean() {
-                    println!("{n}: {} entries match the manifest", report.entries);
-                } else {
-                    for p in &report.added {
-                        println!("added    {p}");
-                    }
-                    for p in &report.missing {
-                        println!("missing  {p}");
-                    }
-                    for c in &report.changed {
-                        println!("changed  {} ({})", c.path, c.what);
-                    }
-                    if report.updated {
-                        println!("{n}: manifest updated");
-                    }
-                }
-            });
-            if !report.clean() && !report.updated {
-                return Ok(exit::DATAERR);
-            }
+            print(json, &report, || show_verify(&report));
+            return Ok(verify_exit(&report));
         }
         VolumesCommand::Cleanup { name: n } => {
             let report = v.call(CleanupVolume { name: name(&n)? }).await?;
-            print(json, &report, || {
-                println!(
-                    "{n}: removed {} files ({}), {} leftovers of interrupted operations",
-                    report.removed_files,
-                    human(report.removed_bytes),
-                    report.removed_leftovers
-                )
-            });
+            print(json, &report, || show_cleanup(&n, &report));
         }
         VolumesCommand::Migrate { name: n, to } => {
             let info = v
@@ -229,9 +458,7 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                     to,
                 })
                 .await?;
-            print(json, &info, || {
-                println!("{} now at {}", info.meta.name, info.data_dir.display())
-            });
+            print(json, &info, || show_migrated(&info));
         }
         VolumesCommand::Snapshot {
             name: n,
@@ -274,9 +501,7 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
                     force,
                 })
                 .await?;
-            print(json, &info, || {
-                println!("{n}: restored snapshot {} ({})", info.name, info.created)
-            });
+            print(json, &info, || show_restored_snapshot(&n, &info));
         }
         VolumesCommand::DeleteSnapshot { name: n, snapshot } => {
             v.call(DeleteSnapshot {
@@ -290,6 +515,67 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
         }
     }
     Ok(exit::OK)
+}
+
+fn show_created(info: &VolumeInfo) {
+    println!(
+        "created {} ({} quota) at {}",
+        info.meta.name,
+        human(info.meta.quota_bytes),
+        info.data_dir.display()
+    )
+}
+
+fn show_quota(info: &VolumeInfo) {
+    println!("{}: quota {}", info.meta.name, human(info.meta.quota_bytes))
+}
+
+fn show_verify(report: &VerifyReport) {
+    let n = &report.volume;
+    if report.sealed {
+        println!("{n}: no manifest yet; sealed {} entries", report.entries);
+    } else if report.clean() {
+        println!("{n}: {} entries match the manifest", report.entries);
+    } else {
+        for p in &report.added {
+            println!("added    {p}");
+        }
+        for p in &report.missing {
+            println!("missing  {p}");
+        }
+        for c in &report.changed {
+            println!("changed  {} ({})", c.path, c.what);
+        }
+        if report.updated {
+            println!("{n}: manifest updated");
+        }
+    }
+}
+
+/// 65 for a volume that does not match its manifest (and was not re-sealed).
+fn verify_exit(report: &VerifyReport) -> u8 {
+    if !report.clean() && !report.updated {
+        exit::DATAERR
+    } else {
+        exit::OK
+    }
+}
+
+fn show_cleanup(n: &str, report: &CleanupReport) {
+    println!(
+        "{n}: removed {} files ({}), {} leftovers of interrupted operations",
+        report.removed_files,
+        human(report.removed_bytes),
+        report.removed_leftovers
+    )
+}
+
+fn show_migrated(info: &VolumeInfo) {
+    println!("{} now at {}", info.meta.name, info.data_dir.display())
+}
+
+fn show_restored_snapshot(n: &str, info: &SnapshotInfo) {
+    println!("{n}: restored snapshot {} ({})", info.name, info.created)
 }
 
 // ---------------------------------------------------------------------------------------------

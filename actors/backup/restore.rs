@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -79,7 +79,7 @@ pub struct Targets {
 }
 
 /// What one artifact's import did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Restored {
     pub store: String,
     pub artifact: String,
@@ -95,7 +95,7 @@ pub struct Restored {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub id: BackupId,
     pub restored: Vec<Restored>,
@@ -186,7 +186,7 @@ impl Target {
 }
 
 /// Where a restore is, as [`super::RestoreStatus`] answers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreProgress {
     pub id: BackupId,
     pub artifacts_planned: u64,

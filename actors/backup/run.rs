@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, Stream, StreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -67,7 +67,7 @@ const SMALL_FILES: u64 = 4 << 20;
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// How a backup ended, over all its stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupOutcome {
     /// Every selected store is complete.
@@ -107,7 +107,7 @@ pub fn outcome_of(stores: &BTreeMap<String, StoreRecord>) -> BackupOutcome {
 }
 
 /// A running backup's progress, as [`super::BackupStatus`] answers it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     pub artifacts_planned: u64,
     pub artifacts_done: u64,

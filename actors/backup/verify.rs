@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::formats::resp::RespSummary;
@@ -41,7 +41,7 @@ use super::{BackupError, Shared};
 use crate::events::{self, BackupVerified, BackupVerifyFailed};
 
 /// What a verification found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub id: BackupId,
     pub level: Level,

@@ -7,7 +7,8 @@ use std::str::FromStr;
 use actix_web::{HttpResponse, web};
 use lucid_actors::backup::{
     BackupHandle, BackupId, BackupStatus, Entry, LatestRun, Level, ListBackups, RestoreBackup,
-    RunStatus, StartBackup, StoreSelector, Targets, Trigger, VerifyBackup, outcome_of,
+    RestoreStatus, RunStatus, StartBackup, StoreSelector, Targets, Trigger, VerifyBackup,
+    outcome_of,
 };
 use lucid_actors::volume::VolumeName;
 use serde::Deserialize;
@@ -21,6 +22,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/backup/create", web::post().to(create))
         .route("/backup/status", web::get().to(status_last))
         .route("/backup/status/{id}", web::get().to(status))
+        .route("/backup/restore/status", web::get().to(restore_status))
         .route("/backups", web::get().to(list))
         .route("/backup/{id}/verify", web::post().to(verify))
         .route("/backup/{id}/restore", web::post().to(restore));
@@ -110,6 +112,12 @@ fn status_json(s: &RunStatus) -> Value {
             "bytes_stored": r.bytes_stored,
             "error": r.error.as_ref().map(|e| json!({"code": e.code()})),
             "listed": r.listed,
+            // What the run's cleanup removed first (`lucid-db backup now` says so).
+            "cleaned_up": {
+                "partials": r.cleaned.partials,
+                "incomplete": r.cleaned.incomplete,
+                "uploads": r.cleaned.uploads,
+            },
         }),
     }
 }
@@ -289,4 +297,19 @@ async fn restore(
         })
         .await?;
     Ok(ok(&report))
+}
+
+/// The restore under way in the daemon (`null` when none runs): artifacts planned and done, the
+/// one being restored and its items read — what `lucid-db backup restore` draws while it waits.
+#[utoipa::path(
+    get,
+    path = "/api/v1/database/backup/restore/status",
+    operation_id = "backup_restore_status",
+    tag = "backup",
+    responses((status = 200, description = "success"), (status = "4XX", description = "the error shape", body = super::error::ErrorBody), (status = "5XX", description = "the error shape", body = super::error::ErrorBody)),
+    security(("bearer" = ["read"]))
+)]
+async fn restore_status(state: State) -> Result<HttpResponse, ApiError> {
+    let progress = handle(&state)?.call(RestoreStatus).await?;
+    Ok(ok(&json!({ "progress": progress })))
 }

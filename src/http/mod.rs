@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mongo;
 pub mod openapi;
 pub mod redis_ops;
+pub mod schedule;
 pub mod search;
 pub mod volumes;
 
@@ -177,6 +178,7 @@ pub fn scope_of(method: &Method, pattern: Option<&str>, loopback: bool) -> Optio
             // holder's lock.
             ("DELETE", "/mongodb/{collection}") => Scope::Admin,
             ("POST", "/backup/{id}/restore") => Scope::Admin,
+            ("POST", "/schedule/{job}/run") => Scope::Admin,
             // Removing a volume or a snapshot, replacing a volume's data, moving it.
             ("DELETE", "/volumes/{name}" | "/volumes/{name}/snapshots/{snapshot}") => Scope::Admin,
             ("POST", "/volumes/{name}/snapshots/{snapshot}/restore") => Scope::Admin,
@@ -190,10 +192,12 @@ pub fn scope_of(method: &Method, pattern: Option<&str>, loopback: bool) -> Optio
     }
 }
 
-/// The routes `http.request_timeout` does not cut off, the one list: each runs a volume
-/// operation whose caller waits as long as it makes progress (copying, hashing, removing or
-/// walking a volume's data; `VolumeOp::LONG`). Cut off, the caller would hear `504 timeout`
-/// while the operation goes on, and could not tell whether the data changed.
+/// The routes `http.request_timeout` does not cut off, the one list: a backup's verification or
+/// restore, a job run by hand, and each volume operation that copies, hashes, removes or walks
+/// a volume's data (`VolumeOp::LONG`) take as long as their data takes, and the actor goes on
+/// whatever the client is told. Cut off, the caller would hear `504 timeout` while the
+/// operation goes on, and could not tell how it ended or whether the data changed
+/// (docs/http.md).
 pub fn unbounded(method: &Method, pattern: Option<&str>) -> bool {
     let Some(p) = pattern.and_then(|p| p.strip_prefix(API)) else {
         return false;
@@ -201,6 +205,9 @@ pub fn unbounded(method: &Method, pattern: Option<&str>) -> bool {
     matches!(
         (method.as_str(), p),
         (
+            "POST",
+            "/backup/{id}/verify" | "/backup/{id}/restore" | "/schedule/{job}/run"
+        ) | (
             "DELETE",
             "/volumes/{name}" | "/volumes/{name}/snapshots/{snapshot}"
         ) | ("PUT", "/volumes/{name}/quota")
@@ -359,7 +366,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(redis_ops::routes)
             .configure(search::routes)
             .configure(volumes::routes)
-            .configure(backup::routes),
+            .configure(backup::routes)
+            .configure(schedule::routes),
     );
 }
 
@@ -448,5 +456,29 @@ mod tests {
         }
         // An unknown path needs a token before it is a 404.
         assert_eq!(scope_of(&Method::GET, None, true), Some(Scope::Read));
+    }
+
+    #[test]
+    fn verify_restore_and_a_job_run_escape_the_request_timeout_and_other_backup_calls_do_not() {
+        for p in [
+            "/backup/{id}/verify",
+            "/backup/{id}/restore",
+            "/schedule/{job}/run",
+        ] {
+            assert!(unbounded(&Method::POST, Some(&format!("{API}{p}"))), "{p}");
+            assert!(!unbounded(&Method::GET, Some(&format!("{API}{p}"))), "{p}");
+        }
+        for p in ["/backup/create", "/mongodb/query", "/backup/status/{id}"] {
+            assert!(!unbounded(&Method::POST, Some(&format!("{API}{p}"))), "{p}");
+        }
+        assert!(!unbounded(&Method::POST, None));
+        assert_eq!(
+            scope_of(
+                &Method::POST,
+                Some(&format!("{API}/schedule/{{job}}/run")),
+                true
+            ),
+            Some(Scope::Admin)
+        );
     }
 }

@@ -6,7 +6,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backup, mongo, redis_ops, search, volumes};
+use super::{backup, mongo, redis_ops, schedule, search, volumes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -53,7 +53,9 @@ use super::{backup, mongo, redis_ops, search, volumes};
         backup::status,
         backup::list,
         backup::verify,
-        backup::restore
+        backup::restore,
+        backup::restore_status,
+        schedule::run
     ),
     components(schemas(super::error::ErrorBody)),
     modifiers(&Bearer)

@@ -226,8 +226,10 @@ fn a_missing_data_root_is_a_configuration_error() {
 }
 
 /// The daemon holds `locks/daemon.lock` while it runs: a restore from the CLI (which would
-/// write into the stores it serves) is refused with exit 75, and a second daemon with the same
-/// state directory does not start. Once it stopped, both may run.
+/// write into the stores it serves) never runs in process beside it — when the daemon's API
+/// does not answer where the CLI looks (another `http.bind`), it is refused with exit 69 — and
+/// a second daemon with the same state directory does not start. Once it stopped, both may
+/// run.
 #[test]
 fn a_running_daemon_keeps_restores_and_a_second_daemon_out() {
     let server = redis();
@@ -254,8 +256,11 @@ fn a_running_daemon_keeps_restores_and_a_second_daemon_out() {
     };
     let out = cli(&["backup", "restore", "20261130T020000Z-3f9a"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
-    assert!(stderr.contains("systemctl stop lucid-db"), "{stderr}");
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("does not answer") && stderr.contains("nothing was done"),
+        "{stderr}"
+    );
     let second = cli(&["run"]);
     assert_eq!(
         second.status.code(),

@@ -20,6 +20,8 @@ const API: &str = "/api/v1/database";
 /// Long enough for anything that must happen "within seconds" on a loaded 2-core machine.
 const WITHIN: Duration = Duration::from_secs(20);
 
+mod cli_client;
+
 // ---------------------------------------------------------------------------------------------
 // A minimal HTTP/1.1 client (Connection: close; the daemon answers with Content-Length)
 
@@ -674,6 +676,8 @@ fn routes() -> Vec<(&'static str, String, Option<Value>, &'static str)> {
         ("GET", p("/backups"), None, "read"),
         ("POST", p("/backup/nope/verify"), nothing.clone(), "write"),
         ("POST", p("/backup/nope/restore"), nothing.clone(), "admin"),
+        ("GET", p("/backup/restore/status"), None, "read"),
+        ("POST", p("/schedule/nope/run"), None, "admin"),
         ("GET", p("/nowhere"), None, "read"),
     ]
 }

@@ -719,8 +719,11 @@ fn schedule_run_records_a_run_by_hand_that_ls_and_history_show() {
     assert_eq!(std::fs::read_to_string(&file).expect("read"), "{ damaged");
 }
 
+/// Beside the daemon `schedule run` goes through its API (tests/it/http/cli_client.rs); without
+/// a token it does nothing there, and it never runs the job in process (exit 77, saying how to
+/// make a token).
 #[test]
-fn schedule_run_is_refused_with_75_while_the_daemon_runs() {
+fn schedule_run_beside_the_daemon_without_a_token_does_nothing_and_exits_77() {
     let m = Machine::new();
     let config =
         "[redis]\nenabled = false\n[mongodb]\nenabled = false\n[elasticsearch]\nenabled = false\n";
@@ -753,16 +756,19 @@ fn schedule_run_is_refused_with_75_while_the_daemon_runs() {
         .envs(env.iter().copied())
         .env("LUCID_DB__STATE_DIR", &state)
         .env("LUCID_DB__VOLUMES__ROOT", d.dir().join("volumes"))
+        .env("LUCID_DB__HTTP__BIND", d.http.to_string())
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(
-        stderr.contains("another process runs the scheduler")
-            && stderr.contains("HTTP API")
-            && stderr.contains(&format!("pid {}", d.pid().expect("pid"))),
+        stderr.contains("--token-file") && stderr.contains("lucid-db token add"),
         "{stderr}"
     );
+    // Nothing ran: no manual run in the daemon's records.
+    let runs = std::fs::read_to_string(state.join("scheduler/runs/health_summary.json"))
+        .unwrap_or_default();
+    assert!(!runs.contains("\"manual\""), "the job ran: {runs}");
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).is_some());
 }

@@ -153,10 +153,17 @@ fn a_damaged_artifact_is_found_before_anything_is_written() {
     );
 }
 
+/// Beside a running daemon a restore goes through its API (tests/it/http/cli_client.rs); when
+/// the daemon holds its lock but its API does not answer where the CLI looks, nothing is done
+/// (exit 69): never a restore in process beside a live daemon.
 #[test]
-fn a_restore_while_the_daemon_runs_exits_75() {
+fn a_restore_beside_a_daemon_whose_api_does_not_answer_exits_69_and_does_nothing() {
     let mut m = Machine::new();
     let (id, key) = backed_up(&mut m);
+    m.set(
+        "LUCID_DB__HTTP__BIND",
+        format!("127.0.0.1:{}", lucid_testkit::free_port()),
+    );
     // The daemon's lock, held as `lucid-db run` holds it (tests/it/daemon.rs starts a real
     // daemon and checks the same).
     let lock = std::fs::OpenOptions::new()
@@ -168,8 +175,11 @@ fn a_restore_while_the_daemon_runs_exits_75() {
         .expect("open");
     lock.lock().expect("lock");
     let (code, _, err) = m.cli(&["restore", &id, "--identity", &key]);
-    assert_eq!(code, 75, "{err}");
-    assert!(err.contains("systemctl stop lucid-db"), "{err}");
+    assert_eq!(code, 69, "{err}");
+    assert!(
+        err.contains("does not answer") && err.contains("nothing was done"),
+        "{err}"
+    );
     drop(lock);
     let (code, _, err) = m.cli(&["restore", &id, "--identity", &key, "--force"]);
     assert_eq!(code, 0, "{err}");

@@ -13,6 +13,8 @@
 //! Both paths run on one thread (an actix System), as they would in a sibling that embeds
 //! the actors. Each backend has its workloads (`redis_workloads`, `mongo_workloads`) and a
 //! section that starts its server; `cargo bench --bench lucid_bench -- mongo` runs one.
+//! `-- http` measures the daemon's HTTP API against a bare actix-web route and the actor call
+//! ([`http`], in `lucid_bench/http.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +31,10 @@ use lucid_actors::{Config, Handles, Roles};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
+
+// In a folder of its own: a file directly in benches/ would be a bench target of its own.
+#[path = "lucid_bench/http.rs"]
+mod http;
 
 const ROUNDS: usize = 5;
 const IN_FLIGHT: [usize; 3] = [1, 16, 64];
@@ -486,6 +492,12 @@ fn main() {
     } else {
         json!(null)
     };
+    // The HTTP API against a bare actix-web route and the actor call (lucid_bench/http.rs).
+    let http = if wants("http") {
+        http::bench()
+    } else {
+        json!(null)
+    };
     let mut pinned = false;
     let mut rows = Vec::new();
     let mut redis_bench = json!(null);
@@ -519,6 +531,7 @@ fn main() {
         "backup": backup,
         "redis_backup": redis_backup,
         "full_backup": full_backup,
+        "http": http,
     }));
 }
 

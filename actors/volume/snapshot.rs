@@ -488,6 +488,8 @@ pub(super) fn restore(
         let _ = std::fs::remove_dir_all(&staging);
         VolumeError::io("rename", &dir, &e)
     })?;
+    // A closure so the fail point can return early; without the feature it is one call.
+    #[allow(clippy::redundant_closure_call)]
     let swapped = (|| {
         // Interrupted with the current data moved aside, for the test that it comes back.
         #[cfg(feature = "failpoints")]

@@ -68,6 +68,7 @@ pub mod restore;
 pub mod retention;
 pub mod run;
 pub mod select;
+pub mod specs;
 pub mod storage;
 mod uploads;
 pub mod verify;

@@ -1036,6 +1036,11 @@ fn show(e: &Entry) {
                 r.at.to_rfc3339(),
                 if r.passed { "passed" } else { "FAILED" }
             );
+            for (store, d) in &r.stores {
+                for what in &d.not_comparable {
+                    println!("             {store}: not comparable on this server: {what}");
+                }
+            }
         }
     }
     println!("stores");
@@ -1070,7 +1075,7 @@ fn print_verify(r: &VerifyReport, json: bool) -> u8 {
     }
     for (store, d) in &r.result.stores {
         println!(
-            "{}  {store}: {} restored into scratch targets in {:.1}s{}",
+            "{}  {store}: {} restored into scratch targets in {:.1}s{}{}",
             if d.passed { "ok    " } else { "FAILED" },
             d.restored,
             d.restore_ms as f64 / 1000.0,
@@ -1078,8 +1083,19 @@ fn print_verify(r: &VerifyReport, json: bool) -> u8 {
                 format!(", {} compared one by one with the backup", d.compared)
             } else {
                 String::new()
+            },
+            if d.specs_compared > 0 {
+                format!(
+                    ", {} index specs, validators or mappings compared with its metadata",
+                    d.specs_compared
+                )
+            } else {
+                String::new()
             }
         );
+        for what in &d.not_comparable {
+            println!("        {store}: not comparable on this server: {what}");
+        }
     }
     println!(
         "backup {}: {} {} ({} artifacts){}; counts as {}",

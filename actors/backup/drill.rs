@@ -54,6 +54,7 @@ use super::restore::{
     store_error, stored_manifest,
 };
 use super::select::StoreSelector;
+use super::specs;
 use super::verify::{self, VerifyReport};
 use super::{BackupError, RunLock, Shared};
 use crate::events::{self, BackupDrillFailed, BackupDrilled};
@@ -81,6 +82,16 @@ pub struct StoreDrill {
     /// sample; see the module doc). Absent in a drill recorded before samples were compared.
     #[serde(default)]
     pub compared: u64,
+    /// Of the database stores' scratch targets, the specs compared with the metadata
+    /// artifacts (see [`super::specs`]): each index and validator of a collection, the
+    /// mappings and the settings of an index. Absent in a drill recorded before specs were
+    /// compared.
+    #[serde(default)]
+    pub specs_compared: u64,
+    /// What the server did not let the drill compare, with the targets it concerns
+    /// ([`super::specs::VALIDATORS_NOT_KEPT`] on nx-27017): never counted as compared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_comparable: Vec<String>,
 }
 
 /// What the comparison of one volume found.
@@ -117,6 +128,8 @@ pub(super) async fn drill(
         let started = Instant::now();
         let mut restored = 0;
         let mut compared = 0;
+        let mut specs_compared = 0;
+        let mut not_comparable = Vec::new();
         let mut passed = true;
         let database_steps = match database_plan(shared, &manifest, store, &suffix)? {
             Some(steps) => {
@@ -128,6 +141,17 @@ pub(super) async fn drill(
                 cleaned?;
                 restored += done.restored;
                 compared += done.compared;
+                specs_compared += done.specs_compared;
+                not_comparable = done
+                    .not_comparable
+                    .into_iter()
+                    .map(|(what, targets)| {
+                        format!(
+                            "{what} ({})",
+                            targets.into_iter().collect::<Vec<_>>().join(", ")
+                        )
+                    })
+                    .collect();
                 for (artifact, outcome) in done.checks {
                     let (check, key) = check_of(outcome)?;
                     about_the_key |= key;
@@ -178,6 +202,8 @@ pub(super) async fn drill(
                 restore_ms: started.elapsed().as_millis() as u64,
                 restored,
                 compared,
+                specs_compared,
+                not_comparable,
             },
         );
     }
@@ -299,6 +325,9 @@ fn scratch_database_prefix(shared: &Shared) -> String {
 struct DatabaseDrill {
     restored: u64,
     compared: u64,
+    specs_compared: u64,
+    /// What the server did not let be compared → the collections or indices it concerns.
+    not_comparable: BTreeMap<&'static str, std::collections::BTreeSet<String>>,
     checks: Vec<(String, Result<(), BackupError>)>,
 }
 
@@ -319,6 +348,8 @@ async fn drill_databases(
     let mut out = DatabaseDrill {
         restored: 0,
         compared: 0,
+        specs_compared: 0,
+        not_comparable: BTreeMap::new(),
         checks: Vec::new(),
     };
     let items = Arc::new(AtomicU64::new(0));
@@ -353,16 +384,40 @@ async fn drill_databases(
             &items,
         )
         .await;
-        // Lets a test change a restored key before the drill compares (`failpoints` builds).
+        // Lets a test change a restored key or index before the drill compares
+        // (`backup-drill-<store>-imported`, `failpoints` builds).
         #[cfg(feature = "failpoints")]
-        if step.store == "redis" {
-            fail::fail_point!("backup-drill-redis-imported");
-        }
+        fail::fail_point!(&format!("backup-drill-{}-imported", step.store));
         let outcome = match imported {
             Ok(done) => match compare_database(shared, step, &done).await {
-                Ok(()) => compare_sample(shared, storage, id, decoding, step, &done)
-                    .await
-                    .map(|n| (done.written, n)),
+                Ok(()) => {
+                    // The specs are the metadata artifact's finding, the sample the data's.
+                    if let Some(metadata) = step.target.metadata() {
+                        let specs = compare_specs(shared, storage, id, decoding, step).await?;
+                        out.specs_compared += specs.compared;
+                        for what in specs.not_comparable {
+                            out.not_comparable
+                                .entry(what)
+                                .or_default()
+                                .insert(step.target.short_name());
+                        }
+                        if !specs.differences.is_empty() {
+                            let mismatch = BackupError::DrillMismatch {
+                                artifact: metadata.name.clone(),
+                                reason: format!(
+                                    "{} differs from the backup's metadata: {}",
+                                    step.target.describe(),
+                                    specs.differences.join("; ")
+                                ),
+                            };
+                            out.checks.retain(|(name, _)| *name != metadata.name);
+                            out.checks.push((metadata.name.clone(), Err(mismatch)));
+                        }
+                    }
+                    compare_sample(shared, storage, id, decoding, step, &done)
+                        .await
+                        .map(|n| (done.written, n))
+                }
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -424,6 +479,72 @@ async fn compare_database(
         });
     }
     Ok(())
+}
+
+/// The scratch target's index specs and validator (a collection), or mappings and settings
+/// (an index), against the metadata artifact the restore recreated it from; see
+/// [`super::specs`]. Redis and volumes have no specs.
+async fn compare_specs(
+    shared: &Shared,
+    storage: &super::Storage,
+    id: &BackupId,
+    decoding: &Decoding,
+    step: &Step,
+) -> Result<specs::Comparison, BackupError> {
+    use super::formats::{bulk, mongodump};
+    match &step.target {
+        Target::Volume(_) | Target::Redis { .. } => Ok(specs::Comparison::default()),
+        Target::Collection {
+            collection,
+            database,
+            metadata,
+            documents,
+        } => {
+            let mongo = store(shared.stores.mongo.as_ref(), "mongodb")?;
+            let database = database
+                .clone()
+                .unwrap_or_else(|| mongo.settings().database.clone());
+            let meta = pipeline::decode_artifact(storage, id, metadata, decoding, |r| {
+                mongodump::walk_metadata(r)
+            })
+            .await
+            .map_err(BackupError::Pipeline)?;
+            let artifact =
+                meta.to_export(&database, *documents, crate::mongo::bson::DateTime::now());
+            let (caps, server) = mongo
+                .collection_spec(*collection, &database)
+                .await
+                .map_err(|e| store_error("mongodb", e.code(), &e))?;
+            Ok(specs::compare_collection(&artifact, server.as_ref(), caps))
+        }
+        Target::Index {
+            index,
+            prefix,
+            metadata,
+            write_blocked,
+            documents,
+        } => {
+            let search = store(shared.stores.search.as_ref(), "elasticsearch")?;
+            let body = pipeline::decode_artifact(storage, id, metadata, decoding, |r| {
+                bulk::walk_index_body(r)
+            })
+            .await
+            .map_err(BackupError::Pipeline)?;
+            let artifact = body.to_metadata(index, *write_blocked, *documents);
+            let name = format!("{prefix}{index}");
+            let Some(server) = search
+                .index_definition(&name)
+                .await
+                .map_err(|e| store_error("elasticsearch", e.code(), &e))?
+            else {
+                return Ok(specs::Comparison {
+                    differences: vec!["the index was not created".to_owned()],
+                    ..specs::Comparison::default()
+                });
+            };
+            Ok(specs::compare_index(&artifact, &server))
+        }
+    }
 }
 
 /// Takes up to [`DATABASE_SAMPLE`] of the `total` items `decode` reads from `record`, spread

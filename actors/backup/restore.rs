@@ -176,6 +176,16 @@ impl Target {
         }
     }
 
+    /// The target's name in its store's backup: a collection's or index's own name, without
+    /// the scratch database or prefix (what a drill lists the targets of a finding by).
+    pub(super) fn short_name(&self) -> String {
+        match self {
+            Target::Collection { collection, .. } => collection.name().to_owned(),
+            Target::Index { index, .. } => index.clone(),
+            other => other.name(),
+        }
+    }
+
     /// The metadata artifact restored with the data, where there is one.
     pub(super) fn metadata(&self) -> Option<&ArtifactRecord> {
         match self {

@@ -32,7 +32,9 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 
-// In a folder of its own: a file directly in benches/ would be a bench target of its own.
+// Each in a folder of its own: a file directly in benches/ would be a bench target of its own.
+#[path = "lucid_bench/drill.rs"]
+mod drill;
 #[path = "lucid_bench/http.rs"]
 mod http;
 
@@ -498,6 +500,12 @@ fn main() {
     } else {
         json!(null)
     };
+    // Plants the `everystore` data set too, then drills a backup of it.
+    let drill = if wants("drill") {
+        drill::drill_bench()
+    } else {
+        json!(null)
+    };
     let mut pinned = false;
     let mut rows = Vec::new();
     let mut redis_bench = json!(null);
@@ -532,6 +540,7 @@ fn main() {
         "redis_backup": redis_backup,
         "full_backup": full_backup,
         "http": http,
+        "drill": drill,
     }));
 }
 
@@ -2146,13 +2155,23 @@ async fn mongo_direct(cfg: &Config, root: &str) -> (Duration, u64) {
     (started.elapsed(), docs)
 }
 
-/// A full backup — MongoDB, Redis, Elasticsearch and the volumes under one id, through the
-/// daemon's actors in a process of its own — of a fixed data set of `LUCID_BENCH_FULL_MB`
-/// (default 200) MB: seconds, MB/s and the process's peak RSS (target ≤ 64 MiB; the seed's
-/// floor is 5 minutes). Then the MongoDB part alone against a direct driver cursor loop
-/// writing the same BSON through the same zstd: client CPU per document, median of `ROUNDS`
-/// interleaved runs, each a process of its own.
-fn full_backup_bench() -> serde_json::Value {
+/// The servers and the planted `LUCID_BENCH_FULL_MB` data set of the `everystore` section
+/// (also what the `drill` section restores).
+struct FullSet {
+    redis_s: lucid_testkit::Server,
+    mongo_s: lucid_testkit::Server,
+    es_s: lucid_testkit::Server,
+    dir: tempfile::TempDir,
+    /// `volumes.root` (the `chunks` volume planted in it).
+    root: std::path::PathBuf,
+    state: std::path::PathBuf,
+    mb: f64,
+    /// Source bytes planted per store.
+    bytes: BTreeMap<&'static str, u64>,
+}
+
+/// Starts the three servers and plants the data set (see [`FULL_SHARES`]).
+fn plant_full() -> FullSet {
     let mb: f64 = std::env::var("LUCID_BENCH_FULL_MB")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -2256,6 +2275,35 @@ fn full_backup_bench() -> serde_json::Value {
         "\nfull backup: planted {mb:.0} MB ({mongo_docs} MongoDB documents) in {:.0} s",
         planted.elapsed().as_secs_f64()
     );
+    FullSet {
+        redis_s,
+        mongo_s,
+        es_s,
+        dir,
+        root,
+        state,
+        mb,
+        bytes,
+    }
+}
+
+/// A full backup — MongoDB, Redis, Elasticsearch and the volumes under one id, through the
+/// daemon's actors in a process of its own — of a fixed data set of `LUCID_BENCH_FULL_MB`
+/// (default 200) MB: seconds, MB/s and the process's peak RSS (target ≤ 64 MiB; the seed's
+/// floor is 5 minutes). Then the MongoDB part alone against a direct driver cursor loop
+/// writing the same BSON through the same zstd: client CPU per document, median of `ROUNDS`
+/// interleaved runs, each a process of its own.
+fn full_backup_bench() -> serde_json::Value {
+    let FullSet {
+        redis_s,
+        mongo_s,
+        es_s,
+        dir,
+        root,
+        state,
+        bytes,
+        ..
+    } = plant_full();
 
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
     let result = dir.path().join("result");

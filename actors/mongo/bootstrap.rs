@@ -170,7 +170,7 @@ fn direction(v: &Bson) -> Bson {
 }
 
 /// A key pattern with every direction as Int32 ±1 (servers report 1, 1.0 or 1i64).
-fn normalize_key(key: &Document, keep_directions: bool) -> Document {
+pub fn normalize_key(key: &Document, keep_directions: bool) -> Document {
     key.iter()
         .map(|(k, v)| {
             let d = direction(v);
@@ -207,7 +207,8 @@ pub fn server_index(entry: &Document) -> Option<ServerIndex> {
     })
 }
 
-fn text_fields(key: &Document) -> BTreeSet<String> {
+/// The fields of a key pattern's text keys.
+pub fn text_fields(key: &Document) -> BTreeSet<String> {
     key.iter()
         .filter(|(_, v)| v.as_str() == Some("text"))
         .map(|(k, _)| k.clone())
@@ -351,7 +352,9 @@ fn validator_differs(spec: &CollectionSpec, have: &ServerCollection) -> bool {
     !same || level != spec.validation_level || action != spec.validation_action
 }
 
-fn same_bson(a: &Bson, b: &Bson) -> bool {
+/// Whether two BSON values are the same, numbers by value (servers give back 1 as int or
+/// double) and documents whatever their fields' order.
+pub fn same_bson(a: &Bson, b: &Bson) -> bool {
     match (a, b) {
         (Bson::Document(x), Bson::Document(y)) => {
             x.len() == y.len()
@@ -566,74 +569,17 @@ impl<'a> Bootstrap<'a> {
         } else {
             self.conn.client.database(database)
         };
-        let what = cmd.keys().next().cloned().unwrap_or_default();
-        let reply =
-            MongoError::within(self.deadline, async { Ok(db.run_command(cmd).await?) }).await?;
-        if !ok_of(&reply) {
-            return Err(MongoError::Server {
-                code: number(reply.get("code")).and_then(|c| i32::try_from(c).ok()),
-                message: format!(
-                    "{what}: {}",
-                    reply
-                        .get_str("errmsg")
-                        .unwrap_or("the server answered ok: 0")
-                ),
-            });
-        }
-        Ok(reply)
+        command_on(&db, cmd, self.deadline).await
     }
 
     /// The documents of a cursor-returning command (`listCollections`, `listIndexes`).
     async fn cursor(&self, cmd: Document) -> Result<Vec<Document>, MongoError> {
-        MongoError::within(self.deadline, async {
-            let mut cursor = self.conn.db.run_cursor_command(cmd).await?;
-            let mut out = Vec::new();
-            while cursor.advance().await? {
-                out.push(cursor.deserialize_current()?);
-            }
-            Ok(out)
-        })
-        .await
+        cursor_on(&self.conn.db, cmd, self.deadline).await
     }
 
     /// The scratch-collection probe (see the module doc).
     async fn probe(&self) -> Result<Capabilities, MongoError> {
-        let _ = self.command("", doc! {"drop": PROBE_COLLECTION}).await;
-        self.command(
-            "",
-            doc! {"create": PROBE_COLLECTION, "validator": {"$jsonSchema": {"bsonType": "object"}}},
-        )
-        .await?;
-        let result = async {
-            self.command(
-                "",
-                doc! {"createIndexes": PROBE_COLLECTION, "indexes": [
-                    {"key": {"p": -1}, "name": "lucid_probe_p_desc", "sparse": true}
-                ]},
-            )
-            .await?;
-            let collections = self.cursor(doc! {"listCollections": 1}).await?;
-            let stores_validators = collections.iter().any(|c| {
-                c.get_str("name") == Ok(PROBE_COLLECTION)
-                    && c.get_document("options")
-                        .is_ok_and(|o| o.contains_key("validator"))
-            });
-            let indexes = self.cursor(doc! {"listIndexes": PROBE_COLLECTION}).await?;
-            let probe = indexes
-                .iter()
-                .find(|i| i.get_document("key").is_ok_and(|k| k.contains_key("p")));
-            Ok::<_, MongoError>(Capabilities {
-                stores_validators,
-                keeps_key_directions: probe.is_some_and(|i| {
-                    i.get_document("key")
-                        .is_ok_and(|k| number(k.get("p")) == Some(-1))
-                }),
-                reports_index_options: probe.is_some_and(|i| i.get_bool("sparse") == Ok(true)),
-            })
-        }
-        .await;
-        let _ = self.command("", doc! {"drop": PROBE_COLLECTION}).await;
-        result
+        probe_on(&self.conn.db, self.deadline).await
     }
 
     /// What the server has (see the module doc).
@@ -648,37 +594,12 @@ impl<'a> Bootstrap<'a> {
             if !known.contains(name) {
                 continue;
             }
-            let options = entry.get_document("options").ok();
-            state.collections.insert(
-                name.to_owned(),
-                ServerCollection {
-                    validator: options.and_then(|o| o.get_document("validator").ok().cloned()),
-                    validation_level: options
-                        .and_then(|o| o.get_str("validationLevel").ok().map(str::to_owned)),
-                    validation_action: options
-                        .and_then(|o| o.get_str("validationAction").ok().map(str::to_owned)),
-                    indexes: Vec::new(),
-                },
-            );
+            state
+                .collections
+                .insert(name.to_owned(), collection_of(entry));
         }
         for (name, coll) in state.collections.iter_mut() {
-            let mut indexes: Vec<ServerIndex> = self
-                .cursor(doc! {"listIndexes": name.as_str()})
-                .await?
-                .iter()
-                .filter_map(server_index)
-                .collect();
-            // nx-27017 lists text indexes only here, one per field; MongoDB outside Atlas
-            // refuses the command, which says nothing more.
-            if let Ok(search) = self.cursor(doc! {"listSearchIndexes": name.as_str()}).await {
-                indexes.extend(
-                    search
-                        .iter()
-                        .filter_map(server_index)
-                        .filter(|i| i.key.values().all(|v| v.as_str() == Some("text"))),
-                );
-            }
-            coll.indexes = indexes;
+            coll.indexes = indexes_on(&self.conn.db, name, self.deadline).await?;
         }
         if *topology == Topology::Mongos {
             let config = self.conn.client.database("config");
@@ -729,6 +650,150 @@ impl<'a> Bootstrap<'a> {
                 e => e,
             })
     }
+}
+
+/// Runs `cmd` on `db`; a reply with `ok: 0` is a [`MongoError::Server`].
+async fn command_on(
+    db: &mongodb::Database,
+    cmd: Document,
+    deadline: Duration,
+) -> Result<Document, MongoError> {
+    let what = cmd.keys().next().cloned().unwrap_or_default();
+    let reply = MongoError::within(deadline, async { Ok(db.run_command(cmd).await?) }).await?;
+    if !ok_of(&reply) {
+        return Err(MongoError::Server {
+            code: number(reply.get("code")).and_then(|c| i32::try_from(c).ok()),
+            message: format!(
+                "{what}: {}",
+                reply
+                    .get_str("errmsg")
+                    .unwrap_or("the server answered ok: 0")
+            ),
+        });
+    }
+    Ok(reply)
+}
+
+/// The documents of a cursor-returning command (`listCollections`, `listIndexes`) on `db`.
+async fn cursor_on(
+    db: &mongodb::Database,
+    cmd: Document,
+    deadline: Duration,
+) -> Result<Vec<Document>, MongoError> {
+    MongoError::within(deadline, async {
+        let mut cursor = db.run_cursor_command(cmd).await?;
+        let mut out = Vec::new();
+        while cursor.advance().await? {
+            out.push(cursor.deserialize_current()?);
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The scratch-collection probe (see the module doc) in `db`: the probe collection is
+/// created with a validator and an index straight through the driver, and what
+/// `listCollections` and `listIndexes` report of them is what the server keeps.
+pub(crate) async fn probe_on(
+    db: &mongodb::Database,
+    deadline: Duration,
+) -> Result<Capabilities, MongoError> {
+    let _ = command_on(db, doc! {"drop": PROBE_COLLECTION}, deadline).await;
+    command_on(
+        db,
+        doc! {"create": PROBE_COLLECTION, "validator": {"$jsonSchema": {"bsonType": "object"}}},
+        deadline,
+    )
+    .await?;
+    let result = async {
+        command_on(
+            db,
+            doc! {"createIndexes": PROBE_COLLECTION, "indexes": [
+                {"key": {"p": -1}, "name": "lucid_probe_p_desc", "sparse": true}
+            ]},
+            deadline,
+        )
+        .await?;
+        let collections = cursor_on(db, doc! {"listCollections": 1}, deadline).await?;
+        let stores_validators = collections.iter().any(|c| {
+            c.get_str("name") == Ok(PROBE_COLLECTION)
+                && c.get_document("options")
+                    .is_ok_and(|o| o.contains_key("validator"))
+        });
+        let indexes = cursor_on(db, doc! {"listIndexes": PROBE_COLLECTION}, deadline).await?;
+        let probe = indexes
+            .iter()
+            .find(|i| i.get_document("key").is_ok_and(|k| k.contains_key("p")));
+        Ok::<_, MongoError>(Capabilities {
+            stores_validators,
+            keeps_key_directions: probe.is_some_and(|i| {
+                i.get_document("key")
+                    .is_ok_and(|k| number(k.get("p")) == Some(-1))
+            }),
+            reports_index_options: probe.is_some_and(|i| i.get_bool("sparse") == Ok(true)),
+        })
+    }
+    .await;
+    let _ = command_on(db, doc! {"drop": PROBE_COLLECTION}, deadline).await;
+    result
+}
+
+/// A `listCollections` entry's validator, level and action (no indexes yet).
+fn collection_of(entry: &Document) -> ServerCollection {
+    let options = entry.get_document("options").ok();
+    ServerCollection {
+        validator: options.and_then(|o| o.get_document("validator").ok().cloned()),
+        validation_level: options
+            .and_then(|o| o.get_str("validationLevel").ok().map(str::to_owned)),
+        validation_action: options
+            .and_then(|o| o.get_str("validationAction").ok().map(str::to_owned)),
+        indexes: Vec::new(),
+    }
+}
+
+/// The indexes of collection `name` in `db`, text indexes included.
+async fn indexes_on(
+    db: &mongodb::Database,
+    name: &str,
+    deadline: Duration,
+) -> Result<Vec<ServerIndex>, MongoError> {
+    let mut indexes: Vec<ServerIndex> = cursor_on(db, doc! {"listIndexes": name}, deadline)
+        .await?
+        .iter()
+        .filter_map(server_index)
+        .collect();
+    // nx-27017 lists text indexes only here, one per field; MongoDB outside Atlas refuses
+    // the command, which says nothing more.
+    if let Ok(search) = cursor_on(db, doc! {"listSearchIndexes": name}, deadline).await {
+        indexes.extend(
+            search
+                .iter()
+                .filter_map(server_index)
+                .filter(|i| i.key.values().all(|v| v.as_str() == Some("text"))),
+        );
+    }
+    Ok(indexes)
+}
+
+/// Collection `name` of `db` as the server reports it (validator, indexes), `None` when it
+/// does not exist.
+pub(crate) async fn collection_on(
+    db: &mongodb::Database,
+    name: &str,
+    deadline: Duration,
+) -> Result<Option<ServerCollection>, MongoError> {
+    let listed = cursor_on(
+        db,
+        doc! {"listCollections": 1, "filter": {"name": name}},
+        deadline,
+    )
+    .await?;
+    let Some(entry) = listed.iter().find(|e| e.get_str("name") == Ok(name)) else {
+        return Ok(None);
+    };
+    let mut coll = collection_of(entry);
+    coll.indexes = indexes_on(db, name, deadline).await?;
+    Ok(Some(coll))
 }
 
 /// One run of the bootstrap on `conn` (its plan only, with `dry_run`).

@@ -264,6 +264,47 @@ impl MongoHandle {
         found
     }
 
+    /// Collection `collection` of `database` as the server reports it — its validator and
+    /// indexes, `None` when it does not exist — and what the server keeps of what it is
+    /// sent (the bootstrap's probe, run in `database`: a validator created straight through
+    /// the driver that `listCollections` does not report either). What a drill compares
+    /// with the backup's `.metadata.json`. Creates and drops the probe's scratch collection
+    /// in `database`, so it is refused for the live database.
+    pub async fn collection_spec(
+        &self,
+        collection: Collection,
+        database: &str,
+    ) -> Result<
+        (
+            super::Capabilities,
+            Option<super::bootstrap::ServerCollection>,
+        ),
+        MongoError,
+    > {
+        let shared = &self.shared;
+        super::check_database_name(database)
+            .map_err(|reason| MongoError::invalid("database", reason))?;
+        if database == shared.settings.database {
+            return Err(MongoError::invalid(
+                "database",
+                "a scratch database, not the live one (the probe creates a collection)",
+            ));
+        }
+        let (conn, generation) = shared.usable()?;
+        let deadline = shared.settings.deadline;
+        let db = conn.client.database(database);
+        let found = async {
+            let caps = super::bootstrap::probe_on(&db, deadline).await?;
+            let coll = super::bootstrap::collection_on(&db, collection.name(), deadline).await?;
+            Ok((caps, coll))
+        }
+        .await;
+        if let Err(e) = &found {
+            shared.report(generation, e);
+        }
+        found
+    }
+
     /// Drops every database whose name starts with `prefix` (a drill's scratch databases,
     /// `<db>_drill_<suffix>`); answers their names. A prefix `mongodb.database` starts with
     /// is `invalid`: this never drops the live database.

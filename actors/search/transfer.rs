@@ -58,7 +58,7 @@ const SCROLL_KEEP: &str = "2m";
 /// index, not how to make one, and a create request refuses most of them. `blocks` is left
 /// out too: a write block would refuse the load; [`IndexMetadata::write_blocked`] says whether
 /// there was one, and the import sets it again after the load.
-const SERVER_OWNED_SETTINGS: [&str; 10] = [
+pub const SERVER_OWNED_SETTINGS: [&str; 10] = [
     "uuid",
     "creation_date",
     "creation_date_string",
@@ -267,6 +267,10 @@ impl SearchHandle {
         index: &str,
         ids: &[String],
     ) -> Result<std::collections::BTreeMap<String, Value>, SearchError> {
+        // `_mget` refuses an empty list (400, "no documents to get"): an empty index's sample.
+        if ids.is_empty() {
+            return Ok(std::collections::BTreeMap::new());
+        }
         let (conn, generation) = self.shared.usable()?;
         let deadline = self.shared.settings.deadline;
         let found = SearchError::within(
@@ -290,6 +294,34 @@ impl SearchHandle {
             .filter(|d| d["found"] == Value::Bool(true))
             .filter_map(|d| Some((d["_id"].as_str()?.to_owned(), d["_source"].clone())))
             .collect())
+    }
+
+    /// Index `index`'s definition as the server holds it — mappings, settings but the ones
+    /// the server owns, aliases — in an export's terms (`documents` is 0: not counted).
+    /// `None` when there is no such index. What a drill compares with the backup's
+    /// `.meta.json`. Reads only.
+    pub async fn index_definition(
+        &self,
+        index: &str,
+    ) -> Result<Option<IndexMetadata>, SearchError> {
+        let (conn, generation) = self.shared.usable()?;
+        let deadline = self.shared.settings.deadline;
+        let found = SearchError::within(
+            deadline,
+            conn.send(Request::new(Method::Get, format!("/{index}"))),
+        )
+        .await;
+        match found {
+            Ok(answer) if answer.body.get(index).is_some() => {
+                Ok(Some(metadata_of(index, &answer.body, 0)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => {
+                self.shared.report(generation, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Deletes every index whose name starts with `prefix` (a drill's scratch indices,

@@ -43,6 +43,18 @@ fn scratch_targets(b: &Backends) -> Vec<String> {
     left
 }
 
+/// Whether the server reports a validator created straight through the driver (prints
+/// `True` or `False`); the probe collection is dropped again.
+const DRIVER_VALIDATOR: &str = r#"
+import sys, pymongo
+db = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000)["lucid_probe_test"]
+db.drop_collection("v")
+db.create_collection("v", validator={"$jsonSchema": {"bsonType": "object"}})
+kept = "validator" in (db.list_collections(filter={"name": "v"}).next().get("options") or {})
+db.client.drop_database("lucid_probe_test")
+print(kept)
+"#;
+
 fn seeded() -> (Backends, Machine, String, PathBuf) {
     let b = Backends::start();
     python(SEED_MONGO, &[&b.mongo.url()]);
@@ -59,7 +71,7 @@ fn seeded() -> (Backends, Machine, String, PathBuf) {
 fn a_drill_of_every_store_passes_timing_each_and_leaves_no_scratch_target() {
     let (b, m, id, _) = seeded();
     let mongo_before = snapshot_mongo(&b.mongo.url(), "lucid");
-    let redis_before: Vec<String> = redis_keys(&b.redis.url()).into_keys().collect();
+    let redis_before = redis_keys(&b.redis.url());
     let es_before = snapshot_es(&b.es.url(), "");
 
     // What a killed drill would have left: the next drill removes it by name.
@@ -132,14 +144,69 @@ pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000)["lucid_drill_de
                 .expect("restored"),
         "{report}"
     );
+    // Index specs and validators (MongoDB), mappings and settings (Elasticsearch) of every
+    // scratch target compared with the metadata artifacts.
+    for store in ["mongodb", "elasticsearch"] {
+        assert!(
+            stores[store]["specs_compared"]
+                .as_u64()
+                .expect("specs_compared")
+                > 0,
+            "{store}: {report}"
+        );
+    }
+    // Both indices: their mappings and their settings.
+    assert_eq!(
+        stores["elasticsearch"]["specs_compared"],
+        json!(4),
+        "{report}"
+    );
+    // What the server does not keep is named, never passed: the validators where a validator
+    // created straight through the driver is not reported either (nx-27017), compared where
+    // it is (a real MongoDB).
+    let keeps_validators = python(DRIVER_VALIDATOR, &[&b.mongo.url()]).trim() == "True";
+    let not_comparable = stores["mongodb"]["not_comparable"].to_string();
+    assert_eq!(
+        !keeps_validators,
+        not_comparable.contains("validators: the server keeps none"),
+        "{report}"
+    );
+    if !keeps_validators {
+        // Each reason lists the collections it concerns.
+        assert!(not_comparable.contains("users"), "{report}");
+        let shown = m.json(&["show", &id], 0);
+        assert_eq!(
+            shown["verify"]["levels"]["drilled"]["stores"]["mongodb"]["not_comparable"],
+            stores["mongodb"]["not_comparable"],
+            "{shown}"
+        );
+        let (code, text, err) = m.cli(&["show", &id]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            text.contains("mongodb: not comparable on this server: validators"),
+            "{text}"
+        );
+    }
     assert_eq!(scratch_targets(&b), Vec::<String>::new());
 
     // The live data is as it was.
     assert_eq!(snapshot_mongo(&b.mongo.url(), "lucid"), mongo_before);
-    assert_eq!(
-        redis_keys(&b.redis.url()).into_keys().collect::<Vec<_>>(),
-        redis_before
+    // Keys with an expiry may have expired meanwhile (the seed's shortest lives 60 s); none
+    // came or went otherwise.
+    let redis_after = redis_keys(&b.redis.url());
+    assert!(
+        redis_after.keys().all(|k| redis_before.contains_key(k)),
+        "{redis_after:?}"
     );
+    let lasting: Vec<&String> = redis_before
+        .iter()
+        .filter(|(_, (_, _, pttl))| *pttl < 0)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!lasting.is_empty());
+    for key in lasting {
+        assert!(redis_after.contains_key(key), "{key} is gone");
+    }
     assert_eq!(snapshot_es(&b.es.url(), ""), es_before);
 }
 
@@ -267,5 +334,86 @@ fn a_key_that_differs_from_the_backup_after_the_restore_fails_the_drill_naming_i
     let drilled = &report["verify"]["levels"]["drilled"];
     assert_eq!(drilled["stores"]["redis"]["passed"], false, "{report}");
     assert_eq!(drilled["stores"]["mongodb"]["passed"], true, "{report}");
+    assert_eq!(scratch_targets(&b), Vec::<String>::new());
+}
+
+/// Adds an index to every collection of the drill's scratch database that has one of its own
+/// (prints the collections changed, once there are any).
+const EXTRA_INDEX: &str = r#"
+import sys, time, pymongo
+client = pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=10000)
+deadline = time.time() + 60
+while time.time() < deadline:
+    for name in client.list_database_names():
+        if "_drill_" not in name:
+            continue
+        changed = []
+        for coll in client[name].list_collection_names():
+            if len(list(client[name][coll].list_indexes())) > 1:
+                client[name][coll].create_index([("drill_extra", 1)], name="drill_extra_1")
+                changed.append(coll)
+        if changed:
+            print(",".join(changed))
+            sys.exit(0)
+    time.sleep(0.05)
+sys.exit("no scratch collection with an index appeared")
+"#;
+
+#[test]
+fn a_restored_index_that_differs_from_the_metadata_fails_the_drill_naming_it() {
+    let (b, m, id, _) = seeded();
+    // The drill pauses once the first collection is imported; the test adds an index to it
+    // in the scratch database meanwhile, as a restore that made an index the backup does not
+    // list would have. (Changing the artifact would not do: the restore recreates what it
+    // lists.)
+    let child = m
+        .command(&["verify", &id, "--level", "drilled"])
+        .env("FAILPOINTS", "backup-drill-mongodb-imported=1*sleep(8000)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let changed = python(EXTRA_INDEX, &[&b.mongo.url()]);
+    let collection = changed
+        .trim()
+        .split(',')
+        .next()
+        .expect("a collection")
+        .to_owned();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata = format!("mongodb/lucid/{collection}.metadata.json.zst");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("FAILED")
+            && l.contains(&metadata)
+            && l.contains(&format!(".{collection} differs from the backup's metadata"))
+            // By its key: nx-27017 names it after the collection, not as it was asked.
+            && l.contains("on { \"drill_extra\": 1 }: not in the backup's metadata")),
+        "{stdout}"
+    );
+    let report = m.json(&["show", &id], 0);
+    let drilled = &report["verify"]["levels"]["drilled"];
+    assert_eq!(drilled["passed"], false, "{report}");
+    assert_eq!(drilled["stores"]["mongodb"]["passed"], false, "{report}");
+    assert_eq!(
+        drilled["artifacts"][&metadata]["code"], "drill_mismatch",
+        "{report}"
+    );
+    // The data artifact's documents compared all the same, and the other stores passed.
+    assert_eq!(
+        drilled["artifacts"][format!("mongodb/lucid/{collection}.bson.zst")]["outcome"],
+        "ok",
+        "{report}"
+    );
+    assert_eq!(
+        drilled["stores"]["elasticsearch"]["passed"], true,
+        "{report}"
+    );
     assert_eq!(scratch_targets(&b), Vec::<String>::new());
 }

@@ -50,8 +50,8 @@ use super::keys::Identities;
 use super::manifest::{ArtifactCheck, ArtifactRecord, Level, LevelResult};
 use super::pipeline::{self, Decoding, PipelineError};
 use super::restore::{
-    Step, Target, Targets, check_artifact, database_target, import_step, plan, resolve, store,
-    store_error, stored_manifest,
+    Step, Target, Targets, check_artifact, collection_metadata, database_target, import_step,
+    index_metadata, plan, resolve, store, store_error, stored_manifest,
 };
 use super::select::StoreSelector;
 use super::specs;
@@ -491,7 +491,6 @@ async fn compare_specs(
     decoding: &Decoding,
     step: &Step,
 ) -> Result<specs::Comparison, BackupError> {
-    use super::formats::{bulk, mongodump};
     match &step.target {
         Target::Volume(_) | Target::Redis { .. } => Ok(specs::Comparison::default()),
         Target::Collection {
@@ -501,16 +500,9 @@ async fn compare_specs(
             documents,
         } => {
             let mongo = store(shared.stores.mongo.as_ref(), "mongodb")?;
-            let database = database
-                .clone()
-                .unwrap_or_else(|| mongo.settings().database.clone());
-            let meta = pipeline::decode_artifact(storage, id, metadata, decoding, |r| {
-                mongodump::walk_metadata(r)
-            })
-            .await
-            .map_err(BackupError::Pipeline)?;
-            let artifact =
-                meta.to_export(&database, *documents, crate::mongo::bson::DateTime::now());
+            let (database, artifact) =
+                collection_metadata(mongo, storage, id, decoding, database, metadata, *documents)
+                    .await?;
             let (caps, server) = mongo
                 .collection_spec(*collection, &database)
                 .await
@@ -525,12 +517,16 @@ async fn compare_specs(
             documents,
         } => {
             let search = store(shared.stores.search.as_ref(), "elasticsearch")?;
-            let body = pipeline::decode_artifact(storage, id, metadata, decoding, |r| {
-                bulk::walk_index_body(r)
-            })
-            .await
-            .map_err(BackupError::Pipeline)?;
-            let artifact = body.to_metadata(index, *write_blocked, *documents);
+            let artifact = index_metadata(
+                storage,
+                id,
+                decoding,
+                index,
+                metadata,
+                *write_blocked,
+                *documents,
+            )
+            .await?;
             let name = format!("{prefix}{index}");
             let Some(server) = search
                 .index_definition(&name)

@@ -496,15 +496,10 @@ pub(super) async fn import_step(
             documents,
         } => {
             let mongo = store(shared.stores.mongo.as_ref(), "mongodb")?;
-            let database = database
-                .clone()
-                .unwrap_or_else(|| mongo.settings().database.clone());
-            let meta = pipeline::decode_artifact(storage, &id, metadata, decoding, |r| {
-                mongodump::walk_metadata(r)
-            })
-            .await
-            .map_err(BackupError::Pipeline)?;
-            let export = meta.to_export(&database, *documents, crate::mongo::bson::DateTime::now());
+            let (database, export) = collection_metadata(
+                mongo, storage, &id, decoding, database, metadata, *documents,
+            )
+            .await?;
             let items = open.items(Box::new(|r: &mut dyn Read, send: &mut Sender<'_, _>| {
                 mongodump::BsonReader::new(r).try_for_each(|doc| send(doc?))
             }));
@@ -547,16 +542,20 @@ pub(super) async fn import_step(
             documents,
         } => {
             let search = store(shared.stores.search.as_ref(), "elasticsearch")?;
-            let body = pipeline::decode_artifact(storage, &id, metadata, decoding, |r| {
-                bulk::walk_index_body(r)
-            })
-            .await
-            .map_err(BackupError::Pipeline)?;
             let items = open.items(Box::new(|r: &mut dyn Read, send: &mut Sender<'_, _>| {
                 bulk::BulkReader::new(r).try_for_each(|doc| send(doc?))
             }));
             let target = crate::search::ImportTarget {
-                metadata: body.to_metadata(index, *write_blocked, *documents),
+                metadata: index_metadata(
+                    storage,
+                    &id,
+                    decoding,
+                    index,
+                    metadata,
+                    *write_blocked,
+                    *documents,
+                )
+                .await?,
                 prefix: prefix.clone(),
             };
             let summary = search
@@ -576,6 +575,49 @@ pub(super) async fn import_step(
         refused,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// A collection step's database (`--to-db`, else `mongodb.database`) and the collection's
+/// validator and indexes as its `.metadata.json` recorded them: what a restore recreates and
+/// what a drill compares the restored collection with.
+pub(super) async fn collection_metadata(
+    mongo: &crate::mongo::MongoHandle,
+    storage: &Storage,
+    id: &BackupId,
+    decoding: &Decoding,
+    database: &Option<String>,
+    metadata: &ArtifactRecord,
+    documents: u64,
+) -> Result<(String, crate::mongo::ExportMetadata), BackupError> {
+    let database = database
+        .clone()
+        .unwrap_or_else(|| mongo.settings().database.clone());
+    let meta = pipeline::decode_artifact(storage, id, metadata, decoding, |r| {
+        mongodump::walk_metadata(r)
+    })
+    .await
+    .map_err(BackupError::Pipeline)?;
+    let export = meta.to_export(&database, documents, crate::mongo::bson::DateTime::now());
+    Ok((database, export))
+}
+
+/// An index step's settings, mappings and aliases as its `.meta.json` recorded them: what a
+/// restore recreates and what a drill compares the restored index with.
+pub(super) async fn index_metadata(
+    storage: &Storage,
+    id: &BackupId,
+    decoding: &Decoding,
+    index: &str,
+    metadata: &ArtifactRecord,
+    write_blocked: bool,
+    documents: u64,
+) -> Result<crate::search::IndexMetadata, BackupError> {
+    let body = pipeline::decode_artifact(storage, id, metadata, decoding, |r| {
+        bulk::walk_index_body(r)
+    })
+    .await
+    .map_err(BackupError::Pipeline)?;
+    Ok(body.to_metadata(index, write_blocked, documents))
 }
 
 /// Opens a step's artifact as a stream of items, each counted for the progress.

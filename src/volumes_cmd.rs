@@ -203,14 +203,7 @@ async fn remote_call(api: &Api, command: VolumesCommand, json: bool) -> Result<u
             if let Some(q) = &quota {
                 size("quota", q)?;
             }
-            let mut map = BTreeMap::new();
-            for label in labels {
-                let (k, val) = label.split_once('=').ok_or_else(|| VolumeError::Invalid {
-                    field: "label",
-                    reason: format!("{label:?} is not KEY=VALUE"),
-                })?;
-                map.insert(k.to_owned(), val.to_owned());
-            }
+            let map = parse_labels(labels)?;
             let mut body = json!({ "name": n.as_str() });
             if let Some(q) = quota {
                 body["quota"] = json!(q);
@@ -358,6 +351,20 @@ async fn remote_call(api: &Api, command: VolumesCommand, json: bool) -> Result<u
     Ok(exit::OK)
 }
 
+/// `--label KEY=VALUE`, repeated.
+fn parse_labels(labels: Vec<String>) -> Result<BTreeMap<String, String>, VolumeError> {
+    labels
+        .into_iter()
+        .map(|label| match label.split_once('=') {
+            Some((k, v)) => Ok((k.to_owned(), v.to_owned())),
+            None => Err(VolumeError::Invalid {
+                field: "label",
+                reason: format!("{label:?} is not KEY=VALUE"),
+            }),
+        })
+        .collect()
+}
+
 fn size(field: &'static str, text: &str) -> Result<ByteSize, VolumeError> {
     ByteSize::parse(text).map_err(|reason| VolumeError::Invalid { field, reason })
 }
@@ -388,14 +395,7 @@ async fn execute(v: &VolumeHandle, command: VolumesCommand, json: bool) -> Resul
             labels,
         } => {
             let quota = quota.map(|q| size("quota", &q)).transpose()?;
-            let mut map = BTreeMap::new();
-            for label in labels {
-                let (k, val) = label.split_once('=').ok_or_else(|| VolumeError::Invalid {
-                    field: "label",
-                    reason: format!("{label:?} is not KEY=VALUE"),
-                })?;
-                map.insert(k.to_owned(), val.to_owned());
-            }
+            let map = parse_labels(labels)?;
             let info = v
                 .call(CreateVolume {
                     name: name(&n)?,

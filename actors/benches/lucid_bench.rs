@@ -639,15 +639,27 @@ async fn start_only(
     cfg.elasticsearch.enabled = false;
     configure(&mut cfg);
     let handles = lucid_actors::start(&cfg, Roles::SIBLING);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handles.registry.readiness().is_err() || !ready(&handles) {
+    wait_ready(&handles, ready, Duration::from_secs(30)).await;
+    (handles, cfg)
+}
+
+/// Waits until every enabled backend is up and `ready` holds; panics after `within`.
+async fn wait_ready(handles: &Handles, ready: impl Fn(&Handles) -> bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    while handles.registry.readiness().is_err() || !ready(handles) {
         assert!(
             Instant::now() < deadline,
             "the actor never came up (and bootstrapped)"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    (handles, cfg)
+}
+
+/// MongoDB, when it runs, has bootstrapped (what a backup of the data set waits for).
+fn mongo_bootstrapped(h: &Handles) -> bool {
+    h.mongo
+        .as_ref()
+        .is_none_or(|m| m.last_bootstrap().is_some())
 }
 
 /// Both paths of every workload compared — or one path alone under callgrind.
@@ -2055,16 +2067,7 @@ fn full_child(job: &str) {
             return (elapsed, docs, 0);
         }
         let handles = lucid_actors::start(&cfg, Roles::CLI);
-        let up = Instant::now();
-        while handles.registry.readiness().is_err()
-            || handles
-                .mongo
-                .as_ref()
-                .is_some_and(|m| m.last_bootstrap().is_none())
-        {
-            assert!(up.elapsed() < Duration::from_secs(60), "backends never up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_ready(&handles, mongo_bootstrapped, Duration::from_secs(60)).await;
         let backup = handles.backup.clone().unwrap_or_else(|| panic!("backup"));
         let stores = if full {
             vec![]

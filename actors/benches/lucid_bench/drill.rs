@@ -28,16 +28,7 @@ pub(crate) fn drill_bench() -> serde_json::Value {
     cfg.supervisor.call_deadline = Duration::from_secs(120);
     let out = actix_rt::System::new().block_on(async {
         let handles = lucid_actors::start(&cfg, Roles::CLI);
-        let up = Instant::now();
-        while handles.registry.readiness().is_err()
-            || handles
-                .mongo
-                .as_ref()
-                .is_some_and(|m| m.last_bootstrap().is_none())
-        {
-            assert!(up.elapsed() < Duration::from_secs(60), "backends never up");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::wait_ready(&handles, super::mongo_bootstrapped, Duration::from_secs(60)).await;
         let backup = handles.backup.clone().unwrap_or_else(|| panic!("backup"));
         let started = Instant::now();
         let id = backup
